@@ -1,0 +1,40 @@
+# Everything installs from nothing into .venv: `make demo`, `make test`, `make bench`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   := build/demo
+
+.PHONY: install demo test lint bench bench-quick clean
+
+# torch is pinned to the CPU build first, so that the looser `torch>=2.2` in pyproject.toml is
+# already satisfied and pip never pulls the multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	@mkdir -p $(DEMO)
+	$(BIN)/charrnn train pydoc -o $(DEMO)/model.pt --time-budget 100 --val-every 100
+	$(BIN)/charrnn generate -m $(DEMO)/model.best.pt --prefix "The " -n 400 --temperature 0.8 --seed 1
+
+test: install
+	$(BIN)/ruff check charrnn tests bench
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check charrnn tests bench
+
+bench: install
+	$(BIN)/python bench/run.py
+
+bench-quick: install
+	$(BIN)/python bench/run.py --quick
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,364 @@
+"""The command-line shell around the core. The only module that imports click.
+
+Contract: stdout carries data (generated text, results, --json); progress, logs and warnings go
+to stderr. A domain error becomes one line on stderr and exit code 1 (run time) or 2 (usage).
+torch is imported inside the commands, never at module level, so `charrnn --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from charrnn import __version__
+from charrnn.errors import CharrnnError, UsageError
+
+CELLS = ["rnn", "gru", "lstm", "scratch-rnn", "scratch-gru", "scratch-lstm"]
+ARCH_DEFAULTS = {"cell": "lstm", "layers": 2, "hidden": 256, "dropout": 0.0, "input": "embedding", "embed_dim": 64}
+DEFAULT_TIME_BUDGET = 300.0
+
+
+class CharrnnGroup(click.Group):
+    """Turns domain errors, Ctrl-C and a closed stdout pipe into clean exits."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CharrnnError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Aborted.", err=True)
+            ctx.exit(130)
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly, and keep Python from complaining
+            # about the unflushed stdout at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(0)
+
+
+def _stdin() -> Any:
+    return click.get_binary_stream("stdin")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _json_out(obj: dict) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False, allow_nan=False, default=str))
+
+
+def _num(x: float | None, fmt: str = ".4f") -> str:
+    return "n/a" if x is None or not math.isfinite(x) else format(x, fmt)
+
+
+device_option = click.option("--device", default="auto", show_default=True,
+                             help="auto, cpu, cuda, cuda:N or mps (auto picks a GPU when there is one).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of text.")
+encoding_option = click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the input.")
+model_option = click.option("-m", "--model", "model_path", required=True, type=click.Path(dir_okay=False),
+                            help="Checkpoint written by `charrnn train`.")
+
+
+@click.group(cls=CharrnnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="charrnn")
+def cli() -> None:
+    """Character-level language models with recurrent networks.
+
+    \b
+    charrnn train corpus.txt -o model.pt        train (or: cat *.txt | charrnn train - -o model.pt)
+    charrnn eval perplexity -m model.pt FILE    perplexity and bits per character of held-out text
+    charrnn generate -m model.pt --prefix TEXT  sample text, streamed to stdout
+    charrnn info -m model.pt                    what a checkpoint holds
+
+    stdout carries only data; progress and messages go to stderr. `-` means stdin.
+    """
+
+
+@cli.command()
+@click.argument("corpus", default="pydoc")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint to write (the last state); the best by validation goes to NAME.best.pt.")
+@click.option("--resume", type=click.Path(dir_okay=False), help="Continue training from this checkpoint.")
+@encoding_option
+@click.option("--val-fraction", default=0.1, show_default=True, help="Tail of the text held out for validation.")
+@click.option("--min-freq", default=1, show_default=True, help="Characters seen fewer times map to <unk>.")
+@click.option("--cell", type=click.Choice(CELLS), default=ARCH_DEFAULTS["cell"], show_default=True,
+              help="Recurrent cell; scratch-* are written from the equations (slow, for study).")
+@click.option("--layers", default=ARCH_DEFAULTS["layers"], show_default=True)
+@click.option("--hidden", default=ARCH_DEFAULTS["hidden"], show_default=True, help="Hidden units per layer.")
+@click.option("--dropout", default=ARCH_DEFAULTS["dropout"], show_default=True)
+@click.option("--input", "input_", type=click.Choice(["onehot", "embedding"]), default=ARCH_DEFAULTS["input"],
+              show_default=True, help="One-hot vectors, or the equivalent lookup in a learned table.")
+@click.option("--embed-dim", default=ARCH_DEFAULTS["embed_dim"], show_default=True, help="Width of the embedding.")
+@click.option("--partition", type=click.Choice(["sequential", "random"]), default="sequential", show_default=True,
+              help="sequential: carry the state across minibatches; random: fresh state per minibatch.")
+@click.option("-b", "--batch-size", default=32, show_default=True)
+@click.option("-t", "--num-steps", default=64, show_default=True, help="Characters per sequence (BPTT length).")
+@click.option("--warmup", default=0, show_default=True,
+              help="With --partition random: characters before each sequence that only build the state.")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
+@click.option("--lr", default=2e-3, show_default=True, help="Learning rate.")
+@click.option("--weight-decay", default=0.0, show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True,
+              help="cosine decays the learning rate to 10% over the run.")
+@click.option("--clip", default=1.0, show_default=True, help="Clip gradients to this global L2 norm (0: off).")
+@click.option("--epochs", type=int, help="Stop after this many passes over the text.")
+@click.option("--max-steps", type=int, help="Stop after this many minibatches.")
+@click.option("--time-budget", type=float,
+              help=f"Stop after this many seconds (default {DEFAULT_TIME_BUDGET:g} when no stopping rule is given).")
+@click.option("--val-every", default=200, show_default=True, help="Validate every N steps.")
+@click.option("--save-every", type=int, help="Save the checkpoint every N steps (default: at each validation).")
+@click.option("--seed", default=0, show_default=True)
+@device_option
+@json_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.pass_context
+def train(ctx: click.Context, corpus: str, output: str, resume: str | None, encoding: str, val_fraction: float,
+          min_freq: int, input_: str, as_json: bool, quiet: bool, device: str, **opts: Any) -> None:
+    """Train a model on CORPUS: a text file, `-` for stdin, or `pydoc` (built in, the default).
+
+    Progress goes to stderr; a summary line (or --json) to stdout. Ctrl-C saves a resumable
+    checkpoint. Stopping: whichever of --epochs, --max-steps, --time-budget comes first.
+    """
+    from charrnn import checkpoint
+    from charrnn import console as con
+    from charrnn.corpora import load_corpus
+    from charrnn.data import split_train_val
+    from charrnn.model import ModelConfig, resolve_device
+    from charrnn.train import TrainConfig
+    from charrnn.train import train as run_training
+    from charrnn.vocab import Vocab
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+    opts["input"] = input_
+    out = Path(output)
+    if corpus != "-" and (_same_file(corpus, output) or Path(corpus).resolve() == out.resolve()):
+        raise UsageError(f"output {output!r} is the input corpus; choose another output path")
+    checkpoint.check_writable(out)
+    console = con.make_console(quiet)
+    dev = resolve_device(device)
+    text = load_corpus(corpus, encoding, _stdin())
+
+    arch_names = list(ARCH_DEFAULTS)
+    internal = ("val_fraction", "eval_streams", "log_every")
+    train_names = [f for f in TrainConfig.__dataclass_fields__ if f not in internal]
+    ckpt = None
+    if resume:
+        ckpt = checkpoint.load(resume)
+        saved_arch = ckpt["model_config"]
+        for name in arch_names:
+            if given(name if name != "input" else "input_") and opts[name] != saved_arch[name]:
+                raise UsageError(f"--{name.replace('_', '-')} {opts[name]} differs from the checkpoint's "
+                                 f"{saved_arch[name]}: the architecture cannot change on resume")
+        saved_train = ckpt["train_config"]
+        changes = []
+        for name in train_names:
+            if name in opts and given(name):
+                if opts[name] != saved_train.get(name):
+                    changes.append(f"--{name.replace('_', '-')} {saved_train.get(name)} -> {opts[name]}")
+            elif name in opts:
+                opts[name] = saved_train.get(name)
+        if given("val_fraction") and val_fraction != saved_train["val_fraction"]:
+            raise UsageError("--val-fraction cannot change on resume (it changes the training text)")
+        val_fraction = saved_train["val_fraction"]
+        vocab = Vocab.from_dict(ckpt["vocab"])
+        ids = vocab.encode(text, unk="map" if vocab.unk else "error", where="the corpus")
+        con.info(console, f"resuming from {resume} at step {ckpt['step']}"
+                 + (f"; changed: {', '.join(changes)}" if changes else ""))
+        model_config = ModelConfig.from_dict(saved_arch)
+    else:
+        if min_freq < 1:
+            raise UsageError(f"--min-freq must be >= 1, got {min_freq}")
+        vocab = Vocab.build(text, unk=True, min_freq=min_freq)
+        ids = vocab.encode(text, unk="map")
+        model_config = ModelConfig(vocab_size=vocab.size, **{n: opts[n] for n in arch_names})
+    if all(opts[n] is None for n in ("epochs", "max_steps", "time_budget")):
+        opts["time_budget"] = DEFAULT_TIME_BUDGET
+        con.info(console, f"no stopping rule given: training for {DEFAULT_TIME_BUDGET:g} seconds (--time-budget)")
+    train_ids, val_ids = split_train_val(ids, val_fraction)
+    config = TrainConfig(val_fraction=val_fraction, **{n: opts[n] for n in train_names})
+    callbacks = con.TrainConsole(console)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if _main_thread() else None
+    try:
+        result = run_training(train_ids, val_ids, vocab, model_config, config, out, device=dev,
+                              callbacks=callbacks, resume=ckpt)
+    finally:
+        callbacks.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if as_json:
+        _json_out(result.to_dict())
+    else:
+        click.echo(f"trained {result.steps} steps in {result.seconds:.1f} s ({result.chars_per_second:,.0f} chars/s): "
+                   f"train loss {_num(result.train_loss)}, validation loss {_num(result.val_loss)} nats/char, "
+                   f"perplexity {_num(result.val_perplexity, '.3f')}, {_num(result.val_bits_per_char)} bits/char; "
+                   f"saved {result.checkpoint}" + (f" and {result.best_checkpoint}" if result.best_checkpoint else ""))
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    from charrnn.errors import Terminated
+
+    raise Terminated()
+
+
+@cli.group(name="eval")
+def eval_group() -> None:
+    """Measure a model on text."""
+
+
+@eval_group.command()
+@model_option
+@click.argument("text", default="-")
+@encoding_option
+@click.option("--unk", type=click.Choice(["map", "error"]), default="map", show_default=True,
+              help="Characters the model does not know: skip them as targets (map) or fail (error).")
+@click.option("--streams", default=64, show_default=True,
+              help="Score the text as this many contiguous pieces side by side, each carrying its own state "
+                   "(faster); 1 scores it as one sequence.")
+@click.option("-t", "--num-steps", default=256, show_default=True, help="Characters per forward call.")
+@device_option
+@json_option
+def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int, num_steps: int, device: str,
+               as_json: bool) -> None:
+    """Perplexity and bits per character of MODEL on TEXT (a file, `-` for stdin, or `pydoc`).
+
+    Every character after the first is predicted from all before it; perplexity is
+    exp(mean cross-entropy in nats), bits/char = nats / ln 2.
+    """
+    from charrnn.checkpoint import load_model
+    from charrnn.corpora import load_corpus
+    from charrnn.evaluate import evaluate
+    from charrnn.model import resolve_device
+
+    if streams < 1 or num_steps < 1:
+        raise UsageError("--streams and --num-steps must be >= 1")
+    model, vocab, _ = load_model(model_path, resolve_device(device))
+    content = load_corpus(text, encoding, _stdin())
+    ids = vocab.encode(content, unk=unk, where="the text")  # type: ignore[arg-type]
+    result = evaluate(model, ids, unk_id=vocab.unk_id, streams=streams, num_steps=num_steps)
+    if as_json:
+        _json_out(result.to_dict())
+    else:
+        click.echo(f"perplexity {result.perplexity:.4f}\nnats/char {result.nats_per_char:.4f}\n"
+                   f"bits/char {result.bits_per_char:.4f}\nchars {result.chars}\nunknown {result.unknown}")
+
+
+@cli.command()
+@model_option
+@click.option("-p", "--prefix", default=None, help="Text to start from (warms up the state).")
+@click.option("--prefix-file", type=str, default=None, help="Read the prefix from a file, or `-` for stdin.")
+@encoding_option
+@click.option("-n", "--length", default=500, show_default=True, help="Characters to generate (after the prefix).")
+@click.option("--temperature", default=1.0, show_default=True, help="Below 1: safer; above 1: wilder.")
+@click.option("--top-k", type=int, default=None, help="Sample only from the k likeliest characters.")
+@click.option("--top-p", type=float, default=None, help="Sample from the smallest set with this much probability.")
+@click.option("--greedy", is_flag=True, help="Always take the likeliest character.")
+@click.option("--seed", type=int, default=None, help="Same seed, same text (default: random, shown on stderr).")
+@click.option("--num-samples", default=1, show_default=True, help="Independent samples, generated side by side.")
+@click.option("--no-echo", is_flag=True, help="Do not print the prefix.")
+@click.option("--unk", type=click.Choice(["error", "map"]), default="error", show_default=True,
+              help="Prefix characters the model does not know: fail (error) or use <unk> (map).")
+@device_option
+@json_option
+def generate(model_path: str, prefix: str | None, prefix_file: str | None, encoding: str, length: int,
+             temperature: float, top_k: int | None, top_p: float | None, greedy: bool, seed: int | None,
+             num_samples: int, no_echo: bool, unk: str, device: str, as_json: bool) -> None:
+    """Generate text from MODEL, streamed to stdout as it is sampled.
+
+    With --num-samples N > 1 the samples are generated together and printed one after another,
+    separated by a blank line (or as a list with --json).
+    """
+    from charrnn import console as con
+    from charrnn.checkpoint import load_model
+    from charrnn.corpora import read_text
+    from charrnn.generate import Sampling
+    from charrnn.generate import generate as sample
+    from charrnn.model import resolve_device
+
+    if prefix is not None and prefix_file is not None:
+        raise UsageError("give --prefix or --prefix-file, not both")
+    if length < 0:
+        raise UsageError(f"--length must be >= 0, got {length}")
+    if num_samples < 1:
+        raise UsageError(f"--num-samples must be >= 1, got {num_samples}")
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+    text = prefix or ""
+    if prefix_file is not None:
+        text = read_text(prefix_file, encoding, _stdin())
+    model, vocab, _ = load_model(model_path, resolve_device(device))
+    prefix_ids = vocab.encode(text, unk=unk, where="the prefix")  # type: ignore[arg-type]
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+        con.info(con.make_console(), f"seed {seed}")
+    stream = sample(model, vocab, prefix_ids, length, sampling, seed=seed, num_samples=num_samples)
+    echo = "" if no_echo else text
+    if as_json or num_samples > 1:
+        texts = ["".join(chars) for chars in zip(*stream, strict=True)] if length else [""] * num_samples
+        texts = [echo + t for t in texts]
+        if as_json:
+            _json_out({"samples": texts, "seed": seed} if num_samples > 1 else {"text": texts[0], "seed": seed})
+        else:
+            click.echo("\n\n".join(texts))
+        return
+    out = sys.stdout
+    interactive = out.isatty()
+    out.write(echo)
+    for chars in stream:
+        out.write(chars[0])
+        if interactive or chars[0] == "\n":
+            out.flush()
+    out.write("\n")
+    out.flush()
+
+
+@cli.command(name="info")
+@model_option
+@json_option
+def info_cmd(model_path: str, as_json: bool) -> None:
+    """What a checkpoint holds: architecture, vocabulary, training progress."""
+    from charrnn.checkpoint import load
+
+    ckpt = load(model_path)
+    vocab = ckpt["vocab"]
+    summary = {
+        "format_version": ckpt["version"], "charrnn_version": ckpt.get("charrnn_version"),
+        "model": ckpt["model_config"], "parameters": sum(t.numel() for t in ckpt["weights"].values()),
+        "vocab_size": len(vocab["chars"]) + int(vocab["unk"]), "step": ckpt.get("step"),
+        "epoch": ckpt.get("epoch"), "val_loss": ckpt.get("val_loss"), "best_val_loss": ckpt.get("best_val_loss"),
+        "train": ckpt.get("train_config"), "training_chars": (ckpt.get("data") or {}).get("chars"),
+    }
+    if as_json:
+        _json_out(summary)
+        return
+    m = summary["model"]
+    click.echo(f"{m['cell']} {m['layers']}x{m['hidden']}, {m['input']} input, {summary['parameters']:,} parameters, "
+               f"vocabulary {summary['vocab_size']}")
+    click.echo(f"step {summary['step']}, validation loss {_num(summary['val_loss'])} nats/char "
+               f"(best {_num(summary['best_val_loss'])}), trained on {summary['training_chars']} characters")
+
+
+def main() -> None:
+    cli(prog_name="charrnn")

@@ -1,0 +1,89 @@
+"""Everything the user sees on stderr: progress, logs, warnings. The only module that imports rich.
+
+On a terminal, training shows a live progress bar; otherwise (a pipe, a log file, CI) it writes
+one plain line per report, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from charrnn.evaluate import EvalResult
+from charrnn.train import Callbacks
+from charrnn.train import Progress as TrainProgress
+
+
+def make_console(quiet: bool = False) -> Console:
+    """A console on stderr (stdout is reserved for data)."""
+    return Console(stderr=True, quiet=quiet, highlight=False, soft_wrap=True)
+
+
+def info(console: Console, message: str) -> None:
+    console.print(message, markup=False)
+
+
+def warn(console: Console, message: str) -> None:
+    console.print(f"warning: {message}", style="yellow", markup=False)
+
+
+def _eta(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class TrainConsole(Callbacks):
+    """Training progress on stderr: step, loss, perplexity, validation, chars/s, ETA."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live = console.is_terminal and not console.quiet
+        self.val = "-"
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        resumed = f", resumed at step {info['resumed_at']}" if info["resumed_at"] is not None else ""
+        self.console.print(
+            f"training: {info['parameters']:,} parameters on {info['device']}, vocabulary {info['vocab_size']}, "
+            f"{info['train_chars']:,} training / {info['val_chars']:,} validation characters, "
+            f"{info['batches_per_epoch']:,} minibatches per epoch{resumed}", markup=False)
+        if self.live:
+            self.bar = Progress(TextColumn("[bold]step {task.fields[step]}"), BarColumn(), TaskProgressColumn(),
+                                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                                TextColumn("ETA {task.fields[eta]}"), console=self.console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=1.0, step=0, stats="", eta="?")
+
+    def on_step(self, p: TrainProgress) -> None:
+        stats = (f"loss {p.train_loss:.4f} ppl {math.exp(min(p.train_loss, 700)):.2f} val ppl {self.val} "
+                 f"{p.chars_per_second:,.0f} chars/s lr {p.lr:.2e}")
+        eta = _eta(p.elapsed / p.fraction * (1 - p.fraction)) if p.fraction > 0 else "?"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=p.fraction, step=p.step, stats=stats, eta=eta)
+        else:
+            self.console.print(f"step {p.step} epoch {p.epoch} {stats} elapsed {_eta(p.elapsed)} ETA {eta}",
+                               markup=False)
+
+    def on_validate(self, step: int, result: EvalResult, improved: bool) -> None:
+        self.val = f"{result.perplexity:.2f}"
+        mark = " (best)" if improved else ""
+        line = (f"step {step}: validation loss {result.nats_per_char:.4f} nats/char, perplexity "
+                f"{result.perplexity:.3f}, {result.bits_per_char:.4f} bits/char{mark}")
+        (self.bar.console if self.bar is not None else self.console).print(line, markup=False)
+
+    def on_save(self, path: str, reason: str) -> None:
+        if reason == "interrupted":
+            self.close()
+            self.console.print(f"saved {path}", markup=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None

@@ -1,0 +1,52 @@
+"""Domain exceptions. The CLI turns each into one line on stderr and its exit code."""
+
+from __future__ import annotations
+
+
+class CharrnnError(Exception):
+    """Base class: something went wrong at run time (exit code 1)."""
+
+    exit_code = 1
+
+
+class UsageError(CharrnnError):
+    """The user asked for something that cannot be done as asked (exit code 2)."""
+
+    exit_code = 2
+
+
+class DataError(CharrnnError):
+    """Input text that cannot be used: unreadable, not text, empty, too small."""
+
+
+class UnknownCharacterError(DataError):
+    """Text contains characters the vocabulary does not know, under `--unk error`."""
+
+    def __init__(self, chars: list[str], where: str) -> None:
+        shown = ", ".join(repr(c) for c in chars[:10])
+        more = f" and {len(chars) - 10} more" if len(chars) > 10 else ""
+        super().__init__(
+            f"{where} contains {len(chars)} character(s) not in the model's vocabulary: "
+            f"{shown}{more} (use --unk map to map them to <unk>)"
+        )
+        self.chars = chars
+
+
+class CheckpointError(CharrnnError):
+    """A file that is not a usable charrnn checkpoint, or one that cannot be written."""
+
+
+class TrainingError(CharrnnError):
+    """Training cannot go on (for example a non-finite loss)."""
+
+
+class Interrupted(CharrnnError):
+    """Training stopped by a signal after saving a resumable checkpoint."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by the CLI's signal handler so that training saves and stops like on Ctrl-C."""

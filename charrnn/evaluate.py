@@ -1,0 +1,97 @@
+"""Perplexity: the one evaluation used by training validation and by `charrnn eval perplexity`.
+
+Every character but the first is a target, predicted from all the characters before it.
+To use the hardware well, the text is cut into `streams` contiguous pieces that run side by side
+as one batch; each piece starts from a fresh state and carries it through its whole length, so
+only the first few characters of each piece see less context than a single pass would give them
+(`streams=1` is the exact single pass). Targets that are <unk> are not scored, only counted.
+
+Result: mean cross-entropy in nats per scored character (token-weighted over the whole text),
+perplexity = exp(nats), bits per character = nats / ln 2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charrnn.errors import DataError
+from charrnn.model import CharRNN
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    nats_per_char: float
+    chars: int  # characters scored
+    unknown: int  # <unk> targets skipped
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nats_per_char)
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nats_per_char / math.log(2)
+
+    def to_dict(self) -> dict:
+        return {"perplexity": self.perplexity, "nats_per_char": self.nats_per_char,
+                "bits_per_char": self.bits_per_char, **asdict(self)}
+
+
+@torch.inference_mode()
+def evaluate(
+    model: CharRNN,
+    ids: np.ndarray,
+    *,
+    unk_id: int | None = None,
+    streams: int = 64,
+    num_steps: int = 256,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> EvalResult:
+    """Token-weighted mean cross-entropy of `model` on the id sequence `ids` (shape (n,)).
+
+    Memory is O(streams * num_steps * vocab), whatever the length of the text.
+    """
+    n_pairs = len(ids) - 1
+    if n_pairs < 1:
+        raise DataError("need at least 2 characters to measure perplexity")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    s = max(1, min(streams, n_pairs))
+    length = -(-n_pairs // s)  # ceil: stream r covers pairs [r*length, (r+1)*length)
+    rows = np.arange(s, dtype=np.int64)[:, None] * length  # (S, 1)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    scored = unknown = 0
+    state = model.begin_state(s, device)
+    try:
+        for start in range(0, length, num_steps):
+            pos = rows + np.arange(start, min(start + num_steps, length))[None, :]  # (S, T) pair index
+            valid = pos < n_pairs  # the last stream may be shorter: its tail is padding
+            safe = np.minimum(pos, n_pairs - 1)
+            x = np.asarray(ids[safe], dtype=np.int64)
+            y = np.asarray(ids[safe + 1], dtype=np.int64)
+            if unk_id is not None:
+                is_unk = valid & (y == unk_id)
+                unknown += int(is_unk.sum())
+                valid &= ~is_unk
+            y[~valid] = IGNORE
+            scored += int(valid.sum())
+            logits, state = model(torch.from_numpy(x).to(device), state)
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                     torch.from_numpy(y).to(device).reshape(-1),
+                                     ignore_index=IGNORE, reduction="sum")
+            if on_progress is not None:
+                on_progress(min(start + num_steps, length) * s, length * s)
+    finally:
+        model.train(was_training)
+    if scored == 0:
+        raise DataError("no character could be scored (every target is unknown)")
+    return EvalResult(nats_per_char=total.item() / scored, chars=scored, unknown=unknown)

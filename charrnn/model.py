@@ -1,0 +1,236 @@
+"""The character-level recurrent network.
+
+CharRNN = input encoder (one-hot or embedding) -> recurrent layers -> dropout -> linear head.
+The recurrent layers are torch's fused modules (cuDNN on GPU) for `rnn|gru|lstm`, or, for
+`scratch-rnn|scratch-gru|scratch-lstm`, a loop over time steps written from the cell equations.
+Both use torch's parameter names and layouts (weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k},
+bias_hh_l{k}; gate order r,z,n for GRU and i,f,g,o for LSTM), so their weights are
+interchangeable and a scratch cell can be checked against torch's module.
+
+Hidden state is explicit: forward(x, state) -> (logits, state). For rnn/gru the state is one
+tensor h of shape (layers, B, H); for lstm it is the pair (h, c) of that shape.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from charrnn.errors import UsageError
+from charrnn.vocab import one_hot
+
+CELLS = ("rnn", "gru", "lstm", "scratch-rnn", "scratch-gru", "scratch-lstm")
+INPUTS = ("onehot", "embedding")
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    cell: str = "lstm"
+    hidden: int = 256
+    layers: int = 2
+    dropout: float = 0.0
+    input: str = "embedding"
+    embed_dim: int = 64  # width of the embedding table; unused with one-hot input
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise UsageError(f"unknown cell {self.cell!r}: choose one of {', '.join(CELLS)}")
+        if self.input not in INPUTS:
+            raise UsageError(f"unknown input {self.input!r}: choose one of {', '.join(INPUTS)}")
+        if self.vocab_size < 1 or self.hidden < 1 or self.layers < 1 or self.embed_dim < 1:
+            raise UsageError("--hidden, --layers and --embed-dim must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def base_cell(self) -> str:
+        """rnn, gru or lstm, whether fused or scratch."""
+        return self.cell.removeprefix("scratch-")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls(**d)
+
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+# One time step of each cell. gx = W_ih x_t + b_ih, shape (B, gates*H), computed for all t at once
+# by the caller (the same equation, one matmul instead of T); h, c: (B, H).
+def rnn_step(gx: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
+    """h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)."""
+    return torch.tanh(gx + h @ w_hh.T + b_hh)
+
+
+def gru_step(gx: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
+    """r = σ(.), z = σ(.), n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)), h' = (1-z) ⊙ n + z ⊙ h."""
+    gh = h @ w_hh.T + b_hh
+    rx, zx, nx = gx.chunk(3, dim=1)
+    rh, zh, nh = gh.chunk(3, dim=1)
+    r = torch.sigmoid(rx + rh)
+    z = torch.sigmoid(zx + zh)
+    n = torch.tanh(nx + r * nh)
+    return (1 - z) * n + z * h
+
+
+def lstm_step(
+    gx: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """i, f, g, o gates; c' = f ⊙ c + i ⊙ g, h' = o ⊙ tanh(c')."""
+    i, f, g, o = (gx + h @ w_hh.T + b_hh).chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+class ScratchRNN(nn.Module):
+    """Multi-layer RNN/GRU/LSTM from the cell equations, batch-first, with nn.RNN's interface.
+
+    forward(x (B, T, I), state) -> (out (B, T, H), state).
+    """
+
+    def __init__(self, base_cell: str, input_size: int, hidden: int, layers: int, dropout: float) -> None:
+        super().__init__()
+        self.base_cell, self.hidden_size, self.num_layers, self.dropout = base_cell, hidden, layers, dropout
+        g = GATES[base_cell] * hidden
+        bound = 1.0 / math.sqrt(hidden)  # torch's initialisation, U(-1/sqrt(H), 1/sqrt(H))
+        for k in range(layers):
+            size_in = input_size if k == 0 else hidden
+            for name, shape in ((f"weight_ih_l{k}", (g, size_in)), (f"weight_hh_l{k}", (g, hidden)),
+                                (f"bias_ih_l{k}", (g,)), (f"bias_hh_l{k}", (g,))):
+                self.register_parameter(name, nn.Parameter(torch.empty(shape).uniform_(-bound, bound)))
+
+    def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        lstm = self.base_cell == "lstm"
+        hs, cs = (list(state[0].unbind(0)), list(state[1].unbind(0))) if lstm else (list(state.unbind(0)), None)
+        out = x
+        for k in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh = layer_weights(self, k)
+            gx = out @ w_ih.T + b_ih  # (B, T, gates*H)
+            h, ys = hs[k], []
+            if lstm:
+                c = cs[k]
+                for t in range(gx.shape[1]):
+                    h, c = lstm_step(gx[:, t], h, c, w_hh, b_hh)
+                    ys.append(h)
+                cs[k] = c
+            else:
+                step = rnn_step if self.base_cell == "rnn" else gru_step
+                for t in range(gx.shape[1]):
+                    h = step(gx[:, t], h, w_hh, b_hh)
+                    ys.append(h)
+            hs[k] = h
+            out = torch.stack(ys, dim=1)  # (B, T, H)
+            if self.dropout and k < self.num_layers - 1:
+                out = F.dropout(out, self.dropout, self.training)
+        h_n = torch.stack(hs)
+        return out, ((h_n, torch.stack(cs)) if lstm else h_n)
+
+
+def layer_weights(rnn: nn.Module, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(W_ih, W_hh, b_ih, b_hh) of layer k of a torch RNN module or a ScratchRNN."""
+    return (getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}"),
+            getattr(rnn, f"bias_ih_l{k}"), getattr(rnn, f"bias_hh_l{k}"))
+
+
+class CharRNN(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        v, h = config.vocab_size, config.hidden
+        self.embed = nn.Embedding(v, config.embed_dim) if config.input == "embedding" else None
+        size_in = config.embed_dim if self.embed is not None else v
+        if config.cell.startswith("scratch-"):
+            self.rnn: nn.Module = ScratchRNN(config.base_cell, size_in, h, config.layers, config.dropout)
+        else:
+            module = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[config.cell]
+            self.rnn = module(size_in, h, config.layers, batch_first=True,
+                              dropout=config.dropout if config.layers > 1 else 0.0)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(h, v)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Ids (B, T) -> inputs (B, T, I). one_hot(x) @ W.T equals the lookup W.T[x]: the
+        embedding input is that lookup with its own table of width embed_dim."""
+        return self.embed(x.long()) if self.embed is not None else one_hot(x, self.config.vocab_size)
+
+    def begin_state(self, batch: int, device: torch.device | str | None = None) -> State:
+        """Zero state for `batch` streams."""
+        device = device if device is not None else self.head.weight.device
+        h = torch.zeros(self.config.layers, batch, self.config.hidden, device=device)
+        return (h, torch.zeros_like(h)) if self.config.base_cell == "lstm" else h
+
+    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Ids (B, T) and state -> logits (B, T, V) and the state after the last step."""
+        if state is None:
+            state = self.begin_state(x.shape[0], x.device)
+        out, state = self.rnn(self.encode(x), state)
+        return self.head(self.drop(out)), state
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One time step: ids (B,) -> logits (B, V), state.
+
+        Uses the cell equations directly for every cell type, so generating a character costs a
+        few small matmuls instead of a fused-module call (oneDNN's LSTM has a fixed cost of
+        milliseconds per call on CPU). Meant for inference: no dropout.
+        """
+        lstm = self.config.base_cell == "lstm"
+        hs, cs = (state[0], state[1]) if lstm else (state, None)
+        new_h, new_c = [], []
+        inp = self.encode(x[:, None])[:, 0]  # (B, I)
+        for k in range(self.config.layers):
+            w_ih, w_hh, b_ih, b_hh = layer_weights(self.rnn, k)
+            gx = inp @ w_ih.T + b_ih
+            if lstm:
+                h, c = lstm_step(gx, hs[k], cs[k], w_hh, b_hh)
+                new_c.append(c)
+            else:
+                h = (rnn_step if self.config.base_cell == "rnn" else gru_step)(gx, hs[k], w_hh, b_hh)
+            new_h.append(h)
+            inp = h
+        h_n = torch.stack(new_h)
+        return self.head(inp), ((h_n, torch.stack(new_c)) if lstm else h_n)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph behind the state (truncated BPTT); handles LSTM's (h, c)."""
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)  # type: ignore[return-value]
+    return state.detach()
+
+
+def resolve_device(spec: str) -> torch.device:
+    """auto|cpu|cuda|cuda:N|mps -> a torch.device that exists on this machine."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {spec!r} asked for, but this machine has no usable CUDA GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"device {spec!r} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError("device 'mps' asked for, but MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise UsageError(f"unsupported device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
+    return device

@@ -1,0 +1,355 @@
+"""The training loop.
+
+Loss is the mean cross-entropy over batch and time (so the gradient of a minibatch is the mean of
+its per-sample gradients). Sequential partitioning carries the hidden state from one minibatch
+to the next, detached (truncated BPTT); random partitioning starts every minibatch from a zero
+state, after optional warm-up characters that only build it. Gradients are clipped by their
+global L2 norm. The learning rate follows a schedule over the fraction of the run done, measured
+by whichever stopping rule (steps, epochs, seconds) is closest to firing.
+
+Everything a resumed run needs is in the checkpoint: weights, optimizer, step, epoch and batch
+within the epoch (each epoch's order comes from a generator seeded with (seed, epoch), so the
+position is enough to rebuild it), the torch RNG (dropout) and the carried hidden state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charrnn import __version__, checkpoint
+from charrnn.data import Batch, batches_per_epoch, check_fits, partition
+from charrnn.errors import DataError, Interrupted, Terminated, TrainingError, UsageError
+from charrnn.evaluate import EvalResult, evaluate
+from charrnn.model import CharRNN, ModelConfig, State, detach_state
+from charrnn.vocab import Vocab
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    partition: str = "sequential"
+    batch_size: int = 32
+    num_steps: int = 64
+    warmup: int = 0
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    clip: float = 1.0
+    epochs: int | None = None
+    max_steps: int | None = None
+    time_budget: float | None = None
+    val_every: int = 200
+    save_every: int | None = None  # None: save the last checkpoint at every validation
+    val_fraction: float = 0.1  # recorded; the split itself is made by the caller
+    eval_streams: int = 64
+    seed: int = 0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        partition(self.partition)
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        if self.warmup and self.partition != "random":
+            raise UsageError("--warmup only applies to --partition random (sequential carries the state)")
+        for name in ("batch_size", "num_steps", "val_every", "log_every", "eval_streams"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("epochs", "max_steps", "time_budget", "save_every"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if self.warmup < 0:
+            raise UsageError(f"--warmup must be >= 0, got {self.warmup}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise UsageError(f"--lr must be > 0, got {self.lr}")
+        if self.clip < 0 or self.weight_decay < 0:
+            raise UsageError("--clip and --weight-decay must be >= 0")
+        if self.epochs is None and self.max_steps is None and self.time_budget is None:
+            raise UsageError("give a stopping rule: --epochs, --max-steps or --time-budget")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    epoch: int
+    train_loss: float  # mean over the steps since the last report
+    lr: float
+    elapsed: float  # seconds of the whole run, resumed parts included
+    chars_per_second: float
+    fraction: float  # of the run done, by the stopping rule closest to firing
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    epochs: float
+    seconds: float
+    chars_per_second: float
+    train_loss: float
+    val_loss: float | None
+    checkpoint: str
+    best_checkpoint: str | None
+
+    @property
+    def val_perplexity(self) -> float | None:
+        return None if self.val_loss is None else math.exp(self.val_loss)
+
+    @property
+    def val_bits_per_char(self) -> float | None:
+        return None if self.val_loss is None else self.val_loss / math.log(2)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "val_perplexity": self.val_perplexity, "val_bits_per_char": self.val_bits_per_char}
+
+
+class Callbacks:
+    """Progress hooks; the defaults do nothing. The CLI's console implements them."""
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+
+    def on_step(self, progress: Progress) -> None: ...
+
+    def on_validate(self, step: int, result: EvalResult, improved: bool) -> None: ...
+
+    def on_save(self, path: str, reason: str) -> None: ...
+
+
+def best_path(out: str | Path) -> Path:
+    """Where the best-validation checkpoint goes: model.pt -> model.best.pt."""
+    p = Path(out)
+    return p.with_name(f"{p.stem}.best{p.suffix or '.pt'}")
+
+
+def lr_factor(schedule: str, fraction: float) -> float:
+    """Multiplier of the base learning rate after `fraction` (0..1) of the run."""
+    if schedule == "cosine":  # from 1 down to 0.1
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
+    return 1.0
+
+
+def make_optimizer(name: str, params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+
+
+def data_fingerprint(ids: np.ndarray) -> dict[str, Any]:
+    return {"chars": int(len(ids)), "sha256": hashlib.sha256(np.ascontiguousarray(ids).tobytes()).hexdigest()}
+
+
+def batch_loss(model: CharRNN, batch: Batch, state: State | None, device: torch.device) -> tuple[torch.Tensor, State]:
+    """Mean cross-entropy of one minibatch and the state after it.
+
+    x: (B, K + T) ids, the first K (warm-up) only build state under no_grad; y: (B, T).
+    """
+    x = torch.from_numpy(np.asarray(batch.x, dtype=np.int64)).to(device)
+    y = torch.from_numpy(np.asarray(batch.y, dtype=np.int64)).to(device)
+    if state is None:
+        state = model.begin_state(x.shape[0], device)
+    if batch.warmup:
+        with torch.no_grad():
+            _, state = model(x[:, : batch.warmup], state)
+        x = x[:, batch.warmup :]
+    logits, state = model(x, state)  # (B, T, V)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)), state
+
+
+def train(
+    train_ids: np.ndarray,
+    val_ids: np.ndarray,
+    vocab: Vocab,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    callbacks: Callbacks | None = None,
+    resume: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train a model on `train_ids`, validating on `val_ids`, writing checkpoints to `out`.
+
+    `resume` is a loaded checkpoint to continue from; its architecture is used and `config`
+    may change anything else (learning rate, stopping rules...).
+    """
+    cb = callbacks or Callbacks()
+    device = torch.device(device)
+    out = Path(out)
+    best_out = best_path(out)
+    checkpoint.check_writable(out)
+    check_fits(len(train_ids), config.batch_size, config.num_steps, config.warmup)
+    fingerprint = data_fingerprint(train_ids)
+    can_validate = len(val_ids) >= 2
+
+    if resume is not None:
+        if resume.get("data") != fingerprint:
+            raise DataError("the training text differs from the one this checkpoint was trained on; "
+                            "resume needs the same text (and the same --val-fraction)")
+        model_config = ModelConfig.from_dict(resume["model_config"])
+    else:
+        torch.manual_seed(config.seed)
+    model = CharRNN(model_config).to(device)
+    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
+    step = epoch = batch_in_epoch = chars_seen = 0
+    elapsed_before, best_val, val_loss = 0.0, math.inf, None
+    hidden: State | None = None
+    seed = config.seed
+    if resume is not None:
+        model.load_state_dict(resume["weights"])
+        if resume["train_config"]["optimizer"] == config.optimizer:
+            optimizer.load_state_dict(resume["optimizer"])
+        step, epoch, batch_in_epoch = resume["step"], resume["epoch"], resume["batch_in_epoch"]
+        chars_seen, elapsed_before = resume["chars_seen"], resume["elapsed"]
+        best_val = resume["best_val_loss"] if resume["best_val_loss"] is not None else math.inf
+        val_loss, seed = resume["val_loss"], resume["seed"]
+        config = replace(config, seed=seed)  # the data order belongs to the original run
+        torch.set_rng_state(resume["rng"]["torch"])
+        if resume["hidden"] is not None:
+            h = resume["hidden"]
+            hidden = tuple(t.to(device) for t in h) if isinstance(h, (list, tuple)) else h.to(device)
+    model.train()
+
+    strategy = partition(config.partition)
+    n_batches = max(1, batches_per_epoch(config.partition, len(train_ids), config.batch_size,
+                                         config.num_steps, config.warmup))
+    start_time = time.perf_counter()
+    train_time = 0.0
+    chars_this_run = 0
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - start_time
+
+    def fraction(next_epoch: int, next_batch: int) -> float:
+        parts = []
+        if config.max_steps:
+            parts.append(step / config.max_steps)
+        if config.epochs:
+            parts.append((next_epoch + next_batch / n_batches) / config.epochs)
+        if config.time_budget:
+            parts.append(elapsed() / config.time_budget)
+        return min(1.0, max(parts))
+
+    def payload() -> dict[str, Any]:
+        state = None
+        if hidden is not None:
+            state = tuple(t.cpu() for t in hidden) if isinstance(hidden, tuple) else hidden.cpu()
+        return {
+            "format": checkpoint.FORMAT, "version": checkpoint.VERSION, "charrnn_version": __version__,
+            "model_config": model_config.to_dict(), "train_config": config.to_dict(), "vocab": vocab.to_dict(),
+            "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+            "best_val_loss": None if math.isinf(best_val) else best_val, "val_loss": val_loss, "seed": seed,
+            "elapsed": elapsed(), "chars_seen": chars_seen, "rng": {"torch": torch.get_rng_state()},
+            "hidden": state, "data": fingerprint,
+        }
+
+    def save(path: Path, reason: str) -> None:
+        checkpoint.save(payload(), path)
+        cb.on_save(str(path), reason)
+
+    def validate() -> None:
+        nonlocal val_loss, best_val
+        result = evaluate(model, val_ids, unk_id=vocab.unk_id, streams=config.eval_streams)
+        val_loss = result.nats_per_char
+        improved = val_loss < best_val
+        cb.on_validate(step, result, improved)
+        if improved:
+            best_val = val_loss
+            save(best_out, "best")
+
+    def batches() -> Iterator[tuple[int, int, Batch]]:
+        e, skip = epoch, batch_in_epoch
+        while True:
+            rng = np.random.default_rng([seed, e])  # each epoch's order depends on (seed, epoch) only
+            for i, b in enumerate(strategy(train_ids, config.batch_size, config.num_steps, rng, config.warmup)):
+                if i >= skip:
+                    yield e, i, b
+            e, skip = e + 1, 0
+
+    cb.on_start({"parameters": model.num_parameters(), "device": str(device), "vocab_size": vocab.size,
+                 "train_chars": len(train_ids), "val_chars": len(val_ids), "batches_per_epoch": n_batches,
+                 "resumed_at": step if resume is not None else None})
+    check_every_step = device.type == "cpu"  # a host sync per step costs nothing on CPU
+    save_every = config.save_every or config.val_every
+    loss_sum = torch.zeros((), device=device)
+    loss_count, train_loss, last_val_step = 0, math.nan, -1
+    try:
+        for e, i, batch in batches():
+            if (config.epochs and e >= config.epochs) or fraction(e, i) >= 1.0:
+                break
+            t_step = time.perf_counter()
+            if e != epoch:
+                hidden = None  # a new epoch starts at a new offset: the carried state no longer fits
+            lr = config.lr * lr_factor(config.schedule, fraction(e, i))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss, new_state = batch_loss(model, batch, hidden if batch.carry_state else None, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip) if config.clip > 0 else None
+            if check_every_step and not (math.isfinite(loss.item()) and (norm is None or math.isfinite(norm.item()))):
+                raise_non_finite(step + 1, loss.item(), config.lr, out)
+            optimizer.step()
+            # The step is complete: only now does the run's position move (a checkpoint written
+            # after an interruption must describe a finished step).
+            hidden = detach_state(new_state) if batch.carry_state else None
+            step, epoch, batch_in_epoch = step + 1, e, i + 1
+            chars_seen += batch.y.size
+            chars_this_run += batch.y.size
+            loss_sum += loss.detach()
+            loss_count += 1
+            train_time += time.perf_counter() - t_step
+            if step % config.log_every == 0:
+                train_loss = loss_sum.item() / loss_count
+                if not math.isfinite(train_loss):
+                    raise_non_finite(step, train_loss, config.lr, out)
+                loss_sum.zero_()
+                loss_count = 0
+                cb.on_step(Progress(step, epoch, train_loss, lr, elapsed(), chars_this_run / max(train_time, 1e-9),
+                                    fraction(epoch, batch_in_epoch)))
+            if can_validate and step % config.val_every == 0:
+                validate()
+                last_val_step = step
+            if step % save_every == 0:
+                save(out, "periodic")
+    except KeyboardInterrupt as e:
+        save(out, "interrupted")
+        code, what = (143, "terminated") if isinstance(e, Terminated) else (130, "interrupted")
+        raise Interrupted(f"{what} at step {step}; resumable checkpoint saved to {str(out)!r} "
+                          f"(continue with --resume {str(out)!r})", exit_code=code) from None
+
+    if loss_count:
+        train_loss = loss_sum.item() / loss_count
+    if can_validate and last_val_step != step:
+        validate()
+    save(out, "final")
+    return TrainResult(
+        steps=step, epochs=epoch + batch_in_epoch / n_batches, seconds=elapsed(),
+        chars_per_second=chars_this_run / max(train_time, 1e-9), train_loss=train_loss, val_loss=val_loss,
+        checkpoint=str(out), best_checkpoint=str(best_out) if can_validate else None,
+    )
+
+
+def raise_non_finite(step: int, value: float, lr: float, out: Path) -> None:
+    kept = f"; the last good checkpoint is {str(out)!r}" if out.exists() else ""
+    raise TrainingError(f"loss or gradient became non-finite ({value}) at step {step}: training stopped; "
+                        f"try a lower learning rate (--lr {lr / 10:g}){kept}")

@@ -1,0 +1,126 @@
+"""Character vocabulary and the one-hot encoder.
+
+One token per Unicode code point, in code-point order, id = position; an optional `<unk>` token
+takes the last id. Encoding works on whole numpy arrays of code points (no Python loop per
+character), so a 100 MB text encodes in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+UnkPolicy = Literal["error", "map"]
+
+UNK_TOKEN = "<unk>"
+# What `decode` writes for the <unk> id: one character, so decoded length == number of ids.
+UNK_CHAR = "\ufffd"
+
+
+def code_points(text: str) -> np.ndarray:
+    """Code points of `text` as a uint32 array of shape (len(text),)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
+def smallest_dtype(size: int) -> np.dtype:
+    """The smallest unsigned integer dtype that holds ids 0..size-1."""
+    if size <= 1 << 8:
+        return np.dtype(np.uint8)
+    if size <= 1 << 16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32)
+
+
+@dataclass(frozen=True)
+class Vocab:
+    chars: tuple[str, ...]  # sorted by code point; id of chars[i] is i
+    counts: tuple[int, ...]  # how often each char occurs in the text it was built from
+    unk: bool = True  # <unk> has id len(chars) when present
+
+    @classmethod
+    def build(cls, text: str, unk: bool = True, min_freq: int = 1) -> Vocab:
+        """Vocabulary of `text`; characters seen fewer than `min_freq` times map to <unk>."""
+        if min_freq > 1 and not unk:
+            raise ValueError("min_freq > 1 needs the <unk> token")
+        cps = code_points(text)
+        freq = np.bincount(cps) if cps.size else np.zeros(0, dtype=np.int64)
+        kept = np.flatnonzero(freq >= max(min_freq, 1))
+        return cls(
+            chars=tuple(chr(c) for c in kept.tolist()),
+            counts=tuple(int(n) for n in freq[kept].tolist()),
+            unk=unk,
+        )
+
+    @property
+    def size(self) -> int:
+        return len(self.chars) + int(self.unk)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def unk_id(self) -> int | None:
+        return len(self.chars) if self.unk else None
+
+    @property
+    def dtype(self) -> np.dtype:
+        return smallest_dtype(self.size)
+
+    def _table(self) -> np.ndarray:
+        """Lookup table code point -> id (-1 where unknown), shape (max code point + 1,)."""
+        cps = np.array([ord(c) for c in self.chars], dtype=np.int64)
+        table = np.full(int(cps.max()) + 1 if cps.size else 1, -1, dtype=np.int32)
+        table[cps] = np.arange(cps.size, dtype=np.int32)
+        return table
+
+    def unknown_chars(self, text: str) -> list[str]:
+        """Distinct characters of `text` not in the vocabulary, in code-point order."""
+        cps = code_points(text)
+        table = self._table()
+        inside = cps < table.size
+        ids = np.full(cps.shape, -1, dtype=np.int32)
+        ids[inside] = table[cps[inside]]
+        return [chr(c) for c in np.unique(cps[ids < 0]).tolist()]
+
+    def encode(self, text: str, unk: UnkPolicy = "error", where: str = "text") -> np.ndarray:
+        """Ids of `text`, shape (len(text),), dtype `self.dtype`.
+
+        Unknown characters raise UnknownCharacterError under unk="error" and become <unk>
+        under unk="map" (an error too when the vocabulary has no <unk>).
+        """
+        from charrnn.errors import UnknownCharacterError
+
+        cps = code_points(text)
+        table = self._table()
+        inside = cps < table.size
+        ids = np.full(cps.shape, -1, dtype=np.int32)
+        ids[inside] = table[cps[inside]]
+        missing = ids < 0
+        if missing.any():
+            if unk == "error" or self.unk_id is None:
+                raise UnknownCharacterError([chr(c) for c in np.unique(cps[missing]).tolist()], where)
+            ids[missing] = self.unk_id
+        return ids.astype(self.dtype)
+
+    def decode(self, ids: np.ndarray | list[int] | torch.Tensor) -> str:
+        """Text of `ids`; <unk> decodes to U+FFFD so that len(decode(ids)) == len(ids)."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.cpu().numpy()
+        table = np.array(list(self.chars) + ([UNK_CHAR] if self.unk else []), dtype=object)
+        return "".join(table[np.asarray(ids, dtype=np.int64)].tolist())
+
+    def to_dict(self) -> dict:
+        """Plain data for the checkpoint (strings and ints only: safe under weights_only)."""
+        return {"chars": list(self.chars), "counts": list(self.counts), "unk": self.unk}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Vocab:
+        return cls(chars=tuple(d["chars"]), counts=tuple(int(n) for n in d["counts"]), unk=bool(d["unk"]))
+
+
+def one_hot(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """One-hot encoding: integer ids of shape (...) -> float32 tensor of shape (..., vocab_size)."""
+    return torch.nn.functional.one_hot(ids.long(), vocab_size).to(torch.float32)
