@@ -81,6 +81,14 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     if p.is_dir():
         raise CheckpointError(f"checkpoint {str(p)!r} is a directory")
     try:
+        with open(p, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {str(p)!r}: {e.strerror or e}") from None
+    # torch.save writes a zip archive; anything else would go down torch's legacy pickle path.
+    if magic != b"PK\x03\x04":
+        raise CheckpointError(f"{str(p)!r} is not a charrnn checkpoint")
+    try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights_only" in str(e) or "Weights only" in str(e):
@@ -89,9 +97,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
                 "(a charrnn checkpoint never does)"
             ) from None
         raise CheckpointError(f"{str(p)!r} is not a charrnn checkpoint") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # torch reports damaged archives with many exception types
         text = str(e)
-        if "central directory" in text or "EOF" in text or isinstance(e, EOFError):
+        if isinstance(e, (EOFError, zipfile.BadZipFile)) or "central directory" in text or "EOF" in text:
             raise CheckpointError(f"{str(p)!r} is truncated or damaged (not a complete checkpoint)") from None
         raise CheckpointError(f"{str(p)!r} is not a charrnn checkpoint") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

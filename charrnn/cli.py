@@ -48,7 +48,7 @@ class CharrnnGroup(click.Group):
 
 
 def _stdin() -> Any:
-    return click.get_binary_stream("stdin")
+    return getattr(sys.stdin, "buffer", sys.stdin)
 
 
 def _same_file(a: str, b: str) -> bool:

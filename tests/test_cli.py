@@ -1,0 +1,269 @@
+"""End-to-end tests of the command line: train -> eval -> generate, stdout/stderr contract, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from charrnn.cli import cli
+
+TINY = ["--hidden", "16", "--layers", "1", "-b", "4", "-t", "16", "--max-steps", "8", "--val-every", "4", "-q"]
+CELLS = ["rnn", "gru", "lstm", "scratch-rnn", "scratch-gru", "scratch-lstm"]
+
+
+def corpus_text() -> str:
+    words = "the time traveller smiled and we sat about the fire in the room while he spoke".split()
+    lines = [" ".join(words[(i * 7 + j) % len(words)] for j in range(9)) for i in range(40)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    p = tmp_path / "corpus.txt"
+    p.write_text(corpus_text(), encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("model")
+    (d / "corpus.txt").write_text(corpus_text(), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["train", str(d / "corpus.txt"), "-o", str(d / "m.pt"), *TINY])
+    assert result.exit_code == 0, result.stderr
+    return d / "m.pt"
+
+
+def run(*args: str, input: str | bytes | None = None):
+    return CliRunner().invoke(cli, list(args), input=input)
+
+
+def assert_clean_error(result, code: int, *needles: str) -> None:
+    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("partition", ["sequential", "random"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_train_eval_generate(tmp_path: Path, corpus: Path, cell: str, partition: str) -> None:
+    out = tmp_path / "m.pt"
+    extra = ["--warmup", "3"] if partition == "random" else []
+    r = run("train", str(corpus), "-o", str(out), "--cell", cell, "--partition", partition, *extra, *TINY[:-1])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.count("\n") == 1 and r.stdout.startswith("trained 8 steps")
+    assert "validation loss" in r.stderr and "training:" in r.stderr
+    assert out.exists() and (tmp_path / "m.best.pt").exists()
+
+    r = run("eval", "perplexity", "-m", str(out), str(corpus), "--json")
+    assert r.exit_code == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert set(result) >= {"perplexity", "nats_per_char", "bits_per_char", "chars", "unknown"}
+    assert result["chars"] == len(corpus_text()) - 1 and result["unknown"] == 0
+    assert 1.0 < result["perplexity"] < 40
+
+    r = run("generate", "-m", str(out), "--prefix", "the ", "-n", "40", "--seed", "3")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.startswith("the ") and len(r.stdout) == 4 + 40 + 1
+    assert run("generate", "-m", str(out), "--prefix", "the ", "-n", "40", "--seed", "3").stdout == r.stdout
+
+
+def test_help_is_fast_and_does_not_import_torch() -> None:
+    code = "import sys; from charrnn.cli import cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert run("--help").exit_code == 0
+    for sub in (["train"], ["eval", "perplexity"], ["generate"], ["info"]):
+        r = run(*sub, "--help")
+        assert r.exit_code == 0 and "Usage" in r.stdout
+
+
+def test_train_json_and_summary_keys(tmp_path: Path, corpus: Path) -> None:
+    r = run("train", str(corpus), "-o", str(tmp_path / "m.pt"), *TINY, "--json")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    for key in ("steps", "seconds", "chars_per_second", "train_loss", "val_loss", "val_perplexity",
+                "val_bits_per_char", "checkpoint"):
+        assert key in d
+    assert d["steps"] == 8 and d["checkpoint"] == str(tmp_path / "m.pt")
+    assert d["val_perplexity"] == pytest.approx(2.718281828 ** d["val_loss"])
+
+
+def test_train_from_stdin(tmp_path: Path) -> None:
+    r = run("train", "-", "-o", str(tmp_path / "m.pt"), *TINY, input=corpus_text())
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "m.pt").exists()
+
+
+def test_same_seed_same_model(tmp_path: Path, corpus: Path) -> None:
+    for name in ("a.pt", "b.pt"):
+        assert run("train", str(corpus), "-o", str(tmp_path / name), *TINY, "--dropout", "0.2").exit_code == 0
+    r1 = run("eval", "perplexity", "-m", str(tmp_path / "a.pt"), str(corpus), "--json")
+    r2 = run("eval", "perplexity", "-m", str(tmp_path / "b.pt"), str(corpus), "--json")
+    assert r1.stdout == r2.stdout
+
+
+def test_eval_text_output_and_stdin(trained: Path) -> None:
+    r = run("eval", "perplexity", "-m", str(trained), input="the time traveller\n")
+    assert r.exit_code == 0, r.stderr
+    lines = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    assert set(lines) == {"perplexity", "nats/char", "bits/char", "chars", "unknown"}
+    assert lines["chars"] == "18" and lines["unknown"] == "0"
+
+
+def test_eval_unknown_characters(trained: Path) -> None:
+    r = run("eval", "perplexity", "-m", str(trained), "--json", input="the Zoo\n")
+    assert r.exit_code == 0
+    d = json.loads(r.stdout)
+    assert d["unknown"] == 1 and d["chars"] == 6  # 7 targets, the 'Z' is skipped
+    assert_clean_error(run("eval", "perplexity", "-m", str(trained), "--unk", "error", input="the Zoo\n"),
+                       1, "'Z'", "--unk map")
+
+
+def test_generate_unknown_prefix(trained: Path) -> None:
+    assert_clean_error(run("generate", "-m", str(trained), "--prefix", "Zé the"), 1, "'Z'", "'é'")
+    r = run("generate", "-m", str(trained), "--prefix", "Zé the", "--unk", "map", "-n", "5", "--seed", "1")
+    assert r.exit_code == 0 and r.stdout.startswith("Zé the")
+
+
+def test_generate_options(trained: Path) -> None:
+    r = run("generate", "-m", str(trained), "--prefix", "the", "--no-echo", "-n", "30", "--greedy")
+    assert r.exit_code == 0 and len(r.stdout) == 31 and not r.stdout.startswith("the")
+    assert run("generate", "-m", str(trained), "--prefix", "the", "-n", "30", "--greedy", "--seed", "9").stdout[3:] \
+        == r.stdout
+    r = run("generate", "-m", str(trained), "-n", "20", "--num-samples", "3", "--seed", "1", "--json",
+            "--top-k", "5", "--top-p", "0.9", "--temperature", "0.7")
+    d = json.loads(r.stdout)
+    assert d["seed"] == 1 and len(d["samples"]) == 3 and all(len(s) == 20 for s in d["samples"])
+    r = run("generate", "-m", str(trained), "--prefix-file", "-", "-n", "10", "--seed", "1", input="the time")
+    assert r.exit_code == 0 and r.stdout.startswith("the time") and len(r.stdout) == 8 + 10 + 1
+    r = run("generate", "-m", str(trained), "-n", "10")
+    assert r.exit_code == 0 and r.stderr.startswith("seed ")
+    seed = r.stderr.split()[1]
+    assert run("generate", "-m", str(trained), "-n", "10", "--seed", seed).stdout == r.stdout
+
+
+def test_info(trained: Path) -> None:
+    r = run("info", "-m", str(trained), "--json")
+    d = json.loads(r.stdout)
+    assert d["model"]["cell"] == "lstm" and d["step"] == 8 and d["model"]["hidden"] == 16
+    assert run("info", "-m", str(trained)).stdout.startswith("lstm 1x16")
+
+
+def test_resume_continues_and_refuses_architecture_change(tmp_path: Path, corpus: Path) -> None:
+    out = tmp_path / "m.pt"
+    assert run("train", str(corpus), "-o", str(out), *TINY).exit_code == 0
+    r = run("train", str(corpus), "-o", str(out), "--resume", str(out), "--max-steps", "12", "--lr", "0.001", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["steps"] == 12
+    assert "resuming from" in r.stderr and "--lr 0.002 -> 0.001" in r.stderr
+    assert_clean_error(run("train", str(corpus), "-o", str(out), "--resume", str(out), "--hidden", "32"),
+                       2, "architecture cannot change")
+    other = tmp_path / "other.txt"
+    other.write_text(corpus_text().upper() + corpus_text())
+    assert_clean_error(run("train", str(other), "-o", str(out), "--resume", str(out), "--max-steps", "20"),
+                       1, "differs")
+
+
+BAD_UTF8 = b"hello \xff\xfe world " * 100
+
+
+@pytest.mark.parametrize("case", [
+    "missing", "directory", "empty", "one-char", "too-small", "not-utf8", "binary", "out-is-in", "out-dir",
+    "temperature", "top-k", "top-p", "length", "num-samples", "device", "cuda", "not-a-checkpoint",
+    "truncated", "missing-model", "both-prefixes", "warmup-sequential", "bad-lr", "tty-stdin",
+])
+def test_bad_input(tmp_path: Path, corpus: Path, trained: Path, case: str) -> None:
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "one.txt").write_text("a")
+    (tmp_path / "bad.txt").write_bytes(BAD_UTF8)
+    (tmp_path / "bin.dat").write_bytes(bytes(range(256)) * 10)
+    (tmp_path / "junk.pt").write_text("this is not a checkpoint")
+    data = trained.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    out = str(tmp_path / "new.pt")
+    m = str(trained)
+    cases = {
+        "missing": (["train", str(tmp_path / "nope.txt"), "-o", out], 2, "does not exist"),
+        "directory": (["train", str(tmp_path), "-o", out], 2, "directory"),
+        "empty": (["train", str(tmp_path / "empty.txt"), "-o", out], 1, "empty"),
+        "one-char": (["train", str(tmp_path / "one.txt"), "-o", out], 1, "characters"),
+        "too-small": (["train", str(corpus), "-o", out, "-b", "64", "-t", "64"], 1, "too few"),
+        "not-utf8": (["train", str(tmp_path / "bad.txt"), "-o", out], 1, "byte 6"),
+        "binary": (["train", str(tmp_path / "bin.dat"), "-o", out], 1, "binary"),
+        "out-is-in": (["train", str(corpus), "-o", str(corpus)], 2, "input corpus"),
+        "out-dir": (["train", str(corpus), "-o", str(tmp_path / "missing" / "m.pt")], 2, "does not exist"),
+        "temperature": (["generate", "-m", m, "--temperature", "0"], 2, "--temperature"),
+        "top-k": (["generate", "-m", m, "--top-k", "0"], 2, "--top-k"),
+        "top-p": (["generate", "-m", m, "--top-p", "1.5"], 2, "--top-p"),
+        "length": (["generate", "-m", m, "-n", "-1"], 2, "--length"),
+        "num-samples": (["generate", "-m", m, "--num-samples", "0"], 2, "--num-samples"),
+        "device": (["generate", "-m", m, "--device", "tpu"], 2, "device"),
+        "cuda": (["eval", "perplexity", "-m", m, str(corpus), "--device", "cuda"], 2, "cuda"),
+        "not-a-checkpoint": (["eval", "perplexity", "-m", str(tmp_path / "junk.pt"), str(corpus)], 1, "not a charrnn"),
+        "truncated": (["generate", "-m", str(tmp_path / "trunc.pt")], 1, "truncated"),
+        "missing-model": (["generate", "-m", str(tmp_path / "nope.pt")], 1, "does not exist"),
+        "both-prefixes": (["generate", "-m", m, "--prefix", "a", "--prefix-file", str(corpus)], 2, "not both"),
+        "warmup-sequential": (["train", str(corpus), "-o", out, "--warmup", "4", *TINY], 2, "--warmup"),
+        "bad-lr": (["train", str(corpus), "-o", out, "--lr", "-1", *TINY], 2, "--lr"),
+    }
+    if case == "tty-stdin":
+        import charrnn.cli as cli_module
+
+        class Tty:
+            def isatty(self) -> bool:
+                return True
+
+        mp = pytest.MonkeyPatch()
+        mp.setattr(cli_module, "_stdin", lambda: Tty())
+        try:
+            result = run("train", "-", "-o", out)
+        finally:
+            mp.undo()
+        assert_clean_error(result, 2, "terminal")
+        assert not Path(out).exists()
+        return
+    if case == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    before = sorted(tmp_path.rglob("*"))
+    args, code, needle = cases[case]
+    assert_clean_error(run(*args), code, needle)
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_generate_into_closed_pipe_is_quiet(trained: Path) -> None:
+    p = subprocess.run(f"'{sys.executable}' -m charrnn generate -m '{trained}' -n 100000 --seed 1 | head -c 100",
+                       shell=True, capture_output=True, text=True, executable="/bin/bash", timeout=120)
+    assert len(p.stdout) == 100
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_resumable_checkpoint(tmp_path: Path, corpus: Path, sig: int, code: int) -> None:
+    out = tmp_path / "m.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(corpus), "-o", str(out), "--hidden", "16",
+                             "-b", "4", "-t", "16", "--time-budget", "120", "--save-every", "1", "--val-every", "1000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert out.exists(), "training never saved"
+    os.kill(proc.pid, sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert "resumable checkpoint saved" in stderr and "Traceback" not in stderr
+    assert stdout == ""
+    r = run("info", "-m", str(out), "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["step"] >= 1
