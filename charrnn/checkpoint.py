@@ -99,7 +99,10 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         raise CheckpointError(f"{str(p)!r} is not a charrnn checkpoint") from None
     except Exception as e:  # torch reports damaged archives with many exception types
         text = str(e)
-        if isinstance(e, (EOFError, zipfile.BadZipFile)) or "central directory" in text or "EOF" in text:
+        # It starts like a zip archive (checked above) but has no readable end record: cut short.
+        # (torch reports some truncations as a bare OSError EINVAL.)
+        if isinstance(e, (EOFError, zipfile.BadZipFile)) or "central directory" in text or "EOF" in text \
+                or not zipfile.is_zipfile(p):
             raise CheckpointError(f"{str(p)!r} is truncated or damaged (not a complete checkpoint)") from None
         raise CheckpointError(f"{str(p)!r} is not a charrnn checkpoint") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -7,12 +7,14 @@ torch is imported inside the commands, never at module level, so `charrnn --help
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import secrets
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -195,14 +197,12 @@ def train(ctx: click.Context, corpus: str, output: str, resume: str | None, enco
     train_ids, val_ids = split_train_val(ids, val_fraction)
     config = TrainConfig(val_fraction=val_fraction, **{n: opts[n] for n in train_names})
     callbacks = con.TrainConsole(console)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if _main_thread() else None
     try:
-        result = run_training(train_ids, val_ids, vocab, model_config, config, out, device=dev,
-                              callbacks=callbacks, resume=ckpt)
+        with _stop_on_signals(callbacks):
+            result = run_training(train_ids, val_ids, vocab, model_config, config, out, device=dev,
+                                  callbacks=callbacks, resume=ckpt)
     finally:
         callbacks.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     if as_json:
         _json_out(result.to_dict())
     else:
@@ -212,16 +212,30 @@ def train(ctx: click.Context, corpus: str, output: str, resume: str | None, enco
                    f"saved {result.checkpoint}" + (f" and {result.best_checkpoint}" if result.best_checkpoint else ""))
 
 
-def _main_thread() -> bool:
+@contextlib.contextmanager
+def _stop_on_signals(callbacks: Any) -> Iterator[None]:
+    """SIGINT/SIGTERM ask training to save and stop after the current step (callbacks.stop_code);
+    a second signal exits at once. Saves are atomic, so that never damages the last checkpoint."""
     import threading
 
-    return threading.current_thread() is threading.main_thread()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
+    def handler(signum: int, frame: Any) -> None:
+        code = 143 if signum == signal.SIGTERM else 130
+        if callbacks.stop_code is not None:
+            os.write(2, b"\nstopped at once; the last saved checkpoint is intact\n")
+            os._exit(code)
+        callbacks.stop_code = code
+        os.write(2, b"\nstopping after this step and saving (press Ctrl-C again to quit at once)\n")
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    from charrnn.errors import Terminated
-
-    raise Terminated()
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @cli.group(name="eval")

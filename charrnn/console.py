@@ -47,6 +47,10 @@ class TrainConsole(Callbacks):
         self.val = "-"
         self.bar: Progress | None = None
         self.task: Any = None
+        self.stop_code: int | None = None  # set by the CLI's signal handlers
+
+    def stop_requested(self) -> int | None:
+        return self.stop_code
 
     def on_start(self, info: dict[str, Any]) -> None:
         resumed = f", resumed at step {info['resumed_at']}" if info["resumed_at"] is not None else ""

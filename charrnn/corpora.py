@@ -35,11 +35,10 @@ def builtin_text(name: str) -> str:
 def decode_text(data: bytes, encoding: str = "utf-8", name: str = "input") -> str:
     """Bytes -> text under the rules in the module docstring; clear errors for binary data."""
     try:
-        codecs.lookup(encoding)
+        canonical = codecs.lookup(encoding).name  # every alias (utf_16, U16...) -> "utf-16"
     except LookupError:
         raise UsageError(f"unknown encoding {encoding!r}") from None
-    if b"\x00" in data[:65536] and not encoding.lower().replace("-", "").startswith("utf16") \
-            and not encoding.lower().replace("-", "").startswith("utf32"):
+    if b"\x00" in data[:65536] and not canonical.startswith(("utf-16", "utf-32")):
         raise DataError(f"{name} looks like a binary file (it contains NUL bytes), not text")
     try:
         text = data.decode(encoding)
@@ -48,6 +47,8 @@ def decode_text(data: bytes, encoding: str = "utf-8", name: str = "input") -> st
             f"{name} is not valid {encoding} at byte {e.start} (byte 0x{data[e.start]:02x}); "
             "pass --encoding (for example --encoding latin-1)"
         ) from None
+    except LookupError:  # a codec, but not a text encoding (base64, rot13, zlib...)
+        raise UsageError(f"{encoding!r} is not a text encoding") from None
     return text.removeprefix("\ufeff").replace("\r\n", "\n")
 
 

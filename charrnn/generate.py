@@ -7,6 +7,7 @@ character costs one `model.step` (O(1) work, no re-reading of the text so far).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,8 +27,8 @@ class Sampling:
     greedy: bool = False
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise UsageError(f"--temperature must be > 0, got {self.temperature}")
+        if not 0 < self.temperature < math.inf:
+            raise UsageError(f"--temperature must be a finite number > 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise UsageError(f"--top-k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -38,7 +39,10 @@ def next_ids(logits: torch.Tensor, sampling: Sampling, generator: torch.Generato
     """Logits (B, V) -> sampled ids (B,)."""
     if sampling.greedy:
         return logits.argmax(dim=-1)
-    logits = logits.float() / sampling.temperature
+    # Shift the best logit to 0 first, so that a tiny temperature gives -inf for the others (a
+    # greedy choice) rather than overflowing to +inf (softmax NaN).
+    logits = logits.float()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / sampling.temperature
     if sampling.top_k is not None and sampling.top_k < logits.shape[-1]:
         kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -131,6 +131,12 @@ class Callbacks:
 
     def on_save(self, path: str, reason: str) -> None: ...
 
+    def stop_requested(self) -> int | None:
+        """Checked before every step: an exit code (130 for SIGINT, 143 for SIGTERM) asks the run to
+        save and stop there. Signal handlers set it instead of raising, so that a signal never lands
+        in the middle of a step or a save."""
+        return None
+
 
 def best_path(out: str | Path) -> Path:
     """Where the best-validation checkpoint goes: model.pt -> model.best.pt."""
@@ -227,6 +233,9 @@ def train(
             h = resume["hidden"]
             hidden = tuple(t.to(device) for t in h) if isinstance(h, (list, tuple)) else h.to(device)
     model.train()
+    # The torch RNG (dropout masks) as of the last finished step: an interruption in the middle of
+    # a step must not save the draws of that unfinished step.
+    rng_state = torch.get_rng_state()
 
     strategy = partition(config.partition)
     n_batches = max(1, batches_per_epoch(config.partition, len(train_ids), config.batch_size,
@@ -238,11 +247,11 @@ def train(
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - start_time
 
-    def fraction(next_epoch: int, next_batch: int) -> float:
-        parts = []
+    def fraction(next_epoch: int, next_batch: int, by_epochs: bool = True) -> float:
+        parts = [0.0]
         if config.max_steps:
             parts.append(step / config.max_steps)
-        if config.epochs:
+        if config.epochs and by_epochs:
             parts.append((next_epoch + next_batch / n_batches) / config.epochs)
         if config.time_budget:
             parts.append(elapsed() / config.time_budget)
@@ -258,7 +267,7 @@ def train(
             "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
             "best_val_loss": None if math.isinf(best_val) else best_val, "val_loss": val_loss, "seed": seed,
-            "elapsed": elapsed(), "chars_seen": chars_seen, "rng": {"torch": torch.get_rng_state()},
+            "elapsed": elapsed(), "chars_seen": chars_seen, "rng": {"torch": rng_state},
             "hidden": state, "data": fingerprint,
         }
 
@@ -294,7 +303,12 @@ def train(
     loss_count, train_loss, last_val_step = 0, math.nan, -1
     try:
         for e, i, batch in batches():
-            if (config.epochs and e >= config.epochs) or fraction(e, i) >= 1.0:
+            stop_code = cb.stop_requested()
+            if stop_code is not None:
+                raise Terminated() if stop_code == 143 else KeyboardInterrupt()
+            # --epochs stops at the end of the last epoch, which may hold one minibatch more than
+            # n_batches (the count at the worst offset): only the other rules stop by fraction.
+            if (config.epochs and e >= config.epochs) or fraction(e, i, by_epochs=False) >= 1.0:
                 break
             t_step = time.perf_counter()
             if e != epoch:
@@ -308,11 +322,17 @@ def train(
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip) if config.clip > 0 else None
             if check_every_step and not (math.isfinite(loss.item()) and (norm is None or math.isfinite(norm.item()))):
                 raise_non_finite(step + 1, loss.item(), config.lr, out)
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as err:  # the update itself overflows float32 (an absurd --lr)
+                if "overflow" not in str(err):
+                    raise
+                raise_non_finite(step + 1, math.inf, config.lr, out)
             # The step is complete: only now does the run's position move (a checkpoint written
             # after an interruption must describe a finished step).
             hidden = detach_state(new_state) if batch.carry_state else None
             step, epoch, batch_in_epoch = step + 1, e, i + 1
+            rng_state = torch.get_rng_state()
             chars_seen += batch.y.size
             chars_this_run += batch.y.size
             loss_sum += loss.detach()

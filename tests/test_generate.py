@@ -1,0 +1,201 @@
+"""Sampling: reproducibility, greedy decoding, top-k/top-p limits, <unk> never emitted, validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from charrnn.errors import UsageError
+from charrnn.generate import Sampling, generate, next_ids
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.vocab import UNK_CHAR, Vocab
+
+TEXT = "the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\n"
+
+
+@pytest.fixture
+def vocab() -> Vocab:
+    return Vocab.build(TEXT)
+
+
+def make_model(vocab: Vocab, cell: str = "lstm", seed: int = 0, input: str = "embedding") -> CharRNN:
+    torch.manual_seed(seed)
+    model = CharRNN(ModelConfig(vocab_size=vocab.size, cell=cell, hidden=16, layers=2, input=input, embed_dim=8))
+    with torch.no_grad():  # sharper than the default initialisation, so that samples differ visibly
+        model.head.weight.mul_(4)
+    return model
+
+
+def sample(model: CharRNN, vocab: Vocab, prefix: str, length: int, sampling: Sampling | None = None,
+           seed: int = 0, num_samples: int = 1) -> list[str]:
+    ids = vocab.encode(prefix)
+    steps = list(generate(model, vocab, ids, length, sampling or Sampling(), seed=seed, num_samples=num_samples))
+    assert all(len(chars) == num_samples for chars in steps)
+    return ["".join(chars[i] for chars in steps) for i in range(num_samples)]
+
+
+def greedy_reference(model: CharRNN, vocab: Vocab, prefix: str, length: int) -> str:
+    """Argmax continuation by re-running the full forward pass over the whole text each time."""
+    ids = [int(i) for i in vocab.encode(prefix)]
+    out = []
+    with torch.no_grad():
+        for _ in range(length):
+            logits, _ = model(torch.tensor([ids]))
+            last = logits[0, -1].clone()
+            last[vocab.unk_id] = float("-inf")
+            nxt = int(last.argmax())
+            ids.append(nxt)
+            out.append(vocab.chars[nxt])
+    return "".join(out)
+
+
+@pytest.mark.parametrize("prefix", ["the ", ""])
+def test_same_seed_same_text_other_seed_other_text(vocab: Vocab, prefix: str) -> None:
+    model = make_model(vocab)
+    a = sample(model, vocab, prefix, 200, seed=1)[0]
+    b = sample(model, vocab, prefix, 200, seed=1)[0]
+    c = sample(model, vocab, prefix, 200, seed=2)[0]
+    assert len(a) == 200
+    assert a == b
+    assert a != c
+    assert set(a) <= set(vocab.chars)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "scratch-rnn"])
+def test_greedy_is_argmax_continuation(vocab: Vocab, cell: str) -> None:
+    model = make_model(vocab, cell)
+    model.eval()
+    expected = greedy_reference(model, vocab, "the qu", 40)
+    got = sample(model, vocab, "the qu", 40, Sampling(greedy=True), seed=5)[0]
+    assert got == expected
+    # greedy ignores the seed
+    assert sample(model, vocab, "the qu", 40, Sampling(greedy=True), seed=6)[0] == expected
+
+
+def test_length_counts_only_generated_chars(vocab: Vocab) -> None:
+    model = make_model(vocab)
+    for prefix in ("", "a", "the lazy dog"):
+        for length in (0, 1, 17):
+            steps = list(generate(model, vocab, vocab.encode(prefix), length))
+            assert len(steps) == length
+
+
+def test_top_k_one_equals_greedy(vocab: Vocab) -> None:
+    model = make_model(vocab, "gru")
+    greedy = sample(model, vocab, "jumps ", 60, Sampling(greedy=True))[0]
+    for seed in (0, 1, 2):
+        assert sample(model, vocab, "jumps ", 60, Sampling(top_k=1, temperature=1.5), seed=seed)[0] == greedy
+
+
+def test_tiny_top_p_equals_greedy(vocab: Vocab) -> None:
+    model = make_model(vocab, "gru")
+    greedy = sample(model, vocab, "jumps ", 60, Sampling(greedy=True))[0]
+    for seed in (0, 1, 2):
+        assert sample(model, vocab, "jumps ", 60, Sampling(top_p=1e-6), seed=seed)[0] == greedy
+
+
+def test_low_temperature_approaches_greedy(vocab: Vocab) -> None:
+    model = make_model(vocab, "gru")
+    greedy = sample(model, vocab, "box ", 50, Sampling(greedy=True))[0]
+    assert sample(model, vocab, "box ", 50, Sampling(temperature=1e-4), seed=3)[0] == greedy
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-40, 1e-45])
+def test_tiny_temperature_is_greedy_not_nan(vocab: Vocab, temperature: float) -> None:
+    """Regression: logits / temperature overflowed to inf for tiny temperatures (accepted by
+    Sampling), softmax gave NaN and torch.multinomial raised a RuntimeError."""
+    model = make_model(vocab, "gru")
+    greedy = sample(model, vocab, "box ", 30, Sampling(greedy=True))[0]
+    assert sample(model, vocab, "box ", 30, Sampling(temperature=temperature), seed=3)[0] == greedy
+    assert sample(model, vocab, "box ", 30, Sampling(temperature=temperature, top_p=0.9), seed=3)[0] == greedy
+
+
+def test_huge_temperature_is_nearly_uniform(vocab: Vocab) -> None:
+    model = make_model(vocab, "gru")
+    text = sample(model, vocab, "box ", 2000, Sampling(temperature=1e30), seed=0)[0]
+    assert len(set(text)) == len(vocab.chars)  # every character turns up, <unk> never
+
+
+def test_next_ids_top_k_and_top_p_restrict_support() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(4000, -1)
+    g = torch.Generator().manual_seed(0)
+    top2 = next_ids(logits, Sampling(top_k=2), g)
+    assert set(top2.tolist()) == {0, 1}
+    # top_p 0.7: tokens 0 (0.5) and 1 (0.3 reaches 0.8 >= 0.7) stay, the rest go
+    top_p = next_ids(logits, Sampling(top_p=0.7), g)
+    assert set(top_p.tolist()) == {0, 1}
+    share0 = (top_p == 0).float().mean().item()
+    assert 0.55 < share0 < 0.70  # renormalised 0.5 / 0.8 = 0.625
+    full = next_ids(logits, Sampling(), g)
+    assert set(full.tolist()) == {0, 1, 2, 3}
+    assert torch.equal(next_ids(logits[:3], Sampling(greedy=True), g), torch.zeros(3, dtype=torch.long))
+
+
+def test_never_emits_unk(vocab: Vocab) -> None:
+    model = make_model(vocab)
+    with torch.no_grad():
+        model.head.bias[vocab.unk_id] = 1e4  # the model wants nothing but <unk>
+    for sampling in (Sampling(), Sampling(greedy=True), Sampling(top_k=3), Sampling(top_p=0.5),
+                     Sampling(temperature=5.0)):
+        for prefix in ("", "fox"):
+            text = sample(model, vocab, prefix, 100, sampling, num_samples=2)
+            for t in text:
+                assert len(t) == 100
+                assert UNK_CHAR not in t
+
+
+def test_prefix_with_unk_id_is_accepted(vocab: Vocab) -> None:
+    model = make_model(vocab)
+    ids = vocab.encode("fox \u00e9", unk="map")
+    steps = list(generate(model, vocab, ids, 10, seed=0))
+    assert len(steps) == 10 and UNK_CHAR not in "".join(c[0] for c in steps)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"temperature": 0.0}, {"temperature": -1.0}, {"temperature": float("nan")}, {"temperature": float("inf")},
+     {"top_k": 0}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_p": -0.1}, {"top_p": float("nan")}],
+)
+def test_sampling_validation(kwargs: dict) -> None:
+    with pytest.raises(UsageError):
+        Sampling(**kwargs)
+
+
+def test_sampling_accepts_limits() -> None:
+    assert Sampling(top_p=1.0).top_p == 1.0
+    assert Sampling(top_k=1).top_k == 1
+
+
+def test_generate_argument_validation(vocab: Vocab) -> None:
+    model = make_model(vocab)
+    with pytest.raises(UsageError):
+        list(generate(model, vocab, vocab.encode("a"), -1))
+    with pytest.raises(UsageError):
+        list(generate(model, vocab, vocab.encode("a"), 5, num_samples=0))
+
+
+def test_empty_prefix_draws_from_character_frequencies() -> None:
+    vocab = Vocab.build("aaaaaaaaab")
+    model = make_model(vocab, "rnn")
+    firsts = [next(iter(generate(model, vocab, np.array([], dtype=np.uint8), 1, seed=s)))[0] for s in range(200)]
+    assert set(firsts) <= {"a", "b"}
+    assert 140 < firsts.count("a") < 200  # 90% 'a'
+
+
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_num_samples(vocab: Vocab, num_samples: int) -> None:
+    model = make_model(vocab)
+    steps = list(generate(model, vocab, vocab.encode("the "), 30, seed=4, num_samples=num_samples))
+    assert len(steps) == 30
+    assert all(isinstance(chars, list) and len(chars) == num_samples for chars in steps)
+    assert all(isinstance(c, str) and len(c) == 1 for chars in steps for c in chars)
+    if num_samples > 1:
+        texts = ["".join(chars[i] for chars in steps) for i in range(num_samples)]
+        assert len(set(texts)) > 1  # independent samples
+
+
+def test_greedy_samples_are_identical(vocab: Vocab) -> None:
+    model = make_model(vocab)
+    texts = sample(model, vocab, "dog", 25, Sampling(greedy=True), num_samples=3)
+    assert texts[0] == texts[1] == texts[2] == greedy_reference(model.eval(), vocab, "dog", 25)

@@ -1,0 +1,396 @@
+"""The training loop: the loss, a real (short) run, config validation, schedule, failures, exact resume."""
+
+from __future__ import annotations
+
+import math
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from charrnn import checkpoint
+from charrnn import train as train_module
+from charrnn.corpora import builtin_text
+from charrnn.data import Batch, partition, random_batches, split_train_val
+from charrnn.errors import DataError, Interrupted, Terminated, TrainingError, UsageError
+from charrnn.evaluate import EvalResult
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.train import Callbacks, Progress, TrainConfig, batch_loss, best_path, lr_factor, train
+from charrnn.vocab import Vocab
+
+
+@pytest.fixture(scope="module")
+def small() -> tuple[Vocab, np.ndarray]:
+    """A few hundred characters of real text: enough for a handful of tiny minibatches per epoch."""
+    text = builtin_text("pydoc")[:400]
+    vocab = Vocab.build(text)
+    return vocab, vocab.encode(text)
+
+
+def tiny_model_config(vocab: Vocab, cell: str = "lstm", **kw) -> ModelConfig:
+    args = {"hidden": 16, "layers": 2, "embed_dim": 8, **kw}
+    return ModelConfig(vocab_size=vocab.size, cell=cell, **args)
+
+
+def tiny_config(**kw) -> TrainConfig:
+    args = {"batch_size": 4, "num_steps": 8, "max_steps": 12, "log_every": 1, **kw}
+    return TrainConfig(**args)
+
+
+class Recorder(Callbacks):
+    def __init__(self, interrupt_at: int | None = None, exc: type[BaseException] = KeyboardInterrupt) -> None:
+        self.steps: list[Progress] = []
+        self.validations: list[tuple[int, EvalResult, bool]] = []
+        self.saves: list[tuple[str, str]] = []
+        self.info: dict | None = None
+        self.interrupt_at, self.exc = interrupt_at, exc
+
+    def on_start(self, info: dict) -> None:
+        self.info = info
+
+    def on_step(self, progress: Progress) -> None:
+        self.steps.append(progress)
+        if progress.step == self.interrupt_at:
+            raise self.exc()
+
+    def on_validate(self, step: int, result: EvalResult, improved: bool) -> None:
+        self.validations.append((step, result, improved))
+
+    def on_save(self, path: str, reason: str) -> None:
+        self.saves.append((Path(path).name, reason))
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return checkpoint.load(path)["weights"]
+
+
+def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ---- the loss ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("cell", "warmup"), [("lstm", 0), ("scratch-gru", 3), ("rnn", 2)])
+def test_minibatch_gradient_is_mean_of_per_sample_gradients(cell: str, warmup: int) -> None:
+    torch.manual_seed(0)
+    v, b = 10, 5
+    model = CharRNN(ModelConfig(vocab_size=v, cell=cell, hidden=12, layers=2, input="onehot"))
+    ids = np.random.default_rng(0).integers(0, v, 400)
+    batch = next(random_batches(ids, b, 7, np.random.default_rng(1), warmup))
+    device = torch.device("cpu")
+
+    model.zero_grad()
+    loss, _ = batch_loss(model, batch, None, device)
+    loss.backward()
+    full = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    mean = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    losses = []
+    for r in range(b):
+        model.zero_grad()
+        row = Batch(x=batch.x[r : r + 1], y=batch.y[r : r + 1], warmup=batch.warmup, carry_state=False)
+        row_loss, _ = batch_loss(model, row, None, device)
+        row_loss.backward()
+        losses.append(row_loss.item())
+        for n, p in model.named_parameters():
+            mean[n] += p.grad / b
+    assert loss.item() == pytest.approx(np.mean(losses), abs=1e-6)
+    for n in full:
+        assert torch.allclose(full[n], mean[n], atol=1e-6), n
+    assert any(full[n].abs().sum() > 0 for n in full)
+
+
+def test_batch_loss_carries_state() -> None:
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=6, cell="gru", hidden=8, layers=1))
+    x = np.random.default_rng(0).integers(0, 6, (2, 9))
+    whole = Batch(x=x[:, :8], y=x[:, 1:], warmup=0, carry_state=True)
+    first = Batch(x=x[:, :4], y=x[:, 1:5], warmup=0, carry_state=True)
+    second = Batch(x=x[:, 4:8], y=x[:, 5:], warmup=0, carry_state=True)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        loss, state = batch_loss(model, whole, None, cpu)
+        l1, s1 = batch_loss(model, first, None, cpu)
+        l2, s2 = batch_loss(model, second, s1, cpu)
+    assert loss.item() == pytest.approx((l1.item() + l2.item()) / 2, abs=1e-6)
+    assert torch.allclose(state, s2, atol=1e-6)
+
+
+# ---- a real run ----------------------------------------------------------------------------------
+
+def test_short_training_run_learns(tmp_path: Path) -> None:
+    text = builtin_text("pydoc")[:20_000]
+    vocab = Vocab.build(text)
+    train_ids, val_ids = split_train_val(vocab.encode(text), 0.1)
+    out = tmp_path / "m.pt"
+    rec = Recorder()
+    config = TrainConfig(batch_size=16, num_steps=32, lr=1e-2, max_steps=150, val_every=50, log_every=25)
+    result = train(train_ids, val_ids, vocab, ModelConfig(vocab_size=vocab.size, cell="lstm", hidden=64, layers=1),
+                   config, out, callbacks=rec)
+    ln_v = math.log(vocab.size)
+    assert result.steps == 150
+    assert result.train_loss < 0.75 * ln_v
+    assert result.val_loss is not None and result.val_loss < 0.75 * ln_v
+    assert result.val_perplexity == pytest.approx(math.exp(result.val_loss))
+    assert result.val_bits_per_char == pytest.approx(result.val_loss / math.log(2))
+    assert result.checkpoint == str(out) and result.best_checkpoint == str(tmp_path / "m.best.pt")
+    assert out.is_file() and (tmp_path / "m.best.pt").is_file()
+    # progress reports: every 25 steps, the loss falling from about ln V
+    assert [p.step for p in rec.steps] == [25, 50, 75, 100, 125, 150]
+    assert rec.steps[0].train_loss > rec.steps[-1].train_loss
+    assert rec.steps[-1].fraction == pytest.approx(1.0)
+    assert rec.info is not None and rec.info["vocab_size"] == vocab.size and rec.info["resumed_at"] is None
+    # validation every 50 steps; the best checkpoint holds the best of them
+    assert [s for s, _, _ in rec.validations] == [50, 100, 150]
+    best_val = min(r.nats_per_char for _, r, _ in rec.validations)
+    assert result.val_loss == rec.validations[-1][1].nats_per_char
+    last = checkpoint.load(out)
+    best = checkpoint.load(tmp_path / "m.best.pt")
+    assert last["step"] == 150 and last["best_val_loss"] == pytest.approx(best_val)
+    assert best["val_loss"] == pytest.approx(best_val)
+    assert ("m.pt", "final") in rec.saves and ("m.best.pt", "best") in rec.saves
+    model, loaded_vocab, _ = checkpoint.load_model(out)
+    assert loaded_vocab == vocab and not model.training
+
+
+def test_no_validation_without_val_text(tmp_path: Path, small) -> None:
+    vocab, ids = small
+    rec = Recorder()
+    result = train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(max_steps=3, val_every=1),
+                   tmp_path / "m.pt", callbacks=rec)
+    assert result.val_loss is None and result.val_perplexity is None and result.best_checkpoint is None
+    assert rec.validations == []
+    assert not best_path(tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize(("n", "partition_name", "warmup"), [(327, "sequential", 0), (400, "sequential", 0),
+                                                             (328, "random", 1), (400, "random", 1)])
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_epochs_stopping_rule_makes_full_passes(tmp_path: Path, n: int, partition_name: str, warmup: int,
+                                                epochs: int) -> None:
+    """Regression: the run stopped as soon as the final epoch reached batches_per_epoch (the count
+    at the worst starting offset), dropping that epoch's last minibatch when its offset gave one more."""
+    text = builtin_text("pydoc")[:n]
+    vocab = Vocab.build(text)
+    ids = vocab.encode(text)
+    config = tiny_config(max_steps=None, epochs=epochs, partition=partition_name, warmup=warmup)
+    result = train(ids, ids[:0], vocab, tiny_model_config(vocab, hidden=8, layers=1), config, tmp_path / "m.pt")
+    strategy = partition(partition_name)
+    per_epoch = [len(list(strategy(ids, 4, 8, np.random.default_rng([0, e]), warmup))) for e in range(epochs)]
+    assert result.steps == sum(per_epoch)
+    ckpt = checkpoint.load(tmp_path / "m.pt")
+    assert (ckpt["epoch"], ckpt["batch_in_epoch"]) == (epochs - 1, per_epoch[-1])
+
+
+def test_best_path() -> None:
+    assert best_path("runs/model.pt") == Path("runs/model.best.pt")
+    assert best_path("model") == Path("model.best.pt")
+    assert best_path("a.b.ckpt") == Path("a.b.best.ckpt")
+
+
+# ---- configuration and schedule --------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_steps": None},  # no stopping rule
+        {"warmup": 3},  # warm-up with sequential partitioning
+        {"lr": 0.0},
+        {"lr": -1e-3},
+        {"lr": math.inf},
+        {"lr": math.nan},
+        {"partition": "nope"},
+        {"optimizer": "rmsprop"},
+        {"schedule": "linear"},
+        {"batch_size": 0},
+        {"num_steps": 0},
+        {"max_steps": 0},
+        {"epochs": 0},
+        {"time_budget": -1.0},
+        {"clip": -1.0},
+        {"weight_decay": -0.1},
+        {"partition": "random", "warmup": -1},
+        {"log_every": 0},
+    ],
+)
+def test_train_config_validation(kwargs: dict) -> None:
+    args = {"max_steps": 10, **kwargs}
+    with pytest.raises(UsageError):
+        TrainConfig(**args)
+
+
+def test_train_config_accepts_any_single_stopping_rule() -> None:
+    assert TrainConfig(epochs=1).epochs == 1
+    assert TrainConfig(time_budget=0.5).time_budget == 0.5
+    assert TrainConfig(max_steps=1, partition="random", warmup=4).warmup == 4
+
+
+def test_lr_factor() -> None:
+    assert lr_factor("cosine", 0.0) == pytest.approx(1.0)
+    assert lr_factor("cosine", 0.5) == pytest.approx(0.55)
+    assert lr_factor("cosine", 1.0) == pytest.approx(0.1)
+    assert lr_factor("cosine", -1.0) == pytest.approx(1.0)  # clamped
+    assert lr_factor("cosine", 2.0) == pytest.approx(0.1)
+    values = [lr_factor("cosine", f) for f in np.linspace(0, 1, 21)]
+    assert all(a > b for a, b in pairwise(values))
+    assert lr_factor("constant", 0.0) == lr_factor("constant", 0.7) == 1.0
+
+
+def test_lr_follows_schedule_during_training(tmp_path: Path, small) -> None:
+    vocab, ids = small
+    rec = Recorder()
+    train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(lr=0.01, max_steps=10), tmp_path / "m.pt",
+          callbacks=rec)
+    # the lr of step s (1-based) is set from the fraction done before it, (s - 1) / 10
+    assert [p.lr for p in rec.steps] == pytest.approx([0.01 * lr_factor("cosine", s / 10) for s in range(10)])
+
+
+# ---- failures ---------------------------------------------------------------------------------------
+
+def test_text_too_small(tmp_path: Path, small) -> None:
+    vocab, ids = small
+    with pytest.raises(DataError, match="too few"):
+        train(ids[:30], ids[:0], vocab, tiny_model_config(vocab), tiny_config(), tmp_path / "m.pt")
+
+
+def test_output_folder_missing(tmp_path: Path, small) -> None:
+    vocab, ids = small
+    with pytest.raises(UsageError, match="does not exist"):
+        train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(), tmp_path / "no" / "m.pt")
+
+
+def test_non_finite_loss_names_the_step(tmp_path: Path, small, monkeypatch: pytest.MonkeyPatch) -> None:
+    vocab, ids = small
+    real = train_module.batch_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss, state = real(*args, **kwargs)
+        return (loss * math.nan if calls["n"] == 3 else loss), state
+
+    monkeypatch.setattr(train_module, "batch_loss", poisoned)
+    out = tmp_path / "m.pt"
+    with pytest.raises(TrainingError) as info:
+        train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(save_every=1), out)
+    message = str(info.value)
+    assert "non-finite" in message and "at step 3" in message
+    assert "--lr 0.0002" in message  # a tenth of the default
+    assert str(out) in message  # the last good checkpoint is named
+    assert checkpoint.load(out)["step"] == 2
+
+
+def test_absurd_learning_rate_is_a_training_error(tmp_path: Path, small) -> None:
+    """Regression: Adam's bias-corrected step lr / (1 - beta1) overflowed float32 inside
+    optimizer.step() and escaped as a bare RuntimeError."""
+    vocab, ids = small
+    for optimizer, lr in (("adam", 1e38), ("sgd", 1e300)):
+        with pytest.raises(TrainingError, match="step 1"):
+            train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(optimizer=optimizer, lr=lr),
+                  tmp_path / "m.pt")
+
+
+@pytest.mark.parametrize(("exc", "code", "word"), [(KeyboardInterrupt, 130, "interrupted"),
+                                                   (Terminated, 143, "terminated")])
+def test_interrupt_saves_resumable_checkpoint(tmp_path: Path, small, exc, code: int, word: str) -> None:
+    vocab, ids = small
+    out = tmp_path / "m.pt"
+    rec = Recorder(interrupt_at=3, exc=exc)
+    with pytest.raises(Interrupted) as info:
+        train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(), out, callbacks=rec)
+    assert info.value.exit_code == code
+    assert f"{word} at step 3" in str(info.value) and "--resume" in str(info.value)
+    assert rec.saves == [("m.pt", "interrupted")]
+    ckpt = checkpoint.load(out)
+    assert ckpt["step"] == 3 and ckpt["batch_in_epoch"] == 3 and ckpt["epoch"] == 0
+    assert ckpt["hidden"] is not None  # sequential partitioning carries the state
+    rec2 = Recorder()
+    result = train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(), out, resume=ckpt, callbacks=rec2)
+    assert result.steps == 12
+    assert rec2.info is not None and rec2.info["resumed_at"] == 3
+    assert [p.step for p in rec2.steps] == list(range(4, 13))
+
+
+def test_resume_needs_same_text(tmp_path: Path, small) -> None:
+    vocab, ids = small
+    out = tmp_path / "m.pt"
+    train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(max_steps=2), out)
+    with pytest.raises(DataError, match="differs"):
+        train(ids[:-1], ids[:0], vocab, tiny_model_config(vocab), tiny_config(), out, resume=checkpoint.load(out))
+
+
+# ---- exact resume -------------------------------------------------------------------------------------
+
+RESUME_CASES = [("sequential", 0, "lstm"), ("random", 2, "lstm"), ("sequential", 0, "scratch-gru")]
+
+
+def run_pair(tmp_path: Path, small, partition_name: str, warmup: int, cell: str, interrupt) -> dict:
+    """An uninterrupted run of 12 steps vs one stopped by `interrupt` and resumed: same weights."""
+    vocab, ids = small
+    train_ids, val_ids = ids[:300], ids[300:]
+    mc = tiny_model_config(vocab, cell, dropout=0.1)
+    config = tiny_config(partition=partition_name, warmup=warmup, schedule="cosine", max_steps=12, val_every=4)
+    full = train(train_ids, val_ids, vocab, mc, config, tmp_path / "full.pt")
+    out = tmp_path / "int.pt"
+    with pytest.raises(Interrupted):
+        interrupt(lambda cb=None: train(train_ids, val_ids, vocab, mc, config, out, callbacks=cb))
+    ckpt = checkpoint.load(out)
+    assert 0 < ckpt["step"] < 12
+    resumed = train(train_ids, val_ids, vocab, mc, config, out, resume=ckpt)
+    assert resumed.steps == full.steps == 12
+    assert_bit_identical(weights(tmp_path / "full.pt"), weights(out))
+    assert resumed.val_loss == full.val_loss
+    assert checkpoint.load(out)["optimizer"]["state"].keys() == checkpoint.load(tmp_path / "full.pt")["optimizer"][
+        "state"].keys()
+    return ckpt
+
+
+@pytest.mark.parametrize(("partition_name", "warmup", "cell"), RESUME_CASES)
+@pytest.mark.parametrize("k", [5, 9])  # 300 ids give 9 minibatches per epoch: 9 stops at the epoch's end
+def test_exact_resume_after_interrupt_between_steps(tmp_path: Path, small, partition_name: str, warmup: int,
+                                                    cell: str, k: int) -> None:
+    def interrupt(run) -> None:
+        run(Recorder(interrupt_at=k))
+
+    ckpt = run_pair(tmp_path, small, partition_name, warmup, cell, interrupt)
+    assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (k, 0, k)
+
+
+@pytest.mark.parametrize(("partition_name", "warmup", "cell"), RESUME_CASES)
+def test_exact_resume_after_interrupt_mid_step(tmp_path: Path, small, monkeypatch: pytest.MonkeyPatch,
+                                               partition_name: str, warmup: int, cell: str) -> None:
+    """Regression: Ctrl-C during a step's forward pass (after its dropout masks were drawn) saved
+    the torch RNG as advanced by that unfinished step, so the resumed run drew other masks."""
+    real = train_module.batch_loss
+
+    def interrupt(run) -> None:
+        calls = {"n": 0}
+
+        def interrupted_loss(*args, **kwargs):
+            calls["n"] += 1
+            result = real(*args, **kwargs)  # draws this step's dropout masks
+            if calls["n"] == 6:
+                raise KeyboardInterrupt
+            return result
+
+        monkeypatch.setattr(train_module, "batch_loss", interrupted_loss)
+        try:
+            run()
+        finally:
+            monkeypatch.setattr(train_module, "batch_loss", real)
+
+    run_pair(tmp_path, small, partition_name, warmup, cell, interrupt)
+
+
+def test_resume_with_new_stopping_rule_continues(tmp_path: Path, small) -> None:
+    vocab, ids = small
+    out = tmp_path / "m.pt"
+    train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(max_steps=4), out)
+    result = train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(max_steps=6), out,
+                   resume=checkpoint.load(out))
+    assert result.steps == 6
+    assert checkpoint.load(out)["step"] == 6
