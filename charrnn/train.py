@@ -229,13 +229,15 @@ def train(
         val_loss, seed = resume["val_loss"], resume["seed"]
         config = replace(config, seed=seed)  # the data order belongs to the original run
         torch.set_rng_state(resume["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in resume["rng"]:
+            torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
         if resume["hidden"] is not None:
             h = resume["hidden"]
             hidden = tuple(t.to(device) for t in h) if isinstance(h, (list, tuple)) else h.to(device)
     model.train()
     # The torch RNG (dropout masks) as of the last finished step: an interruption in the middle of
     # a step must not save the draws of that unfinished step.
-    rng_state = torch.get_rng_state()
+    rng_state = rng_states(device)
 
     strategy = partition(config.partition)
     n_batches = max(1, batches_per_epoch(config.partition, len(train_ids), config.batch_size,
@@ -267,7 +269,7 @@ def train(
             "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
             "best_val_loss": None if math.isinf(best_val) else best_val, "val_loss": val_loss, "seed": seed,
-            "elapsed": elapsed(), "chars_seen": chars_seen, "rng": {"torch": rng_state},
+            "elapsed": elapsed(), "chars_seen": chars_seen, "rng": rng_state,
             "hidden": state, "data": fingerprint,
         }
 
@@ -332,7 +334,7 @@ def train(
             # after an interruption must describe a finished step).
             hidden = detach_state(new_state) if batch.carry_state else None
             step, epoch, batch_in_epoch = step + 1, e, i + 1
-            rng_state = torch.get_rng_state()
+            rng_state = rng_states(device)
             chars_seen += batch.y.size
             chars_this_run += batch.y.size
             loss_sum += loss.detach()
@@ -363,10 +365,19 @@ def train(
         validate()
     save(out, "final")
     return TrainResult(
-        steps=step, epochs=epoch + batch_in_epoch / n_batches, seconds=elapsed(),
+        # n_batches is the count at the worst offset; an epoch may hold one minibatch more
+        steps=step, epochs=epoch + min(batch_in_epoch / n_batches, 1.0), seconds=elapsed(),
         chars_per_second=chars_this_run / max(train_time, 1e-9), train_loss=train_loss, val_loss=val_loss,
         checkpoint=str(out), best_checkpoint=str(best_out) if can_validate else None,
     )
+
+
+def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    """The generators that dropout draws from: torch's CPU one, and the GPU's when training there."""
+    states = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
 
 
 def raise_non_finite(step: int, value: float, lr: float, out: Path) -> None:

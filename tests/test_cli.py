@@ -181,6 +181,8 @@ BAD_UTF8 = b"hello \xff\xfe world " * 100
     "missing", "directory", "empty", "one-char", "too-small", "not-utf8", "binary", "out-is-in", "out-dir",
     "temperature", "top-k", "top-p", "length", "num-samples", "device", "cuda", "not-a-checkpoint",
     "truncated", "missing-model", "both-prefixes", "warmup-sequential", "bad-lr", "tty-stdin",
+    "unk-prefix", "unk-eval", "newer-version", "zero-num-steps", "zero-batch", "zero-time-budget",
+    "eval-one-char", "bad-encoding",
 ])
 def test_bad_input(tmp_path: Path, corpus: Path, trained: Path, case: str) -> None:
     (tmp_path / "empty.txt").write_bytes(b"")
@@ -190,6 +192,11 @@ def test_bad_input(tmp_path: Path, corpus: Path, trained: Path, case: str) -> No
     (tmp_path / "junk.pt").write_text("this is not a checkpoint")
     data = trained.read_bytes()
     (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    import torch
+
+    newer = torch.load(trained, weights_only=True)
+    newer["version"] = 99
+    torch.save(newer, tmp_path / "newer.pt")
     out = str(tmp_path / "new.pt")
     m = str(trained)
     cases = {
@@ -215,6 +222,15 @@ def test_bad_input(tmp_path: Path, corpus: Path, trained: Path, case: str) -> No
         "both-prefixes": (["generate", "-m", m, "--prefix", "a", "--prefix-file", str(corpus)], 2, "not both"),
         "warmup-sequential": (["train", str(corpus), "-o", out, "--warmup", "4", *TINY], 2, "--warmup"),
         "bad-lr": (["train", str(corpus), "-o", out, "--lr", "-1", *TINY], 2, "--lr"),
+        "unk-prefix": (["generate", "-m", m, "--prefix", "Q"], 1, "'Q'"),
+        "unk-eval": (["eval", "perplexity", "-m", m, "--unk", "error", str(tmp_path / "bad.txt"), "--encoding",
+                      "latin-1"], 1, "not in the model's vocabulary"),
+        "newer-version": (["info", "-m", str(tmp_path / "newer.pt")], 1, "version 99"),
+        "zero-num-steps": (["train", str(corpus), "-o", out, "-t", "0"], 2, "--num-steps"),
+        "zero-batch": (["train", str(corpus), "-o", out, "-b", "0"], 2, "--batch-size"),
+        "zero-time-budget": (["train", str(corpus), "-o", out, "--time-budget", "0"], 2, "--time-budget"),
+        "eval-one-char": (["eval", "perplexity", "-m", m, str(tmp_path / "one.txt")], 1, "at least 2"),
+        "bad-encoding": (["train", str(corpus), "-o", out, "--encoding", "klingon"], 2, "unknown encoding"),
     }
     if case == "tty-stdin":
         import charrnn.cli as cli_module
@@ -270,3 +286,25 @@ def test_signal_saves_resumable_checkpoint(tmp_path: Path, corpus: Path, sig: in
     assert stdout == ""
     r = run("info", "-m", str(out), "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["step"] >= 1
+
+
+def test_second_signal_quits_at_once_and_keeps_the_checkpoint(tmp_path: Path, corpus: Path) -> None:
+    out = tmp_path / "m.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(corpus), "-o", str(out), "--hidden", "256",
+                             "-b", "4", "-t", "16", "--time-budget", "120", "--save-every", "1", "--val-every", "1000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and stdout == "" and "Traceback" not in stderr
+    assert json.loads(run("info", "-m", str(out), "--json").stdout)["step"] >= 1
+
+
+def test_text_is_data_only(trained: Path) -> None:
+    prefix = "{0} %s $(echo hi) `id` {__import__}"
+    r = run("generate", "-m", str(trained), "--prefix", prefix, "--unk", "map", "-n", "3", "--seed", "1")
+    assert r.exit_code == 0 and r.stdout.startswith(prefix)
