@@ -231,7 +231,12 @@ def train(
         torch.set_rng_state(resume["rng"]["torch"])
         if device.type == "cuda" and "cuda" in resume["rng"]:
             torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
-        if resume["hidden"] is not None:
+        saved = resume["train_config"]
+        if any(saved.get(k) != getattr(config, k) for k in ("partition", "batch_size", "num_steps", "warmup")):
+            # Another minibatch shape: the saved position and carried state mean nothing under it,
+            # so go on from the start of the next epoch with a fresh state.
+            epoch, batch_in_epoch = epoch + 1, 0
+        elif resume["hidden"] is not None:
             h = resume["hidden"]
             hidden = tuple(t.to(device) for t in h) if isinstance(h, (list, tuple)) else h.to(device)
     model.train()

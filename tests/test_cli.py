@@ -308,3 +308,12 @@ def test_text_is_data_only(trained: Path) -> None:
     prefix = "{0} %s $(echo hi) `id` {__import__}"
     r = run("generate", "-m", str(trained), "--prefix", prefix, "--unk", "map", "-n", "3", "--seed", "1")
     assert r.exit_code == 0 and r.stdout.startswith(prefix)
+
+
+def test_resume_with_another_batch_shape(tmp_path: Path, corpus: Path) -> None:
+    out = tmp_path / "m.pt"
+    assert run("train", str(corpus), "-o", str(out), *TINY).exit_code == 0
+    r = run("train", str(corpus), "-o", str(out), "--resume", str(out), "-b", "6", "-t", "8", "--max-steps", "12",
+            "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["steps"] == 12 and "--batch-size 4 -> 6" in r.stderr
