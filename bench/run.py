@@ -57,6 +57,9 @@ def bench_train(ids, vocab, cell, hidden, input_, seconds, device, tmp) -> dict:
     steps = {"scratch-rnn": 8, "scratch-gru": 6, "scratch-lstm": 6}.get(cell, 60)
     tc = TrainConfig(max_steps=steps, time_budget=seconds, val_every=10**9, log_every=10**9, save_every=10**9,
                      val_fraction=0.0)
+    # a short discarded run first: allocator, thread pool and oneDNN primitives warm up
+    train(ids, ids[:0], vocab, cfg, TrainConfig(max_steps=2, val_every=10**9, val_fraction=0.0), tmp / "b.pt",
+          device=device)
     r = train(ids, ids[:0], vocab, cfg, tc, tmp / "b.pt", device=device)
     return {"cell": cell, "hidden": hidden, "input": input_, "steps": r.steps, "chars_per_s": round(r.chars_per_second)}
 
