@@ -69,20 +69,20 @@ class Vocab:
     def dtype(self) -> np.dtype:
         return smallest_dtype(self.size)
 
-    def _table(self) -> np.ndarray:
-        """Lookup table code point -> id (-1 where unknown), shape (max code point + 1,)."""
-        cps = np.array([ord(c) for c in self.chars], dtype=np.int64)
-        table = np.full(int(cps.max()) + 1 if cps.size else 1, -1, dtype=np.int32)
-        table[cps] = np.arange(cps.size, dtype=np.int32)
-        return table
-
-    def unknown_chars(self, text: str) -> list[str]:
-        """Distinct characters of `text` not in the vocabulary, in code-point order."""
+    def _lookup(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(code points, ids) of `text`, both of shape (len(text),); id -1 marks unknown characters."""
+        known = np.array([ord(c) for c in self.chars], dtype=np.int64)
+        table = np.full(int(known.max()) + 1 if known.size else 1, -1, dtype=np.int32)  # code point -> id
+        table[known] = np.arange(known.size, dtype=np.int32)
         cps = code_points(text)
-        table = self._table()
         inside = cps < table.size
         ids = np.full(cps.shape, -1, dtype=np.int32)
         ids[inside] = table[cps[inside]]
+        return cps, ids
+
+    def unknown_chars(self, text: str) -> list[str]:
+        """Distinct characters of `text` not in the vocabulary, in code-point order."""
+        cps, ids = self._lookup(text)
         return [chr(c) for c in np.unique(cps[ids < 0]).tolist()]
 
     def encode(self, text: str, unk: UnkPolicy = "error", where: str = "text") -> np.ndarray:
@@ -93,11 +93,7 @@ class Vocab:
         """
         from charrnn.errors import UnknownCharacterError
 
-        cps = code_points(text)
-        table = self._table()
-        inside = cps < table.size
-        ids = np.full(cps.shape, -1, dtype=np.int32)
-        ids[inside] = table[cps[inside]]
+        cps, ids = self._lookup(text)
         missing = ids < 0
         if missing.any():
             if unk == "error" or self.unk_id is None:
