@@ -86,6 +86,7 @@ def cli() -> None:
     charrnn eval perplexity -m model.pt FILE    perplexity and bits per character of held-out text
     charrnn generate -m model.pt --prefix TEXT  sample text, streamed to stdout
     charrnn info -m model.pt                    what a checkpoint holds
+    charrnn corpus list                         corpora known by name (fetched and verified on first use)
 
     stdout carries only data; progress and messages go to stderr. `-` means stdin.
     """
@@ -132,14 +133,18 @@ def cli() -> None:
 @click.pass_context
 def train(ctx: click.Context, corpus: str, output: str, resume: str | None, encoding: str, val_fraction: float,
           min_freq: int, input_: str, as_json: bool, quiet: bool, device: str, **opts: Any) -> None:
-    """Train a model on CORPUS: a text file, `-` for stdin, or `pydoc` (built in, the default).
+    """Train a model on CORPUS: a text file, `-` for stdin, `pydoc` (built in, the default) or a
+    catalog corpus name (`charrnn corpus list`; fetched and verified on first use).
+
+    A corpus with official splits (ptb-char) trains on its train part and validates on its valid
+    part; anything else holds out the last --val-fraction for validation.
 
     Progress goes to stderr; a summary line (or --json) to stdout. Ctrl-C saves a resumable
     checkpoint. Stopping: whichever of --epochs, --max-steps, --time-budget comes first.
     """
     from charrnn import checkpoint
     from charrnn import console as con
-    from charrnn.corpora import load_corpus
+    from charrnn.corpora import catalog_entry, load_splits
     from charrnn.data import split_train_val
     from charrnn.model import ModelConfig, resolve_device
     from charrnn.train import TrainConfig
@@ -156,7 +161,11 @@ def train(ctx: click.Context, corpus: str, output: str, resume: str | None, enco
     checkpoint.check_writable(out)
     console = con.make_console(quiet)
     dev = resolve_device(device)
-    text = load_corpus(corpus, encoding, _stdin())
+    entry = catalog_entry(corpus)
+    official = entry is not None and entry.has_splits
+    if official and given("val_fraction"):
+        raise UsageError(f"{corpus} has an official validation split, so --val-fraction does not apply")
+    text, valid_text, _ = load_splits(corpus, encoding, _stdin(), callbacks=con.DownloadConsole(console))
 
     arch_names = list(ARCH_DEFAULTS)
     internal = ("val_fraction", "eval_streams", "log_every")
@@ -177,7 +186,7 @@ def train(ctx: click.Context, corpus: str, output: str, resume: str | None, enco
                     changes.append(f"--{name.replace('_', '-')} {saved_train.get(name)} -> {opts[name]}")
             elif name in opts:
                 opts[name] = saved_train.get(name)
-        if given("val_fraction") and val_fraction != saved_train["val_fraction"]:
+        if not official and given("val_fraction") and val_fraction != saved_train["val_fraction"]:
             raise UsageError("--val-fraction cannot change on resume (it changes the training text)")
         val_fraction = saved_train["val_fraction"]
         vocab = Vocab.from_dict(ckpt["vocab"])
@@ -194,7 +203,14 @@ def train(ctx: click.Context, corpus: str, output: str, resume: str | None, enco
     if all(opts[n] is None for n in ("epochs", "max_steps", "time_budget")):
         opts["time_budget"] = DEFAULT_TIME_BUDGET
         con.info(console, f"no stopping rule given: training for {DEFAULT_TIME_BUDGET:g} seconds (--time-budget)")
-    train_ids, val_ids = split_train_val(ids, val_fraction)
+    if official:
+        # The official valid part is encoded with the training vocabulary; characters it lacks
+        # become <unk> (not scored), as in `eval perplexity`.
+        train_ids, val_fraction = ids, 0.0
+        val_ids = vocab.encode(valid_text or "", unk="map" if vocab.unk else "error",
+                               where=f"the {corpus} validation text")
+    else:
+        train_ids, val_ids = split_train_val(ids, val_fraction)
     config = TrainConfig(val_fraction=val_fraction, **{n: opts[n] for n in train_names})
     callbacks = con.TrainConsole(console)
     try:
@@ -253,24 +269,35 @@ def eval_group() -> None:
               help="Score the text as this many contiguous pieces side by side, each carrying its own state "
                    "(faster); 1 scores it as one sequence.")
 @click.option("-t", "--num-steps", default=256, show_default=True, help="Characters per forward call.")
+@click.option("--split", type=click.Choice(["test", "valid", "train"]), default=None,
+              help="Score this official part of a catalog corpus with splits (ptb-char).")
 @device_option
 @json_option
-def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int, num_steps: int, device: str,
-               as_json: bool) -> None:
-    """Perplexity and bits per character of MODEL on TEXT (a file, `-` for stdin, or `pydoc`).
+def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int, num_steps: int,
+               split: str | None, device: str, as_json: bool) -> None:
+    """Perplexity and bits per character of MODEL on TEXT (a file, `-` for stdin, `pydoc` or a
+    catalog corpus name; for one with official splits, choose the part with --split).
 
     Every character after the first is predicted from all before it; perplexity is
     exp(mean cross-entropy in nats), bits/char = nats / ln 2.
     """
+    from charrnn import console as con
     from charrnn.checkpoint import load_model
-    from charrnn.corpora import load_corpus
+    from charrnn.corpora import catalog_entry, load_corpus, load_part
     from charrnn.evaluate import evaluate
     from charrnn.model import resolve_device
 
     if streams < 1 or num_steps < 1:
         raise UsageError("--streams and --num-steps must be >= 1")
+    entry = catalog_entry(text)
+    if split is None and entry is not None and entry.has_splits:
+        raise UsageError(f"{text} has official splits: choose the part to score with --split test, valid or train")
     model, vocab, _ = load_model(model_path, resolve_device(device))
-    content = load_corpus(text, encoding, _stdin())
+    fetching = con.DownloadConsole(con.make_console())
+    if split is not None:
+        content = load_part(text, split, encoding, callbacks=fetching)
+    else:
+        content = load_corpus(text, encoding, _stdin(), callbacks=fetching)
     ids = vocab.encode(content, unk=unk, where="the text")  # type: ignore[arg-type]
     result = evaluate(model, ids, unk_id=vocab.unk_id, streams=streams, num_steps=num_steps)
     if as_json:
@@ -372,6 +399,93 @@ def info_cmd(model_path: str, as_json: bool) -> None:
                f"vocabulary {summary['vocab_size']}")
     click.echo(f"step {summary['step']}, validation loss {_num(summary['val_loss'])} nats/char "
                f"(best {_num(summary['best_val_loss'])}), trained on {summary['training_chars']} characters")
+
+
+@cli.group(name="corpus")
+def corpus_group() -> None:
+    """Corpora known by name: list them, show their facts, fetch verified copies.
+
+    \b
+    Local copies are looked for in the folders of CHARRNN_CORPORA, then in the cache
+    ($CHARRNN_HOME/corpora, else $XDG_CACHE_HOME/charrnn/corpora, else ~/.cache/charrnn/corpora);
+    otherwise they are downloaded (from $CHARRNN_CORPUS_URL_BASE/<path> when that is set)
+    and checked against the catalog's size and SHA-256 before use.
+    """
+
+
+def _size(entry: Any) -> str:
+    if entry.builtin:
+        return "built in"
+    n = entry.size
+    human = f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+    return human + (" zip" if any(f.format == "zip" for f in entry.files) else "")
+
+
+@corpus_group.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print the catalog entries as one JSON list.")
+def corpus_list(as_json: bool) -> None:
+    """The corpora known by name: name, size, description."""
+    from charrnn.catalog import load_catalog
+
+    entries = list(load_catalog().values())
+    if as_json:
+        click.echo(json.dumps([e.to_dict() for e in entries], ensure_ascii=False))
+        return
+    width = max([len("name"), *(len(e.name) for e in entries)])
+    click.echo(f"{'name':<{width}}  {'size':>11}  description")
+    for e in entries:
+        click.echo(f"{e.name:<{width}}  {_size(e):>11}  {e.description}")
+
+
+@corpus_group.command(name="info")
+@click.argument("name")
+@json_option
+def corpus_info(name: str, as_json: bool) -> None:
+    """Facts of corpus NAME: description, files (URL, bytes, SHA-256), licence, split."""
+    from charrnn.catalog import get_entry
+
+    entry = get_entry(name)
+    if as_json:
+        _json_out(entry.to_dict())
+        return
+    click.echo(f"{entry.name}: {entry.description}")
+    click.echo(f"size: {_size(entry)}" + ("" if entry.builtin else f" ({entry.size:,} bytes)"))
+    click.echo(f"licence: {entry.licence}")
+    click.echo(f"split: {entry.split}")
+    if entry.source:
+        click.echo(f"source: {entry.source}")
+    for f in entry.files:
+        click.echo(f"file {f.role}: {f.path}, {f.bytes:,} bytes, sha256 {f.sha256 or 'unknown (cannot be verified)'}"
+                   + (f", {f.format} archive of {f.member}" if f.format != "text" else ""))
+        click.echo(f"  url: {f.url}")
+
+
+def _fetch_paths(name: str) -> list[Path]:
+    from charrnn import console as con
+    from charrnn.catalog import fetch
+
+    return list(fetch(name, callbacks=con.DownloadConsole(con.make_console())).values())
+
+
+@corpus_group.command(name="fetch")
+@click.argument("name")
+def corpus_fetch(name: str) -> None:
+    """Download corpus NAME into the cache (unless a verified copy exists) and print its path(s).
+
+    Every file is checked against the catalog's size and SHA-256; a failed or corrupt download
+    leaves nothing behind. Progress goes to stderr, the path(s) to stdout, one per line.
+    """
+    for path in _fetch_paths(name):
+        click.echo(str(path))
+
+
+@corpus_group.command(name="path")
+@click.argument("name")
+def corpus_path(name: str) -> None:
+    """Print the local path(s) of corpus NAME, one per line (train, valid, test order), fetching
+    it first if needed: `wc -c $(charrnn corpus path tinyshakespeare)`."""
+    for path in _fetch_paths(name):
+        click.echo(str(path))
 
 
 def main() -> None:

@@ -7,11 +7,21 @@ one plain line per report, so logs stay readable.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 
+from charrnn.catalog import CorpusFile, FetchCallbacks
 from charrnn.evaluate import EvalResult
 from charrnn.train import Callbacks
 from charrnn.train import Progress as TrainProgress
@@ -86,6 +96,38 @@ class TrainConsole(Callbacks):
         if reason == "interrupted":
             self.close()
             self.console.print(f"saved {path}", markup=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+class DownloadConsole(FetchCallbacks):
+    """Corpus downloads on stderr: a live bar on a terminal, one line at start and end otherwise."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live = console.is_terminal and not console.quiet
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    def on_download_start(self, file: CorpusFile, url: str) -> None:
+        self.console.print(f"downloading {url} ({file.bytes:,} bytes)", markup=False)
+        if self.live:
+            self.bar = Progress(TextColumn(file.path), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                console=self.console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("download", total=file.bytes)
+
+    def on_progress(self, bytes_done: int, bytes_total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=bytes_done, total=bytes_total or None)
+
+    def on_download_end(self, file: CorpusFile, path: Path | None) -> None:
+        self.close()
+        if path is not None:
+            self.console.print(f"verified sha256 and saved {path}", markup=False)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1,4 +1,8 @@
-"""Where text comes from: files, standard input, and the built-in corpora.
+"""Where text comes from: files, standard input, the built-in corpora and the catalog corpora.
+
+A source is resolved in this order: "-" is standard input; an existing path is read as a file;
+a built-in name (`pydoc`) is assembled in memory; a catalog name (charrnn/catalog.json, see
+charrnn/catalog.py) is read from a verified local copy, fetched on first use.
 
 Text handling, the same everywhere: bytes are decoded with the given encoding (UTF-8 by default)
 and a leading byte-order mark is dropped; Windows line ends "\\r\\n" become "\\n" (a lone "\\r" is
@@ -10,9 +14,11 @@ from __future__ import annotations
 import codecs
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
+from charrnn.catalog import CatalogEntry, FetchCallbacks, fetch_file, load_catalog
 from charrnn.errors import DataError, UsageError
 
 BUILTIN = {
@@ -71,10 +77,67 @@ def read_text(source: str, encoding: str = "utf-8", stdin: BinaryIO | None = Non
     return decode_text(data, encoding, repr(source))
 
 
-def load_corpus(source: str, encoding: str = "utf-8", stdin: BinaryIO | None = None) -> str:
-    """Text of `source`: "-", an existing path, or a built-in corpus name (an existing path wins)."""
+def catalog_entry(source: str, env: Mapping[str, str] | None = None) -> CatalogEntry | None:
+    """The catalog entry `source` names, or None for "-", an existing path, a built-in or another name."""
+    if source == "-" or "/" in source or os.sep in source or os.path.exists(source) or source in BUILTIN:
+        return None
+    # Only names that could be catalog names reach the catalog, so a bad CHARRNN_CATALOG never
+    # gets in the way of reading plain files.
+    entry = load_catalog(env).get(source)
+    return None if entry is None or entry.builtin else entry
+
+
+def _read_catalog_file(entry: CatalogEntry, role: str, encoding: str, env: Mapping[str, str] | None,
+                       callbacks: FetchCallbacks | None) -> str:
+    file = entry.file(role)
+    assert file is not None
+    path = fetch_file(entry, file, env, callbacks)
+    text = read_text(str(path), encoding)
+    if not text:
+        raise DataError(f"{path} ({entry.name} {role}) is empty")
+    return text
+
+
+def load_part(source: str, part: str, encoding: str = "utf-8", env: Mapping[str, str] | None = None,
+              callbacks: FetchCallbacks | None = None) -> str:
+    """Text of the official `part` ("train", "valid" or "test") of catalog corpus `source`;
+    a UsageError when `source` is not a corpus with official splits or lacks that part."""
+    entry = catalog_entry(source, env)
+    if entry is None or not entry.has_splits:
+        with_splits = [e.name for e in load_catalog(env).values() if e.has_splits]
+        raise UsageError(f"{source!r} has no official {part} split: only catalog corpora with official splits "
+                         f"({', '.join(with_splits) or 'none in this catalog'}) have one")
+    if entry.file(part) is None:
+        raise UsageError(f"{source} has no official {part} split")
+    return _read_catalog_file(entry, part, encoding, env, callbacks)
+
+
+def load_splits(source: str, encoding: str = "utf-8", stdin: BinaryIO | None = None,
+                env: Mapping[str, str] | None = None,
+                callbacks: FetchCallbacks | None = None) -> tuple[str, str | None, str | None]:
+    """(train, valid, test) texts of `source`: the official parts of a catalog corpus with splits
+    (valid/test None where the corpus has none), or (whole text, None, None) for anything else."""
+    entry = catalog_entry(source, env)
+    if entry is None or not entry.has_splits:
+        return load_corpus(source, encoding, stdin, env, callbacks), None, None
+    train, valid, test = (load_part(source, part, encoding, env, callbacks) if entry.file(part) else None
+                          for part in ("train", "valid", "test"))
+    assert train is not None  # has_splits means there is a train file
+    return train, valid, test
+
+
+def load_corpus(source: str, encoding: str = "utf-8", stdin: BinaryIO | None = None,
+                env: Mapping[str, str] | None = None, callbacks: FetchCallbacks | None = None) -> str:
+    """Text of `source`: "-", an existing path, a built-in corpus name or a catalog corpus name
+    (an existing path wins). A corpus with official splits gives train, valid and test joined."""
     if source != "-" and not os.path.exists(source) and source in BUILTIN:
         text = builtin_text(source)
+    elif (entry := catalog_entry(source, env)) is not None:
+        text = "".join(_read_catalog_file(entry, f.role, encoding, env, callbacks) for f in entry.files)
+    elif source != "-" and not os.path.exists(source) and "/" not in source and os.sep not in source:
+        known = [*BUILTIN, *(n for n in load_catalog(env) if n not in BUILTIN)]
+        raise UsageError(f"{source!r} does not exist, and it is not a corpus name either "
+                         f"(known corpora: {', '.join(known)}; charrnn corpus list)")
     else:
         text = read_text(source, encoding, stdin)
     if not text:
