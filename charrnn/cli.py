@@ -93,7 +93,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("corpus", default="pydoc")
+@click.argument("corpus", nargs=-1)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint to write (the last state); the best by validation goes to NAME.best.pt.")
 @click.option("--resume", type=click.Path(dir_okay=False), help="Continue training from this checkpoint.")
@@ -131,10 +131,12 @@ def cli() -> None:
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.pass_context
-def train(ctx: click.Context, corpus: str, output: str, resume: str | None, encoding: str, val_fraction: float,
-          min_freq: int, input_: str, as_json: bool, quiet: bool, device: str, **opts: Any) -> None:
+def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str | None, encoding: str,
+          val_fraction: float, min_freq: int, input_: str, as_json: bool, quiet: bool, device: str,
+          **opts: Any) -> None:
     """Train a model on CORPUS: a text file, `-` for stdin, `pydoc` (built in, the default) or a
-    catalog corpus name (`charrnn corpus list`; fetched and verified on first use).
+    catalog corpus name (`charrnn corpus list`; fetched and verified on first use). Several
+    CORPUS arguments, and folders (every file below, sorted by path), are joined in that order.
 
     A corpus with official splits (ptb-char) trains on its train part and validates on its valid
     part; anything else holds out the last --val-fraction for validation.
@@ -144,7 +146,7 @@ def train(ctx: click.Context, corpus: str, output: str, resume: str | None, enco
     """
     from charrnn import checkpoint
     from charrnn import console as con
-    from charrnn.corpora import catalog_entry, load_splits
+    from charrnn.corpora import catalog_entry, expand_sources, load_sources, load_splits
     from charrnn.data import split_train_val
     from charrnn.model import ModelConfig, resolve_device
     from charrnn.train import TrainConfig
@@ -156,16 +158,21 @@ def train(ctx: click.Context, corpus: str, output: str, resume: str | None, enco
 
     opts["input"] = input_
     out = Path(output)
-    if corpus != "-" and (_same_file(corpus, output) or Path(corpus).resolve() == out.resolve()):
-        raise UsageError(f"output {output!r} is the input corpus; choose another output path")
+    sources = list(corpus) or ["pydoc"]
+    for source in expand_sources(sources):
+        if source != "-" and (_same_file(source, output) or Path(source).resolve() == out.resolve()):
+            raise UsageError(f"output {output!r} is an input corpus; choose another output path")
     checkpoint.check_writable(out)
     console = con.make_console(quiet)
     dev = resolve_device(device)
-    entry = catalog_entry(corpus)
+    entry = catalog_entry(sources[0]) if len(sources) == 1 else None
     official = entry is not None and entry.has_splits
     if official and given("val_fraction"):
-        raise UsageError(f"{corpus} has an official validation split, so --val-fraction does not apply")
-    text, valid_text, _ = load_splits(corpus, encoding, _stdin(), callbacks=con.DownloadConsole(console))
+        raise UsageError(f"{sources[0]} has an official validation split, so --val-fraction does not apply")
+    if len(sources) == 1:
+        text, valid_text, _ = load_splits(sources[0], encoding, _stdin(), callbacks=con.DownloadConsole(console))
+    else:
+        text, valid_text = load_sources(sources, encoding, _stdin()), None
 
     arch_names = list(ARCH_DEFAULTS)
     internal = ("val_fraction", "eval_streams", "log_every")
@@ -208,7 +215,7 @@ def train(ctx: click.Context, corpus: str, output: str, resume: str | None, enco
         # become <unk> (not scored), as in `eval perplexity`.
         train_ids, val_fraction = ids, 0.0
         val_ids = vocab.encode(valid_text or "", unk="map" if vocab.unk else "error",
-                               where=f"the {corpus} validation text")
+                               where=f"the {sources[0]} validation text")
     else:
         train_ids, val_ids = split_train_val(ids, val_fraction)
     config = TrainConfig(val_fraction=val_fraction, **{n: opts[n] for n in train_names})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import os
 import sys
+import sysconfig
 from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -24,6 +25,8 @@ from charrnn.errors import DataError, UsageError
 BUILTIN = {
     "pydoc": "the Python reference documentation shipped inside the interpreter "
     "(pydoc_data.topics; about 0.46 MB of English prose and code, varies with the Python version)",
+    "stdlib": "the source code of the running interpreter's standard library, concatenated "
+    "(about 30 MB of Python, varies with the Python version)",
 }
 
 
@@ -35,7 +38,28 @@ def builtin_text(name: str) -> str:
         except ImportError:
             raise DataError("this Python has no pydoc_data module, so the 'pydoc' corpus is missing") from None
         return "\n\n".join(topics[k].strip("\n") for k in sorted(topics)) + "\n"
+    if name == "stdlib":
+        return stdlib_text()
     raise UsageError(f"unknown built-in corpus {name!r}: choose one of {', '.join(BUILTIN)}")
+
+
+def stdlib_text() -> str:
+    """The running interpreter's standard library source: every .py file below the stdlib folder
+    (site-packages excluded), in sorted order of relative path, each ending with a newline; files
+    that are not UTF-8 text are skipped. Same Python, same text."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    paths = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*.py")
+                   if not {"site-packages", "dist-packages"} & set(p.relative_to(root).parts))
+    parts = []
+    for _, path in paths:
+        try:
+            text = decode_text(path.read_bytes(), "utf-8", str(path))
+        except (DataError, OSError):
+            continue
+        parts.append(text if text.endswith("\n") else text + "\n")
+    if not parts:
+        raise DataError(f"no standard library source found under {root}")
+    return "".join(parts)
 
 
 def decode_text(data: bytes, encoding: str = "utf-8", name: str = "input") -> str:
@@ -143,3 +167,31 @@ def load_corpus(source: str, encoding: str = "utf-8", stdin: BinaryIO | None = N
     if not text:
         raise DataError(f"{'standard input' if source == '-' else repr(source)} is empty")
     return text
+
+
+def expand_sources(sources: list[str]) -> list[str]:
+    """Sources with every folder replaced by its files: all regular files below it, recursively,
+    in sorted order of relative path, hidden files and folders (names starting with '.') left out."""
+    expanded = []
+    for source in sources:
+        folder = Path(source)
+        if source == "-" or not folder.is_dir():
+            expanded.append(source)
+            continue
+        files = sorted((p for p in folder.rglob("*")
+                        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
+                       key=lambda p: p.relative_to(folder).as_posix())
+        if not files:
+            raise UsageError(f"folder {source!r} holds no files")
+        expanded.extend(str(p) for p in files)
+    return expanded
+
+
+def load_sources(sources: list[str], encoding: str = "utf-8", stdin: BinaryIO | None = None) -> str:
+    """Text of several sources (files, folders, "-", corpus names) joined in the order given,
+    folders expanded by `expand_sources`; a newline is added after a text that lacks one, so
+    that files never run into each other."""
+    if sources.count("-") > 1:
+        raise UsageError("standard input ('-') can be given only once")
+    texts = [load_corpus(s, encoding, stdin) for s in expand_sources(sources)]
+    return "".join(t if t.endswith("\n") else t + "\n" for t in texts) if len(texts) > 1 else texts[0]

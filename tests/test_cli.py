@@ -179,13 +179,15 @@ BAD_UTF8 = b"hello \xff\xfe world " * 100
 
 @pytest.mark.parametrize("case", [
     "missing", "directory", "empty", "one-char", "too-small", "not-utf8", "binary", "out-is-in", "out-dir",
+    "out-in-folder",
     "temperature", "top-k", "top-p", "length", "num-samples", "device", "cuda", "not-a-checkpoint",
     "truncated", "missing-model", "both-prefixes", "warmup-sequential", "bad-lr", "tty-stdin",
     "unk-prefix", "unk-eval", "newer-version", "zero-num-steps", "zero-batch", "zero-time-budget",
-    "eval-one-char", "bad-encoding",
+    "eval-one-char", "bad-encoding", "eval-directory", "two-stdin",
 ])
 def test_bad_input(tmp_path: Path, corpus: Path, trained: Path, case: str) -> None:
     (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "emptydir").mkdir()
     (tmp_path / "one.txt").write_text("a")
     (tmp_path / "bad.txt").write_bytes(BAD_UTF8)
     (tmp_path / "bin.dat").write_bytes(bytes(range(256)) * 10)
@@ -201,13 +203,16 @@ def test_bad_input(tmp_path: Path, corpus: Path, trained: Path, case: str) -> No
     m = str(trained)
     cases = {
         "missing": (["train", str(tmp_path / "nope.txt"), "-o", out], 2, "does not exist"),
-        "directory": (["train", str(tmp_path), "-o", out], 2, "directory"),
+        "directory": (["train", str(tmp_path / "emptydir"), "-o", out], 2, "holds no files"),
+        "eval-directory": (["eval", "perplexity", "-m", m, str(tmp_path)], 2, "directory"),
+        "two-stdin": (["train", "-", "-", "-o", out], 2, "only once"),
         "empty": (["train", str(tmp_path / "empty.txt"), "-o", out], 1, "empty"),
         "one-char": (["train", str(tmp_path / "one.txt"), "-o", out], 1, "characters"),
         "too-small": (["train", str(corpus), "-o", out, "-b", "64", "-t", "64"], 1, "too few"),
         "not-utf8": (["train", str(tmp_path / "bad.txt"), "-o", out], 1, "byte 6"),
         "binary": (["train", str(tmp_path / "bin.dat"), "-o", out], 1, "binary"),
         "out-is-in": (["train", str(corpus), "-o", str(corpus)], 2, "input corpus"),
+        "out-in-folder": (["train", str(corpus.parent), "-o", str(corpus)], 2, "input corpus"),
         "out-dir": (["train", str(corpus), "-o", str(tmp_path / "missing" / "m.pt")], 2, "does not exist"),
         "temperature": (["generate", "-m", m, "--temperature", "0"], 2, "--temperature"),
         "top-k": (["generate", "-m", m, "--top-k", "0"], 2, "--top-k"),
@@ -317,3 +322,25 @@ def test_resume_with_another_batch_shape(tmp_path: Path, corpus: Path) -> None:
             "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["steps"] == 12 and "--batch-size 4 -> 6" in r.stderr
+
+
+def test_train_on_several_files_and_a_folder(tmp_path: Path) -> None:
+    d = tmp_path / "texts"
+    (d / "sub").mkdir(parents=True)
+    (d / "b.txt").write_text("the time traveller " * 60)  # no final newline: one is added
+    (d / "sub" / "a.txt").write_text("smiled and we sat\n" * 60)
+    (d / ".hidden").write_text("Q" * 1000)  # hidden files are left out
+    extra = tmp_path / "extra.txt"
+    extra.write_text("about the fire\n" * 60)
+    r = run("train", str(d), str(extra), "-o", str(tmp_path / "m.pt"), *TINY, "--json")
+    assert r.exit_code == 0, r.stderr
+    info = json.loads(run("info", "-m", str(tmp_path / "m.pt"), "--json").stdout)
+    assert "Q" not in "".join(torch_vocab(tmp_path / "m.pt"))
+    expected = ("the time traveller " * 60) + "\n" + ("smiled and we sat\n" * 60) + ("about the fire\n" * 60)
+    assert info["training_chars"] == round(len(expected) * 0.9)
+
+
+def torch_vocab(path: Path) -> list[str]:
+    import torch
+
+    return torch.load(path, weights_only=True)["vocab"]["chars"]

@@ -143,3 +143,12 @@ def test_load_corpus_stdin_and_missing(tmp_path: Path) -> None:
     assert load_corpus("-", stdin=io.BytesIO(b"abc")) == "abc"
     with pytest.raises(UsageError):
         load_corpus(str(tmp_path / "nope.txt"))
+
+
+def test_stdlib_corpus_is_large_deterministic_python_source() -> None:
+    from charrnn.corpora import load_corpus
+
+    text = load_corpus("stdlib")
+    assert len(text) > 5_000_000
+    assert "def " in text and "import " in text and "\r\n" not in text
+    assert load_corpus("stdlib") == text

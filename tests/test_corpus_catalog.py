@@ -364,7 +364,7 @@ def test_ptb_char_from_shared_trains_and_scores_test(tmp_path: Path, monkeypatch
 
 
 def test_corpus_list_table_and_json() -> None:
-    names = ["pydoc", "timemachine", "tinyshakespeare", "ptb-char", "enwik8", "text8"]
+    names = ["pydoc", "stdlib", "timemachine", "tinyshakespeare", "ptb-char", "enwik8", "text8"]
     r = run("corpus", "list")
     assert r.exit_code == 0, r.stderr
     lines = r.stdout.splitlines()
@@ -376,12 +376,15 @@ def test_corpus_list_table_and_json() -> None:
     assert r.exit_code == 0, r.stderr
     entries = json.loads(r.stdout)
     assert [e["name"] for e in entries] == names
-    ptb = entries[3]
+    by_name = {e["name"]: e for e in entries}
+    ptb = by_name["ptb-char"]
     assert [f["role"] for f in ptb["files"]] == ["train", "valid", "test"]
     assert {"description", "licence", "split", "files"} <= set(ptb)
     assert ptb["files"][0]["bytes"] == 10_034_964
-    assert entries[4]["files"][0]["sha256"] is None and entries[4]["files"][0]["bytes"] == 36_445_475
-    assert entries[5]["files"][0]["bytes"] == 31_344_016
+    enwik8, text8 = by_name["enwik8"]["files"][0], by_name["text8"]["files"][0]
+    assert enwik8["sha256"] is None and enwik8["bytes"] == 36_445_475
+    assert text8["bytes"] == 31_344_016
+    assert by_name["stdlib"]["builtin"] is True and by_name["stdlib"]["files"] == []
 
 
 def test_corpus_info() -> None:
