@@ -271,8 +271,8 @@ def test_generate_into_closed_pipe_is_quiet(trained: Path) -> None:
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)] * 2)
-def test_signal_saves_resumable_checkpoint(tmp_path: Path, corpus: Path, sig: int, code: int) -> None:
+def train_until_first_save(tmp_path: Path, corpus: Path) -> tuple[subprocess.Popen, Path]:
+    """A training process that saves after every step, once its first checkpoint exists."""
     out = tmp_path / "m.pt"
     proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(corpus), "-o", str(out), "--hidden", "256",
                              "-b", "4", "-t", "16", "--time-budget", "120", "--save-every", "1", "--val-every", "1000"],
@@ -281,6 +281,12 @@ def test_signal_saves_resumable_checkpoint(tmp_path: Path, corpus: Path, sig: in
     while not out.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert out.exists(), "training never saved"
+    return proc, out
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)] * 2)
+def test_signal_saves_resumable_checkpoint(tmp_path: Path, corpus: Path, sig: int, code: int) -> None:
+    proc, out = train_until_first_save(tmp_path, corpus)
     # A checkpoint is saved after every step, so the signal often lands in the middle of a save:
     # that must not break the save or the exit.
     time.sleep(0.37)
@@ -294,13 +300,7 @@ def test_signal_saves_resumable_checkpoint(tmp_path: Path, corpus: Path, sig: in
 
 
 def test_second_signal_quits_at_once_and_keeps_the_checkpoint(tmp_path: Path, corpus: Path) -> None:
-    out = tmp_path / "m.pt"
-    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(corpus), "-o", str(out), "--hidden", "256",
-                             "-b", "4", "-t", "16", "--time-budget", "120", "--save-every", "1", "--val-every", "1000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not out.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc, out = train_until_first_save(tmp_path, corpus)
     time.sleep(0.2)
     os.kill(proc.pid, signal.SIGINT)
     os.kill(proc.pid, signal.SIGINT)
