@@ -36,10 +36,6 @@ def info(console: Console, message: str) -> None:
     console.print(message, markup=False)
 
 
-def warn(console: Console, message: str) -> None:
-    console.print(f"warning: {message}", style="yellow", markup=False)
-
-
 def _eta(seconds: float) -> str:
     if not math.isfinite(seconds) or seconds < 0:
         return "?"
