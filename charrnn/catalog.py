@@ -187,14 +187,19 @@ def mirror_dirs(env: Mapping[str, str] | None = None) -> list[Path]:
     return [Path(p).expanduser() for p in _env(env).get(MIRRORS_ENV, "").split(os.pathsep) if p]
 
 
-def cache_dir(env: Mapping[str, str] | None = None) -> Path:
-    """$CHARRNN_HOME/corpora, else $XDG_CACHE_HOME/charrnn/corpora, else ~/.cache/charrnn/corpora."""
+def cache_root(env: Mapping[str, str] | None = None) -> Path:
+    """$CHARRNN_HOME, else $XDG_CACHE_HOME/charrnn, else ~/.cache/charrnn."""
     e = _env(env)
     if e.get(HOME_ENV):
-        return Path(e[HOME_ENV]).expanduser() / "corpora"
+        return Path(e[HOME_ENV]).expanduser()
     if e.get("XDG_CACHE_HOME"):
-        return Path(e["XDG_CACHE_HOME"]).expanduser() / "charrnn" / "corpora"
-    return Path.home() / ".cache" / "charrnn" / "corpora"
+        return Path(e["XDG_CACHE_HOME"]).expanduser() / "charrnn"
+    return Path.home() / ".cache" / "charrnn"
+
+
+def cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where fetched corpora go: the `corpora` folder of `cache_root`."""
+    return cache_root(env) / "corpora"
 
 
 def download_url(file: CorpusFile, env: Mapping[str, str] | None = None) -> str:

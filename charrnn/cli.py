@@ -27,6 +27,7 @@ from charrnn.errors import CharrnnError, UsageError
 CELLS = ["rnn", "gru", "lstm", "scratch-rnn", "scratch-gru", "scratch-lstm"]
 ARCH_DEFAULTS = {"cell": "lstm", "layers": 2, "hidden": 256, "dropout": 0.0, "input": "embedding", "embed_dim": 64}
 DEFAULT_TIME_BUDGET = 300.0
+DEFAULT_VAL_MAX_CHARS = 250_000
 
 
 class CharrnnGroup(click.Group):
@@ -99,6 +100,9 @@ def cli() -> None:
 @click.option("--resume", type=click.Path(dir_okay=False), help="Continue training from this checkpoint.")
 @encoding_option
 @click.option("--val-fraction", default=0.1, show_default=True, help="Tail of the text held out for validation.")
+@click.option("--val-max-chars", default=DEFAULT_VAL_MAX_CHARS, show_default=True,
+              help="At most this many characters held out (keeps validation quick on huge corpora).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the encoded-corpus cache.")
 @click.option("--min-freq", default=1, show_default=True, help="Characters seen fewer times map to <unk>.")
 @click.option("--cell", type=click.Choice(CELLS), default=ARCH_DEFAULTS["cell"], show_default=True,
               help="Recurrent cell; scratch-* are written from the equations (slow, for study).")
@@ -132,7 +136,8 @@ def cli() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.pass_context
 def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str | None, encoding: str,
-          val_fraction: float, min_freq: int, input_: str, as_json: bool, quiet: bool, device: str,
+          val_fraction: float, val_max_chars: int | None, no_cache: bool, min_freq: int, input_: str,
+          as_json: bool, quiet: bool, device: str,
           **opts: Any) -> None:
     """Train a model on CORPUS: a text file, `-` for stdin, `pydoc` (built in, the default) or a
     catalog corpus name (`charrnn corpus list`; fetched and verified on first use). Several
@@ -146,7 +151,8 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
     """
     from charrnn import checkpoint
     from charrnn import console as con
-    from charrnn.corpora import catalog_entry, expand_sources, load_sources, load_splits
+    from charrnn.cache import encode_corpus
+    from charrnn.corpora import catalog_entry, expand_sources, training_parts
     from charrnn.data import split_train_val
     from charrnn.model import ModelConfig, resolve_device
     from charrnn.train import TrainConfig
@@ -163,19 +169,18 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
         if source != "-" and (_same_file(source, output) or Path(source).resolve() == out.resolve()):
             raise UsageError(f"output {output!r} is an input corpus; choose another output path")
     checkpoint.check_writable(out)
+    if val_max_chars < 2:
+        raise UsageError(f"--val-max-chars must be >= 2, got {val_max_chars}")
     console = con.make_console(quiet)
     dev = resolve_device(device)
     entry = catalog_entry(sources[0]) if len(sources) == 1 else None
     official = entry is not None and entry.has_splits
     if official and given("val_fraction"):
         raise UsageError(f"{sources[0]} has an official validation split, so --val-fraction does not apply")
-    if len(sources) == 1:
-        text, valid_text, _ = load_splits(sources[0], encoding, _stdin(), callbacks=con.DownloadConsole(console))
-    else:
-        text, valid_text = load_sources(sources, encoding, _stdin()), None
+    train_parts, valid_parts = training_parts(sources, _stdin(), callbacks=con.DownloadConsole(console))
 
     arch_names = list(ARCH_DEFAULTS)
-    internal = ("val_fraction", "eval_streams", "log_every")
+    internal = ("val_fraction", "val_max_chars", "eval_streams", "log_every")
     train_names = [f for f in TrainConfig.__dataclass_fields__ if f not in internal]
     ckpt = None
     if resume:
@@ -196,17 +201,26 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
         if not official and given("val_fraction") and val_fraction != saved_train["val_fraction"]:
             raise UsageError("--val-fraction cannot change on resume (it changes the training text)")
         val_fraction = saved_train["val_fraction"]
+        if not official and given("val_max_chars") and val_max_chars != saved_train.get("val_max_chars"):
+            raise UsageError("--val-max-chars cannot change on resume (it changes the training text)")
+        val_max_chars = saved_train.get("val_max_chars")  # None in checkpoints older than the option
         vocab = Vocab.from_dict(ckpt["vocab"])
-        ids = vocab.encode(text, unk="map" if vocab.unk else "error", where="the corpus")
+        encoded = encode_corpus(train_parts, encoding, vocab=vocab, unk="map" if vocab.unk else "error",
+                                cache=not no_cache)
         con.info(console, f"resuming from {resume} at step {ckpt['step']}"
                  + (f"; changed: {', '.join(changes)}" if changes else ""))
         model_config = ModelConfig.from_dict(saved_arch)
     else:
         if min_freq < 1:
             raise UsageError(f"--min-freq must be >= 1, got {min_freq}")
-        vocab = Vocab.build(text, unk=True, min_freq=min_freq)
-        ids = vocab.encode(text, unk="map")
+        encoded = encode_corpus(train_parts, encoding, min_freq=min_freq, cache=not no_cache)
+        vocab = encoded.vocab
         model_config = ModelConfig(vocab_size=vocab.size, **{n: opts[n] for n in arch_names})
+    ids = encoded.ids
+    if encoded.ids_cached:
+        con.info(console, f"read the encoded corpus ({len(ids):,} characters) from the cache: {encoded.path}")
+    elif encoded.path is not None:
+        con.info(console, f"encoded the corpus ({len(ids):,} characters) into the cache: {encoded.path}")
     if all(opts[n] is None for n in ("epochs", "max_steps", "time_budget")):
         opts["time_budget"] = DEFAULT_TIME_BUDGET
         con.info(console, f"no stopping rule given: training for {DEFAULT_TIME_BUDGET:g} seconds (--time-budget)")
@@ -214,11 +228,13 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
         # The official valid part is encoded with the training vocabulary; characters it lacks
         # become <unk> (not scored), as in `eval perplexity`.
         train_ids, val_fraction = ids, 0.0
-        val_ids = vocab.encode(valid_text or "", unk="map" if vocab.unk else "error",
-                               where=f"the {sources[0]} validation text")
+        val_ids = ids[:0] if valid_parts is None else encode_corpus(
+            valid_parts, encoding, vocab=vocab, unk="map" if vocab.unk else "error",
+            where=f"the {sources[0]} validation text", cache=not no_cache).ids
     else:
-        train_ids, val_ids = split_train_val(ids, val_fraction)
-    config = TrainConfig(val_fraction=val_fraction, **{n: opts[n] for n in train_names})
+        train_ids, val_ids = split_train_val(ids, val_fraction, max_chars=val_max_chars)
+    config = TrainConfig(val_fraction=val_fraction, val_max_chars=val_max_chars,
+                         **{n: opts[n] for n in train_names})
     callbacks = con.TrainConsole(console)
     try:
         with _stop_on_signals(callbacks):
@@ -289,8 +305,9 @@ def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int
     exp(mean cross-entropy in nats), bits/char = nats / ln 2.
     """
     from charrnn import console as con
+    from charrnn.cache import encode_corpus
     from charrnn.checkpoint import load_model
-    from charrnn.corpora import catalog_entry, load_corpus, load_part
+    from charrnn.corpora import catalog_entry, part_of, source_parts
     from charrnn.evaluate import evaluate
     from charrnn.model import resolve_device
 
@@ -301,11 +318,10 @@ def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int
         raise UsageError(f"{text} has official splits: choose the part to score with --split test, valid or train")
     model, vocab, _ = load_model(model_path, resolve_device(device))
     fetching = con.DownloadConsole(con.make_console())
-    if split is not None:
-        content = load_part(text, split, encoding, callbacks=fetching)
-    else:
-        content = load_corpus(text, encoding, _stdin(), callbacks=fetching)
-    ids = vocab.encode(content, unk=unk, where="the text")  # type: ignore[arg-type]
+    parts = [part_of(text, split, callbacks=fetching)] if split is not None else source_parts(text, _stdin(),
+                                                                                              callbacks=fetching)
+    # Streamed and encoded chunk by chunk: memory is the ids (1 to 4 bytes per character), not the text.
+    ids = encode_corpus(parts, encoding, vocab=vocab, unk=unk, where="the text", cache=False).ids  # type: ignore[arg-type]
     result = evaluate(model, ids, unk_id=vocab.unk_id, streams=streams, num_steps=num_steps)
     if as_json:
         _json_out(result.to_dict())

@@ -12,10 +12,12 @@ kept), so a corpus reads the same whichever platform wrote it.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import os
 import sys
 import sysconfig
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -62,43 +64,75 @@ def stdlib_text() -> str:
     return "".join(parts)
 
 
-def decode_text(data: bytes, encoding: str = "utf-8", name: str = "input") -> str:
-    """Bytes -> text under the rules in the module docstring; clear errors for binary data."""
+CHUNK_BYTES = 1 << 24  # 16 MiB: how much of a file is held in memory at once while streaming it
+
+
+def iter_decoded(chunks: Iterable[bytes], encoding: str = "utf-8", name: str = "input") -> Iterator[str]:
+    """Decode a stream of byte chunks under the rules in the module docstring, one chunk at a time
+    (memory bounded by the chunk size, whatever the length of the stream); clear errors for binary
+    data, undecodable bytes (naming the byte offset in the whole stream) and non-text codecs."""
     try:
-        canonical = codecs.lookup(encoding).name  # every alias (utf_16, U16...) -> "utf-16"
+        info = codecs.lookup(encoding)
     except LookupError:
         raise UsageError(f"unknown encoding {encoding!r}") from None
-    if b"\x00" in data[:65536] and not canonical.startswith(("utf-16", "utf-32")):
-        raise DataError(f"{name} looks like a binary file (it contains NUL bytes), not text")
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{name} is not valid {encoding} at byte {e.start} (byte 0x{data[e.start]:02x}); "
-            "pass --encoding (for example --encoding latin-1)"
-        ) from None
-    except LookupError:  # a codec, but not a text encoding (base64, rot13, zlib...)
-        raise UsageError(f"{encoding!r} is not a text encoding") from None
-    return text.removeprefix("\ufeff").replace("\r\n", "\n")
+    if not getattr(info, "_is_text_encoding", True):  # a codec, but not a text encoding (base64, rot13, zlib...)
+        raise UsageError(f"{encoding!r} is not a text encoding")
+    # UTF-16/32 text is full of NUL bytes; in any other encoding NUL means binary data.
+    nul_means_binary = not info.name.startswith(("utf-16", "utf-32"))
+    decoder = info.incrementaldecoder()
+    consumed = 0  # bytes fed to the decoder so far
+    sniffed = 0  # bytes checked for NUL so far (the first 64 KiB)
+    first, pending_cr = True, ""
+
+    def decode(data: bytes, final: bool) -> str:
+        buffered = len(decoder.getstate()[0])  # bytes of an unfinished character from the last chunk
+        try:
+            return decoder.decode(data, final)
+        except UnicodeDecodeError as e:
+            offset = consumed - buffered + e.start
+            raise DataError(f"{name} is not valid {encoding} at byte {offset} (byte 0x{e.object[e.start]:02x}); "
+                            "pass --encoding (for example --encoding latin-1)") from None
+
+    for data in _with_end(chunks):
+        final = data is None
+        data = data or b""
+        if nul_means_binary and sniffed < 65536:
+            if b"\x00" in data[: 65536 - sniffed]:
+                raise DataError(f"{name} looks like a binary file (it contains NUL bytes), not text")
+            sniffed += len(data)
+        text = pending_cr + decode(data, final)
+        consumed += len(data)
+        if first and text:
+            text, first = text.removeprefix("\ufeff"), False
+        # A "\r" at the end of a chunk may be the first half of a "\r\n" split across chunks.
+        pending_cr = "\r" if text.endswith("\r") and not final else ""
+        if pending_cr:
+            text = text[:-1]
+        if text:
+            yield text.replace("\r\n", "\n")
+
+
+def _with_end(chunks: Iterable[bytes]) -> Iterator[bytes | None]:
+    yield from chunks
+    yield None
+
+
+def decode_text(data: bytes, encoding: str = "utf-8", name: str = "input") -> str:
+    """Bytes -> text under the rules in the module docstring; clear errors for binary data."""
+    return "".join(iter_decoded([data], encoding, name))
+
+
+def file_chunks(path: Path, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The bytes of `path` in chunks of `size`."""
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
 
 
 def read_text(source: str, encoding: str = "utf-8", stdin: BinaryIO | None = None) -> str:
-    """Text of a file path, or of standard input when `source` is "-"."""
-    if source == "-":
-        stream = stdin if stdin is not None else sys.stdin.buffer
-        if stream.isatty():
-            raise UsageError("standard input is a terminal: pipe text in (cat corpus.txt | charrnn ...) or give a file")
-        return decode_text(stream.read(), encoding, "standard input")
-    p = Path(source)
-    if not p.exists():
-        raise UsageError(f"{source!r} does not exist")
-    if p.is_dir():
-        raise UsageError(f"{source!r} is a directory, not a text file")
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read {source!r}: {e.strerror or e}") from None
-    return decode_text(data, encoding, repr(source))
+    """Text of a file path, or of standard input when `source` is "-" (may be empty)."""
+    part = _stdin_part(stdin) if source == "-" else _file_part(source)
+    return "".join(part.texts(encoding))
 
 
 def catalog_entry(source: str, env: Mapping[str, str] | None = None) -> CatalogEntry | None:
@@ -111,21 +145,116 @@ def catalog_entry(source: str, env: Mapping[str, str] | None = None) -> CatalogE
     return None if entry is None or entry.builtin else entry
 
 
-def _read_catalog_file(entry: CatalogEntry, role: str, encoding: str, env: Mapping[str, str] | None,
-                       callbacks: FetchCallbacks | None) -> str:
-    file = entry.file(role)
-    assert file is not None
-    path = fetch_file(entry, file, env, callbacks)
-    text = read_text(str(path), encoding)
-    if not text:
-        raise DataError(f"{path} ({entry.name} {role}) is empty")
-    return text
-
-
 def load_part(source: str, part: str, encoding: str = "utf-8", env: Mapping[str, str] | None = None,
               callbacks: FetchCallbacks | None = None) -> str:
-    """Text of the official `part` ("train", "valid" or "test") of catalog corpus `source`;
-    a UsageError when `source` is not a corpus with official splits or lacks that part."""
+    """Text of the official `part` of catalog corpus `source` (see `part_of`)."""
+    return join_parts([part_of(source, part, env, callbacks)], encoding)
+
+
+def load_corpus(source: str, encoding: str = "utf-8", stdin: BinaryIO | None = None,
+                env: Mapping[str, str] | None = None, callbacks: FetchCallbacks | None = None) -> str:
+    """Text of one source (see `source_parts`), in memory."""
+    return join_parts(source_parts(source, stdin, env, callbacks), encoding)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One piece of a corpus, not yet read: a file, the bytes of standard input, or the text of a
+    built-in corpus. A corpus is a list of parts, read one after the other as a stream of text."""
+
+    name: str  # for messages: "'notes.txt'", "standard input", "pydoc"
+    path: Path | None = None
+    data: bytes | None = None
+    text: str | None = None
+    newline_after: bool = False  # end with "\n" (one is added when the text lacks it)
+
+    def raw_chunks(self) -> Iterator[bytes]:
+        """The part's bytes as stored (built-in text as UTF-8): what the corpus cache key hashes."""
+        if self.path is not None:
+            yield from file_chunks(self.path)
+        elif self.data is not None:
+            yield self.data
+        else:
+            assert self.text is not None
+            for i in range(0, len(self.text), CHUNK_BYTES):
+                yield self.text[i : i + CHUNK_BYTES].encode("utf-8", "surrogatepass")
+
+    def texts(self, encoding: str = "utf-8") -> Iterator[str]:
+        """The part's text in chunks (files are decoded as they are read)."""
+        if self.text is not None:
+            for i in range(0, len(self.text), CHUNK_BYTES):
+                yield self.text[i : i + CHUNK_BYTES]
+            return
+        try:
+            yield from iter_decoded(self.raw_chunks(), encoding, self.name)
+        except OSError as e:
+            raise DataError(f"cannot read {self.name}: {e.strerror or e}") from None
+
+
+def stream_text(parts: list[Part], encoding: str = "utf-8") -> Iterator[str]:
+    """The text of `parts` joined, in chunks; an empty part is a DataError naming it."""
+    for part in parts:
+        last = ""
+        for chunk in part.texts(encoding):
+            last = chunk[-1]
+            yield chunk
+        if not last:
+            raise DataError(f"{part.name} is empty")
+        if part.newline_after and last != "\n":
+            yield "\n"
+
+
+def join_parts(parts: list[Part], encoding: str = "utf-8") -> str:
+    """The whole text of `parts` in memory (for small texts: prefixes, evaluation text)."""
+    return "".join(stream_text(parts, encoding))
+
+
+def _stdin_part(stdin: BinaryIO | None) -> Part:
+    stream = stdin if stdin is not None else sys.stdin.buffer
+    if stream.isatty():
+        raise UsageError("standard input is a terminal: pipe text in (cat corpus.txt | charrnn ...) or give a file")
+    return Part("standard input", data=stream.read())
+
+
+def _file_part(source: str) -> Part:
+    p = Path(source)
+    if not p.exists():
+        raise UsageError(f"{source!r} does not exist")
+    if p.is_dir():
+        raise UsageError(f"{source!r} is a directory, not a text file")
+    if not os.access(p, os.R_OK):
+        raise DataError(f"cannot read {source!r}: permission denied")
+    return Part(repr(source), path=p)
+
+
+def _catalog_part(entry: CatalogEntry, role: str, env: Mapping[str, str] | None,
+                  callbacks: FetchCallbacks | None) -> Part:
+    file = entry.file(role)
+    assert file is not None
+    return Part(f"{entry.name} {role} ({file.path})", path=fetch_file(entry, file, env, callbacks))
+
+
+def source_parts(source: str, stdin: BinaryIO | None = None, env: Mapping[str, str] | None = None,
+                 callbacks: FetchCallbacks | None = None) -> list[Part]:
+    """The parts of one source: "-", an existing path, a built-in corpus name or a catalog corpus
+    name (an existing path wins). A corpus with official splits gives train, valid and test."""
+    if source == "-":
+        return [_stdin_part(stdin)]
+    if not os.path.exists(source) and source in BUILTIN:
+        return [Part(source, text=builtin_text(source))]
+    if (entry := catalog_entry(source, env)) is not None:
+        return [_catalog_part(entry, f.role, env, callbacks) for f in entry.files]
+    if not os.path.exists(source) and "/" not in source and os.sep not in source:
+        known = [*BUILTIN, *(n for n in load_catalog(env) if n not in BUILTIN)]
+        raise UsageError(f"{source!r} does not exist, and it is not a corpus name either "
+                         f"(known corpora: {', '.join(known)}; charrnn corpus list)")
+    return [_file_part(source)]
+
+
+def part_of(source: str, part: str, env: Mapping[str, str] | None = None,
+            callbacks: FetchCallbacks | None = None) -> Part:
+    """The official `part` ("train", "valid" or "test") of catalog corpus `source`; a UsageError
+    when `source` is not a corpus with official splits or lacks that part."""
     entry = catalog_entry(source, env)
     if entry is None or not entry.has_splits:
         with_splits = [e.name for e in load_catalog(env).values() if e.has_splits]
@@ -133,40 +262,31 @@ def load_part(source: str, part: str, encoding: str = "utf-8", env: Mapping[str,
                          f"({', '.join(with_splits) or 'none in this catalog'}) have one")
     if entry.file(part) is None:
         raise UsageError(f"{source} has no official {part} split")
-    return _read_catalog_file(entry, part, encoding, env, callbacks)
+    return _catalog_part(entry, part, env, callbacks)
 
 
-def load_splits(source: str, encoding: str = "utf-8", stdin: BinaryIO | None = None,
-                env: Mapping[str, str] | None = None,
-                callbacks: FetchCallbacks | None = None) -> tuple[str, str | None, str | None]:
-    """(train, valid, test) texts of `source`: the official parts of a catalog corpus with splits
-    (valid/test None where the corpus has none), or (whole text, None, None) for anything else."""
-    entry = catalog_entry(source, env)
-    if entry is None or not entry.has_splits:
-        return load_corpus(source, encoding, stdin, env, callbacks), None, None
-    train, valid, test = (load_part(source, part, encoding, env, callbacks) if entry.file(part) else None
-                          for part in ("train", "valid", "test"))
-    assert train is not None  # has_splits means there is a train file
-    return train, valid, test
+def training_parts(sources: list[str], stdin: BinaryIO | None = None, env: Mapping[str, str] | None = None,
+                   callbacks: FetchCallbacks | None = None) -> tuple[list[Part], list[Part] | None]:
+    """(train parts, official validation parts or None) of the CORPUS arguments of `charrnn train`.
 
+    One catalog corpus with official splits gives its train and valid parts. Anything else gives
+    every source in the order given, folders expanded by `expand_sources`, each ending with a
+    newline when there are several (so files never run into each other), and no validation part.
+    """
+    if sources.count("-") > 1:
+        raise UsageError("standard input ('-') can be given only once")
+    if len(sources) == 1 and (entry := catalog_entry(sources[0], env)) is not None and entry.has_splits:
+        valid = [part_of(sources[0], "valid", env, callbacks)] if entry.file("valid") else None
+        return [part_of(sources[0], "train", env, callbacks)], valid
+    expanded = expand_sources(sources)
+    parts = []
+    for source in expanded:
+        these = source_parts(source, stdin, env, callbacks)
+        if len(expanded) > 1:
+            these[-1] = dataclasses.replace(these[-1], newline_after=True)
+        parts += these
+    return parts, None
 
-def load_corpus(source: str, encoding: str = "utf-8", stdin: BinaryIO | None = None,
-                env: Mapping[str, str] | None = None, callbacks: FetchCallbacks | None = None) -> str:
-    """Text of `source`: "-", an existing path, a built-in corpus name or a catalog corpus name
-    (an existing path wins). A corpus with official splits gives train, valid and test joined."""
-    if source != "-" and not os.path.exists(source) and source in BUILTIN:
-        text = builtin_text(source)
-    elif (entry := catalog_entry(source, env)) is not None:
-        text = "".join(_read_catalog_file(entry, f.role, encoding, env, callbacks) for f in entry.files)
-    elif source != "-" and not os.path.exists(source) and "/" not in source and os.sep not in source:
-        known = [*BUILTIN, *(n for n in load_catalog(env) if n not in BUILTIN)]
-        raise UsageError(f"{source!r} does not exist, and it is not a corpus name either "
-                         f"(known corpora: {', '.join(known)}; charrnn corpus list)")
-    else:
-        text = read_text(source, encoding, stdin)
-    if not text:
-        raise DataError(f"{'standard input' if source == '-' else repr(source)} is empty")
-    return text
 
 
 def expand_sources(sources: list[str]) -> list[str]:
@@ -188,10 +308,5 @@ def expand_sources(sources: list[str]) -> list[str]:
 
 
 def load_sources(sources: list[str], encoding: str = "utf-8", stdin: BinaryIO | None = None) -> str:
-    """Text of several sources (files, folders, "-", corpus names) joined in the order given,
-    folders expanded by `expand_sources`; a newline is added after a text that lacks one, so
-    that files never run into each other."""
-    if sources.count("-") > 1:
-        raise UsageError("standard input ('-') can be given only once")
-    texts = [load_corpus(s, encoding, stdin) for s in expand_sources(sources)]
-    return "".join(t if t.endswith("\n") else t + "\n" for t in texts) if len(texts) > 1 else texts[0]
+    """Text of the CORPUS arguments of `charrnn train` (see `training_parts`), in memory."""
+    return join_parts(training_parts(sources, stdin)[0], encoding)

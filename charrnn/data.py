@@ -32,11 +32,15 @@ class Batch:
 Strategy = Callable[[np.ndarray, int, int, np.random.Generator, int], Iterator[Batch]]
 
 
-def split_train_val(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out a contiguous tail of `val_fraction` of the ids for validation (views, no copy)."""
+def split_train_val(ids: np.ndarray, val_fraction: float,
+                    max_chars: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out a contiguous tail of `val_fraction` of the ids, at most `max_chars` of them, for
+    validation (views, no copy)."""
     if not 0.0 <= val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     n_val = int(round(len(ids) * val_fraction))
+    if max_chars is not None:
+        n_val = min(n_val, max_chars)
     if val_fraction > 0 and n_val < 2:
         raise DataError(
             f"the text has {len(ids)} characters: a validation fraction of {val_fraction} leaves "

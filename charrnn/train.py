@@ -54,6 +54,7 @@ class TrainConfig:
     val_every: int = 200
     save_every: int | None = None  # None: save the last checkpoint at every validation
     val_fraction: float = 0.1  # recorded; the split itself is made by the caller
+    val_max_chars: int | None = None  # recorded likewise
     eval_streams: int = 64
     seed: int = 0
     log_every: int = 10
@@ -159,8 +160,12 @@ def make_optimizer(name: str, params: Any, lr: float, weight_decay: float) -> to
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
 
-def data_fingerprint(ids: np.ndarray) -> dict[str, Any]:
-    return {"chars": int(len(ids)), "sha256": hashlib.sha256(np.ascontiguousarray(ids).tobytes()).hexdigest()}
+def data_fingerprint(ids: np.ndarray, chunk: int = 1 << 24) -> dict[str, Any]:
+    """Length and SHA-256 of the training ids, hashed in chunks (no copy of a memmapped corpus)."""
+    h = hashlib.sha256()
+    for i in range(0, len(ids), chunk):
+        h.update(np.ascontiguousarray(ids[i : i + chunk]).data)
+    return {"chars": int(len(ids)), "sha256": h.hexdigest()}
 
 
 def batch_loss(model: CharRNN, batch: Batch, state: State | None, device: torch.device) -> tuple[torch.Tensor, State]:

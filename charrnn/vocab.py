@@ -18,11 +18,28 @@ UnkPolicy = Literal["error", "map"]
 UNK_TOKEN = "<unk>"
 # What `decode` writes for the <unk> id: one character, so decoded length == number of ids.
 UNK_CHAR = "\ufffd"
+# Characters handled per numpy pass: bounds the temporaries (4 to 8 bytes per character) of
+# counting and encoding, whatever the length of the text.
+CHUNK = 1 << 22
 
 
 def code_points(text: str) -> np.ndarray:
     """Code points of `text` as a uint32 array of shape (len(text),)."""
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
+def count_code_points(text: str, into: np.ndarray | None = None) -> np.ndarray:
+    """Occurrences of every code point in `text`, as an int64 array indexed by code point (added to
+    `into` when given, for counting a text chunk by chunk)."""
+    freq = into if into is not None else np.zeros(0, dtype=np.int64)
+    for i in range(0, len(text), CHUNK):
+        counts = np.bincount(code_points(text[i : i + CHUNK]))
+        if counts.size > freq.size:
+            counts[: freq.size] += freq
+            freq = counts
+        else:
+            freq[: counts.size] += counts
+    return freq
 
 
 def smallest_dtype(size: int) -> np.dtype:
@@ -43,10 +60,13 @@ class Vocab:
     @classmethod
     def build(cls, text: str, unk: bool = True, min_freq: int = 1) -> Vocab:
         """Vocabulary of `text`; characters seen fewer than `min_freq` times map to <unk>."""
+        return cls.from_counts(count_code_points(text), unk=unk, min_freq=min_freq)
+
+    @classmethod
+    def from_counts(cls, freq: np.ndarray, unk: bool = True, min_freq: int = 1) -> Vocab:
+        """Vocabulary from `freq[c]` = occurrences of code point c (see `count_code_points`)."""
         if min_freq > 1 and not unk:
             raise ValueError("min_freq > 1 needs the <unk> token")
-        cps = code_points(text)
-        freq = np.bincount(cps) if cps.size else np.zeros(0, dtype=np.int64)
         kept = np.flatnonzero(freq >= max(min_freq, 1))
         return cls(
             chars=tuple(chr(c) for c in kept.tolist()),
@@ -69,11 +89,16 @@ class Vocab:
     def dtype(self) -> np.dtype:
         return smallest_dtype(self.size)
 
-    def _lookup(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """(code points, ids) of `text`, both of shape (len(text),); id -1 marks unknown characters."""
+    def _table(self) -> np.ndarray:
+        """code point -> id, -1 for characters outside the vocabulary; shape (max code point + 1,)."""
         known = np.array([ord(c) for c in self.chars], dtype=np.int64)
-        table = np.full(int(known.max()) + 1 if known.size else 1, -1, dtype=np.int32)  # code point -> id
+        table = np.full(int(known.max()) + 1 if known.size else 1, -1, dtype=np.int32)
         table[known] = np.arange(known.size, dtype=np.int32)
+        return table
+
+    @staticmethod
+    def _lookup(table: np.ndarray, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(code points, ids) of `text`, both of shape (len(text),); id -1 marks unknown characters."""
         cps = code_points(text)
         inside = cps < table.size
         ids = np.full(cps.shape, -1, dtype=np.int32)
@@ -82,24 +107,33 @@ class Vocab:
 
     def unknown_chars(self, text: str) -> list[str]:
         """Distinct characters of `text` not in the vocabulary, in code-point order."""
-        cps, ids = self._lookup(text)
-        return [chr(c) for c in np.unique(cps[ids < 0]).tolist()]
+        table, unknown = self._table(), set()
+        for i in range(0, len(text), CHUNK):
+            cps, ids = self._lookup(table, text[i : i + CHUNK])
+            unknown.update(np.unique(cps[ids < 0]).tolist())
+        return [chr(c) for c in sorted(unknown)]
 
-    def encode(self, text: str, unk: UnkPolicy = "error", where: str = "text") -> np.ndarray:
-        """Ids of `text`, shape (len(text),), dtype `self.dtype`.
+    def encode(self, text: str, unk: UnkPolicy = "error", where: str = "text",
+               out: np.ndarray | None = None) -> np.ndarray:
+        """Ids of `text`, shape (len(text),), dtype `self.dtype` (written into `out` when given).
 
         Unknown characters raise UnknownCharacterError under unk="error" and become <unk>
         under unk="map" (an error too when the vocabulary has no <unk>).
         """
         from charrnn.errors import UnknownCharacterError
 
-        cps, ids = self._lookup(text)
-        missing = ids < 0
-        if missing.any():
-            if unk == "error" or self.unk_id is None:
-                raise UnknownCharacterError([chr(c) for c in np.unique(cps[missing]).tolist()], where)
-            ids[missing] = self.unk_id
-        return ids.astype(self.dtype)
+        if out is None:
+            out = np.empty(len(text), dtype=self.dtype)
+        table = self._table()
+        for i in range(0, len(text), CHUNK):
+            cps, ids = self._lookup(table, text[i : i + CHUNK])
+            missing = ids < 0
+            if missing.any():
+                if unk == "error" or self.unk_id is None:
+                    raise UnknownCharacterError(self.unknown_chars(text), where)
+                ids[missing] = self.unk_id
+            out[i : i + len(ids)] = ids
+        return out
 
     def decode(self, ids: np.ndarray | list[int] | torch.Tensor) -> str:
         """Text of `ids`; <unk> decodes to U+FFFD so that len(decode(ids)) == len(ids)."""

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from charrnn import catalog
 from charrnn.cli import cli
-from charrnn.corpora import load_corpus, load_part, load_splits
+from charrnn.corpora import join_parts, load_corpus, load_part, training_parts
 from charrnn.errors import DataError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,7 +307,8 @@ def test_catalog_agrees_with_shared_sha256sums() -> None:
 def test_splits_of_plain_sources(tmp_path: Path) -> None:
     p = tmp_path / "c.txt"
     p.write_text(TINY, encoding="utf-8")
-    assert load_splits(str(p)) == (TINY, None, None)
+    train, valid = training_parts([str(p)])
+    assert join_parts(train) == TINY and valid is None
     with pytest.raises(UsageError, match="no official test split"):
         load_part(str(p), "test")
     with pytest.raises(UsageError, match="no official"):
@@ -316,7 +317,10 @@ def test_splits_of_plain_sources(tmp_path: Path) -> None:
 
 def test_train_on_official_splits_and_eval_split(served: Path, fake_catalog: Path, tmp_path: Path) -> None:
     serve(served)
-    assert load_splits("tinysplit") == (SPLIT_TEXT["train"], SPLIT_TEXT["valid"], SPLIT_TEXT["test"])
+    train, valid = training_parts(["tinysplit"])
+    assert valid is not None
+    assert (join_parts(train), join_parts(valid)) == (SPLIT_TEXT["train"], SPLIT_TEXT["valid"])
+    assert load_part("tinysplit", "test") == SPLIT_TEXT["test"]
     assert load_corpus("tinysplit") == "".join(SPLIT_TEXT.values())
     out = tmp_path / "m.pt"
     r = run("train", "tinysplit", "-o", str(out), "--hidden", "16", "--layers", "1", "-b", "4", "-t", "16",
