@@ -1,9 +1,13 @@
-"""charrnn benchmarks: throughput of training, evaluation and generation, and quality per CPU-minute.
+"""charrnn benchmarks: the machine's matmul limit, training throughput against a textbook reference loop and
+as model FLOP utilisation, evaluation speed and memory, generation speed and latency, quality per CPU-minute,
+and a table of targets met or not.
 
-    python bench/run.py [--quick] [--device cpu] [--out bench/results]
+    python bench/run.py [--quick | --full] [--device cpu] [--out bench/results] [--no-scale]
 
-Writes results.json and results.md into --out and prints the markdown table. Corpora come from
-../shared/corpora (tinyshakespeare); the quality run is skipped when it is absent.
+About 10 minutes on a 2-core CPU by default, 2 with --quick; --full (about 25 minutes) times every
+configuration longer and twice (charrnn, reference, reference, charrnn). Writes results.json and results.md
+into --out and prints the markdown. Corpora come from --shared (../shared/corpora): tinyshakespeare when
+present (the quality run is skipped without it), else the built-in pydoc corpus.
 """
 
 from __future__ import annotations
@@ -14,23 +18,70 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+if str(BENCH) not in sys.path:
+    sys.path.insert(1, str(BENCH))
 
-from charrnn.data import split_train_val  # noqa: E402
+from flops import input_width, matmul_limit, sync, train_flops_per_char  # noqa: E402
+from measure import run_measured  # noqa: E402
+from reference import reference_throughput  # noqa: E402
+
+from charrnn.checkpoint import load_model  # noqa: E402
 from charrnn.evaluate import evaluate  # noqa: E402
 from charrnn.generate import Sampling, generate  # noqa: E402
-from charrnn.model import CharRNN, ModelConfig  # noqa: E402
-from charrnn.train import TrainConfig, train  # noqa: E402
+from charrnn.model import ModelConfig  # noqa: E402
+from charrnn.train import Callbacks, TrainConfig, train  # noqa: E402
 from charrnn.vocab import Vocab  # noqa: E402
 
+BATCH, STEPS, LAYERS = 32, 64, 2
+FUSED = ("lstm", "gru", "rnn")
+CELLS = ("lstm", "gru", "rnn", "scratch-rnn")
 
-def machine() -> dict:
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how much each measurement gets in one mode."""
+
+    train_seconds: float  # timed training per configuration and round, for charrnn and for the reference each
+    rounds: int  # 1: charrnn then reference; 2: charrnn, reference, reference, charrnn
+    configs: list[tuple[str, int, str]]  # (cell, hidden, input)
+    matmul_seconds: float  # per GEMM shape
+    eval_chars: int  # in-process evaluate() call
+    eval_sizes: list[int] = field(default_factory=list)  # texts for the `charrnn eval perplexity` subprocess
+    gen_lengths: tuple[int, int] = (2000, 500)  # characters per stream with 1 and with 64 streams
+    quality_seconds: float = 150
+    text_chars: int | None = None  # cut the corpus (smoke tests)
+
+
+def plan_for(mode: str) -> Plan:
+    every = [(c, h, i) for h in (256, 512) for c in CELLS for i in ("embedding", "onehot")]
+    short = [(c, h, "embedding") for h in (256, 512) for c in FUSED] + [("scratch-rnn", 256, "embedding")]
+    if mode == "full":
+        return Plan(15, 2, every, 1.0, 1_000_000, [1_000_000, 10_000_000], (5000, 1000), 150)
+    if mode == "quick":
+        return Plan(3, 1, short, 0.15, 200_000, [100_000, 1_000_000], (500, 200), 30)
+    if mode == "smoke":  # every code path in about a minute: numbers mean nothing
+        return Plan(0.7, 1, short + [("lstm", 256, "onehot")], 0.02, 30_000, [20_000, 60_000], (100, 40), 3,
+                    text_chars=120_000)
+    return Plan(6, 1, every, 0.4, 1_000_000, [1_000_000, 10_000_000], (2000, 500), 150)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def machine(device: torch.device) -> dict:
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -39,8 +90,11 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
 
 
 def corpus(shared: Path) -> tuple[str, str]:
@@ -52,27 +106,122 @@ def corpus(shared: Path) -> tuple[str, str]:
     return builtin_text("pydoc"), "pydoc"
 
 
-def bench_train(ids, vocab, cell, hidden, input_, seconds, device, tmp) -> dict:
-    cfg = ModelConfig(vocab.size, cell=cell, hidden=hidden, layers=2, input=input_)
-    steps = {"scratch-rnn": 8, "scratch-gru": 6, "scratch-lstm": 6}.get(cell, 60)
-    tc = TrainConfig(max_steps=steps, time_budget=seconds, val_every=10**9, log_every=10**9, save_every=10**9,
-                     val_fraction=0.0)
+def repeat_text(text: str, n: int) -> str:
+    """The first n characters of text repeated as often as needed."""
+    return (text * (n // len(text) + 1))[:n]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "charrnn", *args]
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+
+
+class StepClock(Callbacks):
+    """Wall clock at the start of every step (train() asks stop_requested() before each one), synchronized
+    on a GPU: the difference between the last and the first is the time of all the steps but the last
+    check, the same definition as the reference loop's wall clock."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.times = device, []
+
+    def stop_requested(self) -> int | None:
+        sync(self.device)
+        self.times.append(time.perf_counter())
+        return None
+
+
+def charrnn_throughput(ids: np.ndarray, vocab: Vocab, mc: ModelConfig, seconds: float, device: torch.device,
+                       tmp: Path) -> dict:
+    # the reference's settings, spelled out so that a change of charrnn's defaults does not change the comparison
+    quiet = {"val_every": 10**9, "log_every": 10**9, "save_every": 10**9, "val_fraction": 0.0,
+             "partition": "sequential", "batch_size": BATCH, "num_steps": STEPS, "optimizer": "adam", "lr": 2e-3,
+             "clip": 1.0}
     # a short discarded run first: allocator, thread pool and oneDNN primitives warm up
-    train(ids, ids[:0], vocab, cfg, TrainConfig(max_steps=2, val_every=10**9, val_fraction=0.0), tmp / "b.pt",
-          device=device)
-    r = train(ids, ids[:0], vocab, cfg, tc, tmp / "b.pt", device=device)
-    return {"cell": cell, "hidden": hidden, "input": input_, "steps": r.steps, "chars_per_s": round(r.chars_per_second)}
+    train(ids, ids[:0], vocab, mc, TrainConfig(max_steps=2, **quiet), tmp / "b.pt", device=device)
+    clock = StepClock(device)
+    r = train(ids, ids[:0], vocab, mc, TrainConfig(time_budget=seconds, **quiet), tmp / "b.pt", device=device,
+              callbacks=clock)
+    steps = len(clock.times) - 1
+    wall = clock.times[-1] - clock.times[0]
+    return {"steps": steps, "seconds": wall, "chars_per_s": steps * BATCH * STEPS / wall,
+            "reported_chars_per_s": r.chars_per_second}
 
 
-def bench_eval(model, ids) -> dict:
+def bench_train_config(ids: np.ndarray, vocab: Vocab, mc: ModelConfig, plan: Plan, limits: dict[int, dict],
+                       device: torch.device, tmp: Path) -> dict:
+    """charrnn and the reference at the same model and batch, back to back (ABBA with two rounds)."""
+    ours: list[dict] = []
+    refs: list[dict] = []
+    ref_cell = mc.cell.removeprefix("scratch-")
+
+    def run_ours() -> None:
+        ours.append(charrnn_throughput(ids, vocab, mc, plan.train_seconds, device, tmp))
+
+    def run_ref() -> None:
+        refs.append(reference_throughput(ids, vocab.size, ref_cell, mc.hidden, mc.input, seconds=plan.train_seconds,
+                                         layers=mc.layers, embed_dim=mc.embed_dim, batch_size=BATCH,
+                                         num_steps=STEPS, device=device))
+
+    order = [run_ours, run_ref] + [run_ref, run_ours] * (plan.rounds > 1)
+    for f in order:
+        f()
+    cps = sum(r["chars_per_s"] for r in ours) / len(ours)
+    ref_cps = sum(r["chars_per_s"] for r in refs) / len(refs)
+    flops = train_flops_per_char(mc.cell, mc.hidden, mc.layers, mc.vocab_size,
+                                 input_width(mc.input, mc.vocab_size, mc.embed_dim))
+    limit = limits[mc.hidden]["best_gflops"]
+    achieved = cps * flops / 1e9
+    return {"cell": mc.cell, "hidden": mc.hidden, "layers": mc.layers, "input": mc.input, "embed_dim": mc.embed_dim,
+            "steps": sum(r["steps"] for r in ours), "chars_per_s": round(cps),
+            "reported_chars_per_s": round(sum(r["reported_chars_per_s"] for r in ours) / len(ours)),
+            "reference": ref_cell, "reference_chars_per_s": round(ref_cps), "ratio": round(cps / ref_cps, 3),
+            "train_flops_per_char": flops, "gflops": round(achieved, 2), "limit_gflops": limit,
+            "mfu": round(achieved / limit, 4)}
+
+
+# ---- subprocesses: wall time and peak memory ---------------------------------------------------------------
+
+
+def make_checkpoint(text_file: Path, device: str, tmp: Path) -> Path:
+    """A default-architecture model (the CLI's defaults, whatever they are) after two training steps."""
+    path = tmp / "eval.pt"
+    run_measured(cli("train", str(text_file), "-o", str(path), "--max-steps", "2", "--val-fraction", "0", "--json",
+                     "-q", "--device", device), tmp)
+    return path
+
+
+def bench_eval_memory(ckpt: Path, text: str, sizes: list[int], device: str, tmp: Path) -> dict:
+    base = run_measured([sys.executable, "-c", "import torch, charrnn.cli"], tmp)
+    rows = []
+    for n in sizes:
+        f = tmp / f"eval-{n}.txt"
+        f.write_text(repeat_text(text, n), encoding="utf-8")
+        r = run_measured(cli("eval", "perplexity", "-m", str(ckpt), str(f), "--json", "--device", device), tmp)
+        chars = json.loads(r["stdout"])["chars"]
+        rows.append({"text_chars": n, "chars": chars, "wall_s": round(r["wall_s"], 2),
+                     "chars_per_s_whole_command": round(chars / r["wall_s"]), "max_rss_mb": r["max_rss_mb"]})
+        f.unlink()
+    return {"baseline": {"command": "python -c 'import torch, charrnn.cli'", "wall_s": round(base["wall_s"], 2),
+                         "max_rss_mb": base["max_rss_mb"]}, "runs": rows}
+
+
+def bench_eval_inprocess(model: torch.nn.Module, vocab: Vocab, text: str, device: torch.device) -> dict:
+    ids = vocab.encode(text, unk="map")
+    evaluate(model, ids[:20_000], unk_id=vocab.unk_id)  # warm-up
+    sync(device)
     t = time.perf_counter()
-    r = evaluate(model, ids)
+    r = evaluate(model, ids, unk_id=vocab.unk_id)
+    sync(device)
     dt = time.perf_counter() - t
     return {"chars": r.chars, "seconds": round(dt, 2), "chars_per_s": round(r.chars / dt)}
 
 
-def bench_generate(model, vocab, n, samples) -> dict:
-    prefix = vocab.encode("The ")
+def bench_generate(model: torch.nn.Module, vocab: Vocab, n: int, samples: int) -> dict:
+    prefix = vocab.encode("The ", unk="map")
+    for _ in generate(model, vocab, prefix, 5, Sampling(), seed=0, num_samples=samples):  # warm-up
+        pass
     t = time.perf_counter()
     for _ in generate(model, vocab, prefix, n, Sampling(), seed=0, num_samples=samples):
         pass
@@ -80,79 +229,277 @@ def bench_generate(model, vocab, n, samples) -> dict:
     return {"streams": samples, "chars": n * samples, "chars_per_s": round(n * samples / dt)}
 
 
+def bench_first_char(ckpt: Path, device: str, tries: int = 3) -> dict:
+    """Seconds from starting `charrnn generate` until the first generated byte reaches the pipe. With
+    PYTHONUNBUFFERED=1, as on a terminal: into a plain pipe the CLI writes its text out a line at a time."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = cli("generate", "-m", str(ckpt), "--prefix", "The ", "-n", "200", "--no-echo", "--seed", "0",
+              "--device", device)
+    times = []
+    for _ in range(tries):
+        t = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0, env=env)
+        assert p.stdout is not None
+        first = os.read(p.stdout.fileno(), 1)
+        dt = time.perf_counter() - t
+        p.stdout.read()
+        if p.wait() != 0 or not first:
+            raise RuntimeError(f"{' '.join(cmd)} failed (exit {p.returncode})")
+        times.append(dt)
+    return {"best_s": round(min(times), 3), "all_s": [round(x, 3) for x in times]}
+
+
 def bench_cli_help() -> float:
     best = float("inf")
     for _ in range(5):
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "charrnn", "--help"], check=True, capture_output=True)
+        subprocess.run(cli("--help"), check=True, capture_output=True)
         best = min(best, time.perf_counter() - t)
     return round(best, 3)
 
 
-def bench_quality(text, budget, device, tmp) -> dict:
-    vocab = Vocab.build(text)
-    ids = vocab.encode(text)
-    tr, va = split_train_val(ids, 0.1)
-    cfg = ModelConfig(vocab.size)
-    r = train(tr, va, vocab, cfg, TrainConfig(time_budget=budget, val_every=10**9), tmp / "q.pt", device=device)
-    return {"seconds": budget, "steps": r.steps, "val_nats_per_char": round(r.val_loss, 4),
-            "val_bits_per_char": round(r.val_bits_per_char, 4), "chars_per_s": round(r.chars_per_second)}
+def bench_quality(corpus_file: Path, budget: float, device: str, tmp: Path) -> dict:
+    """`charrnn train` with the CLI's defaults for `budget` seconds; the last 10% (default) held out."""
+    r = run_measured(cli("train", str(corpus_file), "-o", str(tmp / "q.pt"), "--time-budget", f"{budget:g}",
+                         "--json", "-q", "--device", device), tmp)
+    s = json.loads(r["stdout"].strip().splitlines()[-1])
+    return {"seconds": budget, "steps": s["steps"], "val_nats_per_char": round(s["val_loss"], 4),
+            "val_bits_per_char": round(s["val_bits_per_char"], 4), "chars_per_s": round(s["chars_per_second"])}
+
+
+def bench_scale(quick: bool, tmp: Path) -> dict | None:
+    try:
+        from scale import run_scale
+    except ImportError as e:
+        log(f"scale benchmark skipped: {e}")
+        return None
+    try:
+        return run_scale(quick, tmp)
+    except Exception as e:  # a failure there must not lose the rest of the run
+        traceback.print_exc()
+        return {"error": f"{type(e).__name__}: {e}", "rows": [], "markdown": f"Scale benchmark failed: {e}\n"}
+
+
+# ---- main ---------------------------------------------------------------------------------------------------
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="about 2 minutes")
-    ap.add_argument("--device", default="cpu")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="about 2 minutes")
+    mode.add_argument("--full", action="store_true", help="longer timing per configuration, two rounds")
+    mode.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # checks the script, ~1 minute
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "corpora"))
+    ap.add_argument("--no-scale", action="store_true", help="skip bench/scale.py")
     args = ap.parse_args()
+    mode_name = "quick" if args.quick else "full" if args.full else "smoke" if args.smoke else "default"
+    plan = plan_for(mode_name)
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "tmp"
-    tmp.mkdir(exist_ok=True)
     text, name = corpus(Path(args.shared))
-    vocab = Vocab.build(text)
+    full_text = text
+    if plan.text_chars:
+        text = text[: plan.text_chars]
+    vocab = Vocab.build(full_text)
     ids = vocab.encode(text)
-    results: dict = {"machine": machine(), "device": str(device), "corpus": name}
-    per_run = 6 if args.quick else 15
-    cells = ["lstm", "gru", "rnn"] if args.quick else ["lstm", "gru", "rnn", "scratch-rnn", "scratch-lstm"]
-    hiddens = [256] if args.quick else [256, 512]
-    results["train"] = [bench_train(ids, vocab, c, h, i, per_run, device, tmp)
-                        for h in hiddens for c in cells for i in ("embedding", "onehot")
-                        if not (c.startswith("scratch") and (h != 256 or i != "embedding"))]
-    torch.manual_seed(0)
-    model = CharRNN(ModelConfig(vocab.size)).to(device).eval()
-    results["eval"] = bench_eval(model, ids[: 200_000 if args.quick else 1_000_000])
-    results["generate"] = [bench_generate(model, vocab, 500 if args.quick else 2000, 1),
-                           bench_generate(model, vocab, 200 if args.quick else 500, 64)]
-    results["help_seconds"] = bench_cli_help()
-    if name == "tinyshakespeare":
-        results["quality"] = bench_quality(text, 30 if args.quick else 150, device, tmp)
-    for f in tmp.iterdir():
-        f.unlink()
-    tmp.rmdir()
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    results: dict = {"machine": machine(device), "device": str(device), "corpus": name, "mode": mode_name,
+                     "batch": [BATCH, STEPS]}
+    started = time.perf_counter()
+
+    def save() -> None:
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    with tempfile.TemporaryDirectory(prefix="charrnn-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        corpus_file = tmp / "corpus.txt"  # the text the benchmark uses (cut short in smoke tests)
+        corpus_file.write_text(text, encoding="utf-8")
+
+        # 1. the machine's limit at the models' GEMM shapes
+        hiddens = sorted({h for _, h, _ in plan.configs})
+        limits = {}
+        for h in hiddens:
+            log(f"matmul limit, hidden {h}")
+            limits[h] = matmul_limit(h, batch=BATCH, steps=STEPS, vocab=vocab.size, device=device,
+                                     min_seconds=plan.matmul_seconds)
+        results["matmul"] = [limits[h] for h in hiddens]
+
+        # 2-3. training: charrnn and the reference, back to back per configuration
+        results["train"] = []
+        for cell, hidden, input_ in plan.configs:
+            log(f"training {cell} {LAYERS}x{hidden} {input_}: charrnn and reference")
+            mc = ModelConfig(vocab.size, cell=cell, hidden=hidden, layers=LAYERS, input=input_, dropout=0.0)
+            results["train"].append(bench_train_config(ids, vocab, mc, plan, limits, device, tmp))
+            save()
+
+        # 4. evaluation: a default-architecture checkpoint from the CLI
+        log("checkpoint of the CLI's default model (2 steps)")
+        ckpt = make_checkpoint(corpus_file, args.device, tmp)
+        model, ck_vocab, raw = load_model(ckpt, device)
+        mc = ModelConfig.from_dict(raw["model_config"])
+        default_row = next((r for r in results["train"]
+                            if (r["cell"], r["hidden"], r["layers"], r["input"], r["embed_dim"])
+                            == (mc.cell, mc.hidden, mc.layers, mc.input, mc.embed_dim)), None)
+        if default_row is None:  # the CLI's default model is not among the configurations: measure it too
+            log(f"training the default model {mc.cell} {mc.layers}x{mc.hidden} {mc.input}")
+            if mc.hidden not in limits:
+                limits[mc.hidden] = matmul_limit(mc.hidden, batch=BATCH, steps=STEPS, vocab=vocab.size,
+                                                 device=device, min_seconds=plan.matmul_seconds)
+                results["matmul"].append(limits[mc.hidden])
+            default_row = bench_train_config(ids, vocab, ModelConfig(vocab.size, **{
+                k: v for k, v in mc.to_dict().items() if k != "vocab_size"}), plan, limits, device, tmp)
+            results["train"].append(default_row)
+        results["default_model"] = {**mc.to_dict(), "train_chars_per_s": default_row["chars_per_s"]}
+        log(f"eval in process, {plan.eval_chars:,} chars")
+        results["eval"] = bench_eval_inprocess(model, ck_vocab, repeat_text(text, plan.eval_chars), device)
+        log(f"eval subprocesses, {', '.join(f'{n:,}' for n in plan.eval_sizes)} chars")
+        results["eval_cli"] = bench_eval_memory(ckpt, text, plan.eval_sizes, args.device, tmp)
+        save()
+
+        # 5. generation
+        log("generation")
+        n1, n64 = plan.gen_lengths
+        results["generate"] = [bench_generate(model, ck_vocab, n1, 1), bench_generate(model, ck_vocab, n64, 64)]
+        results["first_char"] = bench_first_char(ckpt, args.device)
+        results["help_seconds"] = bench_cli_help()
+        save()
+
+        # 6. quality per CPU-minute
+        shakespeare = Path(args.shared) / "tinyshakespeare.txt"
+        if shakespeare.exists():
+            log(f"quality: {plan.quality_seconds:g} s of default training")
+            results["quality"] = bench_quality(corpus_file if plan.text_chars else shakespeare, plan.quality_seconds,
+                                               args.device, tmp)
+        else:
+            log("quality skipped: no tinyshakespeare in --shared")
+
+        # 7-8. targets, then the scale benchmark
+        results["targets"] = targets(results)
+        save()
+        if not args.no_scale:
+            log("scale benchmark (bench/scale.py)")
+            scale = bench_scale(args.quick or args.smoke, tmp)
+            if scale is not None:
+                results["scale"] = scale
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    save()
     md = to_markdown(results)
     (out / "results.md").write_text(md)
     print(md)
 
 
-def to_markdown(r: dict) -> str:
-    m = r["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['threads']} threads), "
-             f"Python {m['python']}, device {r['device']}, corpus {r['corpus']}.", "",
-             "| training (2 layers, batch 32 x 64) | hidden | input | chars/s |", "| --- | ---: | --- | ---: |"]
-    lines += [f"| {t['cell']} | {t['hidden']} | {t['input']} | {t['chars_per_s']:,} |" for t in r["train"]]
-    e = r["eval"]
-    lines += ["", "| other (default 2x256 LSTM) | value |", "| --- | ---: |",
-              f"| eval perplexity, chars/s ({e['chars']:,} chars) | {e['chars_per_s']:,} |"]
-    lines += [f"| generate, chars/s, {g['streams']} stream(s) | {g['chars_per_s']:,} |" for g in r["generate"]]
-    lines += [f"| `charrnn --help`, seconds | {r['help_seconds']} |"]
+# ---- targets and markdown ------------------------------------------------------------------------------------
+
+
+def targets(r: dict) -> list[dict]:
+    rows: list[dict] = []
+
+    def add(name: str, value: float | None, shown: str, met: bool | None) -> None:
+        rows.append({"target": name, "value": value, "shown": shown, "met": met})
+
+    for cell in FUSED:
+        mine = [t for t in r["train"] if t["cell"] == cell]
+        if mine:
+            worst = min(mine, key=lambda t: t["ratio"])
+            add(f"training {cell} >= 1.0x reference chars/s (worst of {len(mine)} configurations)", worst["ratio"],
+                f"{worst['ratio']:.3f}x ({LAYERS}x{worst['hidden']} {worst['input']})", worst["ratio"] >= 1.0)
+    for cell, goal in (("lstm", 0.75), ("gru", 0.60), ("rnn", 0.60)):
+        row = next((t for t in r["train"] if t["cell"] == cell and t["hidden"] == 512 and t["input"] == "embedding"),
+                   None)
+        if row:
+            add(f"MFU {cell} 2x512 (embedding) >= {goal:.0%}", row["mfu"], f"{row['mfu']:.1%}", row["mfu"] >= goal)
+    if "eval" in r and "default_model" in r:
+        ratio = r["eval"]["chars_per_s"] / r["default_model"]["train_chars_per_s"]
+        add("eval >= 3x training chars/s of the default model", ratio,
+            f"{ratio:.1f}x ({r['eval']['chars_per_s']:,} vs {r['default_model']['train_chars_per_s']:,})", ratio >= 3)
+    for g in r.get("generate", []):
+        goal = 3_000 if g["streams"] == 1 else 30_000
+        add(f"generation, {g['streams']} stream(s) >= {goal:,} chars/s", g["chars_per_s"], f"{g['chars_per_s']:,}",
+            g["chars_per_s"] >= goal)
+    if "first_char" in r:
+        v = r["first_char"]["best_s"]
+        add("`charrnn generate` first character <= 1.5 s", v, f"{v:.2f} s", v <= 1.5)
+    if "help_seconds" in r:
+        v = r["help_seconds"]
+        add("`charrnn --help` <= 0.3 s", v, f"{v:.2f} s", v <= 0.3)
     if "quality" in r:
         q = r["quality"]
-        lines += [f"| validation after {q['seconds']} s of default training (tinyshakespeare, last 10% held out), "
-                  f"nats/char (bits/char) | {q['val_nats_per_char']} ({q['val_bits_per_char']}) |"]
+        v = q["val_nats_per_char"]
+        add("validation <= 1.55 nats/char after 150 s of default training", v,
+            f"{v:.4f} after {q['seconds']:g} s", v <= 1.55 if q["seconds"] == 150 else None)
+    return rows
+
+
+def _fmt_met(met: bool | None) -> str:
+    return "n/a" if met is None else "met" if met else "**not met**"
+
+
+def to_markdown(r: dict) -> str:
+    m = r["machine"]
+    gpu = f", GPU {m['gpu']}" if "gpu" in m else ""
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['threads']} threads), "
+             f"Python {m['python']}{gpu}, device {r['device']}, corpus {r['corpus']}, mode {r['mode']}.", ""]
+
+    mm = r["matmul"]
+    lines += ["| fp32 matmul at the models' shapes (B=32, T=64), GFLOP/s | "
+              + " | ".join(f"H={x['hidden']}" for x in mm) + " |",
+              "| --- |" + " ---: |" * len(mm)]
+    for i, s in enumerate(mm[0]["shapes"]):
+        lines.append(f"| {s['shape']} | " + " | ".join(f"{x['shapes'][i]['gflops']:,.1f}" for x in mm) + " |")
+    lines += ["| **limit** (best of the shapes; MFU divides by this) | "
+              + " | ".join(f"**{x['best_gflops']:,.1f}**" for x in mm) + " |",
+              "| LSTM training mix (total FLOPs / total time of its GEMMs) | "
+              + " | ".join(f"{x['mix_gflops']:,.1f}" for x in mm) + " |", ""]
+
+    lines += ["| training, 2 layers, batch 32 x 64 | hidden | input | charrnn chars/s | reference chars/s | ratio "
+              "| MFLOP/char [1] | GFLOP/s | MFU [2] |",
+              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for t in r["train"]:
+        lines.append(f"| {t['cell']} | {t['hidden']} | {t['input']} | {t['chars_per_s']:,} | "
+                     f"{t['reference_chars_per_s']:,} ({t['reference']}) | {t['ratio']:.2f} | "
+                     f"{t['train_flops_per_char'] / 1e6:.2f} | {t['gflops']:,.1f} | {t['mfu']:.1%} |")
+    lines += ["",
+              "[1] Training FLOPs per character = 3 x forward matmul FLOPs (forward + 2 x backward): per layer "
+              "2·g·H·(in + H) with g = 1 (rnn), 3 (gru), 4 (lstm), plus the head 2·H·V. For one-hot input the first "
+              "layer's `in` is the vocabulary size V, counted as the dense (B·T, V) @ (V, g·H) product; charrnn "
+              "does compute it densely (a float one-hot tensor into the fused module), though a lookup would give "
+              "the same result. Element-wise work, softmax, clipping and Adam are not counted, and the first layer's "
+              "input gradient is counted though nobody needs it.",
+              "[2] MFU = charrnn chars/s x FLOPs/char over the matmul limit measured above for that hidden size "
+              "(at the LSTM's shapes, for every cell). "
+              "Throughput is wall-clock time per training step (synchronized on a GPU) after a discarded warm-up "
+              "run; the reference (bench/reference.py: nn.RNN/GRU/LSTM, Linear head, Adam, clip_grad_norm_, "
+              "loss.item() each step) is timed right after charrnn on the same configuration; scratch-rnn is "
+              "compared with nn.RNN.", ""]
+
+    e, ec = r["eval"], r["eval_cli"]
+    dm = r["default_model"]
+    lines += [f"| evaluation, default model ({dm['cell']} {dm['layers']}x{dm['hidden']}, {dm['input']}) | chars "
+              "| seconds | chars/s | max RSS, MB |", "| --- | ---: | ---: | ---: | ---: |",
+              f"| `evaluate()` in process (64 streams x 256 steps) | {e['chars']:,} | {e['seconds']} | "
+              f"{e['chars_per_s']:,} | |",
+              f"| baseline subprocess `{ec['baseline']['command']}` | | {ec['baseline']['wall_s']} | | "
+              f"{ec['baseline']['max_rss_mb']:,.0f} |"]
+    for x in ec["runs"]:
+        lines.append(f"| `charrnn eval perplexity` subprocess, {x['text_chars'] / 1e6:g} M chars (whole command) | "
+                     f"{x['chars']:,} | {x['wall_s']} | {x['chars_per_s_whole_command']:,} | {x['max_rss_mb']:,.0f} |")
+    lines += ["", "| generation and start-up, default model | value |", "| --- | ---: |"]
+    lines += [f"| generate, chars/s, {g['streams']} stream(s) (in process, `model.step` + sampling) | "
+              f"{g['chars_per_s']:,} |" for g in r["generate"]]
+    lines += [f"| `charrnn generate` time to first character, best of 3, s | {r['first_char']['best_s']} |",
+              f"| `charrnn --help`, best of 5, s | {r['help_seconds']} |"]
+    if "quality" in r:
+        q = r["quality"]
+        lines += [f"| validation after {q['seconds']:g} s of `charrnn train` with its defaults (tinyshakespeare, "
+                  f"last 10% held out), nats/char (bits/char), {q['steps']} steps | {q['val_nats_per_char']} "
+                  f"({q['val_bits_per_char']}) |"]
+
+    lines += ["", "| target | measured | |", "| --- | ---: | --- |"]
+    lines += [f"| {t['target']} | {t['shown']} | {_fmt_met(t['met'])} |" for t in r["targets"]]
+    if "scale" in r and r["scale"].get("markdown"):
+        lines += ["", r["scale"]["markdown"].rstrip()]
     return "\n".join(lines) + "\n"
 
 

@@ -28,6 +28,8 @@ CELLS = ["rnn", "gru", "lstm", "scratch-rnn", "scratch-gru", "scratch-lstm"]
 ARCH_DEFAULTS = {"cell": "lstm", "layers": 2, "hidden": 256, "dropout": 0.0, "input": "embedding", "embed_dim": 64}
 DEFAULT_TIME_BUDGET = 300.0
 DEFAULT_VAL_MAX_CHARS = 250_000
+ONEHOT_WARN_VOCAB = 1024
+PRESET_NAMES = ["tiny", "small", "medium", "large"]  # charrnn.train.PRESETS (kept here: no torch at import)
 
 
 class CharrnnGroup(click.Group):
@@ -104,6 +106,9 @@ def cli() -> None:
               help="At most this many characters held out (keeps validation quick on huge corpora).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the encoded-corpus cache.")
 @click.option("--min-freq", default=1, show_default=True, help="Characters seen fewer times map to <unk>.")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
+              help="A model size with the batch and learning rate that suit it: tiny (1x128), small (2x256, "
+                   "the default), medium (2x512), large (3x1024, for GPUs); other options override it.")
 @click.option("--cell", type=click.Choice(CELLS), default=ARCH_DEFAULTS["cell"], show_default=True,
               help="Recurrent cell; scratch-* are written from the equations (slow, for study).")
 @click.option("--layers", default=ARCH_DEFAULTS["layers"], show_default=True)
@@ -119,7 +124,7 @@ def cli() -> None:
 @click.option("--warmup", default=0, show_default=True,
               help="With --partition random: characters before each sequence that only build the state.")
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
-@click.option("--lr", default=2e-3, show_default=True, help="Learning rate.")
+@click.option("--lr", default=3e-3, show_default=True, help="Learning rate.")
 @click.option("--weight-decay", default=0.0, show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True,
               help="cosine decays the learning rate to 10% over the run.")
@@ -132,12 +137,14 @@ def cli() -> None:
 @click.option("--save-every", type=int, help="Save the checkpoint every N steps (default: at each validation).")
 @click.option("--seed", default=0, show_default=True)
 @device_option
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: run the forward pass in bfloat16 autocast (faster on recent GPUs; weights stay fp32).")
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.pass_context
 def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str | None, encoding: str,
           val_fraction: float, val_max_chars: int | None, no_cache: bool, min_freq: int, input_: str,
-          as_json: bool, quiet: bool, device: str,
+          preset: str | None, as_json: bool, quiet: bool, device: str,
           **opts: Any) -> None:
     """Train a model on CORPUS: a text file, `-` for stdin, `pydoc` (built in, the default) or a
     catalog corpus name (`charrnn corpus list`; fetched and verified on first use). Several
@@ -155,7 +162,7 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
     from charrnn.corpora import catalog_entry, expand_sources, training_parts
     from charrnn.data import split_train_val
     from charrnn.model import ModelConfig, resolve_device
-    from charrnn.train import TrainConfig
+    from charrnn.train import PRESETS, TrainConfig
     from charrnn.train import train as run_training
     from charrnn.vocab import Vocab
 
@@ -163,6 +170,15 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
         return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
     opts["input"] = input_
+    preset_values = PRESETS[preset] if preset is not None else {}
+
+    def chosen(name: str) -> bool:
+        """Set on the command line, directly or through --preset."""
+        return given(name if name != "input" else "input_") or name in preset_values
+
+    for name, value in preset_values.items():
+        if not given(name if name != "input" else "input_"):
+            opts[name] = value
     out = Path(output)
     sources = list(corpus) or ["pydoc"]
     for source in expand_sources(sources):
@@ -187,13 +203,13 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
         ckpt = checkpoint.load(resume)
         saved_arch = ckpt["model_config"]
         for name in arch_names:
-            if given(name if name != "input" else "input_") and opts[name] != saved_arch[name]:
+            if chosen(name) and opts[name] != saved_arch[name]:
                 raise UsageError(f"--{name.replace('_', '-')} {opts[name]} differs from the checkpoint's "
                                  f"{saved_arch[name]}: the architecture cannot change on resume")
         saved_train = ckpt["train_config"]
         changes = []
         for name in train_names:
-            if name in opts and given(name):
+            if name in opts and chosen(name):
                 if opts[name] != saved_train.get(name):
                     changes.append(f"--{name.replace('_', '-')} {saved_train.get(name)} -> {opts[name]}")
             elif name in opts:
@@ -217,6 +233,9 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
         vocab = encoded.vocab
         model_config = ModelConfig(vocab_size=vocab.size, **{n: opts[n] for n in arch_names})
     ids = encoded.ids
+    if model_config.input == "onehot" and vocab.size > ONEHOT_WARN_VOCAB:
+        con.info(console, f"warning: --input onehot with {vocab.size:,} characters builds inputs of shape "
+                          f"(batch, time, {vocab.size:,}) and multiplies them out: slow; --input embedding is a lookup")
     if encoded.ids_cached:
         con.info(console, f"read the encoded corpus ({len(ids):,} characters) from the cache: {encoded.path}")
     elif encoded.path is not None:
@@ -233,6 +252,8 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
             where=f"the {sources[0]} validation text", cache=not no_cache).ids
     else:
         train_ids, val_ids = split_train_val(ids, val_fraction, max_chars=val_max_chars)
+    # Standard input's bytes live in its part: let them go before training (the ids are all it needs).
+    train_parts = valid_parts = None
     config = TrainConfig(val_fraction=val_fraction, val_max_chars=val_max_chars,
                          **{n: opts[n] for n in train_names})
     callbacks = con.TrainConsole(console)

@@ -173,7 +173,8 @@ class Part:
         if self.path is not None:
             yield from file_chunks(self.path)
         elif self.data is not None:
-            yield self.data
+            for i in range(0, len(self.data), CHUNK_BYTES):
+                yield self.data[i : i + CHUNK_BYTES]
         else:
             assert self.text is not None
             for i in range(0, len(self.text), CHUNK_BYTES):

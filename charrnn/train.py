@@ -35,6 +35,20 @@ from charrnn.vocab import Vocab
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("fp32", "bf16")
+
+# Named starting points: model (ModelConfig fields) and minibatch/learning-rate (TrainConfig fields)
+# settings that go together. Explicit options override them. "small" is the default.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"cell": "lstm", "layers": 1, "hidden": 128, "embed_dim": 32, "dropout": 0.0,
+             "batch_size": 32, "num_steps": 64, "lr": 4e-3},
+    "small": {"cell": "lstm", "layers": 2, "hidden": 256, "embed_dim": 64, "dropout": 0.0,
+              "batch_size": 32, "num_steps": 64, "lr": 3e-3},
+    "medium": {"cell": "lstm", "layers": 2, "hidden": 512, "embed_dim": 64, "dropout": 0.1,
+               "batch_size": 64, "num_steps": 128, "lr": 2e-3},
+    "large": {"cell": "lstm", "layers": 3, "hidden": 1024, "embed_dim": 128, "dropout": 0.2,
+              "batch_size": 128, "num_steps": 128, "lr": 1.5e-3},
+}
 
 
 @dataclass(frozen=True)
@@ -44,7 +58,7 @@ class TrainConfig:
     num_steps: int = 64
     warmup: int = 0
     optimizer: str = "adam"
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
     schedule: str = "cosine"
     clip: float = 1.0
@@ -58,9 +72,12 @@ class TrainConfig:
     eval_streams: int = 64
     seed: int = 0
     log_every: int = 10
+    precision: str = "fp32"  # bf16: autocast the forward pass to bfloat16 (GPUs; weights stay fp32)
 
     def __post_init__(self) -> None:
         partition(self.partition)
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -168,11 +185,22 @@ def data_fingerprint(ids: np.ndarray, chunk: int = 1 << 24) -> dict[str, Any]:
     return {"chars": int(len(ids)), "sha256": h.hexdigest()}
 
 
-def batch_loss(model: CharRNN, batch: Batch, state: State | None, device: torch.device) -> tuple[torch.Tensor, State]:
+def batch_loss(model: CharRNN, batch: Batch, state: State | None, device: torch.device,
+               precision: str = "fp32") -> tuple[torch.Tensor, State]:
     """Mean cross-entropy of one minibatch and the state after it.
 
     x: (B, K + T) ids, the first K (warm-up) only build state under no_grad; y: (B, T).
+    With precision "bf16" the forward pass runs under bfloat16 autocast; the loss is computed in
+    float32 and the returned state is float32, so that it can be saved and carried either way.
     """
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss, state = _batch_loss(model, batch, state, device)
+    if precision == "bf16":
+        state = tuple(s.float() for s in state) if isinstance(state, tuple) else state.float()
+    return loss, state
+
+
+def _batch_loss(model: CharRNN, batch: Batch, state: State | None, device: torch.device) -> tuple[torch.Tensor, State]:
     x = torch.from_numpy(np.asarray(batch.x, dtype=np.int64)).to(device)
     y = torch.from_numpy(np.asarray(batch.y, dtype=np.int64)).to(device)
     if state is None:
@@ -182,7 +210,7 @@ def batch_loss(model: CharRNN, batch: Batch, state: State | None, device: torch.
             _, state = model(x[:, : batch.warmup], state)
         x = x[:, batch.warmup :]
     logits, state = model(x, state)  # (B, T, V)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)), state
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)), state
 
 
 def train(
@@ -328,7 +356,7 @@ def train(
             lr = config.lr * lr_factor(config.schedule, fraction(e, i))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, new_state = batch_loss(model, batch, hidden if batch.carry_state else None, device)
+            loss, new_state = batch_loss(model, batch, hidden if batch.carry_state else None, device, config.precision)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip) if config.clip > 0 else None
@@ -349,13 +377,16 @@ def train(
             chars_this_run += batch.y.size
             loss_sum += loss.detach()
             loss_count += 1
-            train_time += time.perf_counter() - t_step
-            if step % config.log_every == 0:
+            report = step % config.log_every == 0
+            if report:
+                # A host sync: on a GPU this waits for the queued steps, so that train_time counts them.
                 train_loss = loss_sum.item() / loss_count
                 if not math.isfinite(train_loss):
                     raise_non_finite(step, train_loss, config.lr, out)
                 loss_sum.zero_()
                 loss_count = 0
+            train_time += time.perf_counter() - t_step
+            if report:
                 cb.on_step(Progress(step, epoch, train_loss, lr, elapsed(), chars_this_run / max(train_time, 1e-9),
                                     fraction(epoch, batch_in_epoch)))
             if can_validate and step % config.val_every == 0:

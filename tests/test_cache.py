@@ -198,3 +198,40 @@ def test_cli_no_cache_and_val_max_chars(tmp_path: Path, home: Path) -> None:
     assert "100 validation characters" in r.stderr.replace(",", "")
     bad = CliRunner().invoke(cli, ["train", str(corpus), "-o", str(tmp_path / "n.pt"), "--val-max-chars", "1"])
     assert bad.exit_code == 2 and "--val-max-chars must be >= 2" in bad.stderr
+
+
+def test_large_vocabulary_end_to_end(tmp_path: Path, home: Path) -> None:
+    rng = np.random.default_rng(0)
+    cps = 0x4E00 + np.minimum(rng.zipf(1.2, 20_000), 3500) - 1
+    cps[::30] = ord("\n")
+    text = cps.astype("<u4").tobytes().decode("utf-32-le")
+    corpus = write(tmp_path / "zh.txt", text)
+    out = tmp_path / "zh.pt"
+    tiny = ["--hidden", "16", "--layers", "1", "--embed-dim", "8", "-b", "4", "-t", "16", "--max-steps", "2"]
+    r = CliRunner().invoke(cli, ["train", str(corpus), "-o", str(out), *tiny, "--json"])
+    assert r.exit_code == 0, r.stderr
+    enc = encode_corpus(training_parts([str(corpus)])[0])
+    assert enc.ids_cached and enc.vocab.size > 1024 and enc.ids.dtype == np.uint16
+    assert "warning" not in r.stderr
+    r = CliRunner().invoke(cli, ["eval", "perplexity", "-m", str(out), str(corpus), "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert 0 < json_value(r.stdout, "nats_per_char") < np.log(enc.vocab.size) + 1
+    r = CliRunner().invoke(cli, ["generate", "-m", str(out), "--prefix", text[:5], "-n", "20", "--seed", "1"])
+    assert r.exit_code == 0, r.stderr
+    assert len(r.stdout.rstrip("\n")) >= 25
+    r = CliRunner().invoke(cli, ["train", str(corpus), "-o", str(tmp_path / "oh.pt"), *tiny, "--input", "onehot"])
+    assert r.exit_code == 0, r.stderr
+    assert "warning: --input onehot" in r.stderr
+    r = CliRunner().invoke(cli, ["train", str(corpus), "-o", str(tmp_path / "mf.pt"), *tiny, "--min-freq", "5",
+                                 "--json"])
+    assert r.exit_code == 0, r.stderr
+    from charrnn.checkpoint import load
+
+    rare_dropped = Vocab.from_dict(load(str(tmp_path / "mf.pt"))["vocab"])
+    assert rare_dropped == Vocab.build(text, min_freq=5) and rare_dropped.size < enc.vocab.size
+
+
+def json_value(stdout: str, key: str) -> float:
+    import json
+
+    return float(json.loads(stdout)[key])

@@ -165,7 +165,7 @@ def test_resume_continues_and_refuses_architecture_change(tmp_path: Path, corpus
     r = run("train", str(corpus), "-o", str(out), "--resume", str(out), "--max-steps", "12", "--lr", "0.001", "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["steps"] == 12
-    assert "resuming from" in r.stderr and "--lr 0.002 -> 0.001" in r.stderr
+    assert "resuming from" in r.stderr and "--lr 0.003 -> 0.001" in r.stderr
     assert_clean_error(run("train", str(corpus), "-o", str(out), "--resume", str(out), "--hidden", "32"),
                        2, "architecture cannot change")
     other = tmp_path / "other.txt"
@@ -344,3 +344,45 @@ def torch_vocab(path: Path) -> list[str]:
     import torch
 
     return torch.load(path, weights_only=True)["vocab"]["chars"]
+
+
+def test_presets_match_the_cli_and_explicit_options_win(tmp_path: Path, corpus: Path) -> None:
+    from charrnn.checkpoint import load
+    from charrnn.cli import ARCH_DEFAULTS, PRESET_NAMES
+    from charrnn.train import PRESETS
+
+    assert list(PRESETS) == PRESET_NAMES
+    defaults = {p.name: p.default for p in cli.commands["train"].params}
+    small = PRESETS["small"]
+    assert {k: small[k] for k in ARCH_DEFAULTS if k in small} == {k: ARCH_DEFAULTS[k] for k in ARCH_DEFAULTS
+                                                                  if k in small}
+    assert (small["batch_size"], small["num_steps"], small["lr"]) == (defaults["batch_size"],
+                                                                      defaults["num_steps"], defaults["lr"])
+    out = tmp_path / "m.pt"
+    small_batch = ["-b", "4", "-t", "16", "--max-steps", "2", "-q"]
+    r = run("train", str(corpus), "-o", str(out), "--preset", "tiny", "--hidden", "24", *small_batch)
+    assert r.exit_code == 0, r.stderr
+    ckpt = load(str(out))
+    assert (ckpt["model_config"]["layers"], ckpt["model_config"]["hidden"]) == (1, 24)  # preset, then --hidden
+    assert ckpt["train_config"]["lr"] == PRESETS["tiny"]["lr"] and ckpt["train_config"]["batch_size"] == 4
+    r = run("train", str(corpus), "-o", str(out), "--resume", str(out), "--preset", "medium", *small_batch)
+    assert_clean_error(r, 2, "cannot change on resume")
+
+
+def test_bf16_precision_trains_and_resumes(tmp_path: Path, corpus: Path) -> None:
+    import torch
+
+    from charrnn.checkpoint import load
+
+    out = tmp_path / "m.pt"
+    r = run("train", str(corpus), "-o", str(out), "--precision", "bf16", *TINY)
+    assert r.exit_code == 0, r.stderr
+    ckpt = load(str(out))
+    assert ckpt["train_config"]["precision"] == "bf16"
+    assert all(t.dtype == torch.float32 for t in ckpt["hidden"])  # the carried state is saved as float32
+    assert all(t.dtype == torch.float32 for t in ckpt["weights"].values())
+    r = run("train", str(corpus), "-o", str(out), "--resume", str(out), "--precision", "fp32", "--max-steps", "10",
+            "-q")
+    assert r.exit_code == 0, r.stderr
+    bad = run("train", str(corpus), "-o", str(out), "--precision", "fp8", *TINY)
+    assert_clean_error(bad, 2, "fp8")

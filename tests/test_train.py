@@ -279,7 +279,7 @@ def test_non_finite_loss_names_the_step(tmp_path: Path, small, monkeypatch: pyte
         train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(save_every=1), out)
     message = str(info.value)
     assert "non-finite" in message and "at step 3" in message
-    assert "--lr 0.0002" in message  # a tenth of the default
+    assert "--lr 0.0003" in message  # a tenth of the default
     assert str(out) in message  # the last good checkpoint is named
     assert checkpoint.load(out)["step"] == 2
 
