@@ -24,6 +24,7 @@ from charrnn.errors import DataError
 from charrnn.model import CharRNN
 
 IGNORE = -100
+MAX_WINDOW_LOGITS = 1 << 24  # elements of one window's logits: 64 MB of float32
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ def evaluate(
 ) -> EvalResult:
     """Token-weighted mean cross-entropy of `model` on the id sequence `ids` (shape (n,)).
 
-    Memory is O(streams * num_steps * vocab), whatever the length of the text.
+    Memory is O(streams * num_steps * vocab), at most about MAX_WINDOW_LOGITS floats, whatever the
+    length of the text.
     """
     n_pairs = len(ids) - 1
     if n_pairs < 1:
@@ -66,6 +68,10 @@ def evaluate(
     was_training = model.training
     model.eval()
     s = max(1, min(streams, n_pairs))
+    # Logits of one window are (S, T, V) floats, and the loss makes another such tensor: with a large
+    # vocabulary, shorten the window (the state is carried across windows, so the result is the same).
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", 1)
+    num_steps = max(1, min(num_steps, MAX_WINDOW_LOGITS // (s * vocab_size)))
     length = -(-n_pairs // s)  # ceil: stream r covers pairs [r*length, (r+1)*length)
     rows = np.arange(s, dtype=np.int64)[:, None] * length  # (S, 1)
     total = torch.zeros((), dtype=torch.float64, device=device)

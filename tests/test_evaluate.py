@@ -177,3 +177,24 @@ def test_progress_reported_to_the_end() -> None:
     assert len(seen) == 3  # 100 pairs / 4 streams = 25 per stream, in chunks of 10
     assert seen[-1][0] == seen[-1][1] == 100
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_large_vocabulary_windows_are_shortened_without_changing_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    import charrnn.evaluate as evaluate_module
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=300, hidden=16, layers=1, embed_dim=8))
+    ids = np.random.default_rng(0).integers(0, 300, 2000)
+    full = evaluate(model, ids, streams=4, num_steps=64)
+    seen: list[int] = []
+    original = model.forward
+
+    def spy(x: torch.Tensor, state: object) -> object:
+        seen.append(x.shape[1])
+        return original(x, state)
+
+    monkeypatch.setattr(model, "forward", spy)
+    monkeypatch.setattr(evaluate_module, "MAX_WINDOW_LOGITS", 4 * 10 * 300)  # at most 10 steps per window
+    short = evaluate(model, ids, streams=4, num_steps=64)
+    assert max(seen) == 10
+    assert short.chars == full.chars and short.nats_per_char == pytest.approx(full.nats_per_char, abs=1e-6)
