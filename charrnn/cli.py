@@ -8,6 +8,7 @@ torch is imported inside the commands, never at module level, so `charrnn --help
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -206,7 +207,8 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
             if chosen(name) and opts[name] != saved_arch[name]:
                 raise UsageError(f"--{name.replace('_', '-')} {opts[name]} differs from the checkpoint's "
                                  f"{saved_arch[name]}: the architecture cannot change on resume")
-        saved_train = ckpt["train_config"]
+        # Options added after a checkpoint was written take their defaults (val_max_chars: None, no cap).
+        saved_train = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **ckpt["train_config"]}
         changes = []
         for name in train_names:
             if name in opts and chosen(name):

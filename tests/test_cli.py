@@ -386,3 +386,19 @@ def test_bf16_precision_trains_and_resumes(tmp_path: Path, corpus: Path) -> None
     assert r.exit_code == 0, r.stderr
     bad = run("train", str(corpus), "-o", str(out), "--precision", "fp8", *TINY)
     assert_clean_error(bad, 2, "fp8")
+
+
+def test_resume_a_checkpoint_written_before_precision_and_val_max_chars(tmp_path: Path, corpus: Path) -> None:
+    from charrnn import checkpoint
+
+    out = tmp_path / "m.pt"
+    assert run("train", str(corpus), "-o", str(out), *TINY).exit_code == 0
+    old = checkpoint.load(str(out))
+    for key in ("precision", "val_max_chars"):  # options added after the first checkpoints were written
+        del old["train_config"][key]
+    checkpoint.save(old, out)
+    r = run("train", str(corpus), "-o", str(out), "--resume", str(out), "--max-steps", "10", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["steps"] == 10
+    resumed = checkpoint.load(str(out))["train_config"]
+    assert resumed["precision"] == "fp32" and resumed["val_max_chars"] is None
