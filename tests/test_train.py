@@ -288,10 +288,14 @@ def test_absurd_learning_rate_is_a_training_error(tmp_path: Path, small) -> None
     """Regression: Adam's bias-corrected step lr / (1 - beta1) overflowed float32 inside
     optimizer.step() and escaped as a bare RuntimeError."""
     vocab, ids = small
-    for optimizer, lr in (("adam", 1e38), ("sgd", 1e300)):
-        with pytest.raises(TrainingError, match="step 1"):
-            train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(optimizer=optimizer, lr=lr),
-                  tmp_path / "m.pt")
+    for optimizer, lr in (("adam", 1e38), ("adamw", 1e38), ("sgd", 1e300)):
+        out = tmp_path / f"{optimizer}.pt"
+        # The update overflows at step 1: the unfused optimizers raise inside step(), the fused one
+        # leaves infinite weights that the next loss (or the save after step 1) reveals.
+        with pytest.raises(TrainingError, match="non-finite .* at step [12]"):
+            train(ids, ids[:0], vocab, tiny_model_config(vocab),
+                  tiny_config(optimizer=optimizer, lr=lr, save_every=1), out)
+        assert not out.exists()  # no checkpoint with non-finite weights was written
 
 
 @pytest.mark.parametrize(("exc", "code", "word"), [(KeyboardInterrupt, 130, "interrupted"),
@@ -394,3 +398,12 @@ def test_resume_with_new_stopping_rule_continues(tmp_path: Path, small) -> None:
                    resume=checkpoint.load(out))
     assert result.steps == 6
     assert checkpoint.load(out)["step"] == 6
+
+
+def test_adam_uses_the_fused_kernel_on_cpu() -> None:
+    from charrnn.train import make_optimizer
+
+    params = [torch.nn.Parameter(torch.ones(3))]
+    assert make_optimizer("adam", params, 1e-3, 0.0, torch.device("cpu")).defaults["fused"] is True
+    assert make_optimizer("adamw", params, 1e-3, 0.0, torch.device("cpu")).defaults["fused"] is True
+    assert not make_optimizer("adam", params, 1e-3, 0.0).defaults.get("fused")  # no device: the default path
