@@ -1,6 +1,6 @@
 """A reference training loop for a character-level RNN, written the way a textbook writes it.
 
-Independent of charrnn's model and training code (torch and numpy only): embedding or one-hot
+Independent of charrnn's model and training code (torch, numpy and the bench's own flops.sync): embedding or one-hot
 input, nn.RNN / nn.GRU / nn.LSTM, a Linear head, Adam, global-norm clipping with
 torch.nn.utils.clip_grad_norm_, sequential minibatches with the state carried and detached, and
 loss.item() every step. The benchmark times it at the same model size and minibatch shape as
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from flops import sync  # the benchmark's GPU synchronisation, shared with the charrnn timings
 from torch import nn
 
 
@@ -53,13 +54,6 @@ def sequential_batches(ids: np.ndarray, batch_size: int, num_steps: int) -> Iter
     while True:
         for i in range(0, stream_len - num_steps + 1, num_steps):
             yield xs[:, i : i + num_steps], ys[:, i : i + num_steps]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def train_steps(ids: np.ndarray, vocab_size: int, cell: str, hidden: int, input_: str, *, layers: int = 2,

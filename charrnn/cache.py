@@ -40,7 +40,6 @@ FORMAT = 1  # bump when the layout or the text rules change: old entries are the
 class Encoded:
     vocab: Vocab
     ids: np.ndarray  # (n,) ids, a read-only memmap when cached
-    key: str
     counts_cached: bool  # counts.json was there: the text was not decoded to build the vocabulary
     ids_cached: bool  # the ids were there: the text was not decoded at all
     path: Path | None  # the ids file, when cached
@@ -148,8 +147,8 @@ def encode_corpus(
     With `cache`, counts and ids are read from and written to `encoded_dir(env)`; a cache folder
     that cannot be written is not an error (the ids are then built in memory).
     """
-    key = corpus_key(parts, encoding)
-    folder = encoded_dir(env) / key[:32] if cache else None
+    # Hashing reads every byte: only worth it when there is a cache entry to find.
+    folder = encoded_dir(env) / corpus_key(parts, encoding)[:32] if cache else None
     counted = _read_counts(folder / "counts.json") if folder is not None else None
     counts_cached = counted is not None
     if counted is None:
@@ -170,7 +169,7 @@ def encode_corpus(
         path = folder / f"ids-{vocab_key(vocab, unk)}.npy"
         ids = _open_ids(path, n, vocab)
         if ids is not None:
-            return Encoded(vocab, ids, key, counts_cached, True, path)
+            return Encoded(vocab, ids, counts_cached, True, path)
 
         def write(tmp: Path) -> None:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.dtype, shape=(n,))
@@ -184,9 +183,9 @@ def encode_corpus(
             _write_atomic(path, write)
             ids = _open_ids(path, n, vocab)
             if ids is not None:
-                return Encoded(vocab, ids, key, counts_cached, False, path)
+                return Encoded(vocab, ids, counts_cached, False, path)
         except OSError:
             pass  # an unwritable or full cache folder: fall back to memory
     ids = np.empty(n, dtype=vocab.dtype)
     _encode_into(ids, parts, encoding, vocab, unk, where)
-    return Encoded(vocab, ids, key, counts_cached, False, None)
+    return Encoded(vocab, ids, counts_cached, False, None)

@@ -168,17 +168,19 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
     from charrnn.vocab import Vocab
 
     def given(name: str) -> bool:
-        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+        """Set on the command line (`input` is the parameter `input_`)."""
+        param = "input_" if name == "input" else name
+        return ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, None)
 
     opts["input"] = input_
     preset_values = PRESETS[preset] if preset is not None else {}
 
     def chosen(name: str) -> bool:
         """Set on the command line, directly or through --preset."""
-        return given(name if name != "input" else "input_") or name in preset_values
+        return given(name) or name in preset_values
 
     for name, value in preset_values.items():
-        if not given(name if name != "input" else "input_"):
+        if not given(name):
             opts[name] = value
     out = Path(output)
     sources = list(corpus) or ["pydoc"]

@@ -176,9 +176,7 @@ class Part:
             for i in range(0, len(self.data), CHUNK_BYTES):
                 yield self.data[i : i + CHUNK_BYTES]
         else:
-            assert self.text is not None
-            for i in range(0, len(self.text), CHUNK_BYTES):
-                yield self.text[i : i + CHUNK_BYTES].encode("utf-8", "surrogatepass")
+            yield from (chunk.encode("utf-8", "surrogatepass") for chunk in self.texts())
 
     def texts(self, encoding: str = "utf-8") -> Iterator[str]:
         """The part's text in chunks (files are decoded as they are read)."""
@@ -306,8 +304,3 @@ def expand_sources(sources: list[str]) -> list[str]:
             raise UsageError(f"folder {source!r} holds no files")
         expanded.extend(str(p) for p in files)
     return expanded
-
-
-def load_sources(sources: list[str], encoding: str = "utf-8", stdin: BinaryIO | None = None) -> str:
-    """Text of the CORPUS arguments of `charrnn train` (see `training_parts`), in memory."""
-    return join_parts(training_parts(sources, stdin)[0], encoding)

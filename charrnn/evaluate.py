@@ -70,8 +70,7 @@ def evaluate(
     s = max(1, min(streams, n_pairs))
     # Logits of one window are (S, T, V) floats, and the loss makes another such tensor: with a large
     # vocabulary, shorten the window (the state is carried across windows, so the result is the same).
-    vocab_size = getattr(getattr(model, "config", None), "vocab_size", 1)
-    num_steps = max(1, min(num_steps, MAX_WINDOW_LOGITS // (s * vocab_size)))
+    num_steps = max(1, min(num_steps, MAX_WINDOW_LOGITS // (s * model.config.vocab_size)))
     length = -(-n_pairs // s)  # ceil: stream r covers pairs [r*length, (r+1)*length)
     rows = np.arange(s, dtype=np.int64)[:, None] * length  # (S, 1)
     total = torch.zeros((), dtype=torch.float64, device=device)

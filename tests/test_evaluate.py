@@ -21,6 +21,7 @@ class TableModel(nn.Module):
     def __init__(self, probs: torch.Tensor) -> None:
         super().__init__()
         self.log_table = nn.Parameter(torch.log(probs.to(torch.float32)))
+        self.config = ModelConfig(vocab_size=probs.shape[0])
 
     def begin_state(self, batch: int, device=None) -> torch.Tensor:
         return torch.zeros(0)
