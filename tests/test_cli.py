@@ -238,14 +238,14 @@ def test_bad_input(tmp_path: Path, corpus: Path, trained: Path, case: str) -> No
         "bad-encoding": (["train", str(corpus), "-o", out, "--encoding", "klingon"], 2, "unknown encoding"),
     }
     if case == "tty-stdin":
-        import charrnn.cli as cli_module
+        import charrnn.cli.common as cli_module
 
         class Tty:
             def isatty(self) -> bool:
                 return True
 
         mp = pytest.MonkeyPatch()
-        mp.setattr(cli_module, "_stdin", lambda: Tty())
+        mp.setattr(cli_module, "stdin", lambda: Tty())
         try:
             result = run("train", "-", "-o", out)
         finally:

@@ -1,0 +1,43 @@
+"""The command-line shell around the core: one module per command group, assembled here.
+
+The CLI package is the only part of charrnn that imports click; torch is imported inside the
+commands, so `charrnn --help` is instant.
+"""
+
+from __future__ import annotations
+
+import click
+
+from charrnn import __version__
+from charrnn.cli.common import ARCH_DEFAULTS, PRESET_NAMES, CharrnnGroup
+from charrnn.cli.corpus_cmd import corpus_group
+from charrnn.cli.eval_cmd import eval_group
+from charrnn.cli.generate_cmd import generate
+from charrnn.cli.info_cmd import info_cmd
+from charrnn.cli.train_cmd import train
+
+__all__ = ["ARCH_DEFAULTS", "PRESET_NAMES", "cli", "main"]
+
+
+@click.group(cls=CharrnnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="charrnn")
+def cli() -> None:
+    """Character-level language models with recurrent networks.
+
+    \b
+    charrnn train corpus.txt -o model.pt        train (or: cat *.txt | charrnn train - -o model.pt)
+    charrnn eval perplexity -m model.pt FILE    perplexity and bits per character of held-out text
+    charrnn generate -m model.pt --prefix TEXT  sample text, streamed to stdout
+    charrnn info -m model.pt                    what a checkpoint holds
+    charrnn corpus list                         corpora known by name (fetched and verified on first use)
+
+    stdout carries only data; progress and messages go to stderr. `-` means stdin.
+    """
+
+
+for command in (train, eval_group, generate, info_cmd, corpus_group):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="charrnn")

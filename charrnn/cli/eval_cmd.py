@@ -1,0 +1,62 @@
+"""`charrnn eval`: measure a model on text."""
+
+from __future__ import annotations
+
+import click
+
+from charrnn.cli import common
+from charrnn.cli.common import device_option, encoding_option, json_option, json_out, model_option
+from charrnn.errors import UsageError
+
+
+@click.group(name="eval")
+def eval_group() -> None:
+    """Measure a model on text."""
+
+
+@eval_group.command()
+@model_option
+@click.argument("text", default="-")
+@encoding_option
+@click.option("--unk", type=click.Choice(["map", "error"]), default="map", show_default=True,
+              help="Characters the model does not know: skip them as targets (map) or fail (error).")
+@click.option("--streams", default=64, show_default=True,
+              help="Score the text as this many contiguous pieces side by side, each carrying its own state "
+                   "(faster); 1 scores it as one sequence.")
+@click.option("-t", "--num-steps", default=256, show_default=True, help="Characters per forward call.")
+@click.option("--split", type=click.Choice(["test", "valid", "train"]), default=None,
+              help="Score this official part of a catalog corpus with splits (ptb-char).")
+@device_option
+@json_option
+def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int, num_steps: int,
+               split: str | None, device: str, as_json: bool) -> None:
+    """Perplexity and bits per character of MODEL on TEXT (a file, `-` for stdin, `pydoc` or a
+    catalog corpus name; for one with official splits, choose the part with --split).
+
+    Every character after the first is predicted from all before it; perplexity is
+    exp(mean cross-entropy in nats), bits/char = nats / ln 2.
+    """
+    from charrnn import console as con
+    from charrnn.cache import encode_corpus
+    from charrnn.checkpoint import load_model
+    from charrnn.corpora import catalog_entry, part_of, source_parts
+    from charrnn.evaluate import evaluate
+    from charrnn.model import resolve_device
+
+    if streams < 1 or num_steps < 1:
+        raise UsageError("--streams and --num-steps must be >= 1")
+    entry = catalog_entry(text)
+    if split is None and entry is not None and entry.has_splits:
+        raise UsageError(f"{text} has official splits: choose the part to score with --split test, valid or train")
+    model, vocab, _ = load_model(model_path, resolve_device(device))
+    fetching = con.DownloadConsole(con.make_console())
+    parts = [part_of(text, split, callbacks=fetching)] if split is not None else source_parts(text, common.stdin(),
+                                                                                              callbacks=fetching)
+    # Streamed and encoded chunk by chunk: memory is the ids (1 to 4 bytes per character), not the text.
+    ids = encode_corpus(parts, encoding, vocab=vocab, unk=unk, where="the text", cache=False).ids  # type: ignore[arg-type]
+    result = evaluate(model, ids, unk_id=vocab.unk_id, streams=streams, num_steps=num_steps)
+    if as_json:
+        json_out(result.to_dict())
+    else:
+        click.echo(f"perplexity {result.perplexity:.4f}\nnats/char {result.nats_per_char:.4f}\n"
+                   f"bits/char {result.bits_per_char:.4f}\nchars {result.chars}\nunknown {result.unknown}")

@@ -1,0 +1,33 @@
+"""`charrnn info`: what a checkpoint holds."""
+
+from __future__ import annotations
+
+import click
+
+from charrnn.cli.common import json_option, json_out, model_option, num
+
+
+@click.command(name="info")
+@model_option
+@json_option
+def info_cmd(model_path: str, as_json: bool) -> None:
+    """What a checkpoint holds: architecture, vocabulary, training progress."""
+    from charrnn.checkpoint import load
+
+    ckpt = load(model_path)
+    vocab = ckpt["vocab"]
+    summary = {
+        "format_version": ckpt["version"], "charrnn_version": ckpt.get("charrnn_version"),
+        "model": ckpt["model_config"], "parameters": sum(t.numel() for t in ckpt["weights"].values()),
+        "vocab_size": len(vocab["chars"]) + int(vocab["unk"]), "step": ckpt.get("step"),
+        "epoch": ckpt.get("epoch"), "val_loss": ckpt.get("val_loss"), "best_val_loss": ckpt.get("best_val_loss"),
+        "train": ckpt.get("train_config"), "training_chars": (ckpt.get("data") or {}).get("chars"),
+    }
+    if as_json:
+        json_out(summary)
+        return
+    m = summary["model"]
+    click.echo(f"{m['cell']} {m['layers']}x{m['hidden']}, {m['input']} input, {summary['parameters']:,} parameters, "
+               f"vocabulary {summary['vocab_size']}")
+    click.echo(f"step {summary['step']}, validation loss {num(summary['val_loss'])} nats/char "
+               f"(best {num(summary['best_val_loss'])}), trained on {summary['training_chars']} characters")

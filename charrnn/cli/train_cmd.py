@@ -1,0 +1,237 @@
+"""`charrnn train`: options, presets, resume rules, and the signals that stop a run cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from charrnn.cli import common
+from charrnn.cli.common import (
+    ARCH_DEFAULTS,
+    CELLS,
+    DEFAULT_TIME_BUDGET,
+    DEFAULT_VAL_MAX_CHARS,
+    ONEHOT_WARN_VOCAB,
+    PRESET_NAMES,
+    device_option,
+    encoding_option,
+    json_option,
+    json_out,
+    num,
+    same_file,
+)
+from charrnn.errors import UsageError
+
+
+@click.command()
+@click.argument("corpus", nargs=-1)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint to write (the last state); the best by validation goes to NAME.best.pt.")
+@click.option("--resume", type=click.Path(dir_okay=False), help="Continue training from this checkpoint.")
+@encoding_option
+@click.option("--val-fraction", default=0.1, show_default=True, help="Tail of the text held out for validation.")
+@click.option("--val-max-chars", default=DEFAULT_VAL_MAX_CHARS, show_default=True,
+              help="At most this many characters held out (keeps validation quick on huge corpora).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the encoded-corpus cache.")
+@click.option("--min-freq", default=1, show_default=True, help="Characters seen fewer times map to <unk>.")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
+              help="A model size with the batch and learning rate that suit it: tiny (1x128), small (2x256, "
+                   "the default), medium (2x512), large (3x1024, for GPUs); other options override it.")
+@click.option("--cell", type=click.Choice(CELLS), default=ARCH_DEFAULTS["cell"], show_default=True,
+              help="Recurrent cell; scratch-* are written from the equations (slow, for study).")
+@click.option("--layers", default=ARCH_DEFAULTS["layers"], show_default=True)
+@click.option("--hidden", default=ARCH_DEFAULTS["hidden"], show_default=True, help="Hidden units per layer.")
+@click.option("--dropout", default=ARCH_DEFAULTS["dropout"], show_default=True)
+@click.option("--input", "input_", type=click.Choice(["onehot", "embedding"]), default=ARCH_DEFAULTS["input"],
+              show_default=True, help="One-hot vectors, or the equivalent lookup in a learned table.")
+@click.option("--embed-dim", default=ARCH_DEFAULTS["embed_dim"], show_default=True, help="Width of the embedding.")
+@click.option("--partition", type=click.Choice(["sequential", "random"]), default="sequential", show_default=True,
+              help="sequential: carry the state across minibatches; random: fresh state per minibatch.")
+@click.option("-b", "--batch-size", default=32, show_default=True)
+@click.option("-t", "--num-steps", default=64, show_default=True, help="Characters per sequence (BPTT length).")
+@click.option("--warmup", default=0, show_default=True,
+              help="With --partition random: characters before each sequence that only build the state.")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
+@click.option("--lr", default=3e-3, show_default=True, help="Learning rate.")
+@click.option("--weight-decay", default=0.0, show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True,
+              help="cosine decays the learning rate to 10% over the run.")
+@click.option("--clip", default=1.0, show_default=True, help="Clip gradients to this global L2 norm (0: off).")
+@click.option("--epochs", type=int, help="Stop after this many passes over the text.")
+@click.option("--max-steps", type=int, help="Stop after this many minibatches.")
+@click.option("--time-budget", type=float,
+              help=f"Stop after this many seconds (default {DEFAULT_TIME_BUDGET:g} when no stopping rule is given).")
+@click.option("--val-every", default=200, show_default=True, help="Validate every N steps.")
+@click.option("--save-every", type=int, help="Save the checkpoint every N steps (default: at each validation).")
+@click.option("--seed", default=0, show_default=True)
+@device_option
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: run the forward pass in bfloat16 autocast (faster on recent GPUs; weights stay fp32).")
+@json_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.pass_context
+def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str | None, encoding: str,
+          val_fraction: float, val_max_chars: int | None, no_cache: bool, min_freq: int, input_: str,
+          preset: str | None, as_json: bool, quiet: bool, device: str,
+          **opts: Any) -> None:
+    """Train a model on CORPUS: a text file, `-` for stdin, `pydoc` (built in, the default) or a
+    catalog corpus name (`charrnn corpus list`; fetched and verified on first use). Several
+    CORPUS arguments, and folders (every file below, sorted by path), are joined in that order.
+
+    A corpus with official splits (ptb-char) trains on its train part and validates on its valid
+    part; anything else holds out the last --val-fraction for validation.
+
+    Progress goes to stderr; a summary line (or --json) to stdout. Ctrl-C saves a resumable
+    checkpoint. Stopping: whichever of --epochs, --max-steps, --time-budget comes first.
+    """
+    from charrnn import checkpoint
+    from charrnn import console as con
+    from charrnn.cache import encode_corpus
+    from charrnn.corpora import catalog_entry, expand_sources, training_parts
+    from charrnn.data import split_train_val
+    from charrnn.model import ModelConfig, resolve_device
+    from charrnn.train import PRESETS, TrainConfig
+    from charrnn.train import train as run_training
+    from charrnn.vocab import Vocab
+
+    def given(name: str) -> bool:
+        """Set on the command line (`input` is the parameter `input_`)."""
+        param = "input_" if name == "input" else name
+        return ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, None)
+
+    opts["input"] = input_
+    preset_values = PRESETS[preset] if preset is not None else {}
+
+    def chosen(name: str) -> bool:
+        """Set on the command line, directly or through --preset."""
+        return given(name) or name in preset_values
+
+    for name, value in preset_values.items():
+        if not given(name):
+            opts[name] = value
+    out = Path(output)
+    sources = list(corpus) or ["pydoc"]
+    for source in expand_sources(sources):
+        if source != "-" and (same_file(source, output) or Path(source).resolve() == out.resolve()):
+            raise UsageError(f"output {output!r} is an input corpus; choose another output path")
+    checkpoint.check_writable(out)
+    if val_max_chars < 2:
+        raise UsageError(f"--val-max-chars must be >= 2, got {val_max_chars}")
+    console = con.make_console(quiet)
+    dev = resolve_device(device)
+    entry = catalog_entry(sources[0]) if len(sources) == 1 else None
+    official = entry is not None and entry.has_splits
+    if official and given("val_fraction"):
+        raise UsageError(f"{sources[0]} has an official validation split, so --val-fraction does not apply")
+    train_parts, valid_parts = training_parts(sources, common.stdin(), callbacks=con.DownloadConsole(console))
+
+    arch_names = list(ARCH_DEFAULTS)
+    internal = ("val_fraction", "val_max_chars", "eval_streams", "log_every")
+    train_names = [f for f in TrainConfig.__dataclass_fields__ if f not in internal]
+    ckpt = None
+    if resume:
+        ckpt = checkpoint.load(resume)
+        saved_arch = ckpt["model_config"]
+        for name in arch_names:
+            if chosen(name) and opts[name] != saved_arch[name]:
+                raise UsageError(f"--{name.replace('_', '-')} {opts[name]} differs from the checkpoint's "
+                                 f"{saved_arch[name]}: the architecture cannot change on resume")
+        # Options added after a checkpoint was written take their defaults (val_max_chars: None, no cap).
+        saved_train = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **ckpt["train_config"]}
+        changes = []
+        for name in train_names:
+            if name in opts and chosen(name):
+                if opts[name] != saved_train.get(name):
+                    changes.append(f"--{name.replace('_', '-')} {saved_train.get(name)} -> {opts[name]}")
+            elif name in opts:
+                opts[name] = saved_train.get(name)
+        if not official and given("val_fraction") and val_fraction != saved_train["val_fraction"]:
+            raise UsageError("--val-fraction cannot change on resume (it changes the training text)")
+        val_fraction = saved_train["val_fraction"]
+        if not official and given("val_max_chars") and val_max_chars != saved_train.get("val_max_chars"):
+            raise UsageError("--val-max-chars cannot change on resume (it changes the training text)")
+        val_max_chars = saved_train.get("val_max_chars")  # None in checkpoints older than the option
+        vocab = Vocab.from_dict(ckpt["vocab"])
+        encoded = encode_corpus(train_parts, encoding, vocab=vocab, unk="map" if vocab.unk else "error",
+                                cache=not no_cache)
+        con.info(console, f"resuming from {resume} at step {ckpt['step']}"
+                 + (f"; changed: {', '.join(changes)}" if changes else ""))
+        model_config = ModelConfig.from_dict(saved_arch)
+    else:
+        if min_freq < 1:
+            raise UsageError(f"--min-freq must be >= 1, got {min_freq}")
+        encoded = encode_corpus(train_parts, encoding, min_freq=min_freq, cache=not no_cache)
+        vocab = encoded.vocab
+        model_config = ModelConfig(vocab_size=vocab.size, **{n: opts[n] for n in arch_names})
+    ids = encoded.ids
+    if model_config.input == "onehot" and vocab.size > ONEHOT_WARN_VOCAB:
+        con.info(console, f"warning: --input onehot with {vocab.size:,} characters builds inputs of shape "
+                          f"(batch, time, {vocab.size:,}) and multiplies them out: slow; --input embedding is a lookup")
+    if encoded.ids_cached:
+        con.info(console, f"read the encoded corpus ({len(ids):,} characters) from the cache: {encoded.path}")
+    elif encoded.path is not None:
+        con.info(console, f"encoded the corpus ({len(ids):,} characters) into the cache: {encoded.path}")
+    if all(opts[n] is None for n in ("epochs", "max_steps", "time_budget")):
+        opts["time_budget"] = DEFAULT_TIME_BUDGET
+        con.info(console, f"no stopping rule given: training for {DEFAULT_TIME_BUDGET:g} seconds (--time-budget)")
+    if official:
+        # The official valid part is encoded with the training vocabulary; characters it lacks
+        # become <unk> (not scored), as in `eval perplexity`.
+        train_ids, val_fraction = ids, 0.0
+        val_ids = ids[:0] if valid_parts is None else encode_corpus(
+            valid_parts, encoding, vocab=vocab, unk="map" if vocab.unk else "error",
+            where=f"the {sources[0]} validation text", cache=not no_cache).ids
+    else:
+        train_ids, val_ids = split_train_val(ids, val_fraction, max_chars=val_max_chars)
+    # Standard input's bytes live in its part: let them go before training (the ids are all it needs).
+    train_parts = valid_parts = None
+    config = TrainConfig(val_fraction=val_fraction, val_max_chars=val_max_chars,
+                         **{n: opts[n] for n in train_names})
+    callbacks = con.TrainConsole(console)
+    try:
+        with stop_on_signals(callbacks):
+            result = run_training(train_ids, val_ids, vocab, model_config, config, out, device=dev,
+                                  callbacks=callbacks, resume=ckpt)
+    finally:
+        callbacks.close()
+    if as_json:
+        json_out(result.to_dict())
+    else:
+        click.echo(f"trained {result.steps} steps in {result.seconds:.1f} s ({result.chars_per_second:,.0f} chars/s): "
+                   f"train loss {num(result.train_loss)}, validation loss {num(result.val_loss)} nats/char, "
+                   f"perplexity {num(result.val_perplexity, '.3f')}, {num(result.val_bits_per_char)} bits/char; "
+                   f"saved {result.checkpoint}" + (f" and {result.best_checkpoint}" if result.best_checkpoint else ""))
+
+
+@contextlib.contextmanager
+def stop_on_signals(callbacks: Any) -> Iterator[None]:
+    """SIGINT/SIGTERM ask training to save and stop after the current step (callbacks.stop_code);
+    a second signal exits at once. Saves are atomic, so that never damages the last checkpoint."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        code = 143 if signum == signal.SIGTERM else 130
+        if callbacks.stop_code is not None:
+            os.write(2, b"\nstopped at once; the last saved checkpoint is intact\n")
+            os._exit(code)
+        callbacks.stop_code = code
+        os.write(2, b"\nstopping after this step and saving (press Ctrl-C again to quit at once)\n")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
