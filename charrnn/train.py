@@ -222,6 +222,23 @@ def _batch_loss(model: CharRNN, batch: Batch, state: State | None, device: torch
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)), state
 
 
+@dataclass
+class RunState:
+    """Where a run stands: everything beyond the weights and the optimizer that a resumed run needs."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # minibatches of `epoch` already done
+    chars_seen: int = 0
+    elapsed_before: float = 0.0  # seconds spent in earlier (resumed) parts of the run
+    best_val: float = math.inf
+    val_loss: float | None = None
+    hidden: State | None = None  # carried state (sequential partitioning), detached
+    # The torch RNG (dropout masks) as of the last finished step: an interruption in the middle of
+    # a step must not save the draws of that unfinished step.
+    rng: dict[str, torch.Tensor] | None = None
+
+
 def train(
     train_ids: np.ndarray,
     val_ids: np.ndarray,
@@ -239,191 +256,216 @@ def train(
     `resume` is a loaded checkpoint to continue from; its architecture is used and `config`
     may change anything else (learning rate, stopping rules...).
     """
-    cb = callbacks or Callbacks()
-    device = torch.device(device)
-    out = Path(out)
-    best_out = best_path(out)
-    checkpoint.check_writable(out)
-    check_fits(len(train_ids), config.batch_size, config.num_steps, config.warmup)
-    fingerprint = data_fingerprint(train_ids)
-    can_validate = len(val_ids) >= 2
+    return Trainer(train_ids, val_ids, vocab, model_config, config, out, device=device, callbacks=callbacks,
+                   resume=resume).run()
 
-    if resume is not None:
-        if resume.get("data") != fingerprint:
-            raise DataError("the training text differs from the one this checkpoint was trained on; "
-                            "resume needs the same text (and the same --val-fraction)")
-        model_config = ModelConfig.from_dict(resume["model_config"])
-    else:
-        torch.manual_seed(config.seed)
-    model = CharRNN(model_config).to(device)
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay, device)
-    step = epoch = batch_in_epoch = chars_seen = 0
-    elapsed_before, best_val, val_loss = 0.0, math.inf, None
-    hidden: State | None = None
-    seed = config.seed
-    if resume is not None:
-        model.load_state_dict(resume["weights"])
+
+class Trainer:
+    """One training run: the model, its optimizer and the RunState, with the steps of the loop."""
+
+    def __init__(self, train_ids: np.ndarray, val_ids: np.ndarray, vocab: Vocab, model_config: ModelConfig,
+                 config: TrainConfig, out: str | Path, *, device: torch.device | str = "cpu",
+                 callbacks: Callbacks | None = None, resume: dict[str, Any] | None = None) -> None:
+        self.cb = callbacks or Callbacks()
+        self.device = torch.device(device)
+        self.out = Path(out)
+        self.best_out = best_path(self.out)
+        checkpoint.check_writable(self.out)
+        check_fits(len(train_ids), config.batch_size, config.num_steps, config.warmup)
+        self.train_ids, self.val_ids, self.vocab = train_ids, val_ids, vocab
+        self.fingerprint = data_fingerprint(train_ids)
+        self.can_validate = len(val_ids) >= 2
+        self.resumed = resume is not None
+        if resume is not None:
+            if resume.get("data") != self.fingerprint:
+                raise DataError("the training text differs from the one this checkpoint was trained on; "
+                                "resume needs the same text (and the same --val-fraction)")
+            model_config = ModelConfig.from_dict(resume["model_config"])
+            config = replace(config, seed=resume["seed"])  # the data order belongs to the original run
+        else:
+            torch.manual_seed(config.seed)
+        self.model_config, self.config = model_config, config
+        self.model = CharRNN(model_config).to(self.device)
+        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, config.weight_decay,
+                                        self.device)
+        self.state = RunState()
+        if resume is not None:
+            self._restore(resume)
+        self.model.train()
+        self.state.rng = rng_states(self.device)
+        self.n_batches = max(1, batches_per_epoch(config.partition, len(train_ids), config.batch_size,
+                                                  config.num_steps, config.warmup))
+        self.start_time = time.perf_counter()
+        self.train_time = 0.0  # seconds inside steps in this process (for chars/s)
+        self.chars_this_run = 0
+
+    def _restore(self, resume: dict[str, Any]) -> None:
+        config, st = self.config, self.state
+        self.model.load_state_dict(resume["weights"])
         if resume["train_config"]["optimizer"] == config.optimizer:
-            optimizer.load_state_dict(resume["optimizer"])
-        step, epoch, batch_in_epoch = resume["step"], resume["epoch"], resume["batch_in_epoch"]
-        chars_seen, elapsed_before = resume["chars_seen"], resume["elapsed"]
-        best_val = resume["best_val_loss"] if resume["best_val_loss"] is not None else math.inf
-        val_loss, seed = resume["val_loss"], resume["seed"]
-        config = replace(config, seed=seed)  # the data order belongs to the original run
+            self.optimizer.load_state_dict(resume["optimizer"])
+        st.step, st.epoch, st.batch_in_epoch = resume["step"], resume["epoch"], resume["batch_in_epoch"]
+        st.chars_seen, st.elapsed_before = resume["chars_seen"], resume["elapsed"]
+        st.best_val = resume["best_val_loss"] if resume["best_val_loss"] is not None else math.inf
+        st.val_loss = resume["val_loss"]
         torch.set_rng_state(resume["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in resume["rng"]:
-            torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
+        if self.device.type == "cuda" and "cuda" in resume["rng"]:
+            torch.cuda.set_rng_state(resume["rng"]["cuda"], self.device)
         saved = resume["train_config"]
         if any(saved.get(k) != getattr(config, k) for k in ("partition", "batch_size", "num_steps", "warmup")):
             # Another minibatch shape: the saved position and carried state mean nothing under it,
             # so go on from the start of the next epoch with a fresh state.
-            epoch, batch_in_epoch = epoch + 1, 0
+            st.epoch, st.batch_in_epoch = st.epoch + 1, 0
         elif resume["hidden"] is not None:
             h = resume["hidden"]
-            hidden = tuple(t.to(device) for t in h) if isinstance(h, (list, tuple)) else h.to(device)
-    model.train()
-    # The torch RNG (dropout masks) as of the last finished step: an interruption in the middle of
-    # a step must not save the draws of that unfinished step.
-    rng_state = rng_states(device)
+            st.hidden = tuple(t.to(self.device) for t in h) if isinstance(h, (list, tuple)) else h.to(self.device)
 
-    strategy = partition(config.partition)
-    n_batches = max(1, batches_per_epoch(config.partition, len(train_ids), config.batch_size,
-                                         config.num_steps, config.warmup))
-    start_time = time.perf_counter()
-    train_time = 0.0
-    chars_this_run = 0
+    def elapsed(self) -> float:
+        return self.state.elapsed_before + time.perf_counter() - self.start_time
 
-    def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - start_time
-
-    def fraction(next_epoch: int, next_batch: int, by_epochs: bool = True) -> float:
-        parts = [0.0]
+    def fraction(self, next_epoch: int, next_batch: int, by_epochs: bool = True) -> float:
+        """Fraction of the run done, by the stopping rule closest to firing."""
+        config, parts = self.config, [0.0]
         if config.max_steps:
-            parts.append(step / config.max_steps)
+            parts.append(self.state.step / config.max_steps)
         if config.epochs and by_epochs:
-            parts.append((next_epoch + next_batch / n_batches) / config.epochs)
+            parts.append((next_epoch + next_batch / self.n_batches) / config.epochs)
         if config.time_budget:
-            parts.append(elapsed() / config.time_budget)
+            parts.append(self.elapsed() / config.time_budget)
         return min(1.0, max(parts))
 
-    def payload() -> dict[str, Any]:
-        state = None
+    def payload(self) -> dict[str, Any]:
+        st, hidden = self.state, self.state.hidden
         if hidden is not None:
-            state = tuple(t.cpu() for t in hidden) if isinstance(hidden, tuple) else hidden.cpu()
+            hidden = tuple(t.cpu() for t in hidden) if isinstance(hidden, tuple) else hidden.cpu()
         return {
             "format": checkpoint.FORMAT, "version": checkpoint.VERSION, "charrnn_version": __version__,
-            "model_config": model_config.to_dict(), "train_config": config.to_dict(), "vocab": vocab.to_dict(),
-            "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-            "best_val_loss": None if math.isinf(best_val) else best_val, "val_loss": val_loss, "seed": seed,
-            "elapsed": elapsed(), "chars_seen": chars_seen, "rng": rng_state,
-            "hidden": state, "data": fingerprint,
+            "model_config": self.model_config.to_dict(), "train_config": self.config.to_dict(),
+            "vocab": self.vocab.to_dict(), "weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(), "step": st.step, "epoch": st.epoch,
+            "batch_in_epoch": st.batch_in_epoch, "best_val_loss": None if math.isinf(st.best_val) else st.best_val,
+            "val_loss": st.val_loss, "seed": self.config.seed, "elapsed": self.elapsed(),
+            "chars_seen": st.chars_seen, "rng": st.rng, "hidden": hidden, "data": self.fingerprint,
         }
 
-    def save(path: Path, reason: str) -> None:
+    def save(self, path: Path, reason: str) -> None:
         # Never write non-finite weights: a fused optimizer step that overflows does not raise, and
         # the loss only shows it one step later.
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-            raise_non_finite(step, math.nan, config.lr, out)
-        checkpoint.save(payload(), path)
-        cb.on_save(str(path), reason)
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise_non_finite(self.state.step, math.nan, self.config.lr, self.out)
+        checkpoint.save(self.payload(), path)
+        self.cb.on_save(str(path), reason)
 
-    def validate() -> None:
-        nonlocal val_loss, best_val
-        result = evaluate(model, val_ids, unk_id=vocab.unk_id, streams=config.eval_streams)
-        val_loss = result.nats_per_char
-        improved = val_loss < best_val
-        cb.on_validate(step, result, improved)
+    def validate(self) -> None:
+        st = self.state
+        result = evaluate(self.model, self.val_ids, unk_id=self.vocab.unk_id, streams=self.config.eval_streams)
+        st.val_loss = result.nats_per_char
+        improved = st.val_loss < st.best_val
+        self.cb.on_validate(st.step, result, improved)
         if improved:
-            best_val = val_loss
-            save(best_out, "best")
+            st.best_val = st.val_loss
+            self.save(self.best_out, "best")
 
-    def batches() -> Iterator[tuple[int, int, Batch]]:
-        e, skip = epoch, batch_in_epoch
+    def batches(self) -> Iterator[tuple[int, int, Batch]]:
+        """(epoch, index in epoch, minibatch) from the run's position on, forever."""
+        config, strategy = self.config, partition(self.config.partition)
+        e, skip = self.state.epoch, self.state.batch_in_epoch
         while True:
-            rng = np.random.default_rng([seed, e])  # each epoch's order depends on (seed, epoch) only
-            for i, b in enumerate(strategy(train_ids, config.batch_size, config.num_steps, rng, config.warmup)):
+            rng = np.random.default_rng([config.seed, e])  # each epoch's order depends on (seed, epoch) only
+            for i, b in enumerate(strategy(self.train_ids, config.batch_size, config.num_steps, rng, config.warmup)):
                 if i >= skip:
                     yield e, i, b
             e, skip = e + 1, 0
 
-    cb.on_start({"parameters": model.num_parameters(), "device": str(device), "vocab_size": vocab.size,
-                 "train_chars": len(train_ids), "val_chars": len(val_ids), "batches_per_epoch": n_batches,
-                 "resumed_at": step if resume is not None else None})
-    check_every_step = device.type == "cpu"  # a host sync per step costs nothing on CPU
-    save_every = config.save_every or config.val_every
-    loss_sum = torch.zeros((), device=device)
-    loss_count, train_loss, last_val_step = 0, math.nan, -1
-    try:
-        for e, i, batch in batches():
-            stop_code = cb.stop_requested()
-            if stop_code is not None:
-                raise Terminated() if stop_code == 143 else KeyboardInterrupt()
-            # --epochs stops at the end of the last epoch, which may hold one minibatch more than
-            # n_batches (the count at the worst offset): only the other rules stop by fraction.
-            if (config.epochs and e >= config.epochs) or fraction(e, i, by_epochs=False) >= 1.0:
-                break
-            t_step = time.perf_counter()
-            if e != epoch:
-                hidden = None  # a new epoch starts at a new offset: the carried state no longer fits
-            lr = config.lr * lr_factor(config.schedule, fraction(e, i))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss, new_state = batch_loss(model, batch, hidden if batch.carry_state else None, device, config.precision)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip) if config.clip > 0 else None
-            if check_every_step and not (math.isfinite(loss.item()) and (norm is None or math.isfinite(norm.item()))):
-                raise_non_finite(step + 1, loss.item(), config.lr, out)
-            try:
-                optimizer.step()
-            except RuntimeError as err:  # the update itself overflows float32 (an absurd --lr)
-                if "overflow" not in str(err):
-                    raise
-                raise_non_finite(step + 1, math.inf, config.lr, out)
-            # The step is complete: only now does the run's position move (a checkpoint written
-            # after an interruption must describe a finished step).
-            hidden = detach_state(new_state) if batch.carry_state else None
-            step, epoch, batch_in_epoch = step + 1, e, i + 1
-            rng_state = rng_states(device)
-            chars_seen += batch.y.size
-            chars_this_run += batch.y.size
-            loss_sum += loss.detach()
-            loss_count += 1
-            report = step % config.log_every == 0
-            if report:
-                # A host sync: on a GPU this waits for the queued steps, so that train_time counts them.
-                train_loss = loss_sum.item() / loss_count
-                if not math.isfinite(train_loss):
-                    raise_non_finite(step, train_loss, config.lr, out)
-                loss_sum.zero_()
-                loss_count = 0
-            train_time += time.perf_counter() - t_step
-            if report:
-                cb.on_step(Progress(step, epoch, train_loss, lr, elapsed(), chars_this_run / max(train_time, 1e-9),
-                                    fraction(epoch, batch_in_epoch)))
-            if can_validate and step % config.val_every == 0:
-                validate()
-                last_val_step = step
-            if step % save_every == 0:
-                save(out, "periodic")
-    except KeyboardInterrupt as e:
-        save(out, "interrupted")
-        code, what = (143, "terminated") if isinstance(e, Terminated) else (130, "interrupted")
-        raise Interrupted(f"{what} at step {step}; resumable checkpoint saved to {str(out)!r} "
-                          f"(continue with --resume {str(out)!r})", exit_code=code) from None
+    def step(self, e: int, i: int, batch: Batch, lr: float) -> torch.Tensor:
+        """One optimizer step on `batch` (epoch e, index i); returns its loss (a 0-d tensor)."""
+        st, config, device = self.state, self.config, self.device
+        if e != st.epoch:
+            st.hidden = None  # a new epoch starts at a new offset: the carried state no longer fits
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, new_state = batch_loss(self.model, batch, st.hidden if batch.carry_state else None, device,
+                                     config.precision)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip) if config.clip > 0 else None
+        # A host sync per step costs nothing on CPU; on a GPU the loss is checked at each report.
+        if device.type == "cpu" and not (math.isfinite(loss.item()) and (norm is None or math.isfinite(norm.item()))):
+            raise_non_finite(st.step + 1, loss.item(), config.lr, self.out)
+        try:
+            self.optimizer.step()
+        except RuntimeError as err:  # the update itself overflows float32 (an absurd --lr)
+            if "overflow" not in str(err):
+                raise
+            raise_non_finite(st.step + 1, math.inf, config.lr, self.out)
+        # The step is complete: only now does the run's position move (a checkpoint written
+        # after an interruption must describe a finished step).
+        st.hidden = detach_state(new_state) if batch.carry_state else None
+        st.step, st.epoch, st.batch_in_epoch = st.step + 1, e, i + 1
+        st.rng = rng_states(device)
+        st.chars_seen += batch.y.size
+        self.chars_this_run += batch.y.size
+        return loss.detach()
 
-    if loss_count:
-        train_loss = loss_sum.item() / loss_count
-    if can_validate and last_val_step != step:
-        validate()
-    save(out, "final")
-    return TrainResult(
-        # n_batches is the count at the worst offset; an epoch may hold one minibatch more
-        steps=step, epochs=epoch + min(batch_in_epoch / n_batches, 1.0), seconds=elapsed(),
-        chars_per_second=chars_this_run / max(train_time, 1e-9), train_loss=train_loss, val_loss=val_loss,
-        checkpoint=str(out), best_checkpoint=str(best_out) if can_validate else None,
-    )
+    def run(self) -> TrainResult:
+        st, config, cb = self.state, self.config, self.cb
+        cb.on_start({"parameters": self.model.num_parameters(), "device": str(self.device),
+                     "vocab_size": self.vocab.size, "train_chars": len(self.train_ids),
+                     "val_chars": len(self.val_ids), "batches_per_epoch": self.n_batches,
+                     "resumed_at": st.step if self.resumed else None})
+        save_every = config.save_every or config.val_every
+        loss_sum = torch.zeros((), device=self.device)
+        loss_count, train_loss, last_val_step = 0, math.nan, -1
+        try:
+            for e, i, batch in self.batches():
+                stop_code = cb.stop_requested()
+                if stop_code is not None:
+                    raise Terminated() if stop_code == 143 else KeyboardInterrupt()
+                # --epochs stops at the end of the last epoch, which may hold one minibatch more than
+                # n_batches (the count at the worst offset): only the other rules stop by fraction.
+                if (config.epochs and e >= config.epochs) or self.fraction(e, i, by_epochs=False) >= 1.0:
+                    break
+                t_step = time.perf_counter()
+                lr = config.lr * lr_factor(config.schedule, self.fraction(e, i))
+                loss_sum += self.step(e, i, batch, lr)
+                loss_count += 1
+                report = st.step % config.log_every == 0
+                if report:
+                    # A host sync: on a GPU this waits for the queued steps, so that train_time counts them.
+                    train_loss = loss_sum.item() / loss_count
+                    if not math.isfinite(train_loss):
+                        raise_non_finite(st.step, train_loss, config.lr, self.out)
+                    loss_sum.zero_()
+                    loss_count = 0
+                self.train_time += time.perf_counter() - t_step
+                if report:
+                    cb.on_step(Progress(st.step, st.epoch, train_loss, lr, self.elapsed(), self.chars_per_second(),
+                                        self.fraction(st.epoch, st.batch_in_epoch)))
+                if self.can_validate and st.step % config.val_every == 0:
+                    self.validate()
+                    last_val_step = st.step
+                if st.step % save_every == 0:
+                    self.save(self.out, "periodic")
+        except KeyboardInterrupt as e:
+            self.save(self.out, "interrupted")
+            code, what = (143, "terminated") if isinstance(e, Terminated) else (130, "interrupted")
+            raise Interrupted(f"{what} at step {st.step}; resumable checkpoint saved to {str(self.out)!r} "
+                              f"(continue with --resume {str(self.out)!r})", exit_code=code) from None
+
+        if loss_count:
+            train_loss = loss_sum.item() / loss_count
+        if self.can_validate and last_val_step != st.step:
+            self.validate()
+        self.save(self.out, "final")
+        return TrainResult(
+            # n_batches is the count at the worst offset; an epoch may hold one minibatch more
+            steps=st.step, epochs=st.epoch + min(st.batch_in_epoch / self.n_batches, 1.0), seconds=self.elapsed(),
+            chars_per_second=self.chars_per_second(), train_loss=train_loss, val_loss=st.val_loss,
+            checkpoint=str(self.out), best_checkpoint=str(self.best_out) if self.can_validate else None,
+        )
+
+    def chars_per_second(self) -> float:
+        return self.chars_this_run / max(self.train_time, 1e-9)
 
 
 def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
