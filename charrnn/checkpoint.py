@@ -13,6 +13,7 @@ tensors and plain containers, so a hostile file cannot run code.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import tempfile
@@ -77,9 +78,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     """Read and validate a checkpoint; every way it can be wrong is a CheckpointError."""
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
+        raise UsageError(f"checkpoint {str(p)!r} does not exist")
     if p.is_dir():
-        raise CheckpointError(f"checkpoint {str(p)!r} is a directory")
+        raise UsageError(f"checkpoint {str(p)!r} is a directory, not a checkpoint file")
     try:
         with open(p, "rb") as f:
             magic = f.read(4)
@@ -108,7 +109,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{str(p)!r} is not a charrnn checkpoint")
     version = ckpt.get("version")
-    if not isinstance(version, int) or version > VERSION:
+    if not _is_int(version) or version < 1:
+        raise CheckpointError(f"{str(p)!r} is damaged: its format version {version!r} is not a positive integer")
+    if version > VERSION:
         raise CheckpointError(
             f"{str(p)!r} has checkpoint format version {version}, newer than this charrnn "
             f"understands ({VERSION}); upgrade charrnn"
@@ -116,7 +119,123 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     missing = [k for k in ("model_config", "vocab", "weights") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{str(p)!r} is damaged: missing {', '.join(missing)}")
+    try:
+        check_model_fields(ckpt)
+    except (CheckpointError, UsageError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{str(p)!r} is damaged: {_first_line(e)}") from None
     return ckpt
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return (text.splitlines() or [type(e).__name__])[0]
+
+
+def check_model_fields(ckpt: dict[str, Any]) -> None:
+    """Check what every command uses (architecture, vocabulary, weights) before anything is built
+    from it: types and ranges of the config, one character per vocabulary entry in code-point
+    order, and every weight's name and shape against the config. The expected shapes come from a
+    model built on the meta device, which allocates nothing, so a config claiming hidden 20000 or
+    100000 layers is refused at once."""
+    config_dict = ckpt["model_config"]
+    if not isinstance(config_dict, dict) or set(config_dict) - set(ModelConfig.__dataclass_fields__):
+        raise CheckpointError("its model config is not the one charrnn writes")
+    config = ModelConfig.from_dict(config_dict)
+    vocab = ckpt["vocab"]
+    if not isinstance(vocab, dict) or not isinstance(vocab.get("chars"), list) or \
+            not isinstance(vocab.get("unk"), bool) or not isinstance(vocab.get("counts"), list):
+        raise CheckpointError("its vocabulary is not the one charrnn writes")
+    chars, counts = vocab["chars"], vocab["counts"]
+    if not all(isinstance(c, str) and len(c) == 1 for c in chars):
+        raise CheckpointError("its vocabulary holds an entry that is not one character")
+    points = [ord(c) for c in chars]
+    if any(a >= b for a, b in zip(points, points[1:], strict=False)):
+        raise CheckpointError("its vocabulary is not in code-point order or repeats a character")
+    if len(counts) != len(chars) or not all(_is_int(n) and n >= 0 for n in counts):
+        raise CheckpointError("its vocabulary counts do not match its characters")
+    if len(chars) + vocab["unk"] != config.vocab_size:
+        raise CheckpointError(f"its vocabulary has {len(chars) + vocab['unk']} entries but the model "
+                              f"expects {config.vocab_size}")
+    weights = ckpt["weights"]
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise CheckpointError("its weights are not a table of tensors")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in CharRNN(config).state_dict().items()}
+    if set(weights) != set(expected):
+        raise CheckpointError("its weights do not match its model config (different parameter names)")
+    for name, shape in expected.items():
+        t = weights[name]
+        if tuple(t.shape) != shape or not t.is_floating_point():
+            raise CheckpointError(f"weight {name} has shape {tuple(t.shape)} ({t.dtype}), but the model "
+                                  f"config needs {shape} (floating point)")
+
+
+def check_finite(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse weights holding NaN or infinity: they would score and sample garbage with exit 0."""
+    bad = [name for name, t in ckpt["weights"].items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{str(path)!r} has non-finite weights ({', '.join(bad[:3])}"
+                              f"{' ...' if len(bad) > 3 else ''}): the run that wrote it diverged; "
+                              "use an earlier checkpoint")
+
+
+def check_resume_fields(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """Check what a resumed run reads beyond the model: position, losses, RNG, carried state."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{str(path)!r} is damaged: {what}; it cannot be resumed")
+
+    for key in ("train_config", "optimizer", "rng", "data"):
+        if not isinstance(ckpt.get(key), dict):
+            raise bad(f"its {key.replace('_', ' ')} is missing or not a table")
+    for key in ("step", "epoch", "batch_in_epoch", "chars_seen", "seed"):
+        if not _is_int(ckpt.get(key)) or ckpt[key] < 0 or ckpt[key] >= 2**63:
+            raise bad(f"its {key.replace('_', ' ')} is not a non-negative integer")
+    elapsed = ckpt.get("elapsed")
+    if not isinstance(elapsed, (int, float)) or isinstance(elapsed, bool) or not 0 <= elapsed < float("inf"):
+        raise bad("its elapsed time is not a finite number of seconds")
+    for key in ("best_val_loss", "val_loss"):
+        value = ckpt.get(key)
+        if value is not None and (not isinstance(value, float) or not value == value or value < 0):
+            raise bad(f"its {key.replace('_', ' ')} is not a non-negative number")
+    rng = ckpt["rng"]
+    if not isinstance(rng.get("torch"), torch.Tensor) or rng["torch"].dtype != torch.uint8:
+        raise bad("its random generator state is not a byte tensor")
+    data = ckpt["data"]
+    if not _is_int(data.get("chars")) or not isinstance(data.get("sha256"), str):
+        raise bad("its training-text fingerprint is not the one charrnn writes")
+    config = ModelConfig.from_dict(ckpt["model_config"])
+    hidden = ckpt.get("hidden")
+    if hidden is not None:
+        parts = list(hidden) if isinstance(hidden, (list, tuple)) else [hidden]
+        lstm = config.base_cell == "lstm"
+        if len(parts) != (2 if lstm else 1) or not all(isinstance(t, torch.Tensor) and t.dim() == 3
+                                                       and t.shape[0] == config.layers
+                                                       and t.shape[2] == config.hidden for t in parts):
+            raise bad("its carried hidden state does not fit the model")
+    saved = ckpt["train_config"]
+    from charrnn.train import TrainConfig  # train imports this module
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key, value in saved.items():
+        field = fields.get(key)
+        if field is None:
+            raise bad(f"its training settings hold an unknown field {key!r}")
+        default = field.default
+        if value is None or default is None and isinstance(value, (int, float, str)):
+            continue
+        ok = isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool))
+        if isinstance(default, float) and _is_int(value):
+            ok = True
+        if not ok:
+            raise bad(f"its training setting {key} is {value!r}, not a {type(default).__name__}")
+    try:
+        TrainConfig(**{**saved, "epochs": None, "max_steps": 1, "time_budget": None})
+    except (UsageError, TypeError, ValueError) as e:
+        raise bad(f"its training settings are out of range ({_first_line(e)})") from None
 
 
 def load_model(
@@ -124,6 +243,7 @@ def load_model(
 ) -> tuple[CharRNN, Vocab, dict[str, Any]]:
     """Model (in eval mode, on `device`), vocabulary and the raw checkpoint dict."""
     ckpt = load(path)
+    check_finite(ckpt, path)
     try:
         vocab = Vocab.from_dict(ckpt["vocab"])
         model = CharRNN(ModelConfig.from_dict(ckpt["model_config"]))

@@ -27,6 +27,11 @@ CELLS = ("rnn", "gru", "lstm", "scratch-rnn", "scratch-gru", "scratch-lstm")
 INPUTS = ("onehot", "embedding")
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+# Bounds on a model's shape: far past any useful char model, and they keep a lying checkpoint or a
+# mistyped option from asking for terabytes. MAX_VOCAB: every Unicode code point, plus <unk>.
+MAX_LAYERS = 64
+MAX_WIDTH = 65536
+MAX_VOCAB = 0x110000 + 1
 
 
 @dataclass(frozen=True)
@@ -40,13 +45,17 @@ class ModelConfig:
     embed_dim: int = 64  # width of the embedding table; unused with one-hot input
 
     def __post_init__(self) -> None:
-        if self.cell not in CELLS:
+        if not isinstance(self.cell, str) or self.cell not in CELLS:
             raise UsageError(f"unknown cell {self.cell!r}: choose one of {', '.join(CELLS)}")
-        if self.input not in INPUTS:
+        if not isinstance(self.input, str) or self.input not in INPUTS:
             raise UsageError(f"unknown input {self.input!r}: choose one of {', '.join(INPUTS)}")
-        if self.vocab_size < 1 or self.hidden < 1 or self.layers < 1 or self.embed_dim < 1:
-            raise UsageError("--hidden, --layers and --embed-dim must be positive")
-        if not 0.0 <= self.dropout < 1.0:
+        for name, high in (("vocab_size", MAX_VOCAB), ("hidden", MAX_WIDTH), ("layers", MAX_LAYERS),
+                           ("embed_dim", MAX_WIDTH)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+                raise UsageError(f"--{name.replace('_', '-')} must be an integer from 1 to {high}, got {value!r}")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) \
+                or not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
 
     @property

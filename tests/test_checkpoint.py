@@ -104,12 +104,12 @@ def test_failed_first_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_load_missing(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(UsageError, match="does not exist"):  # a missing file is a usage error, exit 2
         checkpoint.load(tmp_path / "nope.pt")
 
 
 def test_load_directory(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="directory"):
+    with pytest.raises(UsageError, match="directory"):
         checkpoint.load(tmp_path)
 
 

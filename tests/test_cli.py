@@ -223,7 +223,7 @@ def test_bad_input(tmp_path: Path, corpus: Path, trained: Path, case: str) -> No
         "cuda": (["eval", "perplexity", "-m", m, str(corpus), "--device", "cuda"], 2, "cuda"),
         "not-a-checkpoint": (["eval", "perplexity", "-m", str(tmp_path / "junk.pt"), str(corpus)], 1, "not a charrnn"),
         "truncated": (["generate", "-m", str(tmp_path / "trunc.pt")], 1, "truncated"),
-        "missing-model": (["generate", "-m", str(tmp_path / "nope.pt")], 1, "does not exist"),
+        "missing-model": (["generate", "-m", str(tmp_path / "nope.pt")], 2, "does not exist"),
         "both-prefixes": (["generate", "-m", m, "--prefix", "a", "--prefix-file", str(corpus)], 2, "not both"),
         "warmup-sequential": (["train", str(corpus), "-o", out, "--warmup", "4", *TINY], 2, "--warmup"),
         "bad-lr": (["train", str(corpus), "-o", out, "--lr", "-1", *TINY], 2, "--lr"),

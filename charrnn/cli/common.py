@@ -8,10 +8,12 @@ torch is imported inside the commands, never at module level, so `charrnn --help
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -23,11 +25,38 @@ ARCH_DEFAULTS = {"cell": "lstm", "layers": 2, "hidden": 256, "dropout": 0.0, "in
 DEFAULT_TIME_BUDGET = 300.0
 DEFAULT_VAL_MAX_CHARS = 250_000
 ONEHOT_WARN_VOCAB = 1024
+# charrnn.model.MAX_LAYERS / MAX_WIDTH (kept here: no torch at import); a test keeps them equal.
+MAX_LAYERS = 64
+MAX_WIDTH = 65536
 PRESET_NAMES = ["tiny", "small", "medium", "large"]  # charrnn.train.PRESETS (kept here: no torch at import)
 
 
 class CharrnnGroup(click.Group):
-    """Turns domain errors, Ctrl-C and a closed stdout pipe into clean exits."""
+    """Turns every error into one line and its exit code, and guards the standard streams.
+
+    Domain errors, Ctrl-C and a closed stdout pipe are mapped in `invoke`; click's own usage
+    errors (bad int syntax, a missing option, a directory where a file is expected) in `main`,
+    as one `Error: ...` line instead of click's "Usage: / Try ..." block.
+    """
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        with guarded_streams():
+            try:
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            except click.ClickException as e:
+                message = " ".join(e.format_message().split())
+                ctx = getattr(e, "ctx", None)
+                if isinstance(e, click.UsageError) and ctx is not None:
+                    message += f" (see '{ctx.command_path} --help')"
+                click.echo(f"Error: {message}", err=True)
+                sys.exit(e.exit_code)
+            except click.Abort:  # Ctrl-C or end of input while click itself was reading
+                click.echo("Aborted.", err=True)
+                sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -46,9 +75,89 @@ class CharrnnGroup(click.Group):
             ctx.exit(0)
 
 
+class _StderrGuard:
+    """sys.stderr that survives its reader going away: on the first broken pipe, file descriptor 2
+    is pointed at /dev/null and the run goes on (hours of training are worth more than progress
+    lines). Everything else is the wrapped stream's."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _guard(self, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except (BrokenPipeError, ConnectionResetError):
+            silence_fd(self._fileno())
+            return None
+
+    def _fileno(self) -> int | None:
+        try:
+            return self._stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
+
+    def write(self, text: str) -> int:
+        written = self._guard(self._stream.write, text)
+        return len(text) if written is None else written
+
+    def flush(self) -> None:
+        self._guard(self._stream.flush)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def silence_fd(fd: int | None) -> None:
+    """Point `fd` at /dev/null (a reader that went away), so later writes succeed and vanish."""
+    if fd is None:
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def write_stderr(data: bytes) -> None:
+    """A raw write to fd 2 that never raises (for signal handlers)."""
+    try:
+        os.write(2, data)
+    except OSError:
+        pass
+
+
+def stdout_is_unicode() -> bool:
+    """Whether stdout's encoding can represent any character (else JSON is written with \\u escapes)."""
+    encoding = (getattr(sys.stdout, "encoding", None) or "utf-8").lower().replace("_", "-")
+    return encoding.startswith(("utf-8", "utf8", "utf-16", "utf-32"))
+
+
+@contextlib.contextmanager
+def guarded_streams() -> Iterator[None]:
+    """For the length of a command: stderr survives a reader that goes away; text that stdout's
+    encoding cannot represent is written as backslash escapes (\\xe9, \\u2014) instead of failing
+    half-way through the output."""
+    saved_err, saved_errors = sys.stderr, None
+    if sys.stderr is not None:
+        sys.stderr = _StderrGuard(sys.stderr)  # type: ignore[assignment]
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        saved_errors = sys.stdout.errors
+        with contextlib.suppress(ValueError, OSError):
+            reconfigure(errors="backslashreplace")
+    try:
+        yield
+    finally:
+        sys.stderr = saved_err
+        if saved_errors is not None:
+            with contextlib.suppress(ValueError, OSError):
+                sys.stdout.reconfigure(errors=saved_errors)  # type: ignore[union-attr]
+
+
 def stdin() -> Any:
-    """Standard input as bytes (commands look it up here at call time, so tests can replace it)."""
-    return getattr(sys.stdin, "buffer", sys.stdin)
+    """Standard input as bytes, or None when it is closed (`<&-`); commands look it up here at call
+    time, so tests can replace it."""
+    return getattr(sys.stdin, "buffer", sys.stdin) if sys.stdin is not None else None
 
 
 def same_file(a: str, b: str) -> bool:
@@ -59,7 +168,19 @@ def same_file(a: str, b: str) -> bool:
 
 
 def json_out(obj: dict) -> None:
-    click.echo(json.dumps(obj, ensure_ascii=False, allow_nan=False, default=str))
+    """One JSON object on a line; non-finite numbers are written as null (JSON has no inf/nan)."""
+    click.echo(json.dumps(finite_or_none(obj), ensure_ascii=not stdout_is_unicode(), allow_nan=False, default=str))
+
+
+def finite_or_none(obj: Any) -> Any:
+    """`obj` with every inf and nan float replaced by None, at any depth."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
 
 
 def num(x: float | None, fmt: str = ".4f") -> str:
@@ -72,3 +193,38 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 encoding_option = click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the input.")
 model_option = click.option("-m", "--model", "model_path", required=True, type=click.Path(dir_okay=False),
                             help="Checkpoint written by `charrnn train`.")
+
+
+class Finite(click.ParamType):
+    """A finite float (NaN and infinity refused) within optional bounds, checked at the boundary."""
+
+    name = "number"
+
+    def __init__(self, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+                 high_open: bool = False) -> None:
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+
+    def _range(self) -> str:
+        lo = "" if self.low is None else f"{self.low:g} {'<' if self.low_open else '<='} "
+        hi = "" if self.high is None else f" {'<' if self.high_open else '<='} {self.high:g}"
+        return f"{lo}x{hi}"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        if self.low is not None and (x < self.low or (self.low_open and x == self.low)) or \
+                self.high is not None and (x > self.high or (self.high_open and x == self.high)):
+            self.fail(f"{x:g} is not in the range {self._range()}", param, ctx)
+        return x
+
+
+def positive_int() -> click.IntRange:
+    return click.IntRange(min=1)
+
+
+# Seeds reach numpy's SeedSequence (non-negative only) and torch.manual_seed (at most 2**64 - 1).
+SEED = click.IntRange(0, 2**63 - 1)

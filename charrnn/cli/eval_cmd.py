@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from charrnn.cli import common
-from charrnn.cli.common import device_option, encoding_option, json_option, json_out, model_option
+from charrnn.cli.common import device_option, encoding_option, json_option, json_out, model_option, positive_int
 from charrnn.errors import UsageError
 
 
@@ -20,10 +20,11 @@ def eval_group() -> None:
 @encoding_option
 @click.option("--unk", type=click.Choice(["map", "error"]), default="map", show_default=True,
               help="Characters the model does not know: skip them as targets (map) or fail (error).")
-@click.option("--streams", default=64, show_default=True,
+@click.option("--streams", default=64, type=positive_int(), show_default=True,
               help="Score the text as this many contiguous pieces side by side, each carrying its own state "
                    "(faster); 1 scores it as one sequence.")
-@click.option("-t", "--num-steps", default=256, show_default=True, help="Characters per forward call.")
+@click.option("-t", "--num-steps", default=256, type=positive_int(), show_default=True,
+              help="Characters per forward call.")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default=None,
               help="Score this official part of a catalog corpus with splits (ptb-char).")
 @device_option

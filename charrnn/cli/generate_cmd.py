@@ -8,7 +8,16 @@ import sys
 import click
 
 from charrnn.cli import common
-from charrnn.cli.common import device_option, encoding_option, json_option, json_out, model_option
+from charrnn.cli.common import (
+    SEED,
+    Finite,
+    device_option,
+    encoding_option,
+    json_option,
+    json_out,
+    model_option,
+    positive_int,
+)
 from charrnn.errors import UsageError
 
 
@@ -17,13 +26,17 @@ from charrnn.errors import UsageError
 @click.option("-p", "--prefix", default=None, help="Text to start from (warms up the state).")
 @click.option("--prefix-file", type=str, default=None, help="Read the prefix from a file, or `-` for stdin.")
 @encoding_option
-@click.option("-n", "--length", default=500, show_default=True, help="Characters to generate (after the prefix).")
-@click.option("--temperature", default=1.0, show_default=True, help="Below 1: safer; above 1: wilder.")
-@click.option("--top-k", type=int, default=None, help="Sample only from the k likeliest characters.")
-@click.option("--top-p", type=float, default=None, help="Sample from the smallest set with this much probability.")
+@click.option("-n", "--length", default=500, type=click.IntRange(min=0), show_default=True,
+              help="Characters to generate (after the prefix).")
+@click.option("--temperature", default=1.0, type=Finite(0, low_open=True), show_default=True,
+              help="Below 1: safer; above 1: wilder.")
+@click.option("--top-k", type=positive_int(), default=None, help="Sample only from the k likeliest characters.")
+@click.option("--top-p", type=Finite(0, 1, low_open=True), default=None,
+              help="Sample from the smallest set with this much probability.")
 @click.option("--greedy", is_flag=True, help="Always take the likeliest character.")
-@click.option("--seed", type=int, default=None, help="Same seed, same text (default: random, shown on stderr).")
-@click.option("--num-samples", default=1, show_default=True, help="Independent samples, generated side by side.")
+@click.option("--seed", type=SEED, default=None, help="Same seed, same text (default: random, shown on stderr).")
+@click.option("--num-samples", default=1, type=positive_int(), show_default=True,
+              help="Independent samples, generated side by side.")
 @click.option("--no-echo", is_flag=True, help="Do not print the prefix.")
 @click.option("--unk", type=click.Choice(["error", "map"]), default="error", show_default=True,
               help="Prefix characters the model does not know: fail (error) or use <unk> (map).")

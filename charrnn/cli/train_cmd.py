@@ -19,13 +19,18 @@ from charrnn.cli.common import (
     CELLS,
     DEFAULT_TIME_BUDGET,
     DEFAULT_VAL_MAX_CHARS,
+    MAX_LAYERS,
+    MAX_WIDTH,
     ONEHOT_WARN_VOCAB,
     PRESET_NAMES,
+    SEED,
+    Finite,
     device_option,
     encoding_option,
     json_option,
     json_out,
     num,
+    positive_int,
     same_file,
 )
 from charrnn.errors import UsageError
@@ -37,41 +42,48 @@ from charrnn.errors import UsageError
               help="Checkpoint to write (the last state); the best by validation goes to NAME.best.pt.")
 @click.option("--resume", type=click.Path(dir_okay=False), help="Continue training from this checkpoint.")
 @encoding_option
-@click.option("--val-fraction", default=0.1, show_default=True, help="Tail of the text held out for validation.")
-@click.option("--val-max-chars", default=DEFAULT_VAL_MAX_CHARS, show_default=True,
+@click.option("--val-fraction", default=0.1, type=Finite(0, 1, high_open=True), show_default=True,
+              help="Tail of the text held out for validation.")
+@click.option("--val-max-chars", default=DEFAULT_VAL_MAX_CHARS, type=click.IntRange(min=2), show_default=True,
               help="At most this many characters held out (keeps validation quick on huge corpora).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the encoded-corpus cache.")
-@click.option("--min-freq", default=1, show_default=True, help="Characters seen fewer times map to <unk>.")
+@click.option("--min-freq", default=1, type=positive_int(), show_default=True,
+              help="Characters seen fewer times map to <unk>.")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
               help="A model size with the batch and learning rate that suit it: tiny (1x128), small (2x256, "
                    "the default), medium (2x512), large (3x1024, for GPUs); other options override it.")
 @click.option("--cell", type=click.Choice(CELLS), default=ARCH_DEFAULTS["cell"], show_default=True,
               help="Recurrent cell; scratch-* are written from the equations (slow, for study).")
-@click.option("--layers", default=ARCH_DEFAULTS["layers"], show_default=True)
-@click.option("--hidden", default=ARCH_DEFAULTS["hidden"], show_default=True, help="Hidden units per layer.")
-@click.option("--dropout", default=ARCH_DEFAULTS["dropout"], show_default=True)
+@click.option("--layers", default=ARCH_DEFAULTS["layers"], type=click.IntRange(1, MAX_LAYERS), show_default=True)
+@click.option("--hidden", default=ARCH_DEFAULTS["hidden"], type=click.IntRange(1, MAX_WIDTH), show_default=True,
+              help="Hidden units per layer.")
+@click.option("--dropout", default=ARCH_DEFAULTS["dropout"], type=Finite(0, 1, high_open=True), show_default=True)
 @click.option("--input", "input_", type=click.Choice(["onehot", "embedding"]), default=ARCH_DEFAULTS["input"],
               show_default=True, help="One-hot vectors, or the equivalent lookup in a learned table.")
-@click.option("--embed-dim", default=ARCH_DEFAULTS["embed_dim"], show_default=True, help="Width of the embedding.")
+@click.option("--embed-dim", default=ARCH_DEFAULTS["embed_dim"], type=click.IntRange(1, MAX_WIDTH), show_default=True,
+              help="Width of the embedding.")
 @click.option("--partition", type=click.Choice(["sequential", "random"]), default="sequential", show_default=True,
               help="sequential: carry the state across minibatches; random: fresh state per minibatch.")
-@click.option("-b", "--batch-size", default=32, show_default=True)
-@click.option("-t", "--num-steps", default=64, show_default=True, help="Characters per sequence (BPTT length).")
-@click.option("--warmup", default=0, show_default=True,
+@click.option("-b", "--batch-size", default=32, type=positive_int(), show_default=True)
+@click.option("-t", "--num-steps", default=64, type=positive_int(), show_default=True,
+              help="Characters per sequence (BPTT length).")
+@click.option("--warmup", default=0, type=click.IntRange(min=0), show_default=True,
               help="With --partition random: characters before each sequence that only build the state.")
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
-@click.option("--lr", default=3e-3, show_default=True, help="Learning rate.")
-@click.option("--weight-decay", default=0.0, show_default=True)
+@click.option("--lr", default=3e-3, type=Finite(0, low_open=True), show_default=True, help="Learning rate.")
+@click.option("--weight-decay", default=0.0, type=Finite(0), show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True,
               help="cosine decays the learning rate to 10% over the run.")
-@click.option("--clip", default=1.0, show_default=True, help="Clip gradients to this global L2 norm (0: off).")
-@click.option("--epochs", type=int, help="Stop after this many passes over the text.")
-@click.option("--max-steps", type=int, help="Stop after this many minibatches.")
-@click.option("--time-budget", type=float,
+@click.option("--clip", default=1.0, type=Finite(0), show_default=True,
+              help="Clip gradients to this global L2 norm (0: off).")
+@click.option("--epochs", type=positive_int(), help="Stop after this many passes over the text.")
+@click.option("--max-steps", type=positive_int(), help="Stop after this many minibatches.")
+@click.option("--time-budget", type=Finite(0, low_open=True),
               help=f"Stop after this many seconds (default {DEFAULT_TIME_BUDGET:g} when no stopping rule is given).")
-@click.option("--val-every", default=200, show_default=True, help="Validate every N steps.")
-@click.option("--save-every", type=int, help="Save the checkpoint every N steps (default: at each validation).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--val-every", default=200, type=positive_int(), show_default=True, help="Validate every N steps.")
+@click.option("--save-every", type=positive_int(),
+              help="Save the checkpoint every N steps (default: at each validation).")
+@click.option("--seed", default=0, type=SEED, show_default=True)
 @device_option
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="bf16: run the forward pass in bfloat16 autocast (faster on recent GPUs; weights stay fp32).")
@@ -139,6 +151,7 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
     ckpt = None
     if resume:
         ckpt = checkpoint.load(resume)
+        checkpoint.check_resume_fields(ckpt, resume)
         saved_arch = ckpt["model_config"]
         for name in arch_names:
             if chosen(name) and opts[name] != saved_arch[name]:
