@@ -31,41 +31,65 @@ FORMAT = "charrnn"
 VERSION = 1
 
 
-def check_writable(path: str | os.PathLike) -> None:
-    """Fail before any work when `path` cannot be written (no such folder, a folder, read-only)."""
-    p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"output path {str(p)!r} is a directory; give a file name such as model.pt")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"cannot write {str(p)!r}: folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise UsageError(f"cannot write {str(p)!r}: permission denied")
+class _WriteRecorder:
+    """A file wrapper that remembers the OSError a write raised: torch.save reports a failed write as
+    a RuntimeError without its cause (disk full, file too large), and the user needs the cause."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _cause(e: BaseException, folder: Path) -> str:
+    if isinstance(e, FileNotFoundError) and not folder.is_dir():
+        return f"its folder {str(folder)!r} no longer exists"
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def save(payload: dict[str, Any], path: str | os.PathLike) -> None:
     """Write `payload` to `path` atomically: a temporary file in the same folder, fsync, rename.
 
-    A crash at any moment leaves either the old file or the new one, never a truncated file.
+    A crash at any moment leaves either the old file or the new one, never a truncated file. A
+    failure (disk full, a file-size limit, a vanished folder) is a CheckpointError naming the path
+    and the cause; the previous file is untouched and no temporary file is left behind.
     """
     p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
+    folder = p.parent if str(p.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise CheckpointError(f"could not write checkpoint {str(p)!r}: {_cause(e, folder)}") from None
+    recorder = None
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            recorder = _WriteRecorder(f)
+            torch.save(payload, recorder)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise CheckpointError(f"could not write checkpoint {str(p)!r}: {e.strerror or e}") from None
+        cause = recorder.error if recorder is not None and recorder.error is not None else e
+        if isinstance(cause, OSError) or isinstance(e, RuntimeError):
+            raise CheckpointError(f"could not write checkpoint {str(p)!r}: {_cause(cause, folder)}; "
+                                  "the previous file, if any, is untouched") from None
         raise
     try:  # make the rename itself durable
-        dir_fd = os.open(p.parent if str(p.parent) else ".", os.O_RDONLY)
+        dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:

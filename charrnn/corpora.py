@@ -81,7 +81,6 @@ def iter_decoded(chunks: Iterable[bytes], encoding: str = "utf-8", name: str = "
     nul_means_binary = not info.name.startswith(("utf-16", "utf-32"))
     decoder = info.incrementaldecoder()
     consumed = 0  # bytes fed to the decoder so far
-    sniffed = 0  # bytes checked for NUL so far (the first 64 KiB)
     first, pending_cr = True, ""
 
     def decode(data: bytes, final: bool) -> str:
@@ -96,10 +95,12 @@ def iter_decoded(chunks: Iterable[bytes], encoding: str = "utf-8", name: str = "
     for data in _with_end(chunks):
         final = data is None
         data = data or b""
-        if nul_means_binary and sniffed < 65536:
-            if b"\x00" in data[: 65536 - sniffed]:
-                raise DataError(f"{name} looks like a binary file (it contains NUL bytes), not text")
-            sniffed += len(data)
+        if consumed == 0 and nul_means_binary:
+            _refuse_utf16_32(data, name)
+        # memchr over every chunk: a NUL anywhere means binary, not only near the start
+        if nul_means_binary and (at := data.find(b"\x00")) >= 0:
+            raise DataError(f"{name} looks like a binary file (it contains a NUL byte at byte "
+                            f"{consumed + at}), not text")
         text = pending_cr + decode(data, final)
         consumed += len(data)
         if first and text:
@@ -110,6 +111,15 @@ def iter_decoded(chunks: Iterable[bytes], encoding: str = "utf-8", name: str = "
             text = text[:-1]
         if text:
             yield text.replace("\r\n", "\n")
+
+
+def _refuse_utf16_32(head: bytes, name: str) -> None:
+    """A UTF-16 or UTF-32 byte-order mark under another encoding: say which encoding to pass."""
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if head.startswith(bom):
+            raise DataError(f"{name} is {encoding.upper()} text (it starts with a {encoding.upper()} byte-order "
+                            f"mark): pass --encoding {encoding}")
 
 
 def _with_end(chunks: Iterable[bytes]) -> Iterator[bytes | None]:
@@ -209,10 +219,16 @@ def join_parts(parts: list[Part], encoding: str = "utf-8") -> str:
 
 
 def _stdin_part(stdin: BinaryIO | None) -> Part:
-    stream = stdin if stdin is not None else sys.stdin.buffer
-    if stream.isatty():
-        raise UsageError("standard input is a terminal: pipe text in (cat corpus.txt | charrnn ...) or give a file")
-    return Part("standard input", data=stream.read())
+    stream = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
+    if stream is None:  # `<&-`: Python starts with sys.stdin = None
+        raise UsageError("standard input is closed: pipe text in (cat corpus.txt | charrnn ...) or give a file")
+    try:
+        if stream.isatty():
+            raise UsageError("standard input is a terminal: pipe text in (cat corpus.txt | charrnn ...) "
+                             "or give a file")
+        return Part("standard input", data=stream.read())
+    except (OSError, ValueError) as e:  # a folder as stdin (EISDIR), a closed or unreadable descriptor
+        raise UsageError(f"cannot read standard input: {getattr(e, 'strerror', None) or e}") from None
 
 
 def _file_part(source: str) -> Part:

@@ -27,6 +27,14 @@ IGNORE = -100
 MAX_WINDOW_LOGITS = 1 << 24  # elements of one window's logits: 64 MB of float32
 
 
+UNKNOWN_WARN_SHARE = 0.05  # `eval` warns on stderr when more targets than this are unknown to the model
+
+
+def perplexity_of(nats: float) -> float:
+    """exp(nats), or infinity where that overflows (a terrible model: above 709 nats per character)."""
+    return math.exp(nats) if nats < 709.0 else math.inf
+
+
 @dataclass(frozen=True)
 class EvalResult:
     nats_per_char: float
@@ -35,7 +43,12 @@ class EvalResult:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.nats_per_char)
+        return perplexity_of(self.nats_per_char)
+
+    @property
+    def unknown_share(self) -> float:
+        """Share of the targets skipped as unknown to the model."""
+        return self.unknown / max(1, self.chars + self.unknown)
 
     @property
     def bits_per_char(self) -> float:
@@ -98,5 +111,5 @@ def evaluate(
     finally:
         model.train(was_training)
     if scored == 0:
-        raise DataError("no character could be scored (every target is unknown)")
+        raise DataError("no character could be scored: every target is unknown to the model (<unk>)")
     return EvalResult(nats_per_char=total.item() / scored, chars=scored, unknown=unknown)

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from charrnn import __version__, checkpoint
 from charrnn.data import Batch, batches_per_epoch, check_fits, partition
 from charrnn.errors import DataError, Interrupted, Terminated, TrainingError, UsageError
-from charrnn.evaluate import EvalResult, evaluate
+from charrnn.evaluate import EvalResult, evaluate, perplexity_of
 from charrnn.model import CharRNN, ModelConfig, State, detach_state
+from charrnn.outputs import best_path, check_output, run_lock
 from charrnn.vocab import Vocab
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -120,15 +121,16 @@ class TrainResult:
     steps: int
     epochs: float
     seconds: float
-    chars_per_second: float
-    train_loss: float
+    chars_per_second: float | None  # None when this run made no step
+    train_loss: float | None
     val_loss: float | None
-    checkpoint: str
-    best_checkpoint: str | None
+    checkpoint: str | None  # None when this run saved nothing (its stopping rule was already reached)
+    best_checkpoint: str | None  # only when this run saved a new best
+    steps_this_run: int = 0
 
     @property
     def val_perplexity(self) -> float | None:
-        return None if self.val_loss is None else math.exp(self.val_loss)
+        return None if self.val_loss is None else perplexity_of(self.val_loss)
 
     @property
     def val_bits_per_char(self) -> float | None:
@@ -154,12 +156,6 @@ class Callbacks:
         save and stop there. Signal handlers set it instead of raising, so that a signal never lands
         in the middle of a step or a save."""
         return None
-
-
-def best_path(out: str | Path) -> Path:
-    """Where the best-validation checkpoint goes: model.pt -> model.best.pt."""
-    p = Path(out)
-    return p.with_name(f"{p.stem}.best{p.suffix or '.pt'}")
 
 
 def lr_factor(schedule: str, fraction: float) -> float:
@@ -268,13 +264,17 @@ class Trainer:
                  callbacks: Callbacks | None = None, resume: dict[str, Any] | None = None) -> None:
         self.cb = callbacks or Callbacks()
         self.device = torch.device(device)
-        self.out = Path(out)
-        self.best_out = best_path(self.out)
-        checkpoint.check_writable(self.out)
+        # Links are followed: the files these resolve to are what the run replaces (charrnn.outputs).
+        self.out = check_output(out)
+        self.best_out = check_output(best_path(out), what="best checkpoint")
+        self.saved: dict[str, Path] = {}  # reason -> path, of the saves this run has made
         check_fits(len(train_ids), config.batch_size, config.num_steps, config.warmup)
         self.train_ids, self.val_ids, self.vocab = train_ids, val_ids, vocab
         self.fingerprint = data_fingerprint(train_ids)
-        self.can_validate = len(val_ids) >= 2
+        # Something to score: two characters, and a target that is not <unk> (a high --min-freq can
+        # leave a held-out text of unknown characters only).
+        self.can_validate = len(val_ids) >= 2 and (vocab.unk_id is None or bool(
+            (np.asarray(val_ids[1:]) != vocab.unk_id).any()))
         self.resumed = resume is not None
         if resume is not None:
             if resume.get("data") != self.fingerprint:
@@ -352,9 +352,20 @@ class Trainer:
         # Never write non-finite weights: a fused optimizer step that overflows does not raise, and
         # the loss only shows it one step later.
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            raise_non_finite(self.state.step, math.nan, self.config.lr, self.out)
+            self.non_finite(self.state.step, math.nan)
         checkpoint.save(self.payload(), path)
+        self.saved["best" if path == self.best_out else "last"] = path
         self.cb.on_save(str(path), reason)
+
+    def non_finite(self, step: int, value: float) -> None:
+        """Stop on a non-finite loss, gradient or weight, naming only checkpoints this run wrote."""
+        kept = ""
+        if "best" in self.saved:
+            kept = f"; the best checkpoint so far is {str(self.saved['best'])!r}"
+        elif "last" in self.saved:
+            kept = f"; the last good checkpoint is {str(self.saved['last'])!r}"
+        raise TrainingError(f"loss or gradient became non-finite ({value}) at step {step}: training stopped; "
+                            f"try a lower learning rate (--lr {self.config.lr / 10:g}){kept}")
 
     def validate(self) -> None:
         st = self.state
@@ -391,13 +402,13 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip) if config.clip > 0 else None
         # A host sync per step costs nothing on CPU; on a GPU the loss is checked at each report.
         if device.type == "cpu" and not (math.isfinite(loss.item()) and (norm is None or math.isfinite(norm.item()))):
-            raise_non_finite(st.step + 1, loss.item(), config.lr, self.out)
+            self.non_finite(st.step + 1, loss.item())
         try:
             self.optimizer.step()
         except RuntimeError as err:  # the update itself overflows float32 (an absurd --lr)
             if "overflow" not in str(err):
                 raise
-            raise_non_finite(st.step + 1, math.inf, config.lr, self.out)
+            self.non_finite(st.step + 1, math.inf)
         # The step is complete: only now does the run's position move (a checkpoint written
         # after an interruption must describe a finished step).
         st.hidden = detach_state(new_state) if batch.carry_state else None
@@ -408,6 +419,11 @@ class Trainer:
         return loss.detach()
 
     def run(self) -> TrainResult:
+        """The whole run, holding the checkpoint's lock (a second run on the same file is refused)."""
+        with run_lock(self.out):
+            return self._run()
+
+    def _run(self) -> TrainResult:
         st, config, cb = self.state, self.config, self.cb
         cb.on_start({"parameters": self.model.num_parameters(), "device": str(self.device),
                      "vocab_size": self.vocab.size, "train_chars": len(self.train_ids),
@@ -415,7 +431,7 @@ class Trainer:
                      "resumed_at": st.step if self.resumed else None})
         save_every = config.save_every or config.val_every
         loss_sum = torch.zeros((), device=self.device)
-        loss_count, train_loss, last_val_step = 0, math.nan, -1
+        loss_count, train_loss, last_val_step, first_step = 0, math.nan, -1, st.step
         try:
             for e, i, batch in self.batches():
                 stop_code = cb.stop_requested()
@@ -434,7 +450,7 @@ class Trainer:
                     # A host sync: on a GPU this waits for the queued steps, so that train_time counts them.
                     train_loss = loss_sum.item() / loss_count
                     if not math.isfinite(train_loss):
-                        raise_non_finite(st.step, train_loss, config.lr, self.out)
+                        self.non_finite(st.step, train_loss)
                     loss_sum.zero_()
                     loss_count = 0
                 self.train_time += time.perf_counter() - t_step
@@ -452,6 +468,12 @@ class Trainer:
             raise Interrupted(f"{what} at step {st.step}; resumable checkpoint saved to {str(self.out)!r} "
                               f"(continue with --resume {str(self.out)!r})", exit_code=code) from None
 
+        if st.step == first_step:
+            # The stopping rule was already reached (a resumed run, or a budget spent before the first
+            # step): nothing changed, so nothing is validated or written, and no speed is claimed.
+            return TrainResult(steps=st.step, epochs=st.epoch + min(st.batch_in_epoch / self.n_batches, 1.0),
+                               seconds=self.elapsed(), chars_per_second=None, train_loss=None, val_loss=st.val_loss,
+                               checkpoint=None, best_checkpoint=None, steps_this_run=0)
         if loss_count:
             train_loss = loss_sum.item() / loss_count
         if self.can_validate and last_val_step != st.step:
@@ -461,7 +483,8 @@ class Trainer:
             # n_batches is the count at the worst offset; an epoch may hold one minibatch more
             steps=st.step, epochs=st.epoch + min(st.batch_in_epoch / self.n_batches, 1.0), seconds=self.elapsed(),
             chars_per_second=self.chars_per_second(), train_loss=train_loss, val_loss=st.val_loss,
-            checkpoint=str(self.out), best_checkpoint=str(self.best_out) if self.can_validate else None,
+            checkpoint=str(self.out), best_checkpoint=str(self.saved["best"]) if "best" in self.saved else None,
+            steps_this_run=st.step - first_step,
         )
 
     def chars_per_second(self) -> float:
@@ -474,9 +497,3 @@ def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(device)
     return states
-
-
-def raise_non_finite(step: int, value: float, lr: float, out: Path) -> None:
-    kept = f"; the last good checkpoint is {str(out)!r}" if out.exists() else ""
-    raise TrainingError(f"loss or gradient became non-finite ({value}) at step {step}: training stopped; "
-                        f"try a lower learning rate (--lr {lr / 10:g}){kept}")

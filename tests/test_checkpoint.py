@@ -12,6 +12,7 @@ import torch
 from charrnn import checkpoint
 from charrnn.errors import CheckpointError, UsageError
 from charrnn.model import CharRNN, ModelConfig
+from charrnn.outputs import check_output
 from charrnn.vocab import Vocab
 
 
@@ -187,28 +188,28 @@ def test_hostile_pickle_is_refused_without_running_code(tmp_path: Path, writer: 
         assert marker.exists()
 
 
-def test_check_writable(tmp_path: Path) -> None:
-    checkpoint.check_writable(tmp_path / "new.pt")  # a new file in an existing folder is fine
+def test_check_output(tmp_path: Path) -> None:
+    check_output(tmp_path / "new.pt")  # a new file in an existing folder is fine
     (tmp_path / "old.pt").write_bytes(b"x")
-    checkpoint.check_writable(tmp_path / "old.pt")
+    check_output(tmp_path / "old.pt")
     with pytest.raises(UsageError, match="does not exist"):
-        checkpoint.check_writable(tmp_path / "no" / "such" / "m.pt")
+        check_output(tmp_path / "no" / "such" / "m.pt")
     with pytest.raises(UsageError, match="is a directory"):
-        checkpoint.check_writable(tmp_path)
+        check_output(tmp_path)
 
 
-def test_check_writable_relative_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_output_relative_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    checkpoint.check_writable("m.pt")
+    check_output("m.pt")
     checkpoint.save(make_payload()[0], "m.pt")
     assert (tmp_path / "m.pt").is_file()
 
 
-def test_check_writable_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_output_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # os.access stands in for a read-only folder (the tests may run as root, who can write anywhere)
     monkeypatch.setattr(checkpoint.os, "access", lambda path, mode: False)
     with pytest.raises(UsageError, match="permission denied"):
-        checkpoint.check_writable(tmp_path / "m.pt")
+        check_output(tmp_path / "m.pt")
 
 
 @pytest.mark.parametrize("cell", ["lstm", "scratch-gru"])

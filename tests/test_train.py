@@ -17,7 +17,8 @@ from charrnn.data import Batch, partition, random_batches, split_train_val
 from charrnn.errors import DataError, Interrupted, Terminated, TrainingError, UsageError
 from charrnn.evaluate import EvalResult
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.train import Callbacks, Progress, TrainConfig, batch_loss, best_path, lr_factor, train
+from charrnn.outputs import best_path
+from charrnn.train import Callbacks, Progress, TrainConfig, batch_loss, lr_factor, train
 from charrnn.vocab import Vocab
 
 

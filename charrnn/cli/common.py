@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -43,6 +44,11 @@ class CharrnnGroup(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        if hasattr(signal, "SIGXFSZ"):
+            # Past a file-size limit (ulimit -f), a write should fail with EFBIG, which a save turns
+            # into a clean error, instead of the signal killing the process with nothing said.
+            with contextlib.suppress(ValueError):  # not the main thread
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         with guarded_streams():
             try:
                 rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)

@@ -41,7 +41,7 @@ def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int
     from charrnn.cache import encode_corpus
     from charrnn.checkpoint import load_model
     from charrnn.corpora import catalog_entry, part_of, source_parts
-    from charrnn.evaluate import evaluate
+    from charrnn.evaluate import UNKNOWN_WARN_SHARE, evaluate
     from charrnn.model import resolve_device
 
     if streams < 1 or num_steps < 1:
@@ -56,6 +56,10 @@ def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int
     # Streamed and encoded chunk by chunk: memory is the ids (1 to 4 bytes per character), not the text.
     ids = encode_corpus(parts, encoding, vocab=vocab, unk=unk, where="the text", cache=False).ids  # type: ignore[arg-type]
     result = evaluate(model, ids, unk_id=vocab.unk_id, streams=streams, num_steps=num_steps)
+    if result.unknown_share > UNKNOWN_WARN_SHARE:
+        con.info(con.make_console(), f"warning: {result.unknown:,} of {result.chars + result.unknown:,} characters "
+                                     f"({result.unknown_share:.1%}) are unknown to the model and were not scored: "
+                                     "the result describes the rest of the text only")
     if as_json:
         json_out(result.to_dict())
     else:

@@ -31,7 +31,6 @@ from charrnn.cli.common import (
     json_out,
     num,
     positive_int,
-    same_file,
 )
 from charrnn.errors import UsageError
 
@@ -110,6 +109,7 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
     from charrnn.corpora import catalog_entry, expand_sources, training_parts
     from charrnn.data import split_train_val
     from charrnn.model import ModelConfig, resolve_device
+    from charrnn.outputs import best_path, check_output
     from charrnn.train import PRESETS, TrainConfig
     from charrnn.train import train as run_training
     from charrnn.vocab import Vocab
@@ -131,10 +131,9 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
             opts[name] = value
     out = Path(output)
     sources = list(corpus) or ["pydoc"]
-    for source in expand_sources(sources):
-        if source != "-" and (same_file(source, output) or Path(source).resolve() == out.resolve()):
-            raise UsageError(f"output {output!r} is an input corpus; choose another output path")
-    checkpoint.check_writable(out)
+    outputs = ((output, "output"), (best_path(output), "best checkpoint"))
+    for path, what in outputs:  # before anything is read: a bad output must not cost a read of stdin
+        check_output(path, [s for s in expand_sources(sources) if s != "-"], what)
     if val_max_chars < 2:
         raise UsageError(f"--val-max-chars must be >= 2, got {val_max_chars}")
     console = con.make_console(quiet)
@@ -144,6 +143,8 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
     if official and given("val_fraction"):
         raise UsageError(f"{sources[0]} has an official validation split, so --val-fraction does not apply")
     train_parts, valid_parts = training_parts(sources, common.stdin(), callbacks=con.DownloadConsole(console))
+    for path, what in outputs:  # catalog corpora resolve to files only now
+        check_output(path, [p.path for p in [*train_parts, *(valid_parts or [])] if p.path is not None], what)
 
     arch_names = list(ARCH_DEFAULTS)
     internal = ("val_fraction", "val_max_chars", "eval_streams", "log_every")
@@ -179,10 +180,11 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
                  + (f"; changed: {', '.join(changes)}" if changes else ""))
         model_config = ModelConfig.from_dict(saved_arch)
     else:
-        if min_freq < 1:
-            raise UsageError(f"--min-freq must be >= 1, got {min_freq}")
         encoded = encode_corpus(train_parts, encoding, min_freq=min_freq, cache=not no_cache)
         vocab = encoded.vocab
+        if not vocab.chars:
+            raise UsageError(f"--min-freq {min_freq} leaves no character in the vocabulary (every character occurs "
+                             f"fewer than {min_freq} times), so there is nothing to train on; lower --min-freq")
         model_config = ModelConfig(vocab_size=vocab.size, **{n: opts[n] for n in arch_names})
     ids = encoded.ids
     if model_config.input == "onehot" and vocab.size > ONEHOT_WARN_VOCAB:
@@ -215,8 +217,14 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
                                   callbacks=callbacks, resume=ckpt)
     finally:
         callbacks.close()
+    if result.checkpoint is None:
+        con.info(console, f"nothing to do: the stopping rule is already reached at step {result.steps} "
+                          f"({result.seconds:.1f} s trained); raise --max-steps, --epochs or --time-budget to go on")
     if as_json:
         json_out(result.to_dict())
+    elif result.checkpoint is None:
+        click.echo(f"trained 0 steps (already at step {result.steps}): validation loss {num(result.val_loss)} "
+                   "nats/char from the checkpoint; nothing saved")
     else:
         click.echo(f"trained {result.steps} steps in {result.seconds:.1f} s ({result.chars_per_second:,.0f} chars/s): "
                    f"train loss {num(result.train_loss)}, validation loss {num(result.val_loss)} nats/char, "

@@ -1,0 +1,138 @@
+"""The files charrnn writes, checked before any work starts and held for the length of a run.
+
+Training writes the checkpoint NAME.pt, the best-validation checkpoint NAME.best.pt, temporary
+files `.NAME.pt.XXXXXXXX.tmp` beside them (renamed into place) and a lock file `.NAME.pt.lock`.
+Each path is checked up front so that a run never destroys what is not its own and never fails
+after hours of training for a reason it could have seen at the start:
+
+- it is not an input (compared by identity with every corpus file, links followed);
+- it is not a folder, device, FIFO or socket (a checkpoint replaces only a regular file);
+- its folder exists and is writable, and its name leaves room for the temporary file's;
+- `-` is refused: a checkpoint is not a stream.
+
+A symbolic link given as an output is followed: the checkpoint replaces the file it points to and
+the link stays (so `latest.pt -> run3.pt` keeps working). Two runs writing the same checkpoint at
+once would interleave their files; the lock refuses the second one at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from charrnn.errors import UsageError
+
+TMP_SUFFIX_LEN = len(".XXXXXXXX.tmp")  # what tempfile.mkstemp adds to `.NAME.`
+
+
+def best_path(out: str | os.PathLike) -> Path:
+    """Where the best-validation checkpoint goes: model.pt -> model.best.pt."""
+    p = Path(out)
+    return p.with_name(f"{p.stem}.best{p.suffix or '.pt'}")
+
+
+def lock_path(out: str | os.PathLike) -> Path:
+    p = Path(out)
+    return p.with_name(f".{p.name}.lock")
+
+
+def resolve_output(path: str | os.PathLike) -> Path:
+    """The file that writing `path` will replace: a symbolic link is followed (to its final target,
+    which may not exist yet); anything else is returned as given."""
+    p = Path(path)
+    return Path(os.path.realpath(p)) if p.is_symlink() else p
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), what: str = "output") -> Path:
+    """Check that `path` can safely be written as a checkpoint; returns the file it will replace.
+
+    A UsageError (exit 2) names the path and the reason otherwise."""
+    if str(path) == "-":
+        raise UsageError(f"{what} '-': a checkpoint is a file, not a stream; give a file name such as model.pt")
+    given, p = str(path), resolve_output(path)
+    shown = repr(given) if str(p) == given else f"{given!r} (a link to {str(p)!r})"
+    for source in inputs:
+        s = Path(source)
+        if _same(p, s) or p.absolute() == s.absolute():
+            raise UsageError(f"{what} {shown} is an input corpus; choose another output path")
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        raise UsageError(f"cannot write {what} {shown}: {e.strerror}") from None
+    if mode is not None and stat.S_ISDIR(mode):
+        raise UsageError(f"{what} {shown} is a directory; give a file name such as model.pt")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise UsageError(f"{what} {shown} is a device, FIFO or socket, not a regular file; a checkpoint "
+                         "never replaces one")
+    folder = p.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {what} {shown}: folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (mode is not None and not os.access(p, os.W_OK)):
+        raise UsageError(f"cannot write {what} {shown}: permission denied")
+    longest = len(os.fsencode(f".{p.name}.")) + max(TMP_SUFFIX_LEN, len(".lock") - 1)
+    if longest > _name_max(folder):
+        raise UsageError(f"{what} {shown}: the file name is too long ({len(os.fsencode(p.name))} bytes; "
+                         f"at most {_name_max(folder) - longest + len(os.fsencode(p.name))} leaves room for "
+                         "the temporary file written beside it)")
+    return p
+
+
+@contextlib.contextmanager
+def run_lock(out: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on checkpoint `out` for a run; a second run is refused at once.
+
+    The lock is flock(2) on `.NAME.lock` beside the checkpoint: the kernel releases it when the
+    process ends in any way (SIGKILL too), so a stale lock file never blocks a later run. The file
+    is removed at the end; a run that finds its lock file replaced while it waited retries."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, runs are not guarded against each other
+        yield
+        return
+    path = lock_path(out)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise UsageError(f"cannot create the lock file {str(path)!r}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UsageError(f"another charrnn run is writing {str(out)!r} (it holds {str(path)!r}); wait for "
+                                 "it to end or choose another output path") from None
+            raise UsageError(f"cannot lock {str(path)!r}: {e.strerror}") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file between our open and our lock
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
