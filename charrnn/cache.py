@@ -3,8 +3,10 @@
 A corpus (a list of `Part`s) is keyed by the SHA-256 of its bytes as stored, the encoding and the
 joining rules, so the key is known without decoding anything. Under `<cache root>/encoded/<key>/`:
 
-    counts.json            every distinct character with its count, and the length in characters
+    counts.json            every distinct character with its count, the length in characters, and
+                           the SHA-256 of those fields
     ids-<vocab key>.npy    the ids under one vocabulary (uint8/uint16/int32 by vocabulary size)
+    ids-<vocab key>.sha256 the SHA-256 of those ids (the training-data fingerprint)
 
 A second run on the same corpus reads counts.json (no decoding, no counting), builds the vocabulary
 from it (any --min-freq) and opens the ids with numpy's memmap: the text is never in memory, and
@@ -13,7 +15,8 @@ streams the text twice in chunks (count, then encode into the memmapped file), s
 the ids plus a fixed few hundred MB of chunk buffers, whatever the size of the corpus.
 
 Files are written to a temporary name and renamed into place, so an interrupted run leaves nothing
-half written; a damaged file is detected (shape, dtype, id range) and rebuilt.
+half written; a damaged file is detected (shape, dtype, id range, and a checksum, so that even
+changed contents of the right shape are caught) and rebuilt.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from charrnn.corpora import Part, stream_text
 from charrnn.errors import DataError
 from charrnn.vocab import UnkPolicy, Vocab, count_code_points
 
-FORMAT = 1  # bump when the layout or the text rules change: old entries are then never looked at
+FORMAT = 2  # bump when the layout or the text rules change: old entries are then never looked at
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Encoded:
     counts_cached: bool  # counts.json was there: the text was not decoded to build the vocabulary
     ids_cached: bool  # the ids were there: the text was not decoded at all
     path: Path | None  # the ids file, when cached
+    sha256: str | None = None  # of the ids' bytes, when cached (verified on every read)
 
 
 def encoded_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -82,9 +86,23 @@ def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def _counts_digest(length: int, chars: list[str], counts: list[int]) -> str:
+    return hashlib.sha256(json.dumps([length, chars, counts], ensure_ascii=True).encode()).hexdigest()
+
+
+def ids_digest(ids: np.ndarray, chunk: int = 1 << 24) -> str:
+    """SHA-256 of the ids' bytes, hashed in chunks (no copy of a memmapped corpus)."""
+    h = hashlib.sha256()
+    for i in range(0, len(ids), chunk):
+        h.update(np.ascontiguousarray(ids[i : i + chunk]).data)
+    return h.hexdigest()
+
+
 def _read_counts(path: Path) -> tuple[np.ndarray, int] | None:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
+        if d.get("sha256") != _counts_digest(d["length"], d["chars"], d["counts"]):
+            return None
         cps = np.array([ord(c) for c in d["chars"]], dtype=np.int64)
         freq = np.zeros(int(cps.max()) + 1 if cps.size else 0, dtype=np.int64)
         freq[cps] = np.array(d["counts"], dtype=np.int64)
@@ -120,15 +138,22 @@ def _encode_into(out: np.ndarray, parts: list[Part], encoding: str, vocab: Vocab
     raise DataError(f"{where} changed while it was being read; run again")  # between the two passes
 
 
-def _open_ids(path: Path, n: int, vocab: Vocab) -> np.ndarray | None:
-    """The cached ids, or None when the file is missing or does not fit (then it is rebuilt)."""
+def _digest_path(ids_path: Path) -> Path:
+    return ids_path.with_suffix(".sha256")
+
+
+def _open_ids(path: Path, n: int, vocab: Vocab) -> tuple[np.ndarray, str] | None:
+    """(the cached ids, their SHA-256), or None when the file is missing, does not fit or does not
+    match its checksum (then it is rebuilt)."""
     try:
         ids = np.load(path, mmap_mode="r")
-    except (OSError, ValueError, EOFError):
+        expected = _digest_path(path).read_text(encoding="ascii").strip()
+    except (OSError, ValueError, EOFError, UnicodeDecodeError):
         return None
     if ids.shape != (n,) or ids.dtype != vocab.dtype or (n and int(ids.max()) >= vocab.size):
         return None
-    return ids
+    digest = ids_digest(ids)
+    return (ids, digest) if digest == expected else None
 
 
 def encode_corpus(
@@ -156,8 +181,9 @@ def encode_corpus(
         if folder is not None:
             freq_, n_ = counted
             kept = np.flatnonzero(freq_)
-            text = json.dumps({"format": FORMAT, "length": n_, "chars": [chr(c) for c in kept.tolist()],
-                               "counts": freq_[kept].tolist()}, ensure_ascii=True)
+            chars, counts = [chr(c) for c in kept.tolist()], freq_[kept].tolist()
+            text = json.dumps({"format": FORMAT, "length": n_, "chars": chars, "counts": counts,
+                               "sha256": _counts_digest(n_, chars, counts)}, ensure_ascii=True)
             try:
                 _write_atomic(folder / "counts.json", lambda p: p.write_text(text, encoding="utf-8"))
             except OSError:
@@ -167,9 +193,9 @@ def encode_corpus(
         vocab = Vocab.from_counts(freq, unk=True, min_freq=min_freq)
     if folder is not None:
         path = folder / f"ids-{vocab_key(vocab, unk)}.npy"
-        ids = _open_ids(path, n, vocab)
-        if ids is not None:
-            return Encoded(vocab, ids, counts_cached, True, path)
+        opened = _open_ids(path, n, vocab)
+        if opened is not None:
+            return Encoded(vocab, opened[0], counts_cached, True, path, opened[1])
 
         def write(tmp: Path) -> None:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.dtype, shape=(n,))
@@ -180,12 +206,16 @@ def encode_corpus(
                 del out
 
         try:
+            _digest_path(path).unlink(missing_ok=True)  # no checksum may vouch for ids being rewritten
             _write_atomic(path, write)
-            ids = _open_ids(path, n, vocab)
-            if ids is not None:
-                return Encoded(vocab, ids, counts_cached, False, path)
-        except OSError:
+            built = np.load(path, mmap_mode="r")
+            digest = ids_digest(built)
+            _write_atomic(_digest_path(path), lambda p: p.write_text(digest + "\n", encoding="ascii"))
+            opened = _open_ids(path, n, vocab)
+            if opened is not None:
+                return Encoded(vocab, opened[0], counts_cached, False, path, opened[1])
+        except (OSError, ValueError):
             pass  # an unwritable or full cache folder: fall back to memory
     ids = np.empty(n, dtype=vocab.dtype)
     _encode_into(ids, parts, encoding, vocab, unk, where)
-    return Encoded(vocab, ids, counts_cached, False, None)
+    return Encoded(vocab, ids, counts_cached, False, None, None)

@@ -15,9 +15,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
-    TaskProgressColumn,
     TextColumn,
-    TimeElapsedColumn,
     TransferSpeedColumn,
 )
 
@@ -44,6 +42,35 @@ def _eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def status_line(p: TrainProgress, val: str, eta: str, width: int) -> str:
+    """The live progress line, at most `width - 1` columns: fields are dropped whole, least useful
+    first, and a bar takes the room left, so a number is never cut in half (80 columns hold step,
+    percentage, loss, validation perplexity, speed and ETA)."""
+    fields = [  # (priority: lower is kept first, text) in display order
+        (0, f"step {p.step:,}"), (1, f"{p.fraction:.0%}"), (None, ""), (2, f"loss {p.train_loss:.4f}"),
+        (6, f"ppl {math.exp(min(p.train_loss, 700)):.2f}"), (3, f"val ppl {val}"),
+        (4, f"{p.chars_per_second:,.0f} chars/s"), (7, f"lr {p.lr:.1e}"), (8, _eta(p.elapsed)), (5, f"ETA {eta}"),
+    ]
+    room = max(width - 1, 20)
+    kept: set[int] = set()
+    used = -1
+    for prio, text in sorted((f for f in fields if f[0] is not None), key=lambda f: f[0]):  # type: ignore[arg-type, return-value]
+        if used + 1 + len(text) > room:
+            break
+        kept.add(prio)
+        used += 1 + len(text)
+    parts = []
+    for prio, text in fields:
+        if prio is None:
+            bar = room - used - 1
+            if bar >= 10:  # only a bar worth seeing
+                done = round(bar * min(max(p.fraction, 0.0), 1.0))
+                parts.append("━" * done + "╺" * (done < bar) + " " * max(bar - done - 1, 0))
+        elif prio in kept:
+            parts.append(text)
+    return " ".join(parts)
+
+
 class TrainConsole(Callbacks):
     """Training progress on stderr: step, loss, perplexity, validation, chars/s, ETA."""
 
@@ -65,18 +92,17 @@ class TrainConsole(Callbacks):
             f"{info['train_chars']:,} training / {info['val_chars']:,} validation characters, "
             f"{info['batches_per_epoch']:,} minibatches per epoch{resumed}", markup=False)
         if self.live:
-            self.bar = Progress(TextColumn("[bold]step {task.fields[step]}"), BarColumn(), TaskProgressColumn(),
-                                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
-                                TextColumn("ETA {task.fields[eta]}"), console=self.console, transient=True)
+            # One text column that this class lays out to the terminal's width (see status_line).
+            self.bar = Progress(TextColumn("{task.fields[line]}"), console=self.console, transient=True)
             self.bar.start()
-            self.task = self.bar.add_task("train", total=1.0, step=0, stats="", eta="?")
+            self.task = self.bar.add_task("train", total=1.0, line="")
 
     def on_step(self, p: TrainProgress) -> None:
         stats = (f"loss {p.train_loss:.4f} ppl {math.exp(min(p.train_loss, 700)):.2f} val ppl {self.val} "
                  f"{p.chars_per_second:,.0f} chars/s lr {p.lr:.2e}")
         eta = _eta(p.elapsed / p.fraction * (1 - p.fraction)) if p.fraction > 0 else "?"
         if self.bar is not None:
-            self.bar.update(self.task, completed=p.fraction, step=p.step, stats=stats, eta=eta)
+            self.bar.update(self.task, completed=p.fraction, line=status_line(p, self.val, eta, self.console.width))
         else:
             self.console.print(f"step {p.step} epoch {p.epoch} {stats} elapsed {_eta(p.elapsed)} ETA {eta}",
                                markup=False)

@@ -73,6 +73,14 @@ class CharrnnGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Aborted.", err=True)
             ctx.exit(130)
+        except (MemoryError, RuntimeError) as e:
+            # torch reports a failed allocation as a RuntimeError; anything else is a bug to see whole.
+            text = str(e)
+            if not isinstance(e, MemoryError) and "allocate" not in text and "out of memory" not in text:
+                raise
+            first = text.splitlines()[0] if text else "a memory allocation failed"
+            click.echo(f"Error: out of memory ({first}); try a smaller model, batch or --num-steps", err=True)
+            ctx.exit(1)
         except BrokenPipeError:
             # The reader went away (`| head`): stop quietly, and keep Python from complaining
             # about the unflushed stdout at exit.
