@@ -364,7 +364,8 @@ class Trainer:
             kept = f"; the best checkpoint so far is {str(self.saved['best'])!r}"
         elif "last" in self.saved:
             kept = f"; the last good checkpoint is {str(self.saved['last'])!r}"
-        raise TrainingError(f"loss or gradient became non-finite ({value}) at step {step}: training stopped; "
+        raise TrainingError(f"loss or gradient became non-finite or diverged ({value:.4g}) at step {step}: training "
+                            "stopped; "
                             f"try a lower learning rate (--lr {self.config.lr / 10:g}){kept}")
 
     def validate(self) -> None:
@@ -401,7 +402,7 @@ class Trainer:
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip) if config.clip > 0 else None
         # A host sync per step costs nothing on CPU; on a GPU the loss is checked at each report.
-        if device.type == "cpu" and not (math.isfinite(loss.item()) and (norm is None or math.isfinite(norm.item()))):
+        if device.type == "cpu" and not (finite_loss(loss.item()) and (norm is None or math.isfinite(norm.item()))):
             self.non_finite(st.step + 1, loss.item())
         try:
             self.optimizer.step()
@@ -449,7 +450,7 @@ class Trainer:
                 if report:
                     # A host sync: on a GPU this waits for the queued steps, so that train_time counts them.
                     train_loss = loss_sum.item() / loss_count
-                    if not math.isfinite(train_loss):
+                    if not finite_loss(train_loss):
                         self.non_finite(st.step, train_loss)
                     loss_sum.zero_()
                     loss_count = 0
@@ -489,6 +490,16 @@ class Trainer:
 
     def chars_per_second(self) -> float:
         return self.chars_this_run / max(self.train_time, 1e-9)
+
+
+# A loss past this many nats per character is divergence, treated like a non-finite one: a model that
+# predicts uniformly over all of Unicode scores ln(1.1M) = 14, and exp() of the loss overflows at 709.
+DIVERGED_NATS = 1000.0
+
+
+def finite_loss(value: float) -> bool:
+    """Whether a training loss is usable: finite and not diverged (see DIVERGED_NATS)."""
+    return math.isfinite(value) and value < DIVERGED_NATS
 
 
 def rng_states(device: torch.device) -> dict[str, torch.Tensor]:

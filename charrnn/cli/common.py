@@ -236,9 +236,13 @@ class Finite(click.ParamType):
         return x
 
 
+class IntRange(click.IntRange):
+    name = "integer"  # click's own says "'abc' is not a valid integer range"
+
+
 def positive_int() -> click.IntRange:
-    return click.IntRange(min=1)
+    return IntRange(min=1)
 
 
 # Seeds reach numpy's SeedSequence (non-negative only) and torch.manual_seed (at most 2**64 - 1).
-SEED = click.IntRange(0, 2**63 - 1)
+SEED = IntRange(0, 2**63 - 1)

@@ -11,6 +11,7 @@ from charrnn.cli import common
 from charrnn.cli.common import (
     SEED,
     Finite,
+    IntRange,
     device_option,
     encoding_option,
     json_option,
@@ -26,7 +27,7 @@ from charrnn.errors import UsageError
 @click.option("-p", "--prefix", default=None, help="Text to start from (warms up the state).")
 @click.option("--prefix-file", type=str, default=None, help="Read the prefix from a file, or `-` for stdin.")
 @encoding_option
-@click.option("-n", "--length", default=500, type=click.IntRange(min=0), show_default=True,
+@click.option("-n", "--length", default=500, type=IntRange(min=0), show_default=True,
               help="Characters to generate (after the prefix).")
 @click.option("--temperature", default=1.0, type=Finite(0, low_open=True), show_default=True,
               help="Below 1: safer; above 1: wilder.")

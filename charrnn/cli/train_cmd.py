@@ -25,6 +25,7 @@ from charrnn.cli.common import (
     PRESET_NAMES,
     SEED,
     Finite,
+    IntRange,
     device_option,
     encoding_option,
     json_option,
@@ -43,7 +44,7 @@ from charrnn.errors import UsageError
 @encoding_option
 @click.option("--val-fraction", default=0.1, type=Finite(0, 1, high_open=True), show_default=True,
               help="Tail of the text held out for validation.")
-@click.option("--val-max-chars", default=DEFAULT_VAL_MAX_CHARS, type=click.IntRange(min=2), show_default=True,
+@click.option("--val-max-chars", default=DEFAULT_VAL_MAX_CHARS, type=IntRange(min=2), show_default=True,
               help="At most this many characters held out (keeps validation quick on huge corpora).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the encoded-corpus cache.")
 @click.option("--min-freq", default=1, type=positive_int(), show_default=True,
@@ -53,20 +54,20 @@ from charrnn.errors import UsageError
                    "the default), medium (2x512), large (3x1024, for GPUs); other options override it.")
 @click.option("--cell", type=click.Choice(CELLS), default=ARCH_DEFAULTS["cell"], show_default=True,
               help="Recurrent cell; scratch-* are written from the equations (slow, for study).")
-@click.option("--layers", default=ARCH_DEFAULTS["layers"], type=click.IntRange(1, MAX_LAYERS), show_default=True)
-@click.option("--hidden", default=ARCH_DEFAULTS["hidden"], type=click.IntRange(1, MAX_WIDTH), show_default=True,
+@click.option("--layers", default=ARCH_DEFAULTS["layers"], type=IntRange(1, MAX_LAYERS), show_default=True)
+@click.option("--hidden", default=ARCH_DEFAULTS["hidden"], type=IntRange(1, MAX_WIDTH), show_default=True,
               help="Hidden units per layer.")
 @click.option("--dropout", default=ARCH_DEFAULTS["dropout"], type=Finite(0, 1, high_open=True), show_default=True)
 @click.option("--input", "input_", type=click.Choice(["onehot", "embedding"]), default=ARCH_DEFAULTS["input"],
               show_default=True, help="One-hot vectors, or the equivalent lookup in a learned table.")
-@click.option("--embed-dim", default=ARCH_DEFAULTS["embed_dim"], type=click.IntRange(1, MAX_WIDTH), show_default=True,
+@click.option("--embed-dim", default=ARCH_DEFAULTS["embed_dim"], type=IntRange(1, MAX_WIDTH), show_default=True,
               help="Width of the embedding.")
 @click.option("--partition", type=click.Choice(["sequential", "random"]), default="sequential", show_default=True,
               help="sequential: carry the state across minibatches; random: fresh state per minibatch.")
 @click.option("-b", "--batch-size", default=32, type=positive_int(), show_default=True)
 @click.option("-t", "--num-steps", default=64, type=positive_int(), show_default=True,
               help="Characters per sequence (BPTT length).")
-@click.option("--warmup", default=0, type=click.IntRange(min=0), show_default=True,
+@click.option("--warmup", default=0, type=IntRange(min=0), show_default=True,
               help="With --partition random: characters before each sequence that only build the state.")
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
 @click.option("--lr", default=3e-3, type=Finite(0, low_open=True), show_default=True, help="Learning rate.")
