@@ -105,6 +105,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         raise UsageError(f"checkpoint {str(p)!r} does not exist")
     if p.is_dir():
         raise UsageError(f"checkpoint {str(p)!r} is a directory, not a checkpoint file")
+    if not p.is_file():  # a FIFO or device would block or stream: torch.load needs a seekable file
+        raise UsageError(f"checkpoint {str(p)!r} is not a regular file (a pipe or device); save it to a file first")
     try:
         with open(p, "rb") as f:
             magic = f.read(4)

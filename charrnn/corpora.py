@@ -239,6 +239,14 @@ def _file_part(source: str) -> Part:
         raise UsageError(f"{source!r} is a directory, not a text file")
     if not os.access(p, os.R_OK):
         raise DataError(f"cannot read {source!r}: permission denied")
+    if not p.is_file():
+        # A pipe (`<(cat a b)`, a FIFO, /dev/stdin) can be read only once, and a corpus is read
+        # more than once (hashed, counted, encoded): take its bytes now, as for standard input.
+        try:
+            with open(p, "rb") as f:
+                return Part(repr(source), data=f.read())
+        except OSError as e:
+            raise DataError(f"cannot read {source!r}: {e.strerror or e}") from None
     return Part(repr(source), path=p)
 
 

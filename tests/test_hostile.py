@@ -541,3 +541,16 @@ def test_usage_errors_are_one_line_in_a_real_process(home: Path) -> None:
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr == ("Error: Invalid value for '-n' / '--length': 'x' is not a valid integer. "
                         "(see 'charrnn generate --help')\n")
+
+
+def test_a_pipe_as_corpus_is_read_once_and_trains(home: Path, tmp_path: Path) -> None:
+    p = shell(charrnn_cmd("train", "<CORPUS>", "-o", "m.pt", *TINY, "--max-steps", "2").replace(
+        "'<CORPUS>'", f"<(cat {shlex.quote(str(home / 'c.txt'))})"), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert checkpoint.load(tmp_path / "m.pt")["data"]["chars"] > 0
+
+
+def test_a_fifo_as_checkpoint_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "m.pt")  # nobody writes it: opening it to read would block forever
+    for args in (["info", "-m", tmp_path / "m.pt"], ["generate", "-m", tmp_path / "m.pt", "-n", "3"]):
+        one_line_error(run(*args), 2, "not a regular file")
