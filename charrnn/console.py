@@ -88,7 +88,8 @@ class TrainConsole(Callbacks):
     def on_start(self, info: dict[str, Any]) -> None:
         resumed = f", resumed at step {info['resumed_at']}" if info["resumed_at"] is not None else ""
         self.console.print(
-            f"training: {info['parameters']:,} parameters on {info['device']}, vocabulary {info['vocab_size']}, "
+            f"training: {info['parameters']:,} parameters on {info['device']} ({info.get('precision', 'fp32')}), "
+            f"vocabulary {info['vocab_size']}, "
             f"{info['train_chars']:,} training / {info['val_chars']:,} validation characters, "
             f"{info['batches_per_epoch']:,} minibatches per epoch{resumed}", markup=False)
         if self.live:

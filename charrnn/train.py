@@ -73,7 +73,7 @@ class TrainConfig:
     eval_streams: int = 64
     seed: int = 0
     log_every: int = 10
-    precision: str = "fp32"  # bf16: autocast the forward pass to bfloat16 (GPUs; weights stay fp32)
+    precision: str = "fp32"  # bf16: autocast the forward pass to bfloat16 (weights stay fp32); the CLI resolves auto
 
     def __post_init__(self) -> None:
         partition(self.partition)
@@ -127,6 +127,7 @@ class TrainResult:
     checkpoint: str | None  # None when this run saved nothing (its stopping rule was already reached)
     best_checkpoint: str | None  # only when this run saved a new best
     steps_this_run: int = 0
+    precision: str = "fp32"  # of the forward pass: fp32 or bf16 (what --precision auto chose)
 
     @property
     def val_perplexity(self) -> float | None:
@@ -427,6 +428,7 @@ class Trainer:
     def _run(self) -> TrainResult:
         st, config, cb = self.state, self.config, self.cb
         cb.on_start({"parameters": self.model.num_parameters(), "device": str(self.device),
+                     "precision": config.precision,
                      "vocab_size": self.vocab.size, "train_chars": len(self.train_ids),
                      "val_chars": len(self.val_ids), "batches_per_epoch": self.n_batches,
                      "resumed_at": st.step if self.resumed else None})
@@ -474,7 +476,7 @@ class Trainer:
             # step): nothing changed, so nothing is validated or written, and no speed is claimed.
             return TrainResult(steps=st.step, epochs=st.epoch + min(st.batch_in_epoch / self.n_batches, 1.0),
                                seconds=self.elapsed(), chars_per_second=None, train_loss=None, val_loss=st.val_loss,
-                               checkpoint=None, best_checkpoint=None, steps_this_run=0)
+                               checkpoint=None, best_checkpoint=None, steps_this_run=0, precision=config.precision)
         if loss_count:
             train_loss = loss_sum.item() / loss_count
         if self.can_validate and last_val_step != st.step:
@@ -485,7 +487,7 @@ class Trainer:
             steps=st.step, epochs=st.epoch + min(st.batch_in_epoch / self.n_batches, 1.0), seconds=self.elapsed(),
             chars_per_second=self.chars_per_second(), train_loss=train_loss, val_loss=st.val_loss,
             checkpoint=str(self.out), best_checkpoint=str(self.saved["best"]) if "best" in self.saved else None,
-            steps_this_run=st.step - first_step,
+            steps_this_run=st.step - first_step, precision=config.precision,
         )
 
     def chars_per_second(self) -> float:

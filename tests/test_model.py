@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 from torch import nn
@@ -240,3 +242,22 @@ def test_model_config_dict_round_trip() -> None:
     assert config.base_cell == "gru"
     assert ModelConfig.from_dict(config.to_dict()) == config
     assert ModelConfig(vocab_size=3, cell="lstm").base_cell == "lstm"
+
+
+@pytest.mark.parametrize(("flags", "native"), [("fpu avx512f avx512_bf16 avx512_vnni", True),
+                                               ("fpu amx_bf16 amx_tile", True), ("fpu avx512f avx512bw", False)])
+def test_native_bf16_reads_the_cpu_flags(tmp_path: pathlib.Path, flags: str, native: bool) -> None:
+    from charrnn.model import native_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert native_bf16(torch.device("cpu"), str(info)) is native
+    assert native_bf16(torch.device("cpu"), str(tmp_path / "absent")) is False
+
+
+def test_resolve_precision() -> None:
+    from charrnn.model import native_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")

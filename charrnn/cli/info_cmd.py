@@ -29,5 +29,7 @@ def info_cmd(model_path: str, as_json: bool) -> None:
     m = summary["model"]
     click.echo(f"{m['cell']} {m['layers']}x{m['hidden']}, {m['input']} input, {summary['parameters']:,} parameters, "
                f"vocabulary {summary['vocab_size']}")
+    precision = (summary["train"] or {}).get("precision", "fp32") if isinstance(summary["train"], dict) else "fp32"
     click.echo(f"step {summary['step']}, validation loss {num(summary['val_loss'])} nats/char "
-               f"(best {num(summary['best_val_loss'])}), trained on {summary['training_chars']} characters")
+               f"(best {num(summary['best_val_loss'])}), trained on {summary['training_chars']} characters "
+               f"in {precision}")

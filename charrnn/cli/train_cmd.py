@@ -85,8 +85,9 @@ from charrnn.errors import UsageError
               help="Save the checkpoint every N steps (default: at each validation).")
 @click.option("--seed", default=0, type=SEED, show_default=True)
 @device_option
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="bf16: run the forward pass in bfloat16 autocast (faster on recent GPUs; weights stay fp32).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="bf16: the forward pass in bfloat16 autocast (weights, optimizer and loss stay fp32); "
+                   "auto: bf16 where the device has native bfloat16 (AVX512-BF16/AMX CPUs, recent GPUs), else fp32.")
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.pass_context
@@ -109,7 +110,7 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
     from charrnn.cache import encode_corpus
     from charrnn.corpora import catalog_entry, expand_sources, training_parts
     from charrnn.data import split_train_val
-    from charrnn.model import ModelConfig, resolve_device
+    from charrnn.model import ModelConfig, resolve_device, resolve_precision
     from charrnn.outputs import best_path, check_output
     from charrnn.train import PRESETS, TrainConfig
     from charrnn.train import train as run_training
@@ -209,6 +210,11 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
         train_ids, val_ids = split_train_val(ids, val_fraction, max_chars=val_max_chars)
     # Standard input's bytes live in its part: let them go before training (the ids are all it needs).
     train_parts = valid_parts = None
+    if opts["precision"] == "auto":
+        opts["precision"] = resolve_precision("auto", dev)
+        con.info(console, f"precision auto: {opts['precision']} ("
+                 + ("native bfloat16 on this device)" if opts["precision"] == "bf16" else
+                    f"no native bfloat16 on this {dev.type.upper() if dev.type != 'cpu' else 'CPU'})"))
     config = TrainConfig(val_fraction=val_fraction, val_max_chars=val_max_chars,
                          **{n: opts[n] for n in train_names})
     callbacks = con.TrainConsole(console)
