@@ -213,6 +213,22 @@ class CharRNN(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in CharRNN(config).state_dict(), computed without building the
+    model (a checkpoint's weights are checked against this before anything is allocated; building
+    on torch's meta device instead would import torch._dynamo, a second of start-up)."""
+    v, h, g = config.vocab_size, config.hidden, GATES[config.base_cell] * config.hidden
+    shapes: dict[str, tuple[int, ...]] = {}
+    if config.input == "embedding":
+        shapes["embed.weight"] = (v, config.embed_dim)
+    size_in = config.embed_dim if config.input == "embedding" else v
+    for k in range(config.layers):
+        shapes.update({f"rnn.weight_ih_l{k}": (g, size_in if k == 0 else h), f"rnn.weight_hh_l{k}": (g, h),
+                       f"rnn.bias_ih_l{k}": (g,), f"rnn.bias_hh_l{k}": (g,)})
+    shapes.update({"head.weight": (v, h), "head.bias": (v,)})
+    return shapes
+
+
 def detach_state(state: State) -> State:
     """Cut the graph behind the state (truncated BPTT); handles LSTM's (h, c)."""
     if isinstance(state, tuple):

@@ -261,3 +261,13 @@ def test_resolve_precision() -> None:
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
     assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("input_", INPUTS)
+@pytest.mark.parametrize("layers", [1, 3])
+def test_parameter_shapes_match_the_built_model(cell: str, input_: str, layers: int) -> None:
+    from charrnn.model import parameter_shapes
+
+    config = ModelConfig(vocab_size=11, cell=cell, hidden=6, layers=layers, input=input_, embed_dim=5)
+    assert parameter_shapes(config) == {k: tuple(v.shape) for k, v in CharRNN(config).state_dict().items()}
