@@ -50,3 +50,7 @@ class Interrupted(CharrnnError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised by the CLI's signal handler so that training saves and stops like on Ctrl-C."""
+
+
+class MissingDependency(CharrnnError):
+    """An optional library that this command needs is not installed (the message says which extra)."""
