@@ -180,6 +180,9 @@ def read_log(path: str | os.PathLike) -> History:
                 except (ValueError, KeyError, TypeError):
                     if number > 1 and not line.endswith("\n"):
                         break  # the last line of a log still being written
+                    if number == 1:
+                        raise DataError(f"{str(p)!r} is neither a charrnn checkpoint nor a training log "
+                                        "(NAME.log.jsonl)") from None
                     raise DataError(f"{str(p)!r} line {number} is not a training-log record") from None
     except OSError as e:
         raise DataError(f"cannot read {str(p)!r}: {e.strerror or e}") from None

@@ -70,7 +70,9 @@ def run_names(paths: list[str]) -> list[str]:
 
     names = [short(p) for p in paths]
     if len(set(names)) < len(names):
-        names = [str(Path(p).parent / n) for p, n in zip(paths, names, strict=True)]
+        names = [Path(p).name for p in paths]  # model.pt and model.log.jsonl
+    if len(set(names)) < len(names):
+        names = [str(Path(p).parent / short(p)) for p in paths]
     if len(set(names)) < len(names):
         names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
     return names
@@ -112,7 +114,7 @@ def terminal_plot(runs: list[Run], x_axis: str = "steps", width: int = 100, heig
     plt.xlabel(X_AXES[x_axis][1])
     text = plt.build()
     plt.clear_figure()
-    return text if color else plt.uncolorize(text)
+    return (text if color else plt.uncolorize(text)).rstrip("\n")
 
 
 def image_plot(runs: list[Run], path: str | os.PathLike, x_axis: str = "steps") -> None:

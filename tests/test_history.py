@@ -100,7 +100,7 @@ def test_live_log_rewrites_then_appends(tmp_path: Path) -> None:
 def test_read_log_errors(tmp_path: Path) -> None:
     p = tmp_path / "x.log.jsonl"
     p.write_text('{"kind": "val", "step": 1}\n')
-    with pytest.raises(DataError, match="line 1"):
+    with pytest.raises(DataError, match="neither a charrnn checkpoint nor a training log"):
         read_log(p)
     p.write_bytes(b"\xff\xfe")
     with pytest.raises(DataError, match="not a training log"):
