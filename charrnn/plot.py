@@ -38,14 +38,15 @@ class Series:
 
 
 def load_run(path: str | os.PathLike) -> History:
-    """The history of a checkpoint or of a `.log.jsonl` file; a run without any is a DataError."""
+    """The history of a checkpoint or of a `.log.jsonl` file; a run without any is a DataError, a
+    path that is missing or a folder a UsageError (exit 2, like a missing checkpoint)."""
     from charrnn import checkpoint
 
     p = Path(path)
     if not p.exists():
-        raise DataError(f"{str(p)!r} does not exist")
+        raise UsageError(f"{str(p)!r} does not exist")
     if p.is_dir():
-        raise DataError(f"{str(p)!r} is a directory; give a checkpoint or a .log.jsonl file")
+        raise UsageError(f"{str(p)!r} is a directory; give a checkpoint or a .log.jsonl file")
     with open(p, "rb") as f:
         zipped = f.read(4) == b"PK\x03\x04"
     if zipped:

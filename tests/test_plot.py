@@ -71,7 +71,7 @@ def test_load_run_from_log_and_errors(tmp_path: Path) -> None:
     empty.write_text("")
     with pytest.raises(DataError, match="no training history"):
         load_run(empty)
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(UsageError, match="does not exist"):
         load_run(tmp_path / "absent.pt")
-    with pytest.raises(DataError, match="directory"):
+    with pytest.raises(UsageError, match="directory"):
         load_run(tmp_path)

@@ -101,9 +101,10 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
     from pathlib import Path
 
     from charrnn import console as con
-    from charrnn.checkpoint import check_writable, load_model
+    from charrnn.checkpoint import load_model
     from charrnn.corpora import source_parts
     from charrnn.model import resolve_device
+    from charrnn.outputs import check_output
     from charrnn.surprise import html_page, json_lines, score
 
     if max_chars < 1:
@@ -111,7 +112,7 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
     if html_path is not None and as_json:
         raise UsageError("give --html or --json, not both")
     if html_path is not None:
-        check_writable(html_path)
+        check_output(html_path, [text], what="HTML page")
     model, vocab, _ = load_model(model_path, resolve_device(device))
     console = con.make_console()
     chunks, size = [], 0

@@ -31,14 +31,14 @@ def plot_cmd(runs: tuple[str, ...], x_axis: str, output: str | None, width: int 
     charrnn plot base.pt tuned.pt --x seconds
     charrnn plot model.log.jsonl -o curves.png      (while it trains, too)
     """
-    from charrnn.checkpoint import check_writable
+    from charrnn.outputs import check_output
     from charrnn.plot import Run, image_plot, load_run, run_names, terminal_plot
 
     for name, value in (("--width", width), ("--height", height)):
         if value is not None and value < 10:
             raise UsageError(f"{name} must be >= 10, got {value}")
     if output is not None:
-        check_writable(output)
+        check_output(output, runs, what="image")
     loaded = [Run(name, load_run(path)) for name, path in zip(run_names(list(runs)), runs, strict=True)]
     if output is not None:
         image_plot(loaded, output, x_axis)
