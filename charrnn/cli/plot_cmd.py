@@ -46,5 +46,6 @@ def plot_cmd(runs: tuple[str, ...], x_axis: str, output: str | None, width: int 
         return
     size = shutil.get_terminal_size((100, 30))
     use_color = color == "always" or (color == "auto" and sys.stdout.isatty())
-    click.echo(terminal_plot(loaded, x_axis, width=width or size.columns, height=height or min(30, size.lines - 1),
-                             color=use_color), color=use_color)  # click would strip the colours on a pipe
+    height = height or max(10, min(30, size.lines - 1))
+    plot = terminal_plot(loaded, x_axis, width=width or size.columns, height=height, color=use_color)
+    click.echo(plot, color=use_color)  # click would strip the colours on a pipe
