@@ -272,6 +272,24 @@ def bench_quality(corpus_file: Path, budget: float, device: str, tmp: Path) -> d
             "val_bits_per_char": round(s["val_bits_per_char"], 4), "chars_per_s": round(s["chars_per_second"])}
 
 
+def bench_finetune(shared: Path, tmp: Path, plan: Plan, device: str) -> dict | None:
+    """bench/finetune.py: 30 s of fine-tuning a tinyshakespeare model on timemachine vs 30 s from scratch.
+    The quality run's model (tinyshakespeare, plan.quality_seconds of the defaults) is the base when there is one."""
+    from finetune import run_finetune
+
+    quality_model = tmp / "q.pt"
+    smoke = plan.text_chars is not None
+    base = quality_model if quality_model.exists() and not smoke else None
+    log("fine-tuning: " + (f"{quality_model} " if base else "a new tinyshakespeare model ") + "on timemachine, "
+        "vs timemachine from scratch")
+    try:
+        return run_finetune(shared, tmp, 3 if smoke else 30, 4 if smoke else plan.quality_seconds, base, device, smoke,
+                            base_note=f"the quality run's ({plan.quality_seconds:g} s of the defaults)")
+    except Exception as e:  # a failure there (a missing corpus) must not lose the rest of the run
+        log(f"fine-tuning benchmark skipped: {type(e).__name__}: {e}")
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 def bench_scale(quick: bool, tmp: Path) -> dict | None:
     try:
         from scale import run_scale
@@ -298,6 +316,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "corpora"))
     ap.add_argument("--no-scale", action="store_true", help="skip bench/scale.py")
+    ap.add_argument("--no-finetune", action="store_true", help="skip bench/finetune.py")
     args = ap.parse_args()
     mode_name = "quick" if args.quick else "full" if args.full else "smoke" if args.smoke else "default"
     plan = plan_for(mode_name)
@@ -379,6 +398,9 @@ def main() -> None:
                                                args.device, tmp)
         else:
             log("quality skipped: no tinyshakespeare in --shared")
+        if not args.no_finetune:
+            results["finetune"] = bench_finetune(Path(args.shared), tmp, plan, args.device)
+            save()
 
         # 7-8. targets, then the scale benchmark
         results["targets"] = targets(results)
@@ -504,6 +526,8 @@ def to_markdown(r: dict) -> str:
 
     lines += ["", "| target | measured | |", "| --- | ---: | --- |"]
     lines += [f"| {t['target']} | {t['shown']} | {_fmt_met(t['met'])} |" for t in r["targets"]]
+    if r.get("finetune", {}).get("markdown"):
+        lines += ["", r["finetune"]["markdown"].rstrip()]
     if "scale" in r and r["scale"].get("markdown"):
         lines += ["", r["scale"]["markdown"].rstrip()]
     return "\n".join(lines) + "\n"

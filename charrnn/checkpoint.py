@@ -5,7 +5,9 @@ A checkpoint is a dict of plain data and tensors saved with torch.save:
     format "charrnn", version, charrnn_version, model_config, train_config, vocab, weights,
     optimizer, step, epoch, batch_in_epoch, best_val_loss, val_loss, seed, elapsed, chars_seen,
     rng (torch CPU generator state), hidden (carried state or None), data (size and sha256 of
-    the encoded training text).
+    the encoded training text), history (the loss curve: charrnn.history), stale_validations
+    (validations since the best, for --patience), init_from (the checkpoint a fine-tuned run
+    started from, or None). The last three are absent from older checkpoints.
 
 It is loaded with torch.load(weights_only=True), which refuses any pickled object other than
 tensors and plain containers, so a hostile file cannot run code.
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 
 from charrnn.errors import CheckpointError, UsageError
+from charrnn.history import History
 from charrnn.model import CharRNN, ModelConfig, parameter_shapes
 from charrnn.vocab import Vocab
 
@@ -149,7 +152,18 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         check_model_fields(ckpt)
     except (CheckpointError, UsageError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{str(p)!r} is damaged: {_first_line(e)}") from None
+    _check_run_fields(ckpt, repr(str(p)))
     return ckpt
+
+
+def _check_run_fields(ckpt: dict[str, Any], where: str) -> None:
+    """The fields of training history and fine-tuning; checkpoints older than them lack them."""
+    History.from_checkpoint(ckpt.get("history"), where=where)
+    stale = ckpt.get("stale_validations", 0)
+    if not _is_int(stale) or stale < 0:
+        raise CheckpointError(f"{where} is damaged: stale_validations is not a count")
+    if not isinstance(ckpt.get("init_from"), (str, type(None))):
+        raise CheckpointError(f"{where} is damaged: init_from is not a path")
 
 
 def _is_int(x: Any) -> bool:

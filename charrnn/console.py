@@ -1,4 +1,5 @@
-"""Everything the user sees on stderr: progress, logs, warnings. The only module that imports rich.
+"""Everything the user sees on stderr (progress, logs, warnings), and the coloured surprise view.
+The only module that imports rich.
 
 On a terminal, training shows a live progress bar; otherwise (a pipe, a log file, CI) it writes
 one plain line per report, so logs stay readable.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -18,9 +19,11 @@ from rich.progress import (
     TextColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 from charrnn.catalog import CorpusFile, FetchCallbacks
 from charrnn.evaluate import EvalResult
+from charrnn.surprise import MAX_BITS, STOPS, Surprise, colour, dark, hex_colour, visible
 from charrnn.train import Callbacks
 from charrnn.train import Progress as TrainProgress
 
@@ -156,3 +159,29 @@ class DownloadConsole(FetchCallbacks):
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+def surprise_view(s: Surprise, file: TextIO, color: bool | None = None, width: int | None = None) -> None:
+    """The text with every character's background coloured by its surprise, and a legend of the
+    scale, written to `file` (stdout: it is the data). color None: only when `file` is a terminal."""
+    out = Console(file=file, highlight=False, soft_wrap=True, width=width,
+                  force_terminal=True if color else None, no_color=color is False,
+                  color_system="truecolor" if color else "auto")
+    legend = Text("surprise (bits): ")
+    for bits, rgb in STOPS:
+        legend.append(f" {bits:g}{'+' if bits == MAX_BITS else ''} ", style=_surprise_style(rgb))
+    mean = s.mean_bits
+    legend.append(f"   mean {mean:.3f} bits/char over {s.scored:,} scored characters" if mean is not None
+                  else "   no character scored")
+    out.print(legend)
+    text = Text()
+    for i, c in enumerate(s.text):
+        rgb = colour(s.char_bits(i))
+        text.append(visible(c), style=_surprise_style(rgb) if rgb is not None else "")
+        if c == "\n":
+            text.append("\n")
+    out.print(text, end="" if s.text.endswith("\n") else "\n")
+
+
+def _surprise_style(rgb: tuple[int, int, int]) -> str:
+    return f"{'#ffffff' if dark(rgb) else '#000000'} on {hex_colour(rgb)}"

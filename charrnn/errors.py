@@ -43,10 +43,15 @@ class TrainingError(CharrnnError):
 class Interrupted(CharrnnError):
     """Training stopped by a signal after saving a resumable checkpoint."""
 
-    def __init__(self, message: str, exit_code: int = 130) -> None:
+    def __init__(self, message: str, exit_code: int = 130, result: object = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.result = result  # the run's TrainResult as of the stop, for the summary
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised by the CLI's signal handler so that training saves and stops like on Ctrl-C."""
+
+
+class MissingDependency(CharrnnError):
+    """An optional library that this command needs is not installed (the message says which extra)."""

@@ -14,7 +14,7 @@ tensor h of shape (layers, B, H); for lstm it is the pair (h, c) of that shape.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -227,6 +227,31 @@ def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
                        f"rnn.bias_ih_l{k}": (g,), f"rnn.bias_hh_l{k}": (g,)})
     shapes.update({"head.weight": (v, h), "head.bias": (v,)})
     return shapes
+
+
+@torch.no_grad()
+def grow_vocab(model: CharRNN, id_map: torch.Tensor | list[int], vocab_size: int) -> CharRNN:
+    """A copy of `model` for a larger vocabulary of `vocab_size` tokens, where old token i is new
+    token id_map[i]. The rows of old tokens in the input table (embedding rows, or the columns of the
+    first layer's W_ih for one-hot input) and in the output layer (weight rows and biases) keep their
+    exact values; new tokens get the values a fresh model draws (torch's default initialisation, from
+    the global RNG: seed it first for a repeatable result). Every other parameter is copied."""
+    old = model.config
+    id_map = torch.as_tensor(id_map, dtype=torch.long)
+    if id_map.shape != (old.vocab_size,) or vocab_size < old.vocab_size or len(set(id_map.tolist())) != len(id_map) \
+            or (len(id_map) and (int(id_map.min()) < 0 or int(id_map.max()) >= vocab_size)):
+        raise ValueError(f"id_map must send the {old.vocab_size} old ids to distinct ids below {vocab_size}")
+    grown = CharRNN(replace(old, vocab_size=vocab_size)).to(model.head.weight.device)
+    fresh = grown.state_dict()
+    for name, value in model.state_dict().items():
+        if name in ("embed.weight", "head.weight", "head.bias"):  # (V, E), (V, H), (V,): one row per token
+            fresh[name][id_map] = value
+        elif name == "rnn.weight_ih_l0" and old.input == "onehot":  # (gates*H, V): one column per token
+            fresh[name][:, id_map] = value
+        else:
+            fresh[name].copy_(value)
+    grown.load_state_dict(fresh)
+    return grown.train(model.training)
 
 
 def detach_state(state: State) -> State:

@@ -18,7 +18,7 @@ import hashlib
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,16 @@ from charrnn import __version__, checkpoint
 from charrnn.data import Batch, batches_per_epoch, check_fits, partition
 from charrnn.errors import DataError, Interrupted, Terminated, TrainingError, UsageError
 from charrnn.evaluate import EvalResult, evaluate, perplexity_of
+from charrnn.finetune import start_model
+from charrnn.history import History, LiveLog, log_path
 from charrnn.model import CharRNN, ModelConfig, State, detach_state
 from charrnn.outputs import best_path, check_output, run_lock
 from charrnn.vocab import Vocab
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
+# Why a run ended: its time budget, --max-steps, --epochs, --patience, or a signal.
+STOP_REASONS = ("budget", "steps", "epochs", "patience", "interrupted")
 PRECISIONS = ("fp32", "bf16")
 
 # Named starting points: model (ModelConfig fields) and minibatch/learning-rate (TrainConfig fields)
@@ -68,6 +72,7 @@ class TrainConfig:
     time_budget: float | None = None
     val_every: int = 200
     save_every: int | None = None  # None: save the last checkpoint at every validation
+    patience: int | None = None  # stop after this many validations without a new best
     val_fraction: float = 0.1  # recorded; the split itself is made by the caller
     val_max_chars: int | None = None  # recorded likewise
     eval_streams: int = 64
@@ -92,6 +97,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if self.patience is not None and self.patience < 1:
+            raise UsageError(f"--patience must be >= 1 (validations without improvement), got {self.patience}")
         if self.warmup < 0:
             raise UsageError(f"--warmup must be >= 0, got {self.warmup}")
         if not self.lr > 0 or not math.isfinite(self.lr):
@@ -128,6 +135,7 @@ class TrainResult:
     best_checkpoint: str | None  # only when this run saved a new best
     steps_this_run: int = 0
     precision: str = "fp32"  # of the forward pass: fp32 or bf16 (what --precision auto chose)
+    stop_reason: str = "steps"  # STOP_REASONS
 
     @property
     def val_perplexity(self) -> float | None:
@@ -234,6 +242,8 @@ class RunState:
     # The torch RNG (dropout masks) as of the last finished step: an interruption in the middle of
     # a step must not save the draws of that unfinished step.
     rng: dict[str, torch.Tensor] | None = None
+    stale: int = 0  # validations since the best one (for --patience)
+    history: History = field(default_factory=History)
 
 
 def train(
@@ -247,14 +257,17 @@ def train(
     device: torch.device | str = "cpu",
     callbacks: Callbacks | None = None,
     resume: dict[str, Any] | None = None,
+    init_from: dict[str, Any] | None = None,
+    init_from_path: str | None = None,
 ) -> TrainResult:
     """Train a model on `train_ids`, validating on `val_ids`, writing checkpoints to `out`.
 
     `resume` is a loaded checkpoint to continue from; its architecture is used and `config`
-    may change anything else (learning rate, stopping rules...).
+    may change anything else (learning rate, stopping rules...). `init_from` is a loaded
+    checkpoint to fine-tune: its architecture and weights (grown to `vocab`), everything else new.
     """
     return Trainer(train_ids, val_ids, vocab, model_config, config, out, device=device, callbacks=callbacks,
-                   resume=resume).run()
+                   resume=resume, init_from=init_from, init_from_path=init_from_path).run()
 
 
 class Trainer:
@@ -262,7 +275,10 @@ class Trainer:
 
     def __init__(self, train_ids: np.ndarray, val_ids: np.ndarray, vocab: Vocab, model_config: ModelConfig,
                  config: TrainConfig, out: str | Path, *, device: torch.device | str = "cpu",
-                 callbacks: Callbacks | None = None, resume: dict[str, Any] | None = None) -> None:
+                 callbacks: Callbacks | None = None, resume: dict[str, Any] | None = None,
+                 init_from: dict[str, Any] | None = None, init_from_path: str | None = None) -> None:
+        if resume is not None and init_from is not None:
+            raise UsageError("--resume continues a run and --init-from starts a new one from a model: give one")
         self.cb = callbacks or Callbacks()
         self.device = torch.device(device)
         # Links are followed: the files these resolve to are what the run replaces (charrnn.outputs).
@@ -285,8 +301,14 @@ class Trainer:
             config = replace(config, seed=resume["seed"])  # the data order belongs to the original run
         else:
             torch.manual_seed(config.seed)
-        self.model_config, self.config = model_config, config
-        self.model = CharRNN(model_config).to(self.device)
+        # Where the weights first came from (a fine-tuned run, and its resumed parts, keep saying so).
+        self.init_from_path = init_from_path if init_from is not None else (resume or {}).get("init_from")
+        if init_from is not None:
+            model = start_model(init_from, vocab).to(self.device)
+            model_config = model.config
+        else:
+            model = CharRNN(model_config).to(self.device)
+        self.model_config, self.config, self.model = model_config, config, model
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, config.weight_decay,
                                         self.device)
         self.state = RunState()
@@ -299,6 +321,7 @@ class Trainer:
         self.start_time = time.perf_counter()
         self.train_time = 0.0  # seconds inside steps in this process (for chars/s)
         self.chars_this_run = 0
+        self.log: LiveLog | None = None  # NAME.log.jsonl, open while run() runs
 
     def _restore(self, resume: dict[str, Any]) -> None:
         config, st = self.config, self.state
@@ -309,6 +332,9 @@ class Trainer:
         st.chars_seen, st.elapsed_before = resume["chars_seen"], resume["elapsed"]
         st.best_val = resume["best_val_loss"] if resume["best_val_loss"] is not None else math.inf
         st.val_loss = resume["val_loss"]
+        # Both validated by checkpoint.load; a checkpoint older than them starts an empty history.
+        st.history = History.from_checkpoint(resume.get("history")).until(st.step)
+        st.stale = resume.get("stale_validations", 0)
         torch.set_rng_state(resume["rng"]["torch"])
         if self.device.type == "cuda" and "cuda" in resume["rng"]:
             torch.cuda.set_rng_state(resume["rng"]["cuda"], self.device)
@@ -324,12 +350,12 @@ class Trainer:
     def elapsed(self) -> float:
         return self.state.elapsed_before + time.perf_counter() - self.start_time
 
-    def fraction(self, next_epoch: int, next_batch: int, by_epochs: bool = True) -> float:
+    def fraction(self, next_epoch: int, next_batch: int) -> float:
         """Fraction of the run done, by the stopping rule closest to firing."""
         config, parts = self.config, [0.0]
         if config.max_steps:
             parts.append(self.state.step / config.max_steps)
-        if config.epochs and by_epochs:
+        if config.epochs:
             parts.append((next_epoch + next_batch / self.n_batches) / config.epochs)
         if config.time_budget:
             parts.append(self.elapsed() / config.time_budget)
@@ -347,6 +373,7 @@ class Trainer:
             "batch_in_epoch": st.batch_in_epoch, "best_val_loss": None if math.isinf(st.best_val) else st.best_val,
             "val_loss": st.val_loss, "seed": self.config.seed, "elapsed": self.elapsed(),
             "chars_seen": st.chars_seen, "rng": st.rng, "hidden": hidden, "data": self.fingerprint,
+            "history": st.history.to_checkpoint(), "stale_validations": st.stale, "init_from": self.init_from_path,
         }
 
     def save(self, path: Path, reason: str) -> None:
@@ -374,10 +401,23 @@ class Trainer:
         result = evaluate(self.model, self.val_ids, unk_id=self.vocab.unk_id, streams=self.config.eval_streams)
         st.val_loss = result.nats_per_char
         improved = st.val_loss < st.best_val
+        st.stale = 0 if improved else st.stale + 1
+        self.record("val", step=st.step, loss=st.val_loss, elapsed=self.elapsed(), chars=st.chars_seen)
         self.cb.on_validate(st.step, result, improved)
         if improved:
             st.best_val = st.val_loss
             self.save(self.best_out, "best")
+
+    def record_train(self, loss: float, lr: float) -> None:
+        st = self.state
+        self.record("train", step=st.step, epoch=st.epoch, loss=loss, lr=lr, chars_per_second=self.chars_per_second(),
+                    elapsed=self.elapsed(), chars=st.chars_seen)
+
+    def record(self, kind: str, **values: float) -> None:
+        """Add a history record and append it to the live log."""
+        record = self.state.history.add(kind, **values)
+        if self.log is not None:
+            self.log.write(kind, record)
 
     def batches(self) -> Iterator[tuple[int, int, Batch]]:
         """(epoch, index in epoch, minibatch) from the run's position on, forever."""
@@ -426,15 +466,26 @@ class Trainer:
             return self._run()
 
     def _run(self) -> TrainResult:
-        st, config, cb = self.state, self.config, self.cb
+        """Train until a stopping rule fires; the history is appended live to NAME.log.jsonl."""
+        st, cb = self.state, self.cb
         cb.on_start({"parameters": self.model.num_parameters(), "device": str(self.device),
-                     "precision": config.precision,
+                     "precision": self.config.precision,
                      "vocab_size": self.vocab.size, "train_chars": len(self.train_ids),
                      "val_chars": len(self.val_ids), "batches_per_epoch": self.n_batches,
                      "resumed_at": st.step if self.resumed else None})
+        self.log = LiveLog(log_path(self.out), st.history)
+        try:
+            return self._loop()
+        finally:
+            self.log.close()
+            self.log = None
+
+    def _loop(self) -> TrainResult:
+        st, config, cb = self.state, self.config, self.cb
         save_every = config.save_every or config.val_every
         loss_sum = torch.zeros((), device=self.device)
-        loss_count, train_loss, last_val_step, first_step = 0, math.nan, -1, st.step
+        loss_count, train_loss, last_val_step, reason, lr = 0, math.nan, -1, "steps", config.lr
+        first_step = st.step
         try:
             for e, i, batch in self.batches():
                 stop_code = cb.stop_requested()
@@ -442,7 +493,8 @@ class Trainer:
                     raise Terminated() if stop_code == 143 else KeyboardInterrupt()
                 # --epochs stops at the end of the last epoch, which may hold one minibatch more than
                 # n_batches (the count at the worst offset): only the other rules stop by fraction.
-                if (config.epochs and e >= config.epochs) or self.fraction(e, i, by_epochs=False) >= 1.0:
+                reason = self.stop_reason(e, i)
+                if reason is not None:
                     break
                 t_step = time.perf_counter()
                 lr = config.lr * lr_factor(config.schedule, self.fraction(e, i))
@@ -458,36 +510,64 @@ class Trainer:
                     loss_count = 0
                 self.train_time += time.perf_counter() - t_step
                 if report:
+                    self.record_train(train_loss, lr)
                     cb.on_step(Progress(st.step, st.epoch, train_loss, lr, self.elapsed(), self.chars_per_second(),
                                         self.fraction(st.epoch, st.batch_in_epoch)))
                 if self.can_validate and st.step % config.val_every == 0:
                     self.validate()
                     last_val_step = st.step
-                if st.step % save_every == 0:
+                if st.step % save_every == 0 or self.out_of_patience():
                     self.save(self.out, "periodic")
+                if self.out_of_patience():
+                    reason = "patience"
+                    break
         except KeyboardInterrupt as e:
             self.save(self.out, "interrupted")
             code, what = (143, "terminated") if isinstance(e, Terminated) else (130, "interrupted")
+            if loss_count:
+                train_loss = loss_sum.item() / loss_count
+                self.record_train(train_loss, lr)
             raise Interrupted(f"{what} at step {st.step}; resumable checkpoint saved to {str(self.out)!r} "
-                              f"(continue with --resume {str(self.out)!r})", exit_code=code) from None
+                              f"(continue with --resume {str(self.out)!r})", exit_code=code,
+                              result=self.result(train_loss, "interrupted", first_step)) from None
 
         if st.step == first_step:
             # The stopping rule was already reached (a resumed run, or a budget spent before the first
             # step): nothing changed, so nothing is validated or written, and no speed is claimed.
             return TrainResult(steps=st.step, epochs=st.epoch + min(st.batch_in_epoch / self.n_batches, 1.0),
                                seconds=self.elapsed(), chars_per_second=None, train_loss=None, val_loss=st.val_loss,
-                               checkpoint=None, best_checkpoint=None, steps_this_run=0, precision=config.precision)
-        if loss_count:
+                               checkpoint=None, best_checkpoint=None, steps_this_run=0, precision=config.precision,
+                               stop_reason=reason or "steps")
+        if loss_count:  # the steps since the last report get a record of their own
             train_loss = loss_sum.item() / loss_count
+            self.record_train(train_loss, lr)
         if self.can_validate and last_val_step != st.step:
             self.validate()
         self.save(self.out, "final")
+        return self.result(train_loss, reason or "steps", first_step)
+
+    def stop_reason(self, e: int, i: int) -> str | None:
+        """Which stopping rule ends the run before minibatch i of epoch e, if any."""
+        config = self.config
+        if config.epochs and e >= config.epochs:
+            return "epochs"
+        if config.max_steps and self.state.step >= config.max_steps:
+            return "steps"
+        if config.time_budget and self.elapsed() >= config.time_budget:
+            return "budget"
+        return None
+
+    def out_of_patience(self) -> bool:
+        return self.config.patience is not None and self.state.stale >= self.config.patience
+
+    def result(self, train_loss: float, reason: str, first_step: int) -> TrainResult:
+        st = self.state
         return TrainResult(
             # n_batches is the count at the worst offset; an epoch may hold one minibatch more
             steps=st.step, epochs=st.epoch + min(st.batch_in_epoch / self.n_batches, 1.0), seconds=self.elapsed(),
             chars_per_second=self.chars_per_second(), train_loss=train_loss, val_loss=st.val_loss,
             checkpoint=str(self.out), best_checkpoint=str(self.saved["best"]) if "best" in self.saved else None,
-            steps_this_run=st.step - first_step, precision=config.precision,
+            steps_this_run=st.step - first_step, precision=self.config.precision, stop_reason=reason,
         )
 
     def chars_per_second(self) -> float:

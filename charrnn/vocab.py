@@ -142,6 +142,31 @@ class Vocab:
         table = np.array(list(self.chars) + ([UNK_CHAR] if self.unk else []), dtype=object)
         return "".join(table[np.asarray(ids, dtype=np.int64)].tolist())
 
+    def grow(self, text_vocab: Vocab) -> Vocab:
+        """This vocabulary plus the characters of `text_vocab` it lacks, for fine-tuning on a new text.
+
+        The union is kept in code-point order with <unk> last, so an old character may get a new id
+        (`id_map` says which); the counts are those of the new text (0 for characters it lacks), as
+        they describe what the model is now trained on.
+        """
+        new_counts = dict(zip(text_vocab.chars, text_vocab.counts, strict=True))
+        chars = tuple(sorted(set(self.chars) | set(text_vocab.chars)))
+        return Vocab(chars=chars, counts=tuple(new_counts.get(c, 0) for c in chars), unk=self.unk)
+
+    def added(self, grown: Vocab) -> list[str]:
+        """The characters of `grown` that this vocabulary lacks, in code-point order."""
+        known = set(self.chars)
+        return [c for c in grown.chars if c not in known]
+
+    def id_map(self, grown: Vocab) -> np.ndarray:
+        """For each id of this vocabulary, the id of the same token in `grown` (a superset): shape (size,)."""
+        index = {c: i for i, c in enumerate(grown.chars)}
+        missing = [c for c in self.chars if c not in index]
+        if missing or (self.unk and not grown.unk):
+            raise ValueError("the grown vocabulary must hold every token of the old one")
+        ids = [index[c] for c in self.chars] + ([grown.unk_id] if self.unk else [])
+        return np.array(ids, dtype=np.int64)
+
     def to_dict(self) -> dict:
         """Plain data for the checkpoint (strings and ints only: safe under weights_only)."""
         return {"chars": list(self.chars), "counts": list(self.counts), "unk": self.unk}

@@ -294,7 +294,8 @@ def test_signal_saves_resumable_checkpoint(tmp_path: Path, corpus: Path, sig: in
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
     assert "resumable checkpoint saved" in stderr and "Traceback" not in stderr
-    assert stdout == ""
+    # the summary of what was done says why the run stopped
+    assert stdout.startswith("trained ") and "stopped: interrupted" in stdout and stdout.count("\n") == 1
     r = run("info", "-m", str(out), "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["step"] >= 1
 
@@ -305,7 +306,10 @@ def test_second_signal_quits_at_once_and_keeps_the_checkpoint(tmp_path: Path, co
     os.kill(proc.pid, signal.SIGINT)
     os.kill(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and stdout == "" and "Traceback" not in stderr
+    # Two signals sent back to back may be delivered as one: then the run stops normally and prints
+    # its summary (stop_reason interrupted); otherwise it quits at once and prints nothing.
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    assert stdout == "" or "stopped: interrupted" in stdout
     assert json.loads(run("info", "-m", str(out), "--json").stdout)["step"] >= 1
 
 

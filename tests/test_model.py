@@ -271,3 +271,48 @@ def test_parameter_shapes_match_the_built_model(cell: str, input_: str, layers: 
 
     config = ModelConfig(vocab_size=11, cell=cell, hidden=6, layers=layers, input=input_, embed_dim=5)
     assert parameter_shapes(config) == {k: tuple(v.shape) for k, v in CharRNN(config).state_dict().items()}
+
+
+@pytest.mark.parametrize("input_", ["embedding", "onehot"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "scratch-rnn"])
+def test_grow_vocab_keeps_old_rows_bit_identical(cell: str, input_: str) -> None:
+    from charrnn.model import grow_vocab
+
+    torch.manual_seed(0)
+    old = CharRNN(ModelConfig(vocab_size=4, cell=cell, hidden=8, layers=2, input=input_, embed_dim=6))
+    id_map = [0, 2, 3, 5]  # old ids -> new ids; new ids 1, 4 are new tokens
+    torch.manual_seed(1)
+    grown = grow_vocab(old, id_map, 6)
+    assert grown.config.vocab_size == 6
+    before, after = old.state_dict(), grown.state_dict()
+    idx = torch.tensor(id_map)
+    assert torch.equal(after["head.weight"][idx], before["head.weight"])
+    assert torch.equal(after["head.bias"][idx], before["head.bias"])
+    if input_ == "embedding":
+        assert torch.equal(after["embed.weight"][idx], before["embed.weight"])
+    else:
+        assert torch.equal(after["rnn.weight_ih_l0"][:, idx], before["rnn.weight_ih_l0"])
+    for name, value in before.items():
+        if name not in ("head.weight", "head.bias", "embed.weight") and not (
+                input_ == "onehot" and name == "rnn.weight_ih_l0"):
+            assert torch.equal(after[name], value), name
+    # New rows are drawn like a fresh model's: the same values a fresh model seeded alike has there.
+    torch.manual_seed(1)
+    fresh = CharRNN(ModelConfig(vocab_size=6, cell=cell, hidden=8, layers=2, input=input_, embed_dim=6))
+    new = torch.tensor([1, 4])
+    assert torch.equal(after["head.weight"][new], fresh.state_dict()["head.weight"][new])
+    # Old tokens' predictions among themselves are unchanged: logits at the mapped positions agree.
+    x = torch.tensor([[0, 1, 2, 3, 1]])
+    with torch.no_grad():
+        a, _ = old.eval()(x)
+        b, _ = grown.eval()(idx[x])
+    assert torch.allclose(b[..., idx], a, atol=1e-6)
+
+
+def test_grow_vocab_rejects_bad_maps() -> None:
+    from charrnn.model import grow_vocab
+
+    model = CharRNN(ModelConfig(vocab_size=3, hidden=4, layers=1))
+    for bad, size in (([0, 1], 4), ([0, 0, 1], 4), ([0, 1, 4], 4), ([0, 1, 2], 2)):
+        with pytest.raises(ValueError):
+            grow_vocab(model, bad, size)

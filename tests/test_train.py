@@ -408,3 +408,162 @@ def test_adam_uses_the_fused_kernel_on_cpu() -> None:
     assert make_optimizer("adam", params, 1e-3, 0.0, torch.device("cpu")).defaults["fused"] is True
     assert make_optimizer("adamw", params, 1e-3, 0.0, torch.device("cpu")).defaults["fused"] is True
     assert not make_optimizer("adam", params, 1e-3, 0.0).defaults.get("fused")  # no device: the default path
+
+
+# ---- history, patience, stop reasons, fine-tuning -------------------------------------------------------
+
+
+def test_history_is_kept_in_the_checkpoint_and_the_live_log(tmp_path: Path, small) -> None:
+    import json
+
+    from charrnn.history import History
+
+    vocab, ids = small
+    out = tmp_path / "m.pt"
+    result = train(ids[:300], ids[300:], vocab, tiny_model_config(vocab), tiny_config(log_every=2, val_every=4), out)
+    assert result.stop_reason == "steps"
+    h = History.from_checkpoint(checkpoint.load(out)["history"])
+    assert [r["step"] for r in h.train] == [2, 4, 6, 8, 10, 12] and [r["step"] for r in h.val] == [4, 8, 12]
+    assert h.val[-1]["loss"] == result.val_loss and h.train[-1]["chars"] == 12 * 4 * 8
+    assert all(a["elapsed"] <= b["elapsed"] for a, b in pairwise(h.train))
+    lines = [json.loads(x) for x in (tmp_path / "m.log.jsonl").read_text().splitlines()]
+    assert [(x["kind"], x["step"]) for x in lines][:3] == [("train", 2), ("train", 4), ("val", 4)]
+    assert len(lines) == 9
+    # the best checkpoint holds the history up to its validation
+    assert History.from_checkpoint(checkpoint.load(best_path(out))["history"]).val[-1]["step"] <= 12
+
+
+def test_resumed_run_continues_the_history(tmp_path: Path, small) -> None:
+    from charrnn.history import History, read_log
+
+    vocab, ids = small
+    config = tiny_config(val_every=4, log_every=2)
+    full = tmp_path / "full.pt"
+    train(ids[:300], ids[300:], vocab, tiny_model_config(vocab), config, full)
+    out = tmp_path / "int.pt"
+    with pytest.raises(Interrupted) as info:
+        train(ids[:300], ids[300:], vocab, tiny_model_config(vocab), config, out, callbacks=Recorder(interrupt_at=6))
+    assert info.value.result.stop_reason == "interrupted" and info.value.result.steps == 6
+    # a crash could have left lines the checkpoint never saw: the resumed run's log drops them
+    with open(tmp_path / "int.log.jsonl", "a") as f:
+        f.write('{"kind": "train", "step": 7, "epoch": 0, "loss": 9.0, "lr": 1, "chars_per_second": 1, '
+                '"elapsed": 1, "chars": 1}\n')
+    train(ids[:300], ids[300:], vocab, tiny_model_config(vocab), config, out, resume=checkpoint.load(out))
+    a = History.from_checkpoint(checkpoint.load(full)["history"])
+    b = History.from_checkpoint(checkpoint.load(out)["history"])
+    assert [r["step"] for r in b.train] == [r["step"] for r in a.train]
+    assert [r["loss"] for r in b.val] == [r["loss"] for r in a.val]
+    assert read_log(tmp_path / "int.log.jsonl") == b
+
+
+def test_old_checkpoint_without_history_resumes(tmp_path: Path, small) -> None:
+    vocab, ids = small
+    out = tmp_path / "m.pt"
+    train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(max_steps=4), out)
+    ckpt = checkpoint.load(out)
+    for key in ("history", "stale_validations", "init_from"):
+        del ckpt[key]
+    checkpoint.save(ckpt, out)
+    result = train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(max_steps=6), out,
+                   resume=checkpoint.load(out))
+    assert result.steps == 6
+    assert checkpoint.load(out)["history"]["train"]["step"].tolist() == [5.0, 6.0]  # from the resume on
+
+
+@pytest.mark.parametrize(("key", "value"), [("history", {"train": 1}), ("stale_validations", -1),
+                                            ("stale_validations", "3"), ("init_from", 5)])
+def test_damaged_new_fields_are_refused(tmp_path: Path, small, key: str, value) -> None:
+    from charrnn.errors import CheckpointError
+
+    vocab, ids = small
+    out = tmp_path / "m.pt"
+    train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(max_steps=2), out)
+    ckpt = checkpoint.load(out)
+    ckpt[key] = value
+    checkpoint.save(ckpt, out)
+    with pytest.raises(CheckpointError, match="damaged"):
+        checkpoint.load(out)
+
+
+def test_patience_stops_after_n_validations_without_improvement(tmp_path: Path, small,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    vocab, ids = small
+    losses = iter([3.0, 2.0, 2.5, 2.1, 2.2, 2.3, 1.0])  # best at the 2nd; the 3rd to 5th do not improve
+
+    def fake_evaluate(*args, **kwargs) -> EvalResult:
+        return EvalResult(nats_per_char=next(losses), chars=10, unknown=0)
+
+    monkeypatch.setattr(train_module, "evaluate", fake_evaluate)
+    out = tmp_path / "m.pt"
+    rec = Recorder()
+    result = train(ids[:300], ids[300:], vocab, tiny_model_config(vocab),
+                   tiny_config(max_steps=100, val_every=2, patience=3), out, callbacks=rec)
+    assert result.stop_reason == "patience" and result.steps == 10
+    assert [v[0] for v in rec.validations] == [2, 4, 6, 8, 10]
+    assert checkpoint.load(best_path(out))["best_val_loss"] == 2.0
+    assert checkpoint.load(out)["step"] == 10 and checkpoint.load(out)["stale_validations"] == 3
+
+
+def test_stop_reasons(tmp_path: Path, small) -> None:
+    vocab, ids = small
+    mc = tiny_model_config(vocab)
+    assert train(ids, ids[:0], vocab, mc, tiny_config(max_steps=2), tmp_path / "a.pt").stop_reason == "steps"
+    assert train(ids, ids[:0], vocab, mc, tiny_config(max_steps=None, epochs=1), tmp_path / "b.pt"
+                 ).stop_reason == "epochs"
+    assert train(ids, ids[:0], vocab, mc, tiny_config(max_steps=None, time_budget=1e-6), tmp_path / "c.pt"
+                 ).stop_reason == "budget"
+
+
+def test_patience_must_be_positive() -> None:
+    with pytest.raises(UsageError, match="--patience must be >= 1"):
+        tiny_config(patience=0)
+
+
+def test_init_from_grows_the_vocabulary_and_starts_afresh(tmp_path: Path, small) -> None:
+    from charrnn.finetune import choose_vocab
+
+    vocab, ids = small
+    base_out = tmp_path / "base.pt"
+    train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(max_steps=6), base_out)
+    base = checkpoint.load(base_out)
+    new_text = "zebra quartz Ω " * 30
+    grown, added = choose_vocab(vocab, Vocab.build(new_text), keep=False)
+    assert "Ω" in added and grown.size == vocab.size + len(added)
+    new_ids = grown.encode(new_text)
+    out = tmp_path / "ft.pt"
+    rec = Recorder()
+    result = train(new_ids, new_ids[:0], grown, tiny_model_config(vocab), tiny_config(max_steps=3), out,
+                   init_from=base, init_from_path=str(base_out), callbacks=rec)
+    assert result.steps == 3 and rec.info["resumed_at"] is None
+    ckpt = checkpoint.load(out)
+    assert ckpt["step"] == 3 and ckpt["init_from"] == str(base_out) and ckpt["model_config"]["vocab_size"] == grown.size
+    assert ckpt["history"]["train"]["step"].tolist() == [1.0, 2.0, 3.0]  # a fresh history and step count
+
+
+def test_init_from_start_model_keeps_old_rows(small) -> None:
+    from charrnn.finetune import choose_vocab, start_model
+
+    vocab, _ = small
+    torch.manual_seed(0)
+    model = CharRNN(tiny_model_config(vocab))
+    base = {"vocab": vocab.to_dict(), "model_config": model.config.to_dict(), "weights": model.state_dict()}
+    grown, added = choose_vocab(vocab, Vocab.build("\u00e9\u00e8 abc"), keep=False)
+    tuned = start_model(base, grown)
+    idx = torch.from_numpy(vocab.id_map(grown))
+    assert torch.equal(tuned.state_dict()["embed.weight"][idx], model.state_dict()["embed.weight"])
+    assert torch.equal(tuned.state_dict()["head.weight"][idx], model.state_dict()["head.weight"])
+    kept, missing = choose_vocab(vocab, Vocab.build("\u00e9 abc"), keep=True)
+    assert kept == vocab and missing == ["\u00e9"]
+    assert start_model(base, kept) is not None
+    no_unk = Vocab(chars=vocab.chars, counts=vocab.counts, unk=False)
+    with pytest.raises(DataError, match="no <unk>"):
+        choose_vocab(no_unk, Vocab.build("\u00e9"), keep=True)
+
+
+def test_resume_and_init_from_exclude_each_other(tmp_path: Path, small) -> None:
+    vocab, ids = small
+    out = tmp_path / "m.pt"
+    train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(max_steps=2), out)
+    ckpt = checkpoint.load(out)
+    with pytest.raises(UsageError, match="give one"):
+        train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(), out, resume=ckpt, init_from=ckpt)

@@ -171,3 +171,21 @@ def test_dict_round_trip() -> None:
     assert again.encode("quick").tolist() == vocab.encode("quick").tolist()
     no_unk = Vocab.build("xy", unk=False)
     assert Vocab.from_dict(no_unk.to_dict()) == no_unk
+
+
+def test_grow_adds_new_characters_in_order_with_unk_last() -> None:
+    base = Vocab.build("abca")
+    text = Vocab.build("cazz")
+    grown = base.grow(text)
+    assert grown.chars == ("a", "b", "c", "z") and grown.unk_id == 4
+    assert grown.counts == (1, 0, 1, 2)  # counts of the new text
+    assert base.added(grown) == ["z"]
+    assert base.id_map(grown).tolist() == [0, 1, 2, 4]  # a, b, c, <unk>
+    assert base.grow(Vocab.build("ab")).chars == base.chars
+
+
+def test_id_map_needs_a_superset() -> None:
+    import pytest
+
+    with pytest.raises(ValueError):
+        Vocab.build("abc").id_map(Vocab.build("ab"))

@@ -14,6 +14,7 @@ from charrnn.cli.corpus_cmd import corpus_group
 from charrnn.cli.eval_cmd import eval_group
 from charrnn.cli.generate_cmd import generate
 from charrnn.cli.info_cmd import info_cmd
+from charrnn.cli.plot_cmd import plot_cmd
 from charrnn.cli.train_cmd import train
 
 __all__ = ["ARCH_DEFAULTS", "PRESET_NAMES", "cli", "main"]
@@ -29,13 +30,15 @@ def cli() -> None:
     charrnn eval perplexity -m model.pt FILE    perplexity and bits per character of held-out text
     charrnn generate -m model.pt --prefix TEXT  sample text, streamed to stdout
     charrnn info -m model.pt                    what a checkpoint holds
+    charrnn plot model.pt [other.pt ...]        loss curves, in the terminal or -o curves.png
+    charrnn eval show -m model.pt FILE          the text coloured by the model's surprise
     charrnn corpus list                         corpora known by name (fetched and verified on first use)
 
     stdout carries only data; progress and messages go to stderr. `-` means stdin.
     """
 
 
-for command in (train, eval_group, generate, info_cmd, corpus_group):
+for command in (train, eval_group, generate, info_cmd, plot_cmd, corpus_group):
     cli.add_command(command)
 
 

@@ -65,3 +65,83 @@ def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int
     else:
         click.echo(f"perplexity {result.perplexity:.4f}\nnats/char {result.nats_per_char:.4f}\n"
                    f"bits/char {result.bits_per_char:.4f}\nchars {result.chars}\nunknown {result.unknown}")
+
+
+DEFAULT_SHOW_CHARS = 10_000
+
+
+@eval_group.command()
+@model_option
+@click.argument("text", default="-")
+@encoding_option
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Write one self-contained HTML page instead: hover a character to see the top 5 predictions.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON Lines on stdout instead, one object per character: char, bits, top.")
+@click.option("--max-chars", default=DEFAULT_SHOW_CHARS, show_default=True,
+              help="Show at most this many characters from the start of the text (said on stderr when it cuts).")
+@click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="Colours in the terminal view: auto uses them when stdout is a terminal (always: for less -R).")
+@device_option
+def show(model_path: str, text: str, encoding: str, html_path: str | None, as_json: bool, max_chars: int,
+         color: str, device: str) -> None:
+    """TEXT coloured by how surprised MODEL is by each character (a file, `-` for stdin, `pydoc` or a
+    catalog corpus name).
+
+    The surprise of a character is -log2 of the probability the model gave it, from everything
+    before it: pale where the model was sure, dark red where it was lost (8 bits and more). The
+    first character and characters the model does not know are not scored.
+
+    \b
+    charrnn eval show -m model.pt notes.txt
+    charrnn eval show -m model.pt notes.txt --html notes.html
+    charrnn eval show -m model.pt notes.txt --json | jq -c 'select(.bits > 8)'
+    """
+    import sys
+    from pathlib import Path
+
+    from charrnn import console as con
+    from charrnn.checkpoint import load_model
+    from charrnn.corpora import source_parts
+    from charrnn.model import resolve_device
+    from charrnn.outputs import check_output
+    from charrnn.surprise import html_page, json_lines, score
+
+    if max_chars < 1:
+        raise UsageError(f"--max-chars must be >= 1, got {max_chars}")
+    if html_path is not None and as_json:
+        raise UsageError("give --html or --json, not both")
+    if html_path is not None:
+        check_output(html_path, [text], what="HTML page")
+    model, vocab, _ = load_model(model_path, resolve_device(device))
+    console = con.make_console()
+    chunks, size = [], 0
+    for part in source_parts(text, common.stdin(), callbacks=con.DownloadConsole(console)):
+        for chunk in part.texts(encoding):  # read no further than needed
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_chars:
+                break
+        if size > max_chars:
+            break
+    body = "".join(chunks)
+    if len(body) > max_chars:
+        body = body[:max_chars]
+        con.info(console, f"showing the first {max_chars:,} characters of the text (--max-chars)")
+    surprise = score(model, vocab, body)
+    if as_json:
+        for line in json_lines(surprise):
+            click.echo(line)
+    elif html_path is not None:
+        page = html_page(surprise, title=f"charrnn surprise: {Path(model_path).name} on {text}")
+        try:
+            Path(html_path).write_text(page, encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"cannot write {html_path!r}: {e.strerror or e}") from None
+        con.info(console, f"wrote {html_path} ({len(body):,} characters)")
+    else:
+        use_color = {"always": True, "never": False}.get(color)
+        if use_color is None and not sys.stdout.isatty():
+            con.info(console, "stdout is not a terminal: no colours (use --color always, --html or --json)")
+            use_color = False
+        con.surprise_view(surprise, sys.stdout, color=use_color)

@@ -11,8 +11,9 @@ from charrnn.cli.common import json_option, json_out, model_option, num
 @model_option
 @json_option
 def info_cmd(model_path: str, as_json: bool) -> None:
-    """What a checkpoint holds: architecture, vocabulary, training progress."""
+    """What a checkpoint holds: architecture, vocabulary, training progress and history in brief."""
     from charrnn.checkpoint import load
+    from charrnn.history import History
 
     ckpt = load(model_path)
     vocab = ckpt["vocab"]
@@ -22,6 +23,8 @@ def info_cmd(model_path: str, as_json: bool) -> None:
         "vocab_size": len(vocab["chars"]) + int(vocab["unk"]), "step": ckpt.get("step"),
         "epoch": ckpt.get("epoch"), "val_loss": ckpt.get("val_loss"), "best_val_loss": ckpt.get("best_val_loss"),
         "train": ckpt.get("train_config"), "training_chars": (ckpt.get("data") or {}).get("chars"),
+        "init_from": ckpt.get("init_from"),
+        "history": History.from_checkpoint(ckpt.get("history")).summary() if "history" in ckpt else None,
     }
     if as_json:
         json_out(summary)
@@ -33,3 +36,14 @@ def info_cmd(model_path: str, as_json: bool) -> None:
     click.echo(f"step {summary['step']}, validation loss {num(summary['val_loss'])} nats/char "
                f"(best {num(summary['best_val_loss'])}), trained on {summary['training_chars']} characters "
                f"in {precision}")
+    if summary["init_from"]:
+        click.echo(f"fine-tuned from {summary['init_from']}")
+    h = summary["history"]
+    if h is None or not (h["train_records"] or h["val_records"]):
+        click.echo("history: none recorded")
+        return
+    best = (f"best validation {num(h['best_val_loss'])} at step {h['best_val_step']}, "
+            f"last {num(h['last_val_loss'])} at step {h['last_val_step']}") if h["val_records"] else "no validation"
+    click.echo(f"history: {h['steps']} steps in {h['seconds']:.1f} s ({h['chars']:,} characters), {best}; "
+               f"last training loss {num(h['last_train_loss'])} ({h['train_records']} reports, "
+               f"{h['val_records']} validations: charrnn plot {model_path})")

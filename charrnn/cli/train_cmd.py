@@ -33,7 +33,7 @@ from charrnn.cli.common import (
     num,
     positive_int,
 )
-from charrnn.errors import UsageError
+from charrnn.errors import CheckpointError, Interrupted, UsageError
 
 
 @click.command()
@@ -41,6 +41,11 @@ from charrnn.errors import UsageError
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint to write (the last state); the best by validation goes to NAME.best.pt.")
 @click.option("--resume", type=click.Path(dir_okay=False), help="Continue training from this checkpoint.")
+@click.option("--init-from", type=click.Path(dir_okay=False),
+              help="Fine-tune: start from this checkpoint's weights and architecture, with a fresh optimizer, "
+                   "schedule and step count.")
+@click.option("--keep-vocab", is_flag=True,
+              help="With --init-from: read characters the base model lacks as <unk> instead of adding them.")
 @encoding_option
 @click.option("--val-fraction", default=0.1, type=Finite(0, 1, high_open=True), show_default=True,
               help="Tail of the text held out for validation.")
@@ -83,6 +88,8 @@ from charrnn.errors import UsageError
 @click.option("--val-every", default=200, type=positive_int(), show_default=True, help="Validate every N steps.")
 @click.option("--save-every", type=positive_int(),
               help="Save the checkpoint every N steps (default: at each validation).")
+@click.option("--patience", type=positive_int(),
+              help="Stop after N validations in a row without a new best (the best checkpoint is kept).")
 @click.option("--seed", default=0, type=SEED, show_default=True)
 @device_option
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
@@ -91,7 +98,8 @@ from charrnn.errors import UsageError
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.pass_context
-def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str | None, encoding: str,
+def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str | None, init_from: str | None,
+          keep_vocab: bool, encoding: str,
           val_fraction: float, val_max_chars: int | None, no_cache: bool, min_freq: int, input_: str,
           preset: str | None, as_json: bool, quiet: bool, device: str,
           **opts: Any) -> None:
@@ -103,13 +111,18 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
     part; anything else holds out the last --val-fraction for validation.
 
     Progress goes to stderr; a summary line (or --json) to stdout. Ctrl-C saves a resumable
-    checkpoint. Stopping: whichever of --epochs, --max-steps, --time-budget comes first.
+    checkpoint. Stopping: whichever of --epochs, --max-steps, --time-budget, --patience comes first.
+    The history (losses, learning rate, speed) is appended live to NAME.log.jsonl beside NAME.pt.
+
+    --init-from BASE.pt fine-tunes BASE on CORPUS: characters BASE lacks are added to its
+    vocabulary (new rows, old rows unchanged) or, with --keep-vocab, read as <unk>.
     """
     from charrnn import checkpoint
     from charrnn import console as con
     from charrnn.cache import encode_corpus
     from charrnn.corpora import catalog_entry, expand_sources, training_parts
     from charrnn.data import split_train_val
+    from charrnn.history import log_path
     from charrnn.model import ModelConfig, resolve_device, resolve_precision
     from charrnn.outputs import best_path, check_output
     from charrnn.train import PRESETS, TrainConfig
@@ -132,8 +145,15 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
         if not given(name):
             opts[name] = value
     out = Path(output)
+    if resume and init_from:
+        raise UsageError("--resume continues a run and --init-from starts a new one from a model: give one")
+    if keep_vocab and not init_from:
+        raise UsageError("--keep-vocab only applies with --init-from")
+    if init_from and common.same_file(init_from, output):
+        raise UsageError(f"--init-from and -o are the same file {output!r}: fine-tuning would overwrite the base "
+                         "model; choose another output")
     sources = list(corpus) or ["pydoc"]
-    outputs = ((output, "output"), (best_path(output), "best checkpoint"))
+    outputs = ((output, "output"), (best_path(output), "best checkpoint"), (log_path(output), "training log"))
     for path, what in outputs:  # before anything is read: a bad output must not cost a read of stdin
         check_output(path, [s for s in expand_sources(sources) if s != "-"], what)
     if val_max_chars < 2:
@@ -151,7 +171,14 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
     arch_names = list(ARCH_DEFAULTS)
     internal = ("val_fraction", "val_max_chars", "eval_streams", "log_every")
     train_names = [f for f in TrainConfig.__dataclass_fields__ if f not in internal]
-    ckpt = None
+    ckpt = base = None
+    if init_from:
+        base = checkpoint.load(init_from)
+        saved_arch = base["model_config"]
+        for name in arch_names:
+            if chosen(name) and opts[name] != saved_arch.get(name):
+                raise UsageError(f"--{name.replace('_', '-')} {opts[name]} differs from the checkpoint's "
+                                 f"{saved_arch.get(name)}: with --init-from the architecture is the base model's")
     if resume:
         ckpt = checkpoint.load(resume)
         checkpoint.check_resume_fields(ckpt, resume)
@@ -187,7 +214,12 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
         if not vocab.chars:
             raise UsageError(f"--min-freq {min_freq} leaves no character in the vocabulary (every character occurs "
                              f"fewer than {min_freq} times), so there is nothing to train on; lower --min-freq")
-        model_config = ModelConfig(vocab_size=vocab.size, **{n: opts[n] for n in arch_names})
+        if base is not None:
+            vocab, encoded, model_config = _fine_tune_vocab(base, init_from, encoded, keep_vocab, console,
+                                                            lambda v: encode_corpus(train_parts, encoding, vocab=v,
+                                                                                    unk="map", cache=not no_cache))
+        else:
+            model_config = ModelConfig(vocab_size=vocab.size, **{n: opts[n] for n in arch_names})
     ids = encoded.ids
     if model_config.input == "onehot" and vocab.size > ONEHOT_WARN_VOCAB:
         con.info(console, f"warning: --input onehot with {vocab.size:,} characters builds inputs of shape "
@@ -221,22 +253,66 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
     try:
         with stop_on_signals(callbacks):
             result = run_training(train_ids, val_ids, vocab, model_config, config, out, device=dev,
-                                  callbacks=callbacks, resume=ckpt)
+                                  callbacks=callbacks, resume=ckpt, init_from=base, init_from_path=init_from)
+    except Interrupted as e:
+        callbacks.close()
+        if e.result is not None:  # the summary of what was done, then the error line and exit code
+            _summary(e.result, as_json)
+        raise
     finally:
         callbacks.close()
     if result.checkpoint is None:
         con.info(console, f"nothing to do: the stopping rule is already reached at step {result.steps} "
                           f"({result.seconds:.1f} s trained); raise --max-steps, --epochs or --time-budget to go on")
+    _summary(result, as_json)
+
+
+STOPPED = {"budget": "time budget reached", "steps": "--max-steps reached", "epochs": "--epochs done",
+           "patience": "out of --patience", "interrupted": "interrupted"}
+
+
+def _summary(result: Any, as_json: bool) -> None:
+    """The run's summary on stdout: one line, or one JSON object."""
     if as_json:
         json_out(result.to_dict())
     elif result.checkpoint is None:
         click.echo(f"trained 0 steps (already at step {result.steps}): validation loss {num(result.val_loss)} "
                    "nats/char from the checkpoint; nothing saved")
     else:
-        click.echo(f"trained {result.steps} steps in {result.seconds:.1f} s ({result.chars_per_second:,.0f} chars/s): "
+        click.echo(f"trained {result.steps} steps in {result.seconds:.1f} s ({result.chars_per_second:,.0f} "
+                   f"chars/s), stopped: {STOPPED.get(result.stop_reason, result.stop_reason)}: "
                    f"train loss {num(result.train_loss)}, validation loss {num(result.val_loss)} nats/char, "
                    f"perplexity {num(result.val_perplexity, '.3f')}, {num(result.val_bits_per_char)} bits/char; "
                    f"saved {result.checkpoint}" + (f" and {result.best_checkpoint}" if result.best_checkpoint else ""))
+
+
+def _fine_tune_vocab(base: dict[str, Any], base_path: str, encoded: Any, keep: bool, console: Any,
+                     encode: Any) -> tuple[Any, Any, Any]:
+    """(vocabulary, encoded text, model config) for fine-tuning `base` on the text counted in
+    `encoded`; `encode(vocab)` encodes the text again under the chosen vocabulary."""
+    from charrnn import console as con
+    from charrnn.finetune import choose_vocab
+    from charrnn.model import ModelConfig
+    from charrnn.vocab import Vocab
+
+    try:
+        base_vocab = Vocab.from_dict(base["vocab"])
+        base_config = ModelConfig.from_dict(base["model_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{base_path!r} is damaged: {e}") from None
+    vocab, added = choose_vocab(base_vocab, encoded.vocab, keep)
+    shown = ", ".join(repr(c) for c in added[:20]) + (f" and {len(added) - 20} more" if len(added) > 20 else "")
+    if added and keep:
+        con.info(console, f"warning: {len(added)} character(s) of the text are not in {base_path}'s vocabulary and "
+                          f"are read as <unk> (--keep-vocab): {shown}")
+    elif added:
+        con.info(console, f"fine-tuning {base_path}: adding {len(added)} character(s) to its vocabulary of "
+                          f"{base_vocab.size}: {shown}")
+    else:
+        con.info(console, f"fine-tuning {base_path}: its vocabulary covers the text")
+    if vocab != encoded.vocab:
+        encoded = encode(vocab)
+    return vocab, encoded, dataclasses.replace(base_config, vocab_size=vocab.size)
 
 
 @contextlib.contextmanager

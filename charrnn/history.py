@@ -1,0 +1,191 @@
+"""Training history: the loss curve of a run, kept in its checkpoint and in a live log beside it.
+
+Two kinds of record, each a flat dict of numbers:
+
+    train  step, epoch, loss (mean training loss since the last report, nats/char), lr,
+           chars_per_second, elapsed (seconds of the whole run), chars (characters trained on)
+    val    step, loss (validation nats/char), elapsed, chars
+
+In the checkpoint the history is stored by columns, one float64 tensor per field
+(`{"train": {"step": tensor, ...}, "val": {...}}`): compact, and safe under weights_only loading.
+The live log `NAME.log.jsonl` holds the same records, one JSON object a line with a "kind" key,
+so that `tail -f` and `jq` work on it while the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from charrnn.errors import CheckpointError, DataError
+
+FIELDS: dict[str, tuple[str, ...]] = {
+    "train": ("step", "epoch", "loss", "lr", "chars_per_second", "elapsed", "chars"),
+    "val": ("step", "loss", "elapsed", "chars"),
+}
+INTEGER_FIELDS = frozenset({"step", "epoch", "chars"})
+
+
+def _number(name: str, value: Any) -> int | float:
+    if name in INTEGER_FIELDS:
+        return int(value)
+    return float(value)
+
+
+@dataclass
+class History:
+    """The records of one run, oldest first."""
+
+    train: list[dict[str, int | float]] = field(default_factory=list)
+    val: list[dict[str, int | float]] = field(default_factory=list)
+
+    def add(self, kind: str, **values: float) -> dict[str, Any]:
+        """Append one record of `kind` ("train" or "val") with exactly its FIELDS; returns it."""
+        names = FIELDS[kind]
+        if set(values) != set(names):
+            raise ValueError(f"a {kind} record has the fields {', '.join(names)}, got {', '.join(sorted(values))}")
+        record = {name: _number(name, values[name]) for name in names}
+        getattr(self, kind).append(record)
+        return record
+
+    def __bool__(self) -> bool:
+        return bool(self.train or self.val)
+
+    def until(self, step: int) -> History:
+        """The records up to and including `step` (a resumed run drops what came after its checkpoint)."""
+        return History([r for r in self.train if r["step"] <= step], [r for r in self.val if r["step"] <= step])
+
+    def to_checkpoint(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Columns of float64 tensors (exact for integers below 2**53)."""
+        return {kind: {name: torch.tensor([r[name] for r in getattr(self, kind)], dtype=torch.float64)
+                       for name in names} for kind, names in FIELDS.items()}
+
+    @classmethod
+    def from_checkpoint(cls, data: Any, where: str = "checkpoint") -> History:
+        """Read and validate the checkpoint's columns; anything malformed is a CheckpointError."""
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{where} is damaged: its history is not a table")
+        history = cls()
+        for kind, names in FIELDS.items():
+            columns = data.get(kind)
+            if not isinstance(columns, dict) or set(columns) != set(names):
+                raise CheckpointError(f"{where} is damaged: its {kind} history lacks or has extra columns")
+            lengths = set()
+            for name in names:
+                col = columns[name]
+                if not isinstance(col, torch.Tensor) or col.dim() != 1 or col.dtype != torch.float64:
+                    raise CheckpointError(f"{where} is damaged: history column {kind}.{name} is not a float64 vector")
+                if name != "loss" and not bool(torch.isfinite(col).all()):
+                    raise CheckpointError(f"{where} is damaged: history column {kind}.{name} is not finite")
+                lengths.add(col.numel())
+            if len(lengths) > 1:
+                raise CheckpointError(f"{where} is damaged: the {kind} history columns differ in length")
+            rows = zip(*(columns[name].tolist() for name in names), strict=True)
+            getattr(history, kind).extend({n: _number(n, v) for n, v in zip(names, row, strict=True)}
+                                          for row in rows)
+        return history
+
+    def summary(self) -> dict[str, Any]:
+        """Best and last validation, steps and time, for `charrnn info`."""
+        last_train = self.train[-1] if self.train else None
+        finite_val = [r for r in self.val if math.isfinite(r["loss"])]
+        best = min(finite_val, key=lambda r: r["loss"]) if finite_val else None
+        last_val = self.val[-1] if self.val else None
+        ends = [r for r in (last_train, last_val) if r is not None]
+        return {
+            "train_records": len(self.train), "val_records": len(self.val),
+            "steps": max((r["step"] for r in ends), default=0),
+            "seconds": max((r["elapsed"] for r in ends), default=0.0),
+            "chars": max((r["chars"] for r in ends), default=0),
+            "last_train_loss": last_train["loss"] if last_train else None,
+            "best_val_loss": best["loss"] if best else None, "best_val_step": best["step"] if best else None,
+            "last_val_loss": last_val["loss"] if last_val else None,
+            "last_val_step": last_val["step"] if last_val else None,
+        }
+
+
+def log_path(checkpoint_path: str | os.PathLike) -> Path:
+    """Where the live log of a checkpoint goes: model.pt -> model.log.jsonl (beside it)."""
+    p = Path(checkpoint_path)
+    return p.with_name(f"{p.stem}.log.jsonl")
+
+
+def _line(kind: str, record: dict[str, Any]) -> str:
+    # Non-finite losses (a diverging run) are written as null: JSON has no NaN.
+    clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
+    return json.dumps({"kind": kind, **clean}, allow_nan=False) + "\n"
+
+
+class LiveLog:
+    """Appends records to NAME.log.jsonl as they happen, one line each, flushed at once.
+
+    Opening it rewrites the file with the history the run starts from (empty for a new run, the
+    checkpoint's for a resumed one), so that the log always agrees with the checkpoint, even
+    after a crash that wrote lines the checkpoint never saw.
+    """
+
+    def __init__(self, path: str | os.PathLike, history: History) -> None:
+        self.path = Path(path)
+        self.file: TextIO | None = None
+        try:
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                for kind, record in _ordered(history):
+                    f.write(_line(kind, record))
+            os.replace(tmp, self.path)
+            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        except OSError as e:
+            raise CheckpointError(f"cannot write the training log {str(self.path)!r}: {e.strerror or e}") from None
+
+    def write(self, kind: str, record: dict[str, Any]) -> None:
+        if self.file is not None:
+            self.file.write(_line(kind, record))
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _ordered(history: History) -> list[tuple[str, dict[str, Any]]]:
+    """Records of both kinds in the order they were made: by step, a report before its validation."""
+    merged = [("train", r) for r in history.train] + [("val", r) for r in history.val]
+    return sorted(merged, key=lambda kr: (kr[1]["step"], kr[0] == "val"))
+
+
+def read_log(path: str | os.PathLike) -> History:
+    """A History from a `.log.jsonl` file; lines of other kinds are skipped, malformed ones are a DataError."""
+    p = Path(path)
+    history = History()
+    try:
+        with open(p, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    kind = obj.get("kind") if isinstance(obj, dict) else None
+                    if kind in FIELDS:
+                        names = FIELDS[kind]
+                        history.add(kind, **{n: math.nan if obj[n] is None else obj[n] for n in names})
+                except (ValueError, KeyError, TypeError):
+                    if number > 1 and not line.endswith("\n"):
+                        break  # the last line of a log still being written
+                    if number == 1:
+                        raise DataError(f"{str(p)!r} is neither a charrnn checkpoint nor a training log "
+                                        "(NAME.log.jsonl)") from None
+                    raise DataError(f"{str(p)!r} line {number} is not a training-log record") from None
+    except OSError as e:
+        raise DataError(f"cannot read {str(p)!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{str(p)!r} is not a training log (not UTF-8 text)") from None
+    return history

@@ -1,0 +1,149 @@
+"""Loss curves of one or more runs: in the terminal (plotext) or as an image file (matplotlib).
+
+A RUN is a checkpoint (its history) or a `.log.jsonl` training log. Each run draws its training
+loss as a line and its validation loss as marked points, in a colour of its own, against steps,
+seconds or characters trained on. Both libraries are optional extras (`pip install 'charrnn[plot]'`):
+the rest of charrnn never needs them, and a missing one is a one-line error saying what to install.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from charrnn.errors import DataError, MissingDependency, UsageError
+from charrnn.history import History, read_log
+
+X_AXES = {"steps": ("step", "step"), "seconds": ("elapsed", "seconds"), "chars": ("chars", "characters trained on")}
+IMAGE_SUFFIXES = (".png", ".svg")
+# One colour per run (train line and validation points share it); plotext and matplotlib names.
+TERMINAL_COLORS = ("blue", "red", "green", "orange", "magenta", "cyan", "gray", "yellow")
+FILE_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:cyan", "tab:gray", "tab:olive")
+# Without colour, runs differ by marker: (training line, validation points).
+PLAIN_MARKERS = (("·", "O"), ("+", "#"), ("x", "X"), ("-", "@"), ("*", "%"), ("~", "&"), (":", "$"), ("=", "W"))
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str  # legend label
+    history: History
+
+
+@dataclass(frozen=True)
+class Series:
+    label: str
+    x: list[float]
+    y: list[float]
+
+
+def load_run(path: str | os.PathLike) -> History:
+    """The history of a checkpoint or of a `.log.jsonl` file; a run without any is a DataError, a
+    path that is missing or a folder a UsageError (exit 2, like a missing checkpoint)."""
+    from charrnn import checkpoint
+
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{str(p)!r} does not exist")
+    if p.is_dir():
+        raise UsageError(f"{str(p)!r} is a directory; give a checkpoint or a .log.jsonl file")
+    with open(p, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"
+    if zipped:
+        ckpt = checkpoint.load(p)
+        history = History.from_checkpoint(ckpt.get("history"), where=repr(str(p)))
+    else:
+        history = read_log(p)
+    if not history:
+        raise DataError(f"{str(p)!r} has no training history (a checkpoint from before charrnn kept histories, "
+                        "or a log of a run that has not reported yet)")
+    return history
+
+
+def run_names(paths: list[str]) -> list[str]:
+    """Short legend labels: the file names without .pt/.log.jsonl, made unique by their folders."""
+    def short(p: str) -> str:
+        name = Path(p).name
+        for suffix in (".log.jsonl", ".jsonl", ".pt"):
+            if name.endswith(suffix) and len(name) > len(suffix):
+                return name[: -len(suffix)]
+        return name
+
+    names = [short(p) for p in paths]
+    if len(set(names)) < len(names):
+        names = [Path(p).name for p in paths]  # model.pt and model.log.jsonl
+    if len(set(names)) < len(names):
+        names = [str(Path(p).parent / short(p)) for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
+    return names
+
+
+def series(run: Run, x_axis: str) -> tuple[Series, Series]:
+    """(training loss, validation loss) of `run` against `x_axis`; non-finite losses are left out."""
+    if x_axis not in X_AXES:
+        raise UsageError(f"unknown x axis {x_axis!r}: choose one of {', '.join(X_AXES)}")
+    key = X_AXES[x_axis][0]
+
+    def pick(records: list[dict], what: str) -> Series:
+        kept = [r for r in records if r["loss"] == r["loss"] and abs(r["loss"]) != float("inf")]
+        return Series(f"{run.name} {what}", [float(r[key]) for r in kept], [float(r["loss"]) for r in kept])
+
+    return pick(run.history.train, "train"), pick(run.history.val, "val")
+
+
+def terminal_plot(runs: list[Run], x_axis: str = "steps", width: int = 100, height: int = 30,
+                  color: bool = True) -> str:
+    """The curves drawn with text characters (ANSI colours when `color`), as one string."""
+    try:
+        import plotext as plt
+    except ImportError:
+        raise MissingDependency("plotting in the terminal needs plotext: pip install 'charrnn[plot]' "
+                                "(or pip install 'plotext<6'); -o curves.png needs matplotlib") from None
+    plt.clear_figure()  # plotext draws on one figure per process: start from a blank one
+    plt.plotsize(width, height)
+    plt.theme("clear")  # no background: the terminal's own shows through
+    for i, run in enumerate(runs):
+        train, val = series(run, x_axis)
+        colour = TERMINAL_COLORS[i % len(TERMINAL_COLORS)]
+        line_marker, point_marker = ("braille", "o") if color else PLAIN_MARKERS[i % len(PLAIN_MARKERS)]
+        if train.x:
+            plt.plot(train.x, train.y, label=train.label, marker=line_marker, color=colour if color else None)
+        if val.x:
+            plt.scatter(val.x, val.y, label=val.label, marker=point_marker, color=colour if color else None)
+    plt.title("loss (nats/char)")
+    plt.xlabel(X_AXES[x_axis][1])
+    text = plt.build()
+    plt.clear_figure()
+    return (text if color else plt.uncolorize(text)).rstrip("\n")
+
+
+def image_plot(runs: list[Run], path: str | os.PathLike, x_axis: str = "steps") -> None:
+    """Write the curves to `path`, a .png or .svg file (matplotlib, no display needed)."""
+    p = Path(path)
+    if p.suffix.lower() not in IMAGE_SUFFIXES:
+        raise UsageError(f"cannot tell the image format of {str(p)!r}: use a name ending in .png or .svg")
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MissingDependency("writing an image needs matplotlib: pip install 'charrnn[plot]' "
+                                "(or pip install matplotlib)") from None
+    # A bare Figure renders through its own canvas: no pyplot, no global state, no display.
+    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    ax = fig.subplots()
+    for i, run in enumerate(runs):
+        train, val = series(run, x_axis)
+        colour = FILE_COLORS[i % len(FILE_COLORS)]
+        if train.x:
+            ax.plot(train.x, train.y, color=colour, linewidth=1.2, alpha=0.8, label=train.label)
+        if val.x:
+            ax.plot(val.x, val.y, color=colour, marker="o", markersize=4, linestyle="--", linewidth=1,
+                    label=val.label)
+    ax.set_xlabel(X_AXES[x_axis][1])
+    ax.set_ylabel("loss (nats/char)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    try:
+        fig.savefig(p, format=p.suffix.lower().lstrip("."))
+    except OSError as e:
+        raise DataError(f"cannot write {str(p)!r}: {e.strerror or e}") from None
