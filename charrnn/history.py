@@ -127,18 +127,22 @@ def _line(kind: str, record: dict[str, Any]) -> str:
 class LiveLog:
     """Appends records to NAME.log.jsonl as they happen, one line each, flushed at once.
 
-    Opening it rewrites the file with the history the run starts from (empty for a new run, the
-    checkpoint's for a resumed one), so that the log always agrees with the checkpoint, even
-    after a crash that wrote lines the checkpoint never saw.
+    The first record rewrites the file with the history the run starts from (empty for a new run,
+    the checkpoint's for a resumed one), so that the log always agrees with the checkpoint, even
+    after a crash that wrote lines the checkpoint never saw; a run that records nothing (its
+    stopping rule already reached) leaves the file as it was.
     """
 
     def __init__(self, path: str | os.PathLike, history: History) -> None:
         self.path = Path(path)
+        self.start = [(kind, dict(record)) for kind, record in _ordered(history)]  # before this run adds any
         self.file: TextIO | None = None
+
+    def _open(self) -> None:
         try:
             tmp = self.path.with_name(f".{self.path.name}.tmp")
             with open(tmp, "w", encoding="utf-8") as f:
-                for kind, record in _ordered(history):
+                for kind, record in self.start:
                     f.write(_line(kind, record))
             os.replace(tmp, self.path)
             self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
@@ -146,9 +150,15 @@ class LiveLog:
             raise CheckpointError(f"cannot write the training log {str(self.path)!r}: {e.strerror or e}") from None
 
     def write(self, kind: str, record: dict[str, Any]) -> None:
-        if self.file is not None:
+        """Append one record (the history the run started from is written first, once)."""
+        if self.file is None:
+            self._open()
+        assert self.file is not None
+        try:
             self.file.write(_line(kind, record))
             self.file.flush()
+        except OSError as e:
+            raise CheckpointError(f"cannot write the training log {str(self.path)!r}: {e.strerror or e}") from None
 
     def close(self) -> None:
         if self.file is not None:
