@@ -138,7 +138,8 @@ class LiveLog:
         self.start = [(kind, dict(record)) for kind, record in _ordered(history)]  # before this run adds any
         self.file: TextIO | None = None
 
-    def _open(self) -> None:
+    def open(self) -> None:
+        """Rewrite the file with the history the run started from, and keep it open to append."""
         try:
             tmp = self.path.with_name(f".{self.path.name}.tmp")
             with open(tmp, "w", encoding="utf-8") as f:
@@ -152,7 +153,7 @@ class LiveLog:
     def write(self, kind: str, record: dict[str, Any]) -> None:
         """Append one record (the history the run started from is written first, once)."""
         if self.file is None:
-            self._open()
+            self.open()
         assert self.file is not None
         try:
             self.file.write(_line(kind, record))

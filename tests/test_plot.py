@@ -65,7 +65,9 @@ def test_image_plot_needs_a_known_suffix(tmp_path: Path) -> None:
 
 def test_load_run_from_log_and_errors(tmp_path: Path) -> None:
     p = tmp_path / "m.log.jsonl"
-    LiveLog(p, history()).close()
+    log = LiveLog(p, history())
+    log.open()
+    log.close()
     assert load_run(p) == history()
     empty = tmp_path / "e.log.jsonl"
     empty.write_text("")
