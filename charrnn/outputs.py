@@ -136,3 +136,32 @@ def run_lock(out: str | os.PathLike) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` (a link is followed) through a temporary file and a rename: a failure
+    (disk full, a file-size limit) leaves the previous file as it was and no temporary file; it is
+    reported as one line naming the file and the cause."""
+    import tempfile
+
+    from charrnn.errors import DataError
+
+    p = resolve_output(path)
+    folder = p.parent
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise DataError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, p)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise DataError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -8,12 +8,14 @@ the rest of charrnn never needs them, and a missing one is a one-line error sayi
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from charrnn.errors import DataError, MissingDependency, UsageError
 from charrnn.history import History, read_log
+from charrnn.outputs import write_atomic
 
 X_AXES = {"steps": ("step", "step"), "seconds": ("elapsed", "seconds"), "chars": ("chars", "characters trained on")}
 IMAGE_SUFFIXES = (".png", ".svg")
@@ -143,7 +145,6 @@ def image_plot(runs: list[Run], path: str | os.PathLike, x_axis: str = "steps") 
     ax.set_ylabel("loss (nats/char)")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    try:
-        fig.savefig(p, format=p.suffix.lower().lstrip("."))
-    except OSError as e:
-        raise DataError(f"cannot write {str(p)!r}: {e.strerror or e}") from None
+    image = io.BytesIO()  # rendered whole first, then written atomically: a failure leaves no half image
+    fig.savefig(image, format=p.suffix.lower().lstrip("."))
+    write_atomic(p, image.getvalue())

@@ -104,7 +104,7 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
     from charrnn.checkpoint import load_model
     from charrnn.corpora import source_parts
     from charrnn.model import resolve_device
-    from charrnn.outputs import check_output
+    from charrnn.outputs import check_output, write_atomic
     from charrnn.surprise import html_page, json_lines, score
 
     if max_chars < 1:
@@ -134,10 +134,7 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
             click.echo(line)
     elif html_path is not None:
         page = html_page(surprise, title=f"charrnn surprise: {Path(model_path).name} on {text}")
-        try:
-            Path(html_path).write_text(page, encoding="utf-8")
-        except OSError as e:
-            raise UsageError(f"cannot write {html_path!r}: {e.strerror or e}") from None
+        write_atomic(html_path, page.encode("utf-8"))
         con.info(console, f"wrote {html_path} ({len(body):,} characters)")
     else:
         use_color = {"always": True, "never": False}.get(color)
