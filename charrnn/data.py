@@ -1,16 +1,18 @@
-"""Train/validation split and the two partitioning strategies.
+"""Train/validation split and the three partitioning strategies.
 
-Both strategies are generators with one signature, selected by name with `partition(name)`:
+The strategies are generators with one signature, selected by name with `partition(name)`:
 
     strategy(ids, batch_size, num_steps, rng, warmup) -> Iterator[Batch]
 
 One call is one epoch. Every epoch draws a random starting offset in [0, num_steps) from `rng`,
 so different epochs see differently aligned subsequences. The generators only slice `ids`
-(views, no copies of the corpus), so `ids` may be a numpy memmap.
+(views, no copies of the corpus), so `ids` may be a numpy memmap. The third strategy, `records`,
+needs the delimiter: `partition("records", delimiter_ids)` (see `RecordBatches`).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -18,7 +20,9 @@ import numpy as np
 
 from charrnn.errors import DataError, UsageError
 
-PARTITIONS = ("sequential", "random")
+PARTITIONS = ("sequential", "random", "records")
+IGNORE = -100  # target id of padding: F.cross_entropy's default ignore_index
+FIND_CHUNK = 1 << 24  # ids searched for the delimiter per numpy pass
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,12 @@ class Batch:
     y: np.ndarray  # (B, T) targets: y[:, t] is the character after x[:, warmup + t]
     warmup: int
     carry_state: bool  # True: continue from the previous batch's (detached) state
+    reset: bool = False  # with carry_state: start this batch from a fresh state, then carry its end state
+
+    @property
+    def targets(self) -> int:
+        """Characters this minibatch trains on (padding, marked IGNORE in y, left out)."""
+        return int(np.count_nonzero(np.asarray(self.y) != IGNORE))
 
 
 Strategy = Callable[[np.ndarray, int, int, np.random.Generator, int], Iterator[Batch]]
@@ -116,10 +126,136 @@ def batches_per_epoch(name: str, n: int, batch_size: int, num_steps: int, warmup
     return len(range(warmup + offset, n - num_steps, num_steps)) // batch_size
 
 
-def partition(name: str) -> Strategy:
-    """The partitioning strategy called `name`."""
+def partition(name: str, delimiter_ids: np.ndarray | None = None) -> Strategy:
+    """The partitioning strategy called `name` (`records` needs the delimiter's ids)."""
     if name == "sequential":
         return sequential_batches
     if name == "random":
         return random_batches
+    if name == "records":
+        return RecordBatches(delimiter_ids if delimiter_ids is not None else np.zeros(0, dtype=np.int64))
     raise UsageError(f"unknown partition {name!r}: choose one of {', '.join(PARTITIONS)}")
+
+
+def find_delimiters(ids: np.ndarray, delimiter_ids: np.ndarray) -> np.ndarray:
+    """Positions (int64, ascending) where the delimiter occurs in `ids`, found left to right without
+    overlaps (so "\\n\\n" in three newlines is found once). Works in chunks on a memmap."""
+    d, n = len(delimiter_ids), len(ids)
+    if d == 0:
+        raise UsageError("the delimiter must not be empty")
+    found = []
+    for c in range(0, n, FIND_CHUNK):
+        seg = np.asarray(ids[c : c + FIND_CHUNK + d - 1])
+        cand = np.flatnonzero(seg[: max(0, len(seg) - d + 1)] == delimiter_ids[0])
+        for k in range(1, d):
+            cand = cand[seg[cand + k] == delimiter_ids[k]]
+        found.append(cand[cand < FIND_CHUNK] + c)
+    pos = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+    if d > 1 and len(pos) > 1 and (np.diff(pos) < d).any():
+        kept, next_free = [], -1
+        for p in pos.tolist():  # only for overlapping multi-character delimiters
+            if p >= next_free:
+                kept.append(p)
+                next_free = p + d
+        pos = np.array(kept, dtype=np.int64)
+    return pos.astype(np.int64)
+
+
+def find_records(ids: np.ndarray, delimiter_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths) of every record of `ids`, empty ones included; a delimiter at the very end
+    closes the last record rather than opening an empty one."""
+    pos = find_delimiters(ids, delimiter_ids)
+    starts = np.concatenate([[0], pos + len(delimiter_ids)]).astype(np.int64)
+    ends = np.concatenate([pos, [len(ids)]]).astype(np.int64)
+    if len(pos) and starts[-1] == len(ids):
+        starts, ends = starts[:-1], ends[:-1]
+    return starts, ends - starts
+
+
+def split_records_train_val(ids: np.ndarray, delimiter_ids: np.ndarray, val_fraction: float,
+                            max_chars: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Like `split_train_val`, but the held-out tail begins at a record start, so validation holds
+    whole records and training keeps whole records (views, no copy)."""
+    train, val = split_train_val(ids, val_fraction, max_chars)
+    if len(val) == 0:
+        return train, val
+    starts, _ = find_records(ids, delimiter_ids)
+    if len(starts) < 2:
+        raise DataError("the training text is a single record (the delimiter never occurs or occurs only at "
+                        "the end): nothing whole to hold out for validation (use --val-fraction 0 or more records)")
+    cut = len(train)
+    later = starts[starts >= cut]
+    cut = int(later[0]) if len(later) else int(starts[-1])
+    return ids[:cut], ids[cut:]
+
+
+class RecordBatches:
+    """The `records` strategy: every record is an independent sequence from a fresh state.
+
+    A record r becomes the row x = d + r + d[:-1], y = d[1:] + r + d (d: the delimiter's ids), the
+    first len(d) - 1 targets ignored: from the zero state the model reads the delimiter (the
+    record-start state, learned through the delimiter's embedding and the cell's biases) and then
+    predicts every character of r and the delimiter that ends it. Each epoch the records are
+    shuffled, sorted by length within pools of 64 x B, cut into groups of B rows (little padding)
+    and the groups shuffled. A group is padded (x with d[0], y with IGNORE) to its longest row and
+    yields ceil(width / T) minibatches of at most T columns: the first starts from a fresh state
+    (reset), the next ones carry it, so a long record keeps its state across its pieces and a
+    short one never passes state to another. Empty records are skipped.
+    """
+
+    def __init__(self, delimiter_ids: np.ndarray) -> None:
+        self.delimiter_ids = np.asarray(delimiter_ids, dtype=np.int64)
+        self._cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def records(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, lengths) of the non-empty records of `ids` (computed once per ids array)."""
+        if self._cache is None or self._cache[0] is not ids:
+            starts, lengths = find_records(ids, self.delimiter_ids)
+            keep = lengths > 0
+            self._cache = (ids, starts[keep], lengths[keep])
+        return self._cache[1], self._cache[2]
+
+    def groups(self, ids: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """One epoch's groups of record numbers, in training order."""
+        _, lengths = self.records(ids)
+        if len(lengths) == 0:
+            raise DataError("the training text has no non-empty record")
+        order = rng.permutation(len(lengths))
+        groups = []
+        pool = 64 * batch_size
+        for p in range(0, len(order), pool):
+            chunk = order[p : p + pool]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            groups += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        return [groups[g] for g in rng.permutation(len(groups))]
+
+    def width(self, lengths: np.ndarray) -> int:
+        """Columns of a group whose longest record has max(lengths) characters."""
+        return int(lengths.max()) + 2 * len(self.delimiter_ids) - 1
+
+    def __call__(self, ids: np.ndarray, batch_size: int, num_steps: int, rng: np.random.Generator,
+                 warmup: int = 0) -> Iterator[Batch]:
+        if len(self.delimiter_ids) == 0:
+            raise UsageError("--partition records needs a delimiter")
+        starts, lengths = self.records(ids)
+        d = self.delimiter_ids
+        for group in self.groups(ids, batch_size, rng):
+            width = self.width(lengths[group])
+            x = np.full((len(group), width), d[0], dtype=np.int64)
+            y = np.full((len(group), width), IGNORE, dtype=np.int64)
+            for row, k in enumerate(group.tolist()):
+                rec = np.asarray(ids[starts[k] : starts[k] + lengths[k]], dtype=np.int64)
+                full = np.concatenate([d, rec, d])  # inputs full[:-1], targets full[1:]
+                x[row, : len(full) - 1] = full[:-1]
+                y[row, len(d) - 1 : len(full) - 1] = full[len(d) :]
+            # The first piece also holds the len(d) - 1 reading-only columns, so it always has targets.
+            cuts = [0, *range(max(num_steps, len(d)), width, num_steps), width]
+            for c0, c1 in itertools.pairwise(cuts):
+                yield Batch(x=x[:, c0:c1], y=y[:, c0:c1], warmup=0, carry_state=True, reset=c0 == 0)
+
+    def batches_per_epoch(self, ids: np.ndarray, batch_size: int, num_steps: int) -> int:
+        """Minibatches in one epoch (for the grouping of a fixed seed; other epochs differ slightly)."""
+        _, lengths = self.records(ids)
+        groups = self.groups(ids, batch_size, np.random.default_rng(0))
+        first = max(num_steps, len(self.delimiter_ids))
+        return sum(1 + max(0, -(-(self.width(lengths[g]) - first) // num_steps)) for g in groups)

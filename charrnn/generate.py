@@ -8,14 +8,14 @@ character costs one `model.step` (O(1) work, no re-reading of the text so far).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from charrnn.errors import UsageError
-from charrnn.model import CharRNN
+from charrnn.errors import DataError, UsageError
+from charrnn.model import CharRNN, State
 from charrnn.vocab import Vocab
 
 
@@ -95,3 +95,223 @@ def generate(
             logits[:, banned] = float("-inf")
         last = next_ids(logits, sampling, generator)
         yield list(vocab.decode(last))
+
+
+@dataclass(frozen=True)
+class Stops:
+    """When a sample ends: on producing one of `strings` (if any), but never before `min_length` characters
+    (the stop string not counted); at the latest after `max_length` characters (stop included).
+
+    Before `min_length`, single-character stop strings cannot be drawn at all (their probability
+    is set to 0), so a sample never contains its own delimiter; a longer stop string may appear
+    there and simply does not end the sample.
+    """
+
+    strings: tuple[str, ...]
+    max_length: int
+    min_length: int = 0
+
+    def __post_init__(self) -> None:
+        if any(not s for s in self.strings):
+            raise UsageError("--stop must not be empty")
+        if self.max_length < 1:
+            raise UsageError(f"--length must be >= 1 with --stop, got {self.max_length}")
+        if not 0 <= self.min_length <= self.max_length:
+            raise UsageError(f"--min-length must be in [0, --length={self.max_length}], got {self.min_length}")
+
+    def single_char_ids(self, vocab: Vocab) -> list[int]:
+        """Ids of the one-character stop strings the vocabulary knows."""
+        table = {c: i for i, c in enumerate(vocab.chars)}
+        return [table[s] for s in self.strings if len(s) == 1 and s in table]
+
+    def ended(self, text: str) -> str | None:
+        """The sample `text` without its stop string if it has ended now, else None."""
+        for s in self.strings:
+            if text.endswith(s) and len(text) - len(s) >= self.min_length:
+                return text[: -len(s)]
+        return text if len(text) >= self.max_length else None
+
+
+def _start(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray,
+           generator: torch.Generator) -> tuple[State, Callable[[int], torch.Tensor]]:
+    """State for one stream after all prefix characters but the last, and a function giving the
+    first inputs of `rows` streams: the prefix's last character, or, without a prefix, a draw from
+    the training text's character frequencies (which is then the sample's first character)."""
+    device = next(model.parameters()).device
+    state = model.begin_state(1, device)
+    if len(prefix_ids) == 0:
+        counts = torch.tensor(vocab.counts, dtype=torch.float64, device=device)
+        return state, lambda rows: torch.multinomial(counts.expand(rows, -1), 1, generator=generator)[:, 0]
+    prefix = torch.as_tensor(np.asarray(prefix_ids, dtype=np.int64), device=device)
+    if len(prefix) > 1:
+        _, state = model(prefix[None, :-1], state)
+    return state, lambda rows: prefix[-1:].expand(rows).clone()
+
+
+def _rows(state: State, index: torch.Tensor) -> State:
+    """The streams `index` of a state (layers, B, H) -> (layers, len(index), H)."""
+    if isinstance(state, tuple):
+        return tuple(s.index_select(1, index) for s in state)  # type: ignore[return-value]
+    return state.index_select(1, index)
+
+
+def _put_rows(state: State, rows: list[int], source: State) -> None:
+    """Overwrite streams `rows` of `state` with the one-stream state `source`, in place."""
+    pairs = zip(state, source, strict=True) if isinstance(state, tuple) else [(state, source)]
+    for dst, src in pairs:
+        dst[:, rows] = src
+
+
+@torch.inference_mode()
+def generate_samples(
+    model: CharRNN,
+    vocab: Vocab,
+    prefix_ids: np.ndarray,
+    stops: Stops,
+    sampling: Sampling = Sampling(),
+    seed: int = 0,
+    num_samples: int = 1,
+    *,
+    parallel: int = 64,
+    accept: Callable[[str], bool] | None = None,
+    max_rejected: int | None = None,
+    on_rejected: Callable[[str], None] | None = None,
+) -> Iterator[str]:
+    """Yield `num_samples` samples (without their stop string), each as soon as it ends.
+
+    Up to `parallel` samples are drawn side by side; a stream that ends starts the next sample from
+    the prefix's state. A sample that `accept` refuses is dropped (`on_rejected` is told) and drawn
+    again; after `max_rejected` refusals (default 100 per sample asked, at least 1000) a DataError.
+    """
+    if num_samples < 1:
+        raise UsageError(f"--num-samples must be >= 1, got {num_samples}")
+    device = next(model.parameters()).device
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    state0, first = _start(model, vocab, prefix_ids, generator)
+    rows = min(parallel, num_samples)
+    state = model.begin_state(rows, device)
+    _put_rows(state, list(range(rows)), state0)
+    last = first(rows)
+    drawn_first = len(prefix_ids) == 0  # the first input is then the sample's first character
+    texts = list(vocab.decode(last)) if drawn_first else [""] * rows
+    banned_stops = stops.single_char_ids(vocab)
+    limit = max_rejected if max_rejected is not None else max(1000, 100 * num_samples)
+    done, started, rejected = 0, rows, 0
+    active = [True] * rows
+    while done < num_samples:
+        logits, state = model.step(last, state)  # (rows, V)
+        if vocab.unk_id is not None:
+            logits[:, vocab.unk_id] = float("-inf")
+        short = [i for i in range(rows) if len(texts[i]) < stops.min_length]
+        if banned_stops and short:
+            logits[torch.tensor(short, device=device)[:, None], torch.tensor(banned_stops, device=device)] = -math.inf
+        last = next_ids(logits, sampling, generator)
+        chars = vocab.decode(last)
+        restart = []
+        for i in range(rows):
+            if not active[i]:
+                continue
+            texts[i] += chars[i]
+            sample = stops.ended(texts[i])
+            if sample is None:
+                continue
+            if accept is None or accept(sample):
+                done += 1
+                yield sample
+            else:
+                rejected += 1
+                if on_rejected is not None:
+                    on_rejected(sample)
+                if rejected > limit:
+                    raise DataError(f"gave up after dropping {rejected} samples that copy training records "
+                                    f"({done} of {num_samples} novel samples found)")
+            if started < num_samples + rejected:
+                started += 1
+                restart.append(i)
+            else:
+                active[i] = False
+        if restart:
+            index = torch.tensor(restart, device=device)
+            _put_rows(state, restart, state0)
+            last[index] = first(len(restart))
+            fresh = vocab.decode(last[index])
+            for j, i in enumerate(restart):
+                texts[i] = fresh[j] if drawn_first else ""
+
+
+@dataclass(frozen=True)
+class BeamResult:
+    text: str  # the continuation, without its stop string
+    logprob: float  # natural log-probability of the continuation and its stop string
+    score: float  # logprob / characters (stop string included): the ranking, length-normalised
+    stopped: bool  # ended on a stop string (else it reached the maximum length)
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "logprob": self.logprob, "score": self.score, "stopped": self.stopped}
+
+
+@torch.inference_mode()
+def beam_search(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray, beam: int, max_length: int,
+                stops: Stops | None = None, num_results: int = 1) -> list[BeamResult]:
+    """The `num_results` most likely continuations found by beam search of width `beam`.
+
+    Each step extends every live hypothesis by every character and keeps the `beam` best by total
+    log-probability. A hypothesis ends on a stop string (not before `stops.min_length`) or at
+    `max_length` characters. Finished hypotheses are ranked by their log-probability divided by
+    their length in characters, stop string included (the mean log-probability per character):
+    raw log-probability would always prefer the shortest ending. The search ends when `beam`
+    hypotheses have finished or none is left. Deterministic (no sampling).
+    """
+    if beam < 1:
+        raise UsageError(f"--beam must be >= 1, got {beam}")
+    if max_length < 1:
+        raise UsageError(f"--length must be >= 1 with --beam, got {max_length}")
+    if not 1 <= num_results <= beam:
+        raise UsageError(f"--num-samples must be between 1 and --beam ({beam}) with beam search, got {num_results}")
+    device = next(model.parameters()).device
+    model.eval()
+    stops = Stops(stops.strings if stops else (), max_length=max_length, min_length=stops.min_length if stops else 0)
+    banned_stops = torch.tensor(stops.single_char_ids(vocab), dtype=torch.int64, device=device)
+    state, _ = _start(model, vocab, prefix_ids, torch.Generator(device=device))
+    texts, lps = [""], torch.zeros(1, dtype=torch.float64, device=device)
+    if len(prefix_ids) == 0:  # the first character: log of the training text's frequencies
+        counts = torch.tensor(vocab.counts, dtype=torch.float64, device=device)
+        logp = (counts / counts.sum()).log()[None, :]
+    else:
+        last = torch.as_tensor(np.asarray(prefix_ids[-1:], dtype=np.int64), device=device)
+        logits, state = model.step(last, state)
+        logp = torch.log_softmax(logits.double(), dim=-1)
+    finished: list[BeamResult] = []
+    while True:
+        if vocab.unk_id is not None and logp.shape[1] > vocab.unk_id:
+            logp[:, vocab.unk_id] = -math.inf
+        if len(banned_stops) and len(texts[0]) < stops.min_length:
+            logp[:, banned_stops] = -math.inf
+        cand = (lps[:, None] + logp).reshape(-1)  # (A * V,)
+        top = cand.topk(min(2 * beam, int(torch.isfinite(cand).sum()))) if torch.isfinite(cand).any() else None
+        if top is None:
+            break
+        keep_rows, keep_ids, keep_lp, keep_text = [], [], [], []
+        width = logp.shape[1]
+        for value, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            parent, cid = divmod(flat, width)
+            text = texts[parent] + vocab.chars[cid]  # never <unk>: its log-probability is -inf
+            sample = stops.ended(text)
+            if sample is not None:
+                if len(finished) < beam:
+                    finished.append(BeamResult(sample, value, value / len(text), len(sample) < len(text)))
+            elif len(keep_rows) < beam:
+                keep_rows.append(parent)
+                keep_ids.append(cid)
+                keep_lp.append(value)
+                keep_text.append(text)
+        if len(finished) >= beam or not keep_rows:
+            break
+        index = torch.tensor(keep_rows, device=device)
+        state = _rows(state, index)
+        texts, lps = keep_text, torch.tensor(keep_lp, dtype=torch.float64, device=device)
+        logits, state = model.step(torch.tensor(keep_ids, device=device), state)
+        logp = torch.log_softmax(logits.double(), dim=-1)
+    finished.sort(key=lambda r: -r.score)
+    return finished[:num_results]

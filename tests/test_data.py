@@ -252,3 +252,110 @@ def test_partition_by_name() -> None:
     assert partition("random") is random_batches
     with pytest.raises(UsageError, match="nope"):
         partition("nope")
+
+
+# --- records -------------------------------------------------------------------------------------
+
+from charrnn.data import IGNORE, find_delimiters, find_records, split_records_train_val  # noqa: E402
+
+
+def record_ids(records: list[str], delim: str = "|", trailing: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Ids = code points of the joined text, and the delimiter's ids."""
+    text = delim.join(records) + (delim if trailing else "")
+    return np.array([ord(c) for c in text], dtype=np.int64), np.array([ord(c) for c in delim], dtype=np.int64)
+
+
+def test_find_records() -> None:
+    ids, d = record_ids(["ab", "", "cde"])
+    starts, lengths = find_records(ids, d)
+    assert starts.tolist() == [0, 3, 4] and lengths.tolist() == [2, 0, 3]
+    ids, d = record_ids(["ab", "c"], trailing=False)
+    assert find_records(ids, d)[1].tolist() == [2, 1]
+    ids, d = record_ids(["abc"], trailing=False)
+    assert find_records(ids, d)[1].tolist() == [3]  # no delimiter: one record
+    ids, d = record_ids(["x", "", "y"], delim="||", trailing=False)  # x||||y: found without overlaps
+    assert find_delimiters(ids, d).tolist() == [1, 3]
+    assert find_records(ids, d)[1].tolist() == [1, 0, 1]
+
+
+def test_find_delimiters_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import charrnn.data as data
+
+    monkeypatch.setattr(data, "FIND_CHUNK", 3)
+    ids, d = record_ids(["abcd", "e", "fgh"], delim="||")
+    assert find_delimiters(ids, d).tolist() == [4, 7, 12]
+
+
+def rows_of(batches: list) -> list[list[int]]:
+    """Reassemble each group's rows: x and y of consecutive batches until the next reset."""
+    groups: list[tuple[list, list]] = []
+    for b in batches:
+        if b.reset:
+            groups.append(([list(r) for r in b.x], [list(r) for r in b.y]))
+        else:
+            for i in range(len(b.x)):
+                groups[-1][0][i] += list(b.x[i])
+                groups[-1][1][i] += list(b.y[i])
+    return [(x, y) for xs, ys in groups for x, y in zip(xs, ys, strict=True)]
+
+
+@given(st.lists(st.text(alphabet="abc", max_size=12), min_size=1, max_size=20), st.integers(1, 4),
+       st.integers(1, 6), st.sampled_from(["|", "||"]), st.integers(0, 3))
+@settings(max_examples=60, deadline=None)
+def test_records_batches_cover_every_record_once(records: list[str], b: int, t: int, delim: str, seed: int) -> None:
+    ids, d = record_ids(records, delim)
+    nonempty = sorted(r for r in records if r)
+    if not nonempty:
+        return
+    strategy = partition("records", d)
+    batches = list(strategy(ids, b, t, np.random.default_rng(seed)))
+    assert len(batches) == strategy.batches_per_epoch(ids, b, t) or seed != 0
+    seen = []
+    for b_ in batches:
+        assert b_.x.shape == b_.y.shape and b_.x.shape[0] <= b and b_.x.shape[1] <= max(t, len(d))
+        assert b_.carry_state
+        assert b_.targets > 0  # a window never holds padding only
+    for x, y in rows_of(batches):
+        k = len(d)
+        n = sum(v != IGNORE for v in y)
+        text = "".join(chr(v) for v in x[k : k + n - k])
+        assert x[:k] == list(d)  # every record starts by reading the delimiter from a fresh state
+        assert y[: k - 1] == [IGNORE] * (k - 1)
+        assert [chr(v) for v in y[k - 1 : k - 1 + n]] == list(text + delim)  # then the record and the end
+        assert all(v == IGNORE for v in y[k - 1 + n :])
+        seen.append(text)
+    assert sorted(seen) == nonempty
+
+
+def test_records_epochs_are_shuffled_and_deterministic() -> None:
+    ids, d = record_ids([f"r{i}" * (1 + i % 5) for i in range(40)])
+    strategy = partition("records", d)
+    first = [b.x.tolist() for b in strategy(ids, 4, 8, np.random.default_rng([0, 0]))]
+    again = [b.x.tolist() for b in strategy(ids, 4, 8, np.random.default_rng([0, 0]))]
+    other = [b.x.tolist() for b in strategy(ids, 4, 8, np.random.default_rng([0, 1]))]
+    assert first == again and first != other
+    assert strategy.batches_per_epoch(ids, 4, 8) >= 10
+
+
+def test_records_long_record_carries_state() -> None:
+    ids, d = record_ids(["a" * 20])
+    batches = list(partition("records", d)(ids, 2, 8, np.random.default_rng(0)))
+    assert [b.reset for b in batches] == [True, False, False]  # 1 + 20 + 1 - 1 = 21 columns in 3 pieces
+
+
+def test_split_records_train_val() -> None:
+    ids, d = record_ids([f"rec{i}" for i in range(20)])
+    train, val = split_records_train_val(ids, d, 0.1)
+    assert len(train) + len(val) == len(ids)
+    assert train[-1] == d[-1] and chr(val[0]) == "r"  # the cut is at a record start
+    assert 0 < len(val) <= len(ids) * 0.1 + 5
+    assert len(split_records_train_val(ids, d, 0.0)[1]) == 0
+    one, d = record_ids(["a" * 50], trailing=False)
+    with pytest.raises(DataError, match="single record"):
+        split_records_train_val(one, d, 0.1)
+
+
+def test_records_without_records() -> None:
+    ids, d = record_ids(["", ""])
+    with pytest.raises(DataError, match="no non-empty record"):
+        list(partition("records", d)(ids, 2, 4, np.random.default_rng(0)))

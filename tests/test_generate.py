@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -199,3 +201,94 @@ def test_greedy_samples_are_identical(vocab: Vocab) -> None:
     model = make_model(vocab)
     texts = sample(model, vocab, "dog", 25, Sampling(greedy=True), num_samples=3)
     assert texts[0] == texts[1] == texts[2] == greedy_reference(model.eval(), vocab, "dog", 25)
+
+
+# --- records: stop strings, novelty, beam search ------------------------------------------------
+
+from charrnn.errors import DataError  # noqa: E402
+from charrnn.generate import Stops, beam_search, generate_samples  # noqa: E402
+
+
+def test_stops_validation() -> None:
+    with pytest.raises(UsageError, match="--stop must not be empty"):
+        Stops(("\n", ""), max_length=5)
+    with pytest.raises(UsageError, match="--min-length"):
+        Stops(("\n",), max_length=5, min_length=6)
+    stops = Stops(("\n", "xy"), max_length=6, min_length=2)
+    assert stops.ended("a\n") is None  # too short to end
+    assert stops.ended("ab\n") == "ab" and stops.ended("abxy") == "ab"
+    assert stops.ended("abcdef") == "abcdef" and stops.ended("abcde") is None
+
+
+def test_samples_end_at_stop(vocab: Vocab) -> None:
+    model = make_model(vocab)
+    stops = Stops((" ",), max_length=30)
+    samples = list(generate_samples(model, vocab, vocab.encode("the"), stops, seed=3, num_samples=12, parallel=5))
+    assert len(samples) == 12
+    assert all(" " not in s and len(s) <= 30 for s in samples)  # "" when the stop comes first
+    again = list(generate_samples(model, vocab, vocab.encode("the"), stops, seed=3, num_samples=12, parallel=5))
+    assert samples == again  # deterministic for a seed
+
+
+def test_min_length_bans_single_char_stop(vocab: Vocab) -> None:
+    model = make_model(vocab)
+    stops = Stops((" ",), max_length=40, min_length=4)
+    samples = list(generate_samples(model, vocab, vocab.encode("t"), stops, seed=1, num_samples=20))
+    assert all(len(s) >= 4 and " " not in s for s in samples)
+
+
+def test_novel_rejects_and_redraws(vocab: Vocab) -> None:
+    model = make_model(vocab)
+    stops = Stops((" ",), max_length=3)  # short samples: many repeats
+    first = list(generate_samples(model, vocab, vocab.encode("a"), stops, seed=0, num_samples=40, parallel=1))
+    banned = set(first[:10])
+    dropped: list[str] = []
+    novel = list(generate_samples(model, vocab, vocab.encode("a"), stops, seed=0, num_samples=10, parallel=1,
+                                  accept=lambda s: s not in banned, on_rejected=dropped.append))
+    # One stream draws the same sequence: the banned ones are dropped and the next ones taken.
+    assert novel == [s for s in first if s not in banned][:10]
+    assert dropped == [s for s in first[: first.index(novel[-1])] if s in banned]
+    with pytest.raises(DataError, match="gave up"):
+        list(generate_samples(model, vocab, vocab.encode("a"), stops, seed=0, num_samples=2,
+                              accept=lambda s: False, max_rejected=5))
+
+
+def brute_force_best(model: CharRNN, vocab: Vocab, prefix: str, length: int) -> tuple[str, float]:
+    """Most likely fixed-length continuation by enumerating every string (tiny alphabet only)."""
+    import itertools
+
+    best, best_lp = "", -math.inf
+    for chars in itertools.product(vocab.chars, repeat=length):
+        ids = torch.as_tensor(vocab.encode(prefix + "".join(chars)).astype(np.int64))[None]
+        with torch.no_grad():
+            logits, _ = model(ids[:, :-1])
+        lp = torch.log_softmax(logits.double(), -1)[0, len(prefix) - 1 :].gather(1, ids[0, len(prefix):, None]).sum()
+        if lp > best_lp:
+            best, best_lp = "".join(chars), float(lp)
+    return best, best_lp
+
+
+def test_beam_search_finds_the_best_and_is_deterministic() -> None:
+    small = Vocab.build("abc ")
+    model = make_model(small)
+    best, lp = brute_force_best(model, small, "ab", 3)
+    results = beam_search(model, small, small.encode("ab"), beam=64, max_length=3)  # beam >= all strings
+    assert results[0].text == best and results[0].logprob == pytest.approx(lp, rel=1e-5)
+    assert results[0].score == pytest.approx(lp / 3)
+    assert beam_search(model, small, small.encode("ab"), beam=3, max_length=3) == \
+        beam_search(model, small, small.encode("ab"), beam=3, max_length=3)
+
+
+def test_beam_search_with_stops(vocab: Vocab) -> None:
+    model = make_model(vocab)
+    results = beam_search(model, vocab, vocab.encode("the"), beam=4, max_length=12,
+                          stops=Stops((" ",), max_length=12, min_length=2), num_results=4)
+    assert 1 <= len(results) <= 4
+    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+    for r in results:
+        assert " " not in r.text and len(r.text) >= 2
+        assert r.stopped or len(r.text) == 12
+    with pytest.raises(UsageError, match="--beam"):
+        beam_search(model, vocab, vocab.encode("a"), beam=0, max_length=5)
+    with pytest.raises(UsageError, match="--num-samples"):
+        beam_search(model, vocab, vocab.encode("a"), beam=2, max_length=5, num_results=3)

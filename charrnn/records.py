@@ -1,0 +1,117 @@
+"""Records: text cut at a delimiter (a line by default), read as a stream, and their hashes.
+
+A record is the text between two delimiters; the delimiter belongs to neither record. A trailing
+delimiter at the end of the input ends the last record (it does not start an empty one), so
+"a\\nb\\n" and "a\\nb" are both the records "a" and "b", as `wc -l`-style tools see lines. Two
+delimiters in a row make an empty record.
+
+Delimiters and stop strings are given on the command line with backslash escapes (`\\0`, `\\n`,
+`\\t`, `\\\\`, `\\xHH`, `\\uHHHH`...), decoded by `unescape`.
+
+Record hashes: the first 8 bytes of BLAKE2b over the record's UTF-8 bytes, as a signed 64-bit
+integer (so they fit an int64 tensor in a checkpoint). With 2^20 hashes stored (8 MiB, the cap),
+the chance that a random new record collides with one of them is about 2^20 / 2^64 = 6e-14.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from charrnn.errors import UsageError
+
+MAX_RECORD_HASHES = 1 << 20  # 8 MiB of int64 in a checkpoint
+
+_SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "a": "\a", "b": "\b", "f": "\f",
+           "v": "\v", "e": "\x1b", "'": "'", '"': '"'}
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.?)", re.DOTALL)
+
+
+def unescape(text: str, option: str = "--delimiter") -> str:
+    """Decode backslash escapes: \\n \\t \\r \\0 \\\\ \\a \\b \\f \\v \\e \\' \\" \\xHH \\uHHHH \\UHHHHHHHH.
+
+    Anything else after a backslash (or a lone trailing backslash) is a UsageError naming `option`;
+    so is an empty result (an empty delimiter or stop string matches everywhere).
+    """
+
+    def one(m: re.Match) -> str:
+        code = m.group(1)
+        if code[:1] in ("x", "u", "U") and len(code) > 1:
+            value = int(code[1:], 16)
+            if value > 0x10FFFF or 0xD800 <= value <= 0xDFFF:
+                raise UsageError(f"{option} {text!r}: \\{code} is not a Unicode character")
+            return chr(value)
+        if code in _SIMPLE:
+            return _SIMPLE[code]
+        shown = f"\\{code}" if code else "a lone backslash at the end"
+        raise UsageError(f"{option} {text!r}: unknown escape {shown} (use \\n, \\t, \\0, \\\\, \\xHH or \\uHHHH)")
+
+    out = _ESCAPE.sub(one, text)
+    if not out:
+        raise UsageError(f"{option} must not be empty")
+    return out
+
+
+def escape(text: str) -> str:
+    """The inverse of `unescape` for display: one line, readable (`\\n`, `\\t`, `\\0`, `\\\\`)."""
+    out = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    return out.replace("\0", "\\0")
+
+
+def split_records(chunks: Iterable[str], delimiter: str) -> Iterator[list[str]]:
+    """Records of the text given as `chunks`, streamed: for each chunk, the list of records it
+    completed (possibly empty), in order; at the end, the last record if text follows the last
+    delimiter. Memory: one chunk plus the unfinished record (a delimiter may straddle chunks)."""
+    if not delimiter:
+        raise UsageError("the delimiter must not be empty")
+    pending = ""
+    for chunk in chunks:
+        if not chunk:
+            continue
+        pieces = (pending + chunk).split(delimiter)
+        pending = pieces.pop()  # the unfinished record (or "" right after a delimiter)
+        yield pieces
+    if pending:
+        yield [pending]
+
+
+def record_hash(text: str) -> int:
+    """64-bit hash of a record (signed, for int64 storage)."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+class RecordHashes:
+    """A bounded set of record hashes: keeps the first `cap` distinct ones and remembers whether
+    any had to be left out (then membership can say "new" for a record that is not)."""
+
+    def __init__(self, cap: int = MAX_RECORD_HASHES) -> None:
+        self.cap = cap
+        self.seen: set[int] = set()
+        self.complete = True
+
+    def add(self, records: Iterable[str]) -> None:
+        for record in records:
+            if not record:
+                continue
+            h = record_hash(record)
+            if h in self.seen:
+                continue
+            if len(self.seen) >= self.cap:
+                self.complete = False
+                continue
+            self.seen.add(h)
+
+    def to_array(self) -> np.ndarray:
+        """Sorted int64 array of the kept hashes, shape (k,)."""
+        return np.array(sorted(self.seen), dtype=np.int64)
+
+
+def contains(sorted_hashes: np.ndarray, text: str) -> bool:
+    """Whether the hash of `text` is in the sorted int64 array `sorted_hashes`."""
+    h = record_hash(text)
+    i = int(np.searchsorted(sorted_hashes, h))
+    return i < len(sorted_hashes) and int(sorted_hashes[i]) == h

@@ -1,0 +1,95 @@
+"""Per-record scoring: equal to a one-record-at-a-time reference, order kept, masks, <unk>, end."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from charrnn.data import find_records
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.score import Scorer, evaluate_records, score_stream, score_texts
+from charrnn.vocab import Vocab
+
+TEXT = "the cat sat\non the mat\nand the dog\nsaw it all\n"
+
+
+@pytest.fixture(params=["lstm", "gru"])
+def scorer(request: pytest.FixtureRequest) -> Scorer:
+    vocab = Vocab.build(TEXT)
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=vocab.size, cell=request.param, hidden=16, layers=2, embed_dim=8)).eval()
+    return Scorer(model, vocab, "\n")
+
+
+def reference(scorer: Scorer, record: str, end: bool = True) -> tuple[float, int, int]:
+    """One record alone, through the plain forward pass from the zero state."""
+    v = scorer.vocab
+    full = scorer.boundary + record + (scorer.boundary if end else "")
+    ids = torch.as_tensor(v.encode(full, unk="map").astype(np.int64))[None]
+    if ids.shape[1] == len(scorer.boundary):
+        return 0.0, 0, 0  # an empty record without its end: nothing to predict
+    with torch.no_grad():
+        logits, _ = scorer.model(ids[:, :-1])
+    nll = F.cross_entropy(logits[0], ids[0, 1:], reduction="none")[len(scorer.boundary) - 1 :]
+    targets = ids[0, 1:][len(scorer.boundary) - 1 :]
+    known = targets != v.unk_id
+    return float(nll[known].sum()), int(known.sum()), int((~known).sum())
+
+
+RECORDS = ["the cat", "", "a", "on the mat and the dog saw it all", "zz\u00e9", "sat", "the cat"]
+
+
+@pytest.mark.parametrize("end", [True, False])
+def test_matches_reference_in_order(scorer: Scorer, end: bool) -> None:
+    scores = score_texts(scorer, RECORDS, end=end, max_rows=3, num_steps=5)  # several buckets and windows
+    for record, s in zip(RECORDS, scores, strict=True):
+        nats, chars, unknown = reference(scorer, record, end)
+        assert s.chars == chars and s.unknown == unknown
+        assert s.nats == pytest.approx(nats, rel=1e-5, abs=1e-6)
+    assert scores[0].nats == pytest.approx(scores[-1].nats)  # the same record, the same score
+
+
+def test_end_and_empty(scorer: Scorer) -> None:
+    with_end, without = score_texts(scorer, ["the", ""], end=True), score_texts(scorer, ["the", ""], end=False)
+    assert with_end[0].chars == 4 and without[0].chars == 3  # the end boundary is a target
+    assert with_end[1].chars == 1 and with_end[1].nats_per_char is not None
+    assert without[1].chars == 0 and without[1].nats_per_char is None and without[1].bits_per_char is None
+    assert without[1].to_dict()["nats"] == 0.0
+
+
+def test_unknown_only(scorer: Scorer) -> None:
+    s = score_texts(scorer, ["\u00e9\u00e9"], end=False)[0]
+    assert s.chars == 0 and s.unknown == 2 and s.nats_per_char is None
+    s = score_texts(scorer, ["\u00e9\u00e9"], end=True)[0]
+    assert s.chars == 1 and s.unknown == 2
+    assert s.bits_per_char == pytest.approx(s.nats_per_char / math.log(2))
+
+
+def test_multi_char_boundary(scorer: Scorer) -> None:
+    para = Scorer(scorer.model, scorer.vocab, "\n\n")
+    s = score_texts(para, ["the cat"])[0]
+    nats, chars, _ = reference(para, "the cat")
+    assert s.chars == chars == 9 and s.nats == pytest.approx(nats, rel=1e-5)
+
+
+def test_stream_keeps_order_and_models(scorer: Scorer) -> None:
+    other = Scorer(CharRNN(ModelConfig(vocab_size=scorer.vocab.size, hidden=8, layers=1)).eval(), scorer.vocab, "\n")
+    out = list(score_stream([scorer, other], [["a", "the cat"], [], ["sat"]], window=1))
+    assert [r for r, _ in out] == ["a", "the cat", "sat"]
+    assert all(len(scores) == 2 for _, scores in out)
+    assert out[1][1][0].nats == pytest.approx(score_texts(scorer, ["the cat"])[0].nats)
+
+
+def test_evaluate_records_is_token_weighted(scorer: Scorer) -> None:
+    ids = scorer.vocab.encode(TEXT)
+    d = scorer.vocab.encode("\n").astype(np.int64)
+    starts, lengths = find_records(ids, d)
+    result = evaluate_records(scorer.model, ids, starts, lengths, d, unk_id=scorer.vocab.unk_id)
+    texts = TEXT.split("\n")[:-1]
+    singles = score_texts(scorer, texts)
+    assert result.chars == sum(s.chars for s in singles) == len(TEXT)
+    assert result.nats_per_char == pytest.approx(sum(s.nats for s in singles) / result.chars, rel=1e-6)
