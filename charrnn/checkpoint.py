@@ -7,7 +7,9 @@ A checkpoint is a dict of plain data and tensors saved with torch.save:
     rng (torch CPU generator state), hidden (carried state or None), data (size and sha256 of
     the encoded training text), history (the loss curve: charrnn.history), stale_validations
     (validations since the best, for --patience), init_from (the checkpoint a fine-tuned run
-    started from, or None). The last three are absent from older checkpoints.
+    started from, or None). The last three are absent from older checkpoints. With
+    `--partition records` also record_hashes (sorted int64 hashes of the training records, see
+    charrnn.records) and record_hashes_complete.
 
 It is loaded with torch.load(weights_only=True), which refuses any pickled object other than
 tensors and plain containers, so a hostile file cannot run code.
@@ -153,6 +155,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     except (CheckpointError, UsageError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{str(p)!r} is damaged: {_first_line(e)}") from None
     _check_run_fields(ckpt, repr(str(p)))
+    _check_records(ckpt, p)
     return ckpt
 
 
@@ -275,6 +278,29 @@ def check_resume_fields(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
         TrainConfig(**{**saved, "epochs": None, "max_steps": 1, "time_budget": None})
     except (UsageError, TypeError, ValueError) as e:
         raise bad(f"its training settings are out of range ({_first_line(e)})") from None
+
+
+def _check_records(ckpt: dict[str, Any], p: Path) -> None:
+    """The fields of `--partition records` (absent from other and older checkpoints): the delimiter
+    (a non-empty string) and the training-record hashes (a 1-D int64 tensor within the cap)."""
+    from charrnn.records import MAX_RECORD_HASHES
+
+    config = ckpt.get("train_config")
+    if isinstance(config, dict) and config.get("partition") == "records":
+        delimiter = config.get("delimiter")
+        if not isinstance(delimiter, str) or not delimiter:
+            raise CheckpointError(f"{str(p)!r} is damaged: a records model without a valid delimiter")
+    hashes = ckpt.get("record_hashes")
+    if hashes is not None and not (isinstance(hashes, torch.Tensor) and hashes.dtype == torch.int64
+                                   and hashes.dim() == 1 and hashes.numel() <= MAX_RECORD_HASHES
+                                   and isinstance(ckpt.get("record_hashes_complete"), bool)):
+        raise CheckpointError(f"{str(p)!r} is damaged: invalid record_hashes")
+
+
+def record_delimiter(ckpt: dict[str, Any]) -> str | None:
+    """The delimiter of a model trained with `--partition records`, else None."""
+    config = ckpt.get("train_config") or {}
+    return config.get("delimiter") if config.get("partition") == "records" else None
 
 
 def load_model(

@@ -67,10 +67,12 @@ def stdlib_text() -> str:
 CHUNK_BYTES = 1 << 24  # 16 MiB: how much of a file is held in memory at once while streaming it
 
 
-def iter_decoded(chunks: Iterable[bytes], encoding: str = "utf-8", name: str = "input") -> Iterator[str]:
+def iter_decoded(chunks: Iterable[bytes], encoding: str = "utf-8", name: str = "input",
+                 allow_nul: bool = False) -> Iterator[str]:
     """Decode a stream of byte chunks under the rules in the module docstring, one chunk at a time
     (memory bounded by the chunk size, whatever the length of the stream); clear errors for binary
-    data, undecodable bytes (naming the byte offset in the whole stream) and non-text codecs."""
+    data, undecodable bytes (naming the byte offset in the whole stream) and non-text codecs.
+    `allow_nul` accepts NUL characters (records separated by NUL, as `find -print0` writes them)."""
     try:
         info = codecs.lookup(encoding)
     except LookupError:
@@ -78,7 +80,7 @@ def iter_decoded(chunks: Iterable[bytes], encoding: str = "utf-8", name: str = "
     if not getattr(info, "_is_text_encoding", True):  # a codec, but not a text encoding (base64, rot13, zlib...)
         raise UsageError(f"{encoding!r} is not a text encoding")
     # UTF-16/32 text is full of NUL bytes; in any other encoding NUL means binary data.
-    nul_means_binary = not info.name.startswith(("utf-16", "utf-32"))
+    nul_means_binary = not allow_nul and not info.name.startswith(("utf-16", "utf-32"))
     decoder = info.incrementaldecoder()
     consumed = 0  # bytes fed to the decoder so far
     first, pending_cr = True, ""

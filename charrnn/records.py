@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
-from charrnn.errors import UsageError
+from charrnn.errors import DataError, UnknownCharacterError, UsageError
+from charrnn.vocab import Vocab
 
 MAX_RECORD_HASHES = 1 << 20  # 8 MiB of int64 in a checkpoint
 
@@ -61,21 +63,34 @@ def escape(text: str) -> str:
     return out.replace("\0", "\\0")
 
 
-def split_records(chunks: Iterable[str], delimiter: str) -> Iterator[list[str]]:
+def split_records(chunks: Iterable[str], delimiter: str,
+                  on_end: Callable[[int], None] | None = None) -> Iterator[list[str]]:
     """Records of the text given as `chunks`, streamed: for each chunk, the list of records it
     completed (possibly empty), in order; at the end, the last record if text follows the last
-    delimiter. Memory: one chunk plus the unfinished record (a delimiter may straddle chunks)."""
+    delimiter, and `on_end(number of delimiters found)`. Memory: one chunk plus the unfinished
+    record (a delimiter may straddle chunks)."""
     if not delimiter:
         raise UsageError("the delimiter must not be empty")
-    pending = ""
+    pending, found = "", 0
     for chunk in chunks:
         if not chunk:
             continue
         pieces = (pending + chunk).split(delimiter)
         pending = pieces.pop()  # the unfinished record (or "" right after a delimiter)
+        found += len(pieces)
         yield pieces
     if pending:
         yield [pending]
+    if on_end is not None:
+        on_end(found)
+
+
+def byte_chunks(stream: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of `stream` as they arrive: `read1` returns what is available (up to `size`)
+    without waiting for more, so records from a slow pipe are handled as soon as they are complete."""
+    read = getattr(stream, "read1", stream.read)
+    while chunk := read(size):
+        yield chunk
 
 
 def record_hash(text: str) -> int:
@@ -115,3 +130,25 @@ def contains(sorted_hashes: np.ndarray, text: str) -> bool:
     h = record_hash(text)
     i = int(np.searchsorted(sorted_hashes, h))
     return i < len(sorted_hashes) and int(sorted_hashes[i]) == h
+
+
+def delimiter_ids(vocab: Vocab, delimiter: str) -> np.ndarray:
+    """Ids of the record delimiter; a DataError when the training text never contains it."""
+    try:
+        return vocab.encode(delimiter, unk="error").astype(np.int64)
+    except UnknownCharacterError:
+        raise DataError(f"the delimiter {delimiter!r} never occurs in the training text: no records to train on "
+                        "(choose another --delimiter)") from None
+
+
+def training_record_hashes(ids: np.ndarray, vocab: Vocab, delimiter: str,
+                           chunk: int = 1 << 22) -> tuple[np.ndarray, bool]:
+    """What `--novel` needs: the sorted 64-bit hashes of the distinct non-empty records of the
+    training ids (at most MAX_RECORD_HASHES, 8 MiB), and whether that is all of them."""
+    hashes = RecordHashes()
+    texts = (vocab.decode(np.asarray(ids[i : i + chunk])) for i in range(0, len(ids), chunk))
+    for records in split_records(texts, delimiter):
+        hashes.add(records)
+        if not hashes.complete:
+            break
+    return hashes.to_array(), hashes.complete

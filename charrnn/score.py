@@ -160,8 +160,9 @@ def score_texts(scorer: Scorer, texts: list[str], *, end: bool = True, num_steps
 
 
 def score_stream(scorers: list[Scorer], record_lists: Iterable[list[str]], *, end: bool = True,
-                 window: int = 4096, num_steps: int = 256) -> Iterator[tuple[str, list[RecordScore]]]:
-    """(record, one score per scorer) for every record of the stream, in input order.
+                 window: int = 4096, num_steps: int = 256) -> Iterator[list[tuple[str, list[RecordScore]]]]:
+    """Lists of (record, one score per scorer) for every record of the stream, in input order, a
+    list per window (a point to flush the output).
 
     `record_lists` is what `records.split_records` yields: each list is scored as soon as it
     arrives (at most `window` records at a time), so a slow stream gets answers line by line and
@@ -171,7 +172,7 @@ def score_stream(scorers: list[Scorer], record_lists: Iterable[list[str]], *, en
         for i in range(0, len(records), window):
             part = records[i : i + window]
             per_model = [score_texts(s, part, end=end, num_steps=num_steps) for s in scorers]
-            yield from zip(part, zip(*per_model, strict=True), strict=True)  # type: ignore[misc]
+            yield list(zip(part, map(list, zip(*per_model, strict=True)), strict=True))
 
 
 @torch.inference_mode()

@@ -3,7 +3,9 @@
 Loss is the mean cross-entropy over batch and time (so the gradient of a minibatch is the mean of
 its per-sample gradients). Sequential partitioning carries the hidden state from one minibatch
 to the next, detached (truncated BPTT); random partitioning starts every minibatch from a zero
-state, after optional warm-up characters that only build it. Gradients are clipped by their
+state, after optional warm-up characters that only build it; records partitioning starts every
+record from a fresh state, carries it across the pieces of a long record, ignores padding in
+the loss and validates on whole held-out records (charrnn.score.evaluate_records). Gradients are clipped by their
 global L2 norm. The learning rate follows a schedule over the fraction of the run done, measured
 by whichever stopping rule (steps, epochs, seconds) is closest to firing.
 
@@ -27,13 +29,22 @@ import torch
 import torch.nn.functional as F
 
 from charrnn import __version__, checkpoint
-from charrnn.data import Batch, batches_per_epoch, check_fits, partition
+from charrnn.data import (
+    Batch,
+    RecordBatches,
+    batches_per_epoch,
+    check_fits,
+    find_delimiters,
+    find_records,
+    partition,
+)
 from charrnn.errors import DataError, Interrupted, Terminated, TrainingError, UsageError
 from charrnn.evaluate import EvalResult, evaluate, perplexity_of
 from charrnn.finetune import start_model
 from charrnn.history import History, LiveLog, log_path
 from charrnn.model import CharRNN, ModelConfig, State, detach_state
 from charrnn.outputs import best_path, check_output, run_lock
+from charrnn.records import delimiter_ids, training_record_hashes
 from charrnn.vocab import Vocab
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -79,9 +90,12 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     precision: str = "fp32"  # bf16: autocast the forward pass to bfloat16 (weights stay fp32); the CLI resolves auto
+    delimiter: str = "\n"  # what ends a record (used by --partition records)
 
     def __post_init__(self) -> None:
         partition(self.partition)
+        if not self.delimiter:
+            raise UsageError("--delimiter must not be empty")
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.optimizer not in OPTIMIZERS:
@@ -286,7 +300,19 @@ class Trainer:
         self.best_out = check_output(best_path(out), what="best checkpoint")
         self.saved: dict[str, Path] = {}  # reason -> path, of the saves this run has made
         check_fits(len(train_ids), config.batch_size, config.num_steps, config.warmup)
+        self.out = Path(out)
+        self.best_out = best_path(self.out)
+        checkpoint.check_writable(self.out)
+        self.records = config.partition == "records"
+        if not self.records:
+            check_fits(len(train_ids), config.batch_size, config.num_steps, config.warmup)
         self.train_ids, self.val_ids, self.vocab = train_ids, val_ids, vocab
+        self.delimiter_ids = delimiter_ids(vocab, config.delimiter) if self.records else None
+        self.strategy = partition(config.partition, self.delimiter_ids)
+        if self.delimiter_ids is not None and not len(find_delimiters(train_ids, self.delimiter_ids)):
+            raise DataError(f"the delimiter {config.delimiter!r} never occurs in the training text: it would be "
+                            "one single record (choose another --delimiter)")
+        self.val_records = find_records(val_ids, self.delimiter_ids) if self.records else None
         self.fingerprint = data_fingerprint(train_ids)
         # Something to score: two characters, and a target that is not <unk> (a high --min-freq can
         # leave a held-out text of unknown characters only).
@@ -316,8 +342,14 @@ class Trainer:
             self._restore(resume)
         self.model.train()
         self.state.rng = rng_states(self.device)
-        self.n_batches = max(1, batches_per_epoch(config.partition, len(train_ids), config.batch_size,
-                                                  config.num_steps, config.warmup))
+        if isinstance(self.strategy, RecordBatches):
+            self.n_batches = max(1, self.strategy.batches_per_epoch(train_ids, config.batch_size, config.num_steps))
+            hashes, complete = training_record_hashes(train_ids, vocab, config.delimiter)
+            self.record_hashes = {"record_hashes": torch.from_numpy(hashes), "record_hashes_complete": complete}
+        else:
+            self.n_batches = max(1, batches_per_epoch(config.partition, len(train_ids), config.batch_size,
+                                                      config.num_steps, config.warmup))
+            self.record_hashes = None
         self.start_time = time.perf_counter()
         self.train_time = 0.0  # seconds inside steps in this process (for chars/s)
         self.chars_this_run = 0
@@ -339,7 +371,9 @@ class Trainer:
         if self.device.type == "cuda" and "cuda" in resume["rng"]:
             torch.cuda.set_rng_state(resume["rng"]["cuda"], self.device)
         saved = resume["train_config"]
-        if any(saved.get(k) != getattr(config, k) for k in ("partition", "batch_size", "num_steps", "warmup")):
+        defaults = {"delimiter": TrainConfig.delimiter}  # checkpoints older than an option have its default
+        if any(saved.get(k, defaults.get(k)) != getattr(config, k)
+               for k in ("partition", "batch_size", "num_steps", "warmup", "delimiter")):
             # Another minibatch shape: the saved position and carried state mean nothing under it,
             # so go on from the start of the next epoch with a fresh state.
             st.epoch, st.batch_in_epoch = st.epoch + 1, 0
@@ -374,6 +408,7 @@ class Trainer:
             "val_loss": st.val_loss, "seed": self.config.seed, "elapsed": self.elapsed(),
             "chars_seen": st.chars_seen, "rng": st.rng, "hidden": hidden, "data": self.fingerprint,
             "history": st.history.to_checkpoint(), "stale_validations": st.stale, "init_from": self.init_from_path,
+            **(self.record_hashes or {}),
         }
 
     def save(self, path: Path, reason: str) -> None:
@@ -398,7 +433,14 @@ class Trainer:
 
     def validate(self) -> None:
         st = self.state
-        result = evaluate(self.model, self.val_ids, unk_id=self.vocab.unk_id, streams=self.config.eval_streams)
+        if self.val_records is not None and self.delimiter_ids is not None:
+            from charrnn.score import evaluate_records
+
+            starts, lengths = self.val_records
+            result = evaluate_records(self.model, self.val_ids, starts[lengths > 0], lengths[lengths > 0],
+                                      self.delimiter_ids, unk_id=self.vocab.unk_id)
+        else:
+            result = evaluate(self.model, self.val_ids, unk_id=self.vocab.unk_id, streams=self.config.eval_streams)
         st.val_loss = result.nats_per_char
         improved = st.val_loss < st.best_val
         st.stale = 0 if improved else st.stale + 1
@@ -421,7 +463,7 @@ class Trainer:
 
     def batches(self) -> Iterator[tuple[int, int, Batch]]:
         """(epoch, index in epoch, minibatch) from the run's position on, forever."""
-        config, strategy = self.config, partition(self.config.partition)
+        config, strategy = self.config, self.strategy
         e, skip = self.state.epoch, self.state.batch_in_epoch
         while True:
             rng = np.random.default_rng([config.seed, e])  # each epoch's order depends on (seed, epoch) only
@@ -437,8 +479,8 @@ class Trainer:
             st.hidden = None  # a new epoch starts at a new offset: the carried state no longer fits
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss, new_state = batch_loss(self.model, batch, st.hidden if batch.carry_state else None, device,
-                                     config.precision)
+        carried = st.hidden if batch.carry_state and not batch.reset else None
+        loss, new_state = batch_loss(self.model, batch, carried, device, config.precision)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip) if config.clip > 0 else None
@@ -456,8 +498,8 @@ class Trainer:
         st.hidden = detach_state(new_state) if batch.carry_state else None
         st.step, st.epoch, st.batch_in_epoch = st.step + 1, e, i + 1
         st.rng = rng_states(device)
-        st.chars_seen += batch.y.size
-        self.chars_this_run += batch.y.size
+        st.chars_seen += batch.targets
+        self.chars_this_run += batch.targets
         return loss.detach()
 
     def run(self) -> TrainResult:

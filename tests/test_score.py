@@ -78,7 +78,9 @@ def test_multi_char_boundary(scorer: Scorer) -> None:
 
 def test_stream_keeps_order_and_models(scorer: Scorer) -> None:
     other = Scorer(CharRNN(ModelConfig(vocab_size=scorer.vocab.size, hidden=8, layers=1)).eval(), scorer.vocab, "\n")
-    out = list(score_stream([scorer, other], [["a", "the cat"], [], ["sat"]], window=1))
+    windows = list(score_stream([scorer, other], [["a", "the cat"], [], ["sat"]], window=1))
+    assert [len(w) for w in windows] == [1, 1, 1]
+    out = [pair for w in windows for pair in w]
     assert [r for r, _ in out] == ["a", "the cat", "sat"]
     assert all(len(scores) == 2 for _, scores in out)
     assert out[1][1][0].nats == pytest.approx(score_texts(scorer, ["the cat"])[0].nats)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
+from typing import Any
+
 import click
 
 from charrnn.cli import common
@@ -142,3 +146,109 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
             con.info(console, "stdout is not a terminal: no colours (use --color always, --html or --json)")
             use_color = False
         con.surprise_view(surprise, sys.stdout, color=use_color)
+@eval_group.command()
+@click.option("-m", "--model", "model_paths", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help="Checkpoint written by `charrnn train`; repeat for several models (one score each, and the best).")
+@click.argument("text", default="-")
+@encoding_option
+@click.option("--delimiter", default=None,
+              help="What ends a record, with backslash escapes: '\\0' (find -print0), '\\n\\n' (paragraphs). "
+                   "Default: a newline, or the delimiter the models were trained on with --partition records.")
+@click.option("--no-end", is_flag=True, help="Do not score the delimiter after each record.")
+@click.option("--header", is_flag=True, help="Start the text output with a line naming the columns.")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per record.")
+def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str | None, no_end: bool,
+          header: bool, device: str, as_json: bool) -> None:
+    """Score every record (line) of TEXT (a file or `-` for stdin) with each MODEL: one output line
+    per record, in input order, streamed (an endless stdin works, in bounded memory).
+
+    \b
+    Text output, tab-separated, numbers first (`sort -n`, `awk`, `cut`), the record last:
+      one model:    nats/char  bits/char  nats  chars  unknown  record
+      several:      nats/char of each model (in -m order)  best model  record
+    Records are written with \\n, \\t, \\r, \\0 and \\\\ escaped so that each stays on one line; a
+    record with nothing scored shows nan (and `-` as best). --json gives JSON Lines with the keys
+    text, chars, unknown, nats, nats_per_char, bits_per_char (null when nothing was scored), and
+    with several models also scores (path -> nats/char) and best (the numbers are then the best
+    model's).
+    """
+    import sys
+
+    from charrnn import console as con
+    from charrnn.checkpoint import load_model, record_delimiter
+    from charrnn.corpora import iter_decoded
+    from charrnn.model import resolve_device
+    from charrnn.records import byte_chunks, escape, split_records, unescape
+    from charrnn.score import Scorer, score_stream
+
+    dev = resolve_device(device)
+    loaded = [load_model(path, dev) for path in model_paths]
+    trained = {record_delimiter(ckpt) for _, _, ckpt in loaded} - {None}
+    if delimiter is not None:
+        split_on = unescape(delimiter)
+    elif len(trained) > 1:
+        raise UsageError("the models were trained on different record delimiters: choose one with --delimiter")
+    else:
+        split_on = next(iter(trained), "\n")
+    # A records model reads the delimiter it was trained on (its record-start state); others read ours.
+    scorers = [Scorer(model, vocab, record_delimiter(ckpt) or split_on) for model, vocab, ckpt in loaded]
+    if text == "-":
+        stream = common.stdin()
+        if stream.isatty():
+            raise UsageError("standard input is a terminal: pipe records in or give a file")
+        name = "standard input"
+    else:
+        try:
+            stream = open(text, "rb")  # noqa: SIM115 (closed at exit; streamed until then)
+        except FileNotFoundError:
+            raise UsageError(f"{text!r} does not exist") from None
+        except IsADirectoryError:
+            raise UsageError(f"{text!r} is a directory, not a text file") from None
+        except OSError as e:
+            raise UsageError(f"cannot read {text!r}: {e.strerror or e}") from None
+        name = repr(text)
+    found = []
+    texts = iter_decoded(byte_chunks(stream), encoding, name, allow_nul="\0" in split_on)
+    records = split_records(texts, split_on, on_end=found.append)
+    paths = list(model_paths)
+    out = sys.stdout
+    if header and not as_json:
+        columns = ["nats_per_char", "bits_per_char", "nats", "chars", "unknown"] if len(paths) == 1 else \
+            [*paths, "best"]
+        out.write("\t".join([*columns, "text"]) + "\n")
+    count = 0
+    for window in score_stream(scorers, records, end=not no_end):
+        count += len(window)
+        _write_scores(out, window, paths, as_json)
+        out.flush()  # a window is what one read brought: answer a slow stream as it comes
+    if found and found[0] == 0 and count == 1:
+        con.info(con.make_console(), f"note: the delimiter '{escape(split_on)}' never occurs in the input: "
+                                     "it was scored as one record")
+
+
+def _write_scores(out: Any, window: list, paths: list[str], as_json: bool) -> None:
+    """The output lines of one window of (record, scores) pairs (see `score`'s help for the format)."""
+    from charrnn.records import escape
+
+    for record, scores in window:
+        values = [s.nats_per_char for s in scores]
+        ranked = [(v, i) for i, v in enumerate(values) if v is not None]
+        best = min(ranked)[1] if ranked else None
+        if as_json:
+            obj = {"text": record, **scores[best if best is not None else 0].to_dict()}
+            if len(paths) > 1:
+                obj["scores"] = dict(zip(paths, values, strict=True))
+                obj["best"] = paths[best] if best is not None else None
+            out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        elif len(paths) == 1:
+            s = scores[0]
+            out.write(f"{_f(s.nats_per_char)}\t{_f(s.bits_per_char)}\t{s.nats if s.chars else math.nan:.4f}\t"
+                      f"{s.chars}\t{s.unknown}\t{escape(record)}\n")
+        else:
+            out.write("\t".join([*(_f(v) for v in values), paths[best] if best is not None else "-",
+                                 escape(record)]) + "\n")
+
+
+def _f(x: float | None) -> str:
+    return "nan" if x is None else f"{x:.4f}"

@@ -67,8 +67,11 @@ from charrnn.errors import CheckpointError, Interrupted, UsageError
               show_default=True, help="One-hot vectors, or the equivalent lookup in a learned table.")
 @click.option("--embed-dim", default=ARCH_DEFAULTS["embed_dim"], type=IntRange(1, MAX_WIDTH), show_default=True,
               help="Width of the embedding.")
-@click.option("--partition", type=click.Choice(["sequential", "random"]), default="sequential", show_default=True,
-              help="sequential: carry the state across minibatches; random: fresh state per minibatch.")
+@click.option("--partition", type=click.Choice(["sequential", "random", "records"]), default="sequential",
+              show_default=True, help="sequential: carry the state across minibatches; random: fresh state per "
+                                      "minibatch; records: every record (line) an independent sequence.")
+@click.option("--delimiter", default="\\n", show_default=True,
+              help="With --partition records: what ends a record, with backslash escapes ('\\0', '\\n\\n').")
 @click.option("-b", "--batch-size", default=32, type=positive_int(), show_default=True)
 @click.option("-t", "--num-steps", default=64, type=positive_int(), show_default=True,
               help="Characters per sequence (BPTT length).")
@@ -171,6 +174,11 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
     arch_names = list(ARCH_DEFAULTS)
     internal = ("val_fraction", "val_max_chars", "eval_streams", "log_every")
     train_names = [f for f in TrainConfig.__dataclass_fields__ if f not in internal]
+    from charrnn.records import unescape
+
+    opts["delimiter"] = unescape(opts["delimiter"])
+    if given("delimiter") and opts["partition"] != "records" and not resume:
+        raise UsageError("--delimiter applies to --partition records")
     ckpt = base = None
     if init_from:
         base = checkpoint.load(init_from)
@@ -238,6 +246,12 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
         val_ids = ids[:0] if valid_parts is None else encode_corpus(
             valid_parts, encoding, vocab=vocab, unk="map" if vocab.unk else "error",
             where=f"the {sources[0]} validation text", cache=not no_cache).ids
+    elif opts["partition"] == "records":
+        from charrnn.data import split_records_train_val
+        from charrnn.records import delimiter_ids
+
+        train_ids, val_ids = split_records_train_val(ids, delimiter_ids(vocab, opts["delimiter"]), val_fraction,
+                                                     max_chars=val_max_chars)
     else:
         train_ids, val_ids = split_train_val(ids, val_fraction, max_chars=val_max_chars)
     # Standard input's bytes live in its part: let them go before training (the ids are all it needs).
