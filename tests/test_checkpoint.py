@@ -240,3 +240,28 @@ def test_load_model_damaged_weights(tmp_path: Path) -> None:
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="damaged"):
         checkpoint.load_model(path)
+
+
+@pytest.mark.parametrize(("fields", "ok"), [
+    ({}, True),  # older checkpoints and other partitions have none of the records fields
+    ({"record_hashes": torch.tensor([1, 5], dtype=torch.int64), "record_hashes_complete": True}, True),
+    ({"record_hashes": torch.tensor([1.0]), "record_hashes_complete": True}, False),
+    ({"record_hashes": torch.zeros(2, 2, dtype=torch.int64), "record_hashes_complete": True}, False),
+    ({"record_hashes": [1, 2], "record_hashes_complete": True}, False),
+    ({"record_hashes": torch.tensor([1], dtype=torch.int64)}, False),
+    ({"train_config": {"partition": "records", "delimiter": ""}}, False),
+    ({"train_config": {"partition": "records", "delimiter": 3}}, False),
+    ({"train_config": {"partition": "records", "delimiter": "\n"}}, True),
+])
+def test_records_fields_are_validated(tmp_path: Path, fields: dict, ok: bool) -> None:
+    payload, _ = make_payload()
+    payload.update(fields)
+    path = tmp_path / "m.pt"
+    checkpoint.save(payload, path)
+    if ok:
+        ckpt = checkpoint.load(path)
+        expected = "\n" if fields.get("train_config", {}).get("partition") == "records" else None
+        assert checkpoint.record_delimiter(ckpt) == expected
+    else:
+        with pytest.raises(CheckpointError, match="damaged"):
+            checkpoint.load(path)

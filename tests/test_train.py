@@ -330,7 +330,8 @@ def test_resume_needs_same_text(tmp_path: Path, small) -> None:
 
 # ---- exact resume -------------------------------------------------------------------------------------
 
-RESUME_CASES = [("sequential", 0, "lstm"), ("random", 2, "lstm"), ("sequential", 0, "scratch-gru")]
+RESUME_CASES = [("sequential", 0, "lstm"), ("random", 2, "lstm"), ("sequential", 0, "scratch-gru"),
+                ("records", 0, "lstm")]
 
 
 def run_pair(tmp_path: Path, small, partition_name: str, warmup: int, cell: str, interrupt) -> dict:
@@ -567,3 +568,65 @@ def test_resume_and_init_from_exclude_each_other(tmp_path: Path, small) -> None:
     ckpt = checkpoint.load(out)
     with pytest.raises(UsageError, match="give one"):
         train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(), out, resume=ckpt, init_from=ckpt)
+
+
+
+# ---- records --------------------------------------------------------------------------------------------
+
+RECORDS_TEXT = "anna\nbob\ncarol\ndave\neve\nfrank\ngrace\nheidi\nivan\njudy\nmallory\noscar\npeggy\n"
+
+
+def test_records_loss_is_the_mean_over_real_targets() -> None:
+    """Padding is ignored and every row starts from the record-start state: the loss of a
+    minibatch equals the per-record scores' total over their scored characters."""
+    from charrnn.score import score_rows
+
+    vocab = Vocab.build(RECORDS_TEXT)
+    ids = vocab.encode(RECORDS_TEXT)
+    d = vocab.encode("\n").astype(np.int64)
+    torch.manual_seed(0)
+    model = CharRNN(tiny_model_config(vocab)).eval()
+    strategy = partition("records", d)
+    for batch in strategy(ids, 5, 64, np.random.default_rng(0)):  # T = 64: one minibatch per group
+        assert batch.reset
+        loss, _ = batch_loss(model, batch, None, torch.device("cpu"))
+        rows = [batch.x[i][1 : 1 + int((batch.y[i] != -100).sum()) - 1] for i in range(len(batch.x))]
+        scores = score_rows(model, [np.asarray(r) for r in rows], d)
+        total = sum(sc.nats for sc in scores) / sum(sc.chars for sc in scores)
+        assert float(loss.detach()) == pytest.approx(total, rel=1e-5)
+
+
+def test_records_training_checkpoint_keeps_delimiter_and_hashes(tmp_path: Path) -> None:
+    from charrnn.data import split_records_train_val
+    from charrnn.records import contains
+
+    vocab = Vocab.build(RECORDS_TEXT)
+    ids = vocab.encode(RECORDS_TEXT)
+    train_ids, val_ids = split_records_train_val(ids, vocab.encode("\n").astype(np.int64), 0.2)
+    rec = Recorder()
+    result = train(train_ids, val_ids, vocab, tiny_model_config(vocab), tiny_config(partition="records", val_every=4),
+                   tmp_path / "m.pt", callbacks=rec)
+    assert result.val_loss is not None and math.isfinite(result.val_loss)
+    ckpt = checkpoint.load(tmp_path / "m.pt")
+    assert checkpoint.record_delimiter(ckpt) == "\n"
+    hashes = ckpt["record_hashes"].numpy()
+    assert ckpt["record_hashes_complete"] is True
+    train_records = vocab.decode(train_ids).split("\n")[:-1]
+    assert len(hashes) == len(train_records)
+    assert all(contains(hashes, r) for r in train_records)
+    held_out = vocab.decode(val_ids).split("\n")[:-1]
+    assert held_out and not any(contains(hashes, r) for r in held_out)  # whole records held out
+    assert rec.validations[-1][1].chars == len(val_ids)  # every held-out character and end scored
+
+
+def test_records_delimiter_must_occur(tmp_path: Path) -> None:
+    vocab = Vocab.build(RECORDS_TEXT)
+    ids = vocab.encode(RECORDS_TEXT)
+    with pytest.raises(DataError, match="never occurs"):
+        train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(partition="records", delimiter="|"),
+              tmp_path / "m.pt")
+    with pytest.raises(DataError, match="never occurs"):
+        train(ids, ids[:0], vocab, tiny_model_config(vocab), tiny_config(partition="records", delimiter="\n\n"),
+              tmp_path / "m.pt")
+    with pytest.raises(UsageError, match="--delimiter"):
+        tiny_config(partition="records", delimiter="")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import secrets
 import sys
+from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from charrnn.cli import common
 from charrnn.cli.common import (
@@ -41,15 +43,31 @@ from charrnn.errors import UsageError
 @click.option("--no-echo", is_flag=True, help="Do not print the prefix.")
 @click.option("--unk", type=click.Choice(["error", "map"]), default="error", show_default=True,
               help="Prefix characters the model does not know: fail (error) or use <unk> (map).")
+@click.option("--stop", multiple=True,
+              help="End a sample when it produces this string (repeatable; backslash escapes: '\\n', '\\0'). "
+                   "Samples are then printed one per line, and -n is the most characters of one sample.")
+@click.option("--min-length", default=0, show_default=True,
+              help="With --stop: no sample ends before this many characters.")
+@click.option("--novel", is_flag=True,
+              help="Drop samples that copy a training record, and draw again (models trained with "
+                   "--partition records).")
+@click.option("--beam", type=int, default=None,
+              help="Beam search of this width for the likeliest continuations (deterministic; ranked by "
+                   "log-probability per character).")
 @device_option
 @json_option
-def generate(model_path: str, prefix: str | None, prefix_file: str | None, encoding: str, length: int,
+@click.pass_context
+def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_file: str | None, encoding: str,
+             length: int,
              temperature: float, top_k: int | None, top_p: float | None, greedy: bool, seed: int | None,
-             num_samples: int, no_echo: bool, unk: str, device: str, as_json: bool) -> None:
+             num_samples: int, no_echo: bool, unk: str, stop: tuple[str, ...], min_length: int, novel: bool,
+             beam: int | None, device: str, as_json: bool) -> None:
     """Generate text from MODEL, streamed to stdout as it is sampled.
 
     With --num-samples N > 1 the samples are generated together and printed one after another,
-    separated by a blank line (or as a list with --json).
+    separated by a blank line (or as a list with --json). With --stop, or by default for a model
+    trained with --partition records, samples are records: each ends at a stop string (the
+    model's delimiter), and they are printed one per line as each ends.
     """
     from charrnn import console as con
     from charrnn.checkpoint import load_model
@@ -68,8 +86,26 @@ def generate(model_path: str, prefix: str | None, prefix_file: str | None, encod
     text = prefix or ""
     if prefix_file is not None:
         text = read_text(prefix_file, encoding, common.stdin())
-    model, vocab, _ = load_model(model_path, resolve_device(device))
+    model, vocab, ckpt = load_model(model_path, resolve_device(device))
     prefix_ids = vocab.encode(text, unk=unk, where="the prefix")  # type: ignore[arg-type]
+    from charrnn.checkpoint import record_delimiter
+    from charrnn.records import unescape
+
+    stops = tuple(unescape(s, "--stop") for s in stop)
+    delimiter = record_delimiter(ckpt)
+    if not stops and delimiter is not None:
+        stops = (delimiter,)  # a records model generates records
+    if min_length and not stops:
+        raise UsageError("--min-length needs --stop (or a model trained with --partition records)")
+    if novel and not stops:
+        raise UsageError("--novel needs --stop (or a model trained with --partition records)")
+    if stops or beam is not None:
+        _generate_records(model, vocab, ckpt, text, prefix_ids, stops, length=length, min_length=min_length,
+                         sampling=sampling, seed=seed, num_samples=num_samples, echo=not no_echo, novel=novel,
+                         beam=beam, as_json=as_json, sampling_given=any(
+                             ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)
+                             for n in ("temperature", "top_k", "top_p", "greedy", "seed")))
+        return
     if seed is None:
         seed = secrets.randbelow(2**31)
         con.info(con.make_console(), f"seed {seed}")
@@ -92,3 +128,69 @@ def generate(model_path: str, prefix: str | None, prefix_file: str | None, encod
             out.flush()
     out.write("\n")
     out.flush()
+
+
+def _generate_records(model: Any, vocab: Any, ckpt: dict, text: str, prefix_ids: Any, stops: tuple[str, ...], *,
+                      length: int, min_length: int, sampling: Any, seed: int | None, num_samples: int, echo: bool,
+                      novel: bool, beam: int | None, as_json: bool, sampling_given: bool) -> None:
+    """Records: samples that end at a stop string, one per line as each ends; or beam search.
+
+    A sample begins from the record-start state: after the model's delimiter for a records model,
+    else, without a prefix, after the first stop string when the model knows it.
+    """
+    import numpy as np
+
+    from charrnn import console as con
+    from charrnn.checkpoint import record_delimiter
+    from charrnn.generate import Stops, beam_search, generate_samples
+    from charrnn.records import contains
+
+    console = con.make_console()
+    start = record_delimiter(ckpt)
+    if start is None and not text and stops and all(c in vocab.chars for c in stops[0]):
+        start = stops[0]
+    context = np.concatenate([vocab.encode(start).astype(np.int64), prefix_ids]) if start else prefix_ids
+    shown = text if echo else ""
+    stop_rule = Stops(stops, max_length=length, min_length=min_length) if stops else None
+    if beam is not None:
+        if sampling_given:
+            raise UsageError("--beam is deterministic: --temperature, --top-k, --top-p, --greedy and --seed "
+                             "do not apply")
+        results = beam_search(model, vocab, context, beam, length, stop_rule, num_results=num_samples)
+        if as_json:
+            json_out({"beam": beam, "results": [{**r.to_dict(), "text": shown + r.text} for r in results]})
+        else:
+            for r in results:
+                click.echo(shown + r.text)
+        return
+    assert stop_rule is not None
+    accept = None
+    if novel:
+        hashes = ckpt.get("record_hashes")
+        if hashes is None:
+            raise UsageError("--novel needs a model trained with --partition records (this checkpoint keeps no "
+                             "hashes of its training records)")
+        known = hashes.numpy()
+        if not ckpt.get("record_hashes_complete", True):
+            con.info(console, f"note: the checkpoint keeps the hashes of {len(known):,} training records, not all: "
+                              "a copy of another one is not recognised")
+
+        def accept(sample: str) -> bool:
+            return not contains(known, text + sample)
+
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+        con.info(console, f"seed {seed}")
+    dropped = []
+    samples = generate_samples(model, vocab, context, stop_rule, sampling, seed=seed, num_samples=num_samples,
+                               accept=accept, on_rejected=dropped.append)
+    if as_json:
+        texts = [shown + s for s in samples]
+        json_out({"samples": texts, "seed": seed, **({"dropped": len(dropped)} if novel else {})})
+    else:
+        out = sys.stdout
+        for sample in samples:
+            out.write(shown + sample + "\n")
+            out.flush()
+    if novel:
+        con.info(console, f"dropped {len(dropped)} sample(s) that copied a training record")
