@@ -104,7 +104,7 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
                          sampling=sampling, seed=seed, num_samples=num_samples, echo=not no_echo, novel=novel,
                          beam=beam, as_json=as_json, sampling_given=any(
                              ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)
-                             for n in ("temperature", "top_k", "top_p", "greedy", "seed")))
+                             for n in ("temperature", "top_k", "top_p", "greedy")))
         return
     if seed is None:
         seed = secrets.randbelow(2**31)
@@ -154,8 +154,7 @@ def _generate_records(model: Any, vocab: Any, ckpt: dict, text: str, prefix_ids:
     stop_rule = Stops(stops, max_length=length, min_length=min_length) if stops else None
     if beam is not None:
         if sampling_given:
-            raise UsageError("--beam is deterministic: --temperature, --top-k, --top-p, --greedy and --seed "
-                             "do not apply")
+            raise UsageError("--beam is deterministic: --temperature, --top-k, --top-p and --greedy do not apply")
         results = beam_search(model, vocab, context, beam, length, stop_rule, num_results=num_samples)
         if as_json:
             json_out({"beam": beam, "results": [{**r.to_dict(), "text": shown + r.text} for r in results]})
