@@ -118,9 +118,10 @@ def score_rows(model: CharRNN, rows: list[np.ndarray], boundary_ids: np.ndarray,
     for start in range(0, width, step):
         cols = slice(start, start + step)
         logits, state = model(xt[:, cols], state)  # (B, w, V)
-        loss = F.cross_entropy(logits.float().transpose(1, 2), yt[:, cols], ignore_index=IGNORE,
-                               reduction="none")  # (B, w), 0 where ignored
-        nats += loss.double().sum(dim=1)
+        w = logits.shape[1]
+        loss = F.cross_entropy(logits.reshape(b * w, -1).float(), yt[:, cols].reshape(-1), ignore_index=IGNORE,
+                               reduction="none")  # (B * w,), 0 where ignored
+        nats += loss.view(b, w).double().sum(dim=1)
     totals = nats.cpu().tolist()
     return [RecordScore(totals[i], int(chars[i]), int(unknown[i])) for i in range(b)]
 
