@@ -299,10 +299,6 @@ class Trainer:
         self.out = check_output(out)
         self.best_out = check_output(best_path(out), what="best checkpoint")
         self.saved: dict[str, Path] = {}  # reason -> path, of the saves this run has made
-        check_fits(len(train_ids), config.batch_size, config.num_steps, config.warmup)
-        self.out = Path(out)
-        self.best_out = best_path(self.out)
-        checkpoint.check_writable(self.out)
         self.records = config.partition == "records"
         if not self.records:
             check_fits(len(train_ids), config.batch_size, config.num_steps, config.warmup)

@@ -108,7 +108,7 @@ def test_score_bad_input(models: dict[str, Path], tmp_path: Path) -> None:
     assert_clean_error(run("eval", "score", "-m", m, "--delimiter", ""), 2, "--delimiter must not be empty")
     assert_clean_error(run("eval", "score", "-m", m, "--delimiter", "\\q"), 2, "unknown escape")
     assert_clean_error(run("eval", "score", "-m", m, str(tmp_path / "nope.txt")), 2, "does not exist")
-    assert_clean_error(run("eval", "score", "-m", str(tmp_path / "x.pt"), input="a\n"), 1, "does not exist")
+    assert_clean_error(run("eval", "score", "-m", str(tmp_path / "x.pt"), input="a\n"), 2, "does not exist")
     assert_clean_error(run("eval", "score", "-m", m, input=b"\0binary"), 1, "binary")
 
 
