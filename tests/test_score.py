@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from charrnn.data import find_records
 from charrnn.model import CharRNN, ModelConfig
@@ -95,3 +97,18 @@ def test_evaluate_records_is_token_weighted(scorer: Scorer) -> None:
     singles = score_texts(scorer, texts)
     assert result.chars == sum(s.chars for s in singles) == len(TEXT)
     assert result.nats_per_char == pytest.approx(sum(s.nats for s in singles) / result.chars, rel=1e-6)
+
+
+@given(st.lists(st.text(alphabet="the cazé\t", max_size=9), min_size=1, max_size=7), st.booleans(),
+       st.integers(1, 4), st.integers(1, 6))
+@settings(max_examples=25, deadline=None)
+def test_any_records_match_the_reference(records: list[str], end: bool, max_rows: int, num_steps: int) -> None:
+    vocab = Vocab.build(TEXT)
+    torch.manual_seed(1)
+    model = CharRNN(ModelConfig(vocab_size=vocab.size, cell="gru", hidden=8, layers=1, embed_dim=4)).eval()
+    scorer = Scorer(model, vocab, "\n")
+    for record, s in zip(records, score_texts(scorer, records, end=end, max_rows=max_rows, num_steps=num_steps),
+                         strict=True):
+        nats, chars, unknown = reference(scorer, record, end)
+        assert (s.chars, s.unknown) == (chars, unknown)
+        assert s.nats == pytest.approx(nats, rel=1e-5, abs=1e-5)
