@@ -58,8 +58,7 @@ from charrnn.errors import UsageError
 @json_option
 @click.pass_context
 def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_file: str | None, encoding: str,
-             length: int,
-             temperature: float, top_k: int | None, top_p: float | None, greedy: bool, seed: int | None,
+             length: int, temperature: float, top_k: int | None, top_p: float | None, greedy: bool, seed: int | None,
              num_samples: int, no_echo: bool, unk: str, stop: tuple[str, ...], min_length: int, novel: bool,
              beam: int | None, device: str, as_json: bool) -> None:
     """Generate text from MODEL, streamed to stdout as it is sampled.
@@ -70,11 +69,12 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
     model's delimiter), and they are printed one per line as each ends.
     """
     from charrnn import console as con
-    from charrnn.checkpoint import load_model
+    from charrnn.checkpoint import load_model, record_delimiter
     from charrnn.corpora import read_text
     from charrnn.generate import Sampling
     from charrnn.generate import generate as sample
     from charrnn.model import resolve_device
+    from charrnn.records import unescape
 
     if prefix is not None and prefix_file is not None:
         raise UsageError("give --prefix or --prefix-file, not both")
@@ -83,15 +83,14 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
     if num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {num_samples}")
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+    stops = tuple(unescape(s, "--stop") for s in stop)
+    if beam is not None and beam < 1:
+        raise UsageError(f"--beam must be >= 1, got {beam}")
     text = prefix or ""
     if prefix_file is not None:
         text = read_text(prefix_file, encoding, common.stdin())
     model, vocab, ckpt = load_model(model_path, resolve_device(device))
     prefix_ids = vocab.encode(text, unk=unk, where="the prefix")  # type: ignore[arg-type]
-    from charrnn.checkpoint import record_delimiter
-    from charrnn.records import unescape
-
-    stops = tuple(unescape(s, "--stop") for s in stop)
     delimiter = record_delimiter(ckpt)
     if not stops and delimiter is not None:
         stops = (delimiter,)  # a records model generates records
