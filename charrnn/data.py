@@ -198,7 +198,8 @@ class RecordBatches:
     predicts every character of r and the delimiter that ends it. Each epoch the records are
     shuffled, sorted by length within pools of 64 x B, cut into groups of B rows (little padding)
     and the groups shuffled. A group is padded (x with d[0], y with IGNORE) to its longest row and
-    yields ceil(width / T) minibatches of at most T columns: the first starts from a fresh state
+    cut into minibatches of T columns (the first max(T, len(d)), so that it always holds targets;
+    the last may be narrower): the first starts from a fresh state
     (reset), the next ones carry it, so a long record keeps its state across its pieces and a
     short one never passes state to another. Empty records are skipped.
     """
