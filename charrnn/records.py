@@ -85,11 +85,18 @@ def split_records(chunks: Iterable[str], delimiter: str,
         on_end(found)
 
 
-def byte_chunks(stream: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+def byte_chunks(stream: BinaryIO, name: str = "input", size: int = 1 << 20) -> Iterator[bytes]:
     """The bytes of `stream` as they arrive: `read1` returns what is available (up to `size`)
-    without waiting for more, so records from a slow pipe are handled as soon as they are complete."""
+    without waiting for more, so records from a slow pipe are handled as soon as they are complete.
+    A read error (a folder as stdin, a failing disk) is a DataError naming `name`."""
     read = getattr(stream, "read1", stream.read)
-    while chunk := read(size):
+    while True:
+        try:
+            chunk = read(size)
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read {name}: {getattr(e, 'strerror', None) or e}") from None
+        if not chunk:
+            return
         yield chunk
 
 

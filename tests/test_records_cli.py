@@ -243,3 +243,10 @@ def test_language_identification_with_tiny_models(tmp_path: Path) -> None:
     best = [json.loads(obj)["best"] for obj in r.stdout.splitlines()]
     right = sum(b == models[lang] for b, (_, lang) in zip(best, held_out, strict=True))
     assert right / len(held_out) >= 0.9
+
+
+def test_score_closed_stdin_is_a_usage_error(models: dict[str, Path]) -> None:
+    p = subprocess.run(f"'{sys.executable}' -m charrnn eval score -m '{models['lines']}' <&-", shell=True,
+                       capture_output=True, text=True, executable="/bin/bash", timeout=120)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip() == "Error: standard input is closed: pipe records in or give a file"

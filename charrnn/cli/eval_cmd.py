@@ -195,7 +195,13 @@ def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str
     scorers = [Scorer(model, vocab, record_delimiter(ckpt) or split_on) for model, vocab, ckpt in loaded]
     if text == "-":
         stream = common.stdin()
-        if stream.isatty():
+        if stream is None:  # `<&-`: Python starts with sys.stdin = None
+            raise UsageError("standard input is closed: pipe records in or give a file")
+        try:
+            terminal = stream.isatty()
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read standard input: {getattr(e, 'strerror', None) or e}") from None
+        if terminal:
             raise UsageError("standard input is a terminal: pipe records in or give a file")
         name = "standard input"
     else:
@@ -209,7 +215,7 @@ def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str
             raise UsageError(f"cannot read {text!r}: {e.strerror or e}") from None
         name = repr(text)
     found = []
-    texts = iter_decoded(byte_chunks(stream), encoding, name, allow_nul="\0" in split_on)
+    texts = iter_decoded(byte_chunks(stream, name), encoding, name, allow_nul="\0" in split_on)
     records = split_records(texts, split_on, on_end=found.append)
     paths = list(model_paths)
     out = sys.stdout
