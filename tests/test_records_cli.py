@@ -47,6 +47,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_records_model_records_its_mode(models: dict[str, Path]) -> None:
     info = json.loads(run("info", "-m", str(models["names"]), "--json").stdout)
     assert info["train"]["partition"] == "records" and info["train"]["delimiter"] == "\n"
+    assert info["record_hashes"] == len(set(NAMES))  # distinct records only (each name occurs three times)
+    text = run("info", "-m", str(models["names"])).stdout
+    assert "records model: delimiter '\\n', hashes of" in text
+    assert "records model" not in run("info", "-m", str(models["lines"])).stdout
 
 
 def test_score_text_output(models: dict[str, Path]) -> None:

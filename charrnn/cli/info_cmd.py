@@ -12,8 +12,9 @@ from charrnn.cli.common import json_option, json_out, model_option, num
 @json_option
 def info_cmd(model_path: str, as_json: bool) -> None:
     """What a checkpoint holds: architecture, vocabulary, training progress and history in brief."""
-    from charrnn.checkpoint import load
+    from charrnn.checkpoint import load, record_delimiter
     from charrnn.history import History
+    from charrnn.records import escape
 
     ckpt = load(model_path)
     vocab = ckpt["vocab"]
@@ -25,6 +26,7 @@ def info_cmd(model_path: str, as_json: bool) -> None:
         "train": ckpt.get("train_config"), "training_chars": (ckpt.get("data") or {}).get("chars"),
         "init_from": ckpt.get("init_from"),
         "history": History.from_checkpoint(ckpt.get("history")).summary() if "history" in ckpt else None,
+        "record_hashes": None if ckpt.get("record_hashes") is None else len(ckpt["record_hashes"]),
     }
     if as_json:
         json_out(summary)
@@ -38,6 +40,11 @@ def info_cmd(model_path: str, as_json: bool) -> None:
                f"in {precision}")
     if summary["init_from"]:
         click.echo(f"fine-tuned from {summary['init_from']}")
+    delimiter = record_delimiter(ckpt)
+    if delimiter is not None:
+        kept = summary["record_hashes"]
+        click.echo(f"records model: delimiter '{escape(delimiter)}', hashes of {kept or 0:,} training records kept"
+                   + ("" if ckpt.get("record_hashes_complete", True) else " (not all: the cap was reached)"))
     h = summary["history"]
     if h is None or not (h["train_records"] or h["val_records"]):
         click.echo("history: none recorded")
