@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := build/demo
 
-.PHONY: install demo test lint bench bench-quick clean
+.PHONY: install demo test lint bench bench-quick bench-records clean
 
 # torch is pinned to the CPU build first, so that the looser `torch>=2.2` in pyproject.toml is
 # already satisfied and pip never pulls the multi-GB CUDA build.
@@ -35,6 +35,9 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python bench/run.py --quick
+
+bench-records: install
+	$(BIN)/python bench/records.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache *.egg-info
