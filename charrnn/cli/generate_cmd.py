@@ -94,6 +94,8 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
     delimiter = record_delimiter(ckpt)
     if not stops and delimiter is not None:
         stops = (delimiter,)  # a records model generates records
+        if not min_length and length >= 1 and ctx.get_parameter_source("min_length") == ParameterSource.DEFAULT:
+            min_length = 1  # it never saw an empty record: do not end one before its first character
     if min_length and not stops:
         raise UsageError("--min-length needs --stop (or a model trained with --partition records)")
     if novel and not stops:
