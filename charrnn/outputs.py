@@ -82,8 +82,8 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
     if mode is not None and stat.S_ISDIR(mode):
         raise UsageError(f"{what} {shown} is a directory; give a file name such as model.pt")
     if mode is not None and not stat.S_ISREG(mode):
-        raise UsageError(f"{what} {shown} is a device, FIFO or socket, not a regular file; a checkpoint "
-                         "never replaces one")
+        raise UsageError(f"{what} {shown} is a device, FIFO or socket, not a regular file; charrnn "
+                         "writes only regular files")
     folder = p.parent
     if not folder.is_dir():
         raise UsageError(f"cannot write {what} {shown}: folder {str(folder)!r} does not exist")
