@@ -189,7 +189,7 @@ def test_sequential_across_sigterm_and_resume_equals_one_process(corpus: Path, t
     proc.send_signal(signal.SIGTERM)
     code, stdout, err = finish(proc)
     assert code == 143, err
-    assert stdout == ""
+    assert stdout.count("trained ") == 1 and "interrupted" in stdout  # the summary from rank 0 only
     stopped = torch.load(out, weights_only=True)  # complete and resumable
     assert err.count("Error:") == 1 and f"terminated at step {stopped['step']};" in err
     assert stopped["processes"] == 2 and len(stopped["rng_ranks"]) == 2 and stopped["step"] >= 5
@@ -228,4 +228,4 @@ def test_a_dead_process_stops_the_others_and_keeps_the_last_checkpoint(corpus: P
     assert "lost contact with the others" in err
     assert "Traceback" not in err
     assert torch.load(out, weights_only=True)["step"] % 5 == 0  # a periodic save, complete
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # no half-written file left
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no half-written file left
