@@ -90,11 +90,15 @@ class TrainConsole(Callbacks):
 
     def on_start(self, info: dict[str, Any]) -> None:
         resumed = f", resumed at step {info['resumed_at']}" if info["resumed_at"] is not None else ""
+        processes = info.get("processes", 1)
+        where = f"{info['device']}" + (f" x {processes} processes" if processes > 1 else "")
         self.console.print(
-            f"training: {info['parameters']:,} parameters on {info['device']} ({info.get('precision', 'fp32')}), "
+            f"training: {info['parameters']:,} parameters on {where} ({info.get('precision', 'fp32')}), "
             f"vocabulary {info['vocab_size']}, "
             f"{info['train_chars']:,} training / {info['val_chars']:,} validation characters, "
             f"{info['batches_per_epoch']:,} minibatches per epoch{resumed}", markup=False)
+        for note in info.get("notes", ()):
+            self.console.print(note, markup=False)
         if self.live:
             # One text column that this class lays out to the terminal's width (see status_line).
             self.bar = Progress(TextColumn("{task.fields[line]}"), console=self.console, transient=True)

@@ -126,6 +126,41 @@ def batches_per_epoch(name: str, n: int, batch_size: int, num_steps: int, warmup
     return len(range(warmup + offset, n - num_steps, num_steps)) // batch_size
 
 
+def shard(strategy: Strategy, rank: int, world_size: int) -> Strategy:
+    """`strategy` as seen by process `rank` of `world_size`: every minibatch's rows (B of them) are
+    cut into `world_size` equal blocks and this process gets block `rank`, (B / N, ...).
+
+    Every process runs the whole strategy with the same generator, so all see the same epoch
+    (offset, order, number of minibatches) and stop together. Sequential rows are contiguous
+    streams, so each process walks its own streams and carries their state; random rows are
+    the epoch's shuffled subsequences, dealt out in order. The mean loss over a block, averaged
+    over the processes (what DistributedDataParallel does to gradients), is the mean over all B.
+    """
+    if world_size == 1:
+        return strategy
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+
+    def sharded(ids: np.ndarray, batch_size: int, num_steps: int, rng: np.random.Generator,
+                warmup: int = 0) -> Iterator[Batch]:
+        per = per_process(batch_size, world_size)
+        rows = slice(rank * per, (rank + 1) * per)
+        for b in strategy(ids, batch_size, num_steps, rng, warmup):
+            yield Batch(x=b.x[rows], y=b.y[rows], warmup=b.warmup, carry_state=b.carry_state, reset=b.reset)
+
+    return sharded
+
+
+def per_process(batch_size: int, world_size: int) -> int:
+    """Rows of the global minibatch that each of `world_size` processes trains on."""
+    if batch_size % world_size:
+        raise UsageError(f"--batch-size {batch_size} does not divide among {world_size} processes: "
+                         f"the global minibatch is split evenly (use a multiple of {world_size})")
+    return batch_size // world_size
+
+
+
+
 def partition(name: str, delimiter_ids: np.ndarray | None = None) -> Strategy:
     """The partitioning strategy called `name` (`records` needs the delimiter's ids)."""
     if name == "sequential":

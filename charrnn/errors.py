@@ -55,3 +55,7 @@ class Terminated(KeyboardInterrupt):
 
 class MissingDependency(CharrnnError):
     """An optional library that this command needs is not installed (the message says which extra)."""
+
+
+class PeerLost(TrainingError):
+    """Another process of a distributed run stopped (it died, or its connection broke)."""

@@ -54,12 +54,18 @@ class EvalResult:
     def bits_per_char(self) -> float:
         return self.nats_per_char / math.log(2)
 
+    @classmethod
+    def from_sums(cls, total: float, scored: int, unknown: int) -> EvalResult:
+        """The result from summed nats and counts (of one process, or reduced over several)."""
+        if scored == 0:
+            raise DataError("no character could be scored: every target is unknown to the model (<unk>)")
+        return cls(nats_per_char=total / scored, chars=scored, unknown=unknown)
+
     def to_dict(self) -> dict:
         return {"perplexity": self.perplexity, "nats_per_char": self.nats_per_char,
                 "bits_per_char": self.bits_per_char, **asdict(self)}
 
 
-@torch.inference_mode()
 def evaluate(
     model: CharRNN,
     ids: np.ndarray,
@@ -74,24 +80,46 @@ def evaluate(
     Memory is O(streams * num_steps * vocab), at most about MAX_WINDOW_LOGITS floats, whatever the
     length of the text.
     """
+    return EvalResult.from_sums(*evaluate_sums(model, ids, unk_id=unk_id, streams=streams, num_steps=num_steps,
+                                               on_progress=on_progress))
+
+
+@torch.inference_mode()
+def evaluate_sums(
+    model: CharRNN,
+    ids: np.ndarray,
+    *,
+    unk_id: int | None = None,
+    streams: int = 64,
+    num_steps: int = 256,
+    on_progress: Callable[[int, int], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> tuple[float, int, int]:
+    """(summed nats, characters scored, <unk> targets skipped) of `evaluate`, over the streams of
+    `shard` = (rank, world_size) only: the streams are dealt out in contiguous blocks, each cut
+    where one process would cut it, so the sums of all shards are the sums of one process."""
     n_pairs = len(ids) - 1
     if n_pairs < 1:
         raise DataError("need at least 2 characters to measure perplexity")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     s = max(1, min(streams, n_pairs))
     # Logits of one window are (S, T, V) floats, and the loss makes another such tensor: with a large
     # vocabulary, shorten the window (the state is carried across windows, so the result is the same).
     num_steps = max(1, min(num_steps, MAX_WINDOW_LOGITS // (s * model.config.vocab_size)))
     length = -(-n_pairs // s)  # ceil: stream r covers pairs [r*length, (r+1)*length)
-    rows = np.arange(s, dtype=np.int64)[:, None] * length  # (S, 1)
+    rank, world_size = shard
+    mine = np.array_split(np.arange(s, dtype=np.int64), world_size)[rank]  # this shard's streams
+    if len(mine) == 0:
+        return 0.0, 0, 0
+    rows = mine[:, None] * length  # (S', 1)
     total = torch.zeros((), dtype=torch.float64, device=device)
     scored = unknown = 0
-    state = model.begin_state(s, device)
+    was_training = model.training
+    model.eval()
+    state = model.begin_state(len(mine), device)
     try:
         for start in range(0, length, num_steps):
-            pos = rows + np.arange(start, min(start + num_steps, length))[None, :]  # (S, T) pair index
+            pos = rows + np.arange(start, min(start + num_steps, length))[None, :]  # (S', T) pair index
             valid = pos < n_pairs  # the last stream may be shorter: its tail is padding
             safe = np.minimum(pos, n_pairs - 1)
             x = np.asarray(ids[safe], dtype=np.int64)
@@ -107,9 +135,7 @@ def evaluate(
                                      torch.from_numpy(y).to(device).reshape(-1),
                                      ignore_index=IGNORE, reduction="sum")
             if on_progress is not None:
-                on_progress(min(start + num_steps, length) * s, length * s)
+                on_progress(min(start + num_steps, length) * len(mine), length * len(mine))
     finally:
         model.train(was_training)
-    if scored == 0:
-        raise DataError("no character could be scored: every target is unknown to the model (<unk>)")
-    return EvalResult(nats_per_char=total.item() / scored, chars=scored, unknown=unknown)
+    return total.item(), scored, unknown

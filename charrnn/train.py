@@ -16,6 +16,7 @@ position is enough to rebuild it), the torch RNG (dropout) and the carried hidde
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -27,8 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from charrnn import __version__, checkpoint
+from charrnn import distributed as dd
 from charrnn.data import (
     Batch,
     RecordBatches,
@@ -37,9 +40,11 @@ from charrnn.data import (
     find_delimiters,
     find_records,
     partition,
+    per_process,
+    shard,
 )
-from charrnn.errors import DataError, Interrupted, Terminated, TrainingError, UsageError
-from charrnn.evaluate import EvalResult, evaluate, perplexity_of
+from charrnn.errors import CheckpointError, DataError, Interrupted, Terminated, TrainingError, UsageError
+from charrnn.evaluate import EvalResult, evaluate, evaluate_sums, perplexity_of
 from charrnn.finetune import start_model
 from charrnn.history import History, LiveLog, log_path
 from charrnn.model import CharRNN, ModelConfig, State, detach_state
@@ -213,11 +218,13 @@ def data_fingerprint(ids: np.ndarray, chunk: int = 1 << 24) -> dict[str, Any]:
     return {"chars": int(len(ids)), "sha256": h.hexdigest()}
 
 
-def batch_loss(model: CharRNN, batch: Batch, state: State | None, device: torch.device,
+def batch_loss(model: CharRNN | DistributedDataParallel, batch: Batch, state: State | None, device: torch.device,
                precision: str = "fp32") -> tuple[torch.Tensor, State]:
     """Mean cross-entropy of one minibatch and the state after it.
 
     x: (B, K + T) ids, the first K (warm-up) only build state under no_grad; y: (B, T).
+    `model` may be wrapped in DistributedDataParallel (the gradient then comes out averaged
+    over the processes during backward).
     With precision "bf16" the forward pass runs under bfloat16 autocast; the loss is computed in
     float32 and the returned state is float32, so that it can be saved and carried either way.
     """
@@ -228,14 +235,16 @@ def batch_loss(model: CharRNN, batch: Batch, state: State | None, device: torch.
     return loss, state
 
 
-def _batch_loss(model: CharRNN, batch: Batch, state: State | None, device: torch.device) -> tuple[torch.Tensor, State]:
+def _batch_loss(model: CharRNN | DistributedDataParallel, batch: Batch, state: State | None,
+                device: torch.device) -> tuple[torch.Tensor, State]:
+    core = model.module if isinstance(model, DistributedDataParallel) else model
     x = torch.from_numpy(np.asarray(batch.x, dtype=np.int64)).to(device)
     y = torch.from_numpy(np.asarray(batch.y, dtype=np.int64)).to(device)
     if state is None:
-        state = model.begin_state(x.shape[0], device)
+        state = core.begin_state(x.shape[0], device)
     if batch.warmup:
-        with torch.no_grad():
-            _, state = model(x[:, : batch.warmup], state)
+        with torch.no_grad():  # no gradient: the unwrapped model, no DDP bookkeeping
+            _, state = core(x[:, : batch.warmup], state)
         x = x[:, batch.warmup :]
     logits, state = model(x, state)  # (B, T, V)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)), state
@@ -273,15 +282,19 @@ def train(
     resume: dict[str, Any] | None = None,
     init_from: dict[str, Any] | None = None,
     init_from_path: str | None = None,
+    group: dd.Group = dd.SINGLE,
 ) -> TrainResult:
     """Train a model on `train_ids`, validating on `val_ids`, writing checkpoints to `out`.
 
     `resume` is a loaded checkpoint to continue from; its architecture is used and `config`
     may change anything else (learning rate, stopping rules...). `init_from` is a loaded
     checkpoint to fine-tune: its architecture and weights (grown to `vocab`), everything else new.
+    With a `group` of several processes (torchrun), call this in every process, inside
+    `distributed.session`: each trains on its share of every minibatch and only rank 0 writes the
+    checkpoints and the log.
     """
     return Trainer(train_ids, val_ids, vocab, model_config, config, out, device=device, callbacks=callbacks,
-                   resume=resume, init_from=init_from, init_from_path=init_from_path).run()
+                   resume=resume, init_from=init_from, init_from_path=init_from_path, group=group).run()
 
 
 class Trainer:
@@ -290,11 +303,13 @@ class Trainer:
     def __init__(self, train_ids: np.ndarray, val_ids: np.ndarray, vocab: Vocab, model_config: ModelConfig,
                  config: TrainConfig, out: str | Path, *, device: torch.device | str = "cpu",
                  callbacks: Callbacks | None = None, resume: dict[str, Any] | None = None,
-                 init_from: dict[str, Any] | None = None, init_from_path: str | None = None) -> None:
+                 init_from: dict[str, Any] | None = None, init_from_path: str | None = None,
+                 group: dd.Group = dd.SINGLE) -> None:
         if resume is not None and init_from is not None:
             raise UsageError("--resume continues a run and --init-from starts a new one from a model: give one")
         self.cb = callbacks or Callbacks()
         self.device = torch.device(device)
+        self.group = group
         # Links are followed: the files these resolve to are what the run replaces (charrnn.outputs).
         self.out = check_output(out)
         self.best_out = check_output(best_path(out), what="best checkpoint")
@@ -302,6 +317,8 @@ class Trainer:
         self.records = config.partition == "records"
         if not self.records:
             check_fits(len(train_ids), config.batch_size, config.num_steps, config.warmup)
+        self.rows = per_process(config.batch_size, group.world_size)  # B / N rows of each minibatch
+        self.notes: list[str] = []  # said on stderr at the start (how a resume continues)
         self.train_ids, self.val_ids, self.vocab = train_ids, val_ids, vocab
         self.delimiter_ids = delimiter_ids(vocab, config.delimiter) if self.records else None
         self.strategy = partition(config.partition, self.delimiter_ids)
@@ -334,9 +351,17 @@ class Trainer:
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, config.weight_decay,
                                         self.device)
         self.state = RunState()
+        if group.active and resume is None:
+            # Same initial weights everywhere (seeded above), but each process its own dropout masks.
+            torch.manual_seed(config.seed + 1_000_003 * group.rank)
         if resume is not None:
             self._restore(resume)
         self.model.train()
+        self.net: CharRNN | DistributedDataParallel = self.model
+        if group.active:
+            with dd.collective(group):  # broadcasts rank 0's weights: a collective
+                self.net = DistributedDataParallel(
+                    self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.state.rng = rng_states(self.device)
         if isinstance(self.strategy, RecordBatches):
             self.n_batches = max(1, self.strategy.batches_per_epoch(train_ids, config.batch_size, config.num_steps))
@@ -363,9 +388,14 @@ class Trainer:
         # Both validated by checkpoint.load; a checkpoint older than them starts an empty history.
         st.history = History.from_checkpoint(resume.get("history")).until(st.step)
         st.stale = resume.get("stale_validations", 0)
-        torch.set_rng_state(resume["rng"]["torch"])
-        if self.device.type == "cuda" and "cuda" in resume["rng"]:
-            torch.cuda.set_rng_state(resume["rng"]["cuda"], self.device)
+        processes, rngs = saved_processes(resume)
+        same_processes = processes == self.group.world_size
+        rng = rngs[self.group.rank] if same_processes else rngs[0]
+        torch.set_rng_state(rng["torch"])
+        if self.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        if not same_processes and self.group.rank:
+            torch.manual_seed(resume["seed"] + 1_000_003 * self.group.rank + st.step)
         saved = resume["train_config"]
         defaults = {"delimiter": TrainConfig.delimiter}  # checkpoints older than an option have its default
         if any(saved.get(k, defaults.get(k)) != getattr(config, k)
@@ -373,9 +403,20 @@ class Trainer:
             # Another minibatch shape: the saved position and carried state mean nothing under it,
             # so go on from the start of the next epoch with a fresh state.
             st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+        elif not same_processes:
+            # The data order is the same, but each process's dropout generator is not: as for a
+            # change of minibatch shape, continue at the next epoch with a fresh state.
+            st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+            self.notes.append(f"the checkpoint was written by {processes} process(es) and this run has "
+                              f"{self.group.world_size}: continuing at the start of epoch {st.epoch} with a "
+                              "fresh state (resume with the same number of processes to continue exactly)")
         elif resume["hidden"] is not None:
+            # The checkpoint holds the whole minibatch's state, (layers, B, H); this process carries
+            # its rows.
+            rows = slice(self.group.rank * self.rows, (self.group.rank + 1) * self.rows)
             h = resume["hidden"]
-            st.hidden = tuple(t.to(self.device) for t in h) if isinstance(h, (list, tuple)) else h.to(self.device)
+            st.hidden = (tuple(t[:, rows].to(self.device) for t in h) if isinstance(h, (list, tuple))
+                         else h[:, rows].to(self.device))
 
     def elapsed(self) -> float:
         return self.state.elapsed_before + time.perf_counter() - self.start_time
@@ -391,10 +432,21 @@ class Trainer:
             parts.append(self.elapsed() / config.time_budget)
         return min(1.0, max(parts))
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self) -> dict[str, Any] | None:
+        """The checkpoint's content on rank 0 (None on the others). With several processes, every
+        process must call it: the carried states and dropout generators are gathered."""
         st, hidden = self.state, self.state.hidden
         if hidden is not None:
             hidden = tuple(t.cpu() for t in hidden) if isinstance(hidden, tuple) else hidden.cpu()
+        extra: dict[str, Any] = {"processes": self.group.world_size}
+        if self.group.active:
+            parts = dd.gather_to_main(self.group, (hidden, st.rng and {k: v.cpu() for k, v in st.rng.items()}))
+            if parts is None:
+                return None
+            hiddens, extra["rng_ranks"] = [p[0] for p in parts], [p[1] for p in parts]
+            if hidden is not None:  # rows of every process, in rank order: the state of the whole minibatch
+                hidden = (tuple(torch.cat([h[j] for h in hiddens], dim=1) for j in range(len(hidden)))
+                          if isinstance(hidden, tuple) else torch.cat(hiddens, dim=1))
         return {
             "format": checkpoint.FORMAT, "version": checkpoint.VERSION, "charrnn_version": __version__,
             "model_config": self.model_config.to_dict(), "train_config": self.config.to_dict(),
@@ -405,6 +457,7 @@ class Trainer:
             "chars_seen": st.chars_seen, "rng": st.rng, "hidden": hidden, "data": self.fingerprint,
             "history": st.history.to_checkpoint(), "stale_validations": st.stale, "init_from": self.init_from_path,
             **(self.record_hashes or {}),
+            **extra,
         }
 
     def save(self, path: Path, reason: str) -> None:
@@ -412,9 +465,12 @@ class Trainer:
         # the loss only shows it one step later.
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             self.non_finite(self.state.step, math.nan)
-        checkpoint.save(self.payload(), path)
+        payload = self.payload()
+        if payload is not None:  # rank 0
+            checkpoint.save(payload, path)
+            self.cb.on_save(str(path), reason)
         self.saved["best" if path == self.best_out else "last"] = path
-        self.cb.on_save(str(path), reason)
+        dd.barrier(self.group)
 
     def non_finite(self, step: int, value: float) -> None:
         """Stop on a non-finite loss, gradient or weight, naming only checkpoints this run wrote."""
@@ -428,13 +484,19 @@ class Trainer:
                             f"try a lower learning rate (--lr {self.config.lr / 10:g}){kept}")
 
     def validate(self) -> None:
-        st = self.state
+        st, group = self.state, self.group
         if self.val_records is not None and self.delimiter_ids is not None:
+            # Whole held-out records, scored in full by every process (the same result everywhere).
             from charrnn.score import evaluate_records
 
             starts, lengths = self.val_records
             result = evaluate_records(self.model, self.val_ids, starts[lengths > 0], lengths[lengths > 0],
                                       self.delimiter_ids, unk_id=self.vocab.unk_id)
+        elif group.active:  # each process scores its block of the streams; the sums make one result
+            sums = evaluate_sums(self.model, self.val_ids, unk_id=self.vocab.unk_id, streams=self.config.eval_streams,
+                                 shard=(group.rank, group.world_size))
+            total, scored, unknown = dd.all_sum(group, sums, self.device)
+            result = EvalResult.from_sums(total, int(scored), int(unknown))
         else:
             result = evaluate(self.model, self.val_ids, unk_id=self.vocab.unk_id, streams=self.config.eval_streams)
         st.val_loss = result.nats_per_char
@@ -459,7 +521,8 @@ class Trainer:
 
     def batches(self) -> Iterator[tuple[int, int, Batch]]:
         """(epoch, index in epoch, minibatch) from the run's position on, forever."""
-        config, strategy = self.config, self.strategy
+        config = self.config
+        strategy = shard(self.strategy, self.group.rank, self.group.world_size)
         e, skip = self.state.epoch, self.state.batch_in_epoch
         while True:
             rng = np.random.default_rng([config.seed, e])  # each epoch's order depends on (seed, epoch) only
@@ -476,9 +539,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         carried = st.hidden if batch.carry_state and not batch.reset else None
-        loss, new_state = batch_loss(self.model, batch, carried, device, config.precision)
+        loss, new_state = batch_loss(self.net, batch, carried, device, config.precision)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with dd.collective(self.group):  # DDP all-reduces the gradients here
+            loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip) if config.clip > 0 else None
         # A host sync per step costs nothing on CPU; on a GPU the loss is checked at each report.
         if device.type == "cpu" and not (finite_loss(loss.item()) and (norm is None or math.isfinite(norm.item()))):
@@ -494,13 +558,16 @@ class Trainer:
         st.hidden = detach_state(new_state) if batch.carry_state else None
         st.step, st.epoch, st.batch_in_epoch = st.step + 1, e, i + 1
         st.rng = rng_states(device)
-        st.chars_seen += batch.targets
-        self.chars_this_run += batch.targets
+        # Characters of the whole minibatch: this process's share times the processes (exact for
+        # sequential and random, whose shares are equal; an estimate for records, whose padding varies).
+        st.chars_seen += batch.targets * self.group.world_size
+        self.chars_this_run += batch.targets * self.group.world_size
         return loss.detach()
 
     def run(self) -> TrainResult:
-        """The whole run, holding the checkpoint's lock (a second run on the same file is refused)."""
-        with run_lock(self.out):
+        """The whole run, holding the checkpoint's lock (a second run on the same file is refused);
+        with several processes, rank 0 holds it: it alone writes."""
+        with run_lock(self.out) if self.group.is_main else contextlib.nullcontext():
             return self._run()
 
     def _run(self) -> TrainResult:
@@ -510,12 +577,14 @@ class Trainer:
                      "precision": self.config.precision,
                      "vocab_size": self.vocab.size, "train_chars": len(self.train_ids),
                      "val_chars": len(self.val_ids), "batches_per_epoch": self.n_batches,
-                     "resumed_at": st.step if self.resumed else None})
-        self.log = LiveLog(log_path(self.out), st.history)
+                     "resumed_at": st.step if self.resumed else None, "processes": self.group.world_size,
+                     "notes": self.notes})
+        self.log = LiveLog(log_path(self.out), st.history) if self.group.is_main else None  # rank 0 writes
         try:
             return self._loop()
         finally:
-            self.log.close()
+            if self.log is not None:
+                self.log.close()
             self.log = None
 
     def _loop(self) -> TrainResult:
@@ -526,22 +595,23 @@ class Trainer:
         first_step = st.step
         try:
             for e, i, batch in self.batches():
-                stop_code = cb.stop_requested()
+                # Every process takes the same decision here (rank 0's clock, anyone's signal).
+                spent = bool(config.time_budget and self.elapsed() >= config.time_budget)
+                stop_code, (spent_on_main, fraction) = dd.agree(
+                    self.group, cb.stop_requested(), (float(spent), self.fraction(e, i)), self.device)
                 if stop_code is not None:
                     raise Terminated() if stop_code == 143 else KeyboardInterrupt()
-                # --epochs stops at the end of the last epoch, which may hold one minibatch more than
-                # n_batches (the count at the worst offset): only the other rules stop by fraction.
-                reason = self.stop_reason(e, i)
+                reason = self.stop_reason(e, i, budget_spent=spent_on_main >= 1.0)
                 if reason is not None:
                     break
                 t_step = time.perf_counter()
-                lr = config.lr * lr_factor(config.schedule, self.fraction(e, i))
+                lr = config.lr * lr_factor(config.schedule, fraction)
                 loss_sum += self.step(e, i, batch, lr)
                 loss_count += 1
                 report = st.step % config.log_every == 0
                 if report:
                     # A host sync: on a GPU this waits for the queued steps, so that train_time counts them.
-                    train_loss = loss_sum.item() / loss_count
+                    train_loss = self.mean_over_processes(loss_sum.item()) / loss_count
                     if not finite_loss(train_loss):
                         self.non_finite(st.step, train_loss)
                     loss_sum.zero_()
@@ -563,7 +633,7 @@ class Trainer:
             self.save(self.out, "interrupted")
             code, what = (143, "terminated") if isinstance(e, Terminated) else (130, "interrupted")
             if loss_count:
-                train_loss = loss_sum.item() / loss_count
+                train_loss = self.mean_over_processes(loss_sum.item()) / loss_count
                 self.record_train(train_loss, lr)
             raise Interrupted(f"{what} at step {st.step}; resumable checkpoint saved to {str(self.out)!r} "
                               f"(continue with --resume {str(self.out)!r})", exit_code=code,
@@ -577,21 +647,22 @@ class Trainer:
                                checkpoint=None, best_checkpoint=None, steps_this_run=0, precision=config.precision,
                                stop_reason=reason or "steps")
         if loss_count:  # the steps since the last report get a record of their own
-            train_loss = loss_sum.item() / loss_count
+            train_loss = self.mean_over_processes(loss_sum.item()) / loss_count
             self.record_train(train_loss, lr)
         if self.can_validate and last_val_step != st.step:
             self.validate()
         self.save(self.out, "final")
         return self.result(train_loss, reason or "steps", first_step)
 
-    def stop_reason(self, e: int, i: int) -> str | None:
-        """Which stopping rule ends the run before minibatch i of epoch e, if any."""
+    def stop_reason(self, e: int, i: int, budget_spent: bool) -> str | None:
+        """Which stopping rule ends the run before minibatch i of epoch e, if any. Whether the time
+        budget is spent is decided by rank 0's clock (`budget_spent`), for every process alike."""
         config = self.config
         if config.epochs and e >= config.epochs:
             return "epochs"
         if config.max_steps and self.state.step >= config.max_steps:
             return "steps"
-        if config.time_budget and self.elapsed() >= config.time_budget:
+        if budget_spent:
             return "budget"
         return None
 
@@ -608,6 +679,10 @@ class Trainer:
             steps_this_run=st.step - first_step, precision=self.config.precision, stop_reason=reason,
         )
 
+    def mean_over_processes(self, value: float) -> float:
+        """The mean of a per-process value (the training loss of each process's rows)."""
+        return dd.all_sum(self.group, [value], self.device)[0] / self.group.world_size
+
     def chars_per_second(self) -> float:
         return self.chars_this_run / max(self.train_time, 1e-9)
 
@@ -620,6 +695,19 @@ DIVERGED_NATS = 1000.0
 def finite_loss(value: float) -> bool:
     """Whether a training loss is usable: finite and not diverged (see DIVERGED_NATS)."""
     return math.isfinite(value) and value < DIVERGED_NATS
+
+
+def saved_processes(resume: dict[str, Any]) -> tuple[int, list[dict[str, torch.Tensor]]]:
+    """How many processes wrote a checkpoint (1 when it predates the field) and the dropout
+    generators of each, checked: a checkpoint is untrusted input."""
+    processes = resume.get("processes", 1)
+    rngs = resume.get("rng_ranks") if processes != 1 else [resume.get("rng")]
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1 \
+            or not isinstance(rngs, list) or len(rngs) != processes \
+            or not all(isinstance(r, dict) and isinstance(r.get("torch"), torch.Tensor)
+                       and r["torch"].dtype == torch.uint8 for r in rngs):
+        raise CheckpointError("the checkpoint is damaged: its process count or random generator states are invalid")
+    return processes, rngs
 
 
 def rng_states(device: torch.device) -> dict[str, torch.Tensor]:

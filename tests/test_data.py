@@ -17,8 +17,10 @@ from charrnn.data import (
     check_fits,
     min_chars,
     partition,
+    per_process,
     random_batches,
     sequential_batches,
+    shard,
     split_train_val,
 )
 from charrnn.errors import DataError, UsageError
@@ -359,3 +361,51 @@ def test_records_without_records() -> None:
     ids, d = record_ids(["", ""])
     with pytest.raises(DataError, match="no non-empty record"):
         list(partition("records", d)(ids, 2, 4, np.random.default_rng(0)))
+
+
+@given(n=st.integers(60, 600), per=st.integers(1, 4), world=st.integers(1, 4), t=st.integers(1, 9),
+       k=st.integers(0, 3), seed=st.integers(0, 3), name=st.sampled_from(["sequential", "random"]))
+@settings(max_examples=80, deadline=None)
+def test_shards_are_the_rows_of_the_whole_minibatch(n: int, per: int, world: int, t: int, k: int, seed: int,
+                                                    name: str) -> None:
+    """Process r of N gets rows [r*B/N, (r+1)*B/N) of every minibatch, in the same number of
+    minibatches as every other process: stacked in rank order, the shards are the whole batch."""
+    b, ids = per * world, np.arange(n, dtype=np.int64)
+    k = k if name == "random" else 0
+    if n < min_chars(b, t, k):
+        return
+    whole = list(partition(name)(ids, b, t, np.random.default_rng(seed), k))
+    shards = [list(shard(partition(name), r, world)(ids, b, t, np.random.default_rng(seed), k))
+              for r in range(world)]
+    assert all(len(s) == len(whole) for s in shards)
+    for i, batch in enumerate(whole):
+        parts = [s[i] for s in shards]
+        assert all(p.x.shape == (per, k + t) and p.y.shape == (per, t) for p in parts)
+        np.testing.assert_array_equal(np.concatenate([p.x for p in parts]), batch.x)
+        np.testing.assert_array_equal(np.concatenate([p.y for p in parts]), batch.y)
+        assert all(p.warmup == batch.warmup and p.carry_state == batch.carry_state for p in parts)
+
+
+def test_sequential_shard_walks_its_own_contiguous_streams() -> None:
+    """Each process's rows continue exactly where its previous minibatch ended (state carries)."""
+    ids = np.arange(1000, dtype=np.int64)
+    batches = list(shard(sequential_batches, 1, 2)(ids, 4, 8, np.random.default_rng(0)))
+    for prev, cur in pairwise(batches):
+        np.testing.assert_array_equal(cur.x[:, 0], prev.x[:, -1] + 1)
+    whole = list(sequential_batches(ids, 4, 8, np.random.default_rng(0)))
+    np.testing.assert_array_equal(batches[0].x, whole[0].x[2:])
+
+
+def test_shard_of_one_process_is_the_strategy_and_bad_ranks_are_refused() -> None:
+    assert shard(random_batches, 0, 1) is random_batches
+    with pytest.raises(ValueError):
+        shard(random_batches, 2, 2)
+
+
+def test_per_process_needs_a_divisible_batch() -> None:
+    assert per_process(32, 4) == 8
+    assert per_process(5, 1) == 5
+    with pytest.raises(UsageError, match="--batch-size 6 does not divide among 4 processes.*multiple of 4"):
+        per_process(6, 4)
+    with pytest.raises(UsageError):
+        list(shard(sequential_batches, 0, 4)(np.arange(500), 6, 4, np.random.default_rng(0)))

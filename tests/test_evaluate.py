@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from charrnn.errors import DataError
-from charrnn.evaluate import EvalResult, evaluate
+from charrnn.evaluate import EvalResult, evaluate, evaluate_sums
 from charrnn.model import CharRNN, ModelConfig
 
 
@@ -199,3 +199,26 @@ def test_large_vocabulary_windows_are_shortened_without_changing_the_result(monk
     short = evaluate(model, ids, streams=4, num_steps=64)
     assert max(seen) == 10
     assert short.chars == full.chars and short.nats_per_char == pytest.approx(full.nats_per_char, abs=1e-6)
+
+
+@pytest.mark.parametrize("streams,world", [(7, 3), (64, 2), (2, 4), (1, 1)])
+def test_sharded_sums_add_up_to_one_process(streams: int, world: int) -> None:
+    """Validation across processes: each scores its block of the streams, the sums of nats and of
+    counts are those of one process (a shard with no stream contributes nothing)."""
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=11, cell="lstm", hidden=16, layers=2, embed_dim=8))
+    ids = np.random.default_rng(1).integers(0, 11, size=1001)
+    whole = evaluate(model, ids, unk_id=10, streams=streams, num_steps=13)
+    sums = [evaluate_sums(model, ids, unk_id=10, streams=streams, num_steps=13, shard=(r, world))
+            for r in range(world)]
+    total, scored, unknown = (sum(col) for col in zip(*sums, strict=True))
+    result = EvalResult.from_sums(total, scored, unknown)
+    assert (result.chars, result.unknown) == (whole.chars, whole.unknown)
+    assert result.nats_per_char == pytest.approx(whole.nats_per_char, rel=1e-6)
+    if streams < world:
+        assert sums[-1] == (0.0, 0, 0)
+
+
+def test_from_sums_with_nothing_scored_is_an_error() -> None:
+    with pytest.raises(DataError, match="no character could be scored"):
+        EvalResult.from_sums(0.0, 0, 5)

@@ -8,7 +8,7 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
@@ -33,10 +33,34 @@ from charrnn.cli.common import (
     num,
     positive_int,
 )
-from charrnn.errors import CheckpointError, Interrupted, UsageError
+from charrnn.errors import CharrnnError, CheckpointError, Interrupted, PeerLost, UsageError
+
+if TYPE_CHECKING:
+    from charrnn.distributed import Group  # imports torch: only for the type checker
 
 
-@click.command()
+class ArgvCommand(click.Command):
+    """Keeps the command's own arguments (ctx.meta["argv"]): `--nproc` passes them on to its processes."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """`argv` less `--nproc N` / `--nproc=N` (the processes it launches run the rest)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+@click.command(cls=ArgvCommand)
 @click.argument("corpus", nargs=-1)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint to write (the last state); the best by validation goes to NAME.best.pt.")
@@ -100,11 +124,14 @@ from charrnn.errors import CheckpointError, Interrupted, UsageError
                    "auto: bf16 where the device has native bfloat16 (AVX512-BF16/AMX CPUs, recent GPUs), else fp32.")
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--nproc", type=int, default=None,
+              help="Train data-parallel in N processes on this machine (PyTorch DDP, launched like torchrun); "
+                   "--batch-size is the global minibatch and must divide by N.")
 @click.pass_context
 def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str | None, init_from: str | None,
           keep_vocab: bool, encoding: str,
           val_fraction: float, val_max_chars: int | None, no_cache: bool, min_freq: int, input_: str,
-          preset: str | None, as_json: bool, quiet: bool, device: str,
+          preset: str | None, as_json: bool, quiet: bool, device: str, nproc: int | None,
           **opts: Any) -> None:
     """Train a model on CORPUS: a text file, `-` for stdin, `pydoc` (built in, the default) or a
     catalog corpus name (`charrnn corpus list`; fetched and verified on first use). Several
@@ -119,9 +146,39 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
 
     --init-from BASE.pt fine-tunes BASE on CORPUS: characters BASE lacks are added to its
     vocabulary (new rows, old rows unchanged) or, with --keep-vocab, read as <unk>.
+
+    Several processes: `--nproc N`, or `torchrun --nproc-per-node N -m charrnn train ...`.
     """
+    from charrnn import distributed as dd
+
+    group = dd.from_env()
+    if nproc is not None:
+        if nproc < 1:
+            raise UsageError(f"--nproc must be >= 1, got {nproc}")
+        if group.active:
+            raise UsageError("--nproc launches the processes itself: leave it out under torchrun")
+        if nproc > 1:
+            if "-" in corpus:
+                raise UsageError("several processes cannot share standard input: give the corpus as a file")
+            ctx.exit(dd.launch(nproc, without_nproc(ctx.meta["argv"])))
+    try:
+        _train(ctx, group, corpus, output, resume, init_from, keep_vocab, encoding, val_fraction, val_max_chars,
+               no_cache, min_freq, input_, preset, as_json, quiet, device, opts)
+    except CharrnnError as e:
+        # Every process gets the same inputs and the same averaged gradients, hence the same errors:
+        # rank 0 reports them. The others report only a lost connection, which may be theirs alone.
+        if group.is_main or isinstance(e, PeerLost):
+            raise
+        ctx.exit(e.exit_code)
+
+
+def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: str, resume: str | None,
+           init_from: str | None, keep_vocab: bool, encoding: str, val_fraction: float, val_max_chars: int | None,
+           no_cache: bool, min_freq: int, input_: str,
+           preset: str | None, as_json: bool, quiet: bool, device: str, opts: dict[str, Any]) -> None:
     from charrnn import checkpoint
     from charrnn import console as con
+    from charrnn import distributed as dd
     from charrnn.cache import encode_corpus
     from charrnn.corpora import catalog_entry, expand_sources, training_parts
     from charrnn.data import split_train_val
@@ -161,8 +218,15 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
         check_output(path, [s for s in expand_sources(sources) if s != "-"], what)
     if val_max_chars < 2:
         raise UsageError(f"--val-max-chars must be >= 2, got {val_max_chars}")
-    console = con.make_console(quiet)
-    dev = resolve_device(device)
+    console = con.make_console(quiet or not group.is_main)  # progress from rank 0 only
+    dev = dd.process_device(group, resolve_device(device))
+    if group.active:
+        if "-" in sources:
+            raise UsageError("several processes cannot share standard input: give the corpus as a file")
+        if dev.type == "cpu":
+            import torch
+
+            torch.set_num_threads(dd.cpu_threads(group))
     entry = catalog_entry(sources[0]) if len(sources) == 1 else None
     official = entry is not None and entry.has_splits
     if official and given("val_fraction"):
@@ -265,16 +329,21 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
                          **{n: opts[n] for n in train_names})
     callbacks = con.TrainConsole(console)
     try:
-        with stop_on_signals(callbacks):
+        # Signals are caught once the processes have met: before that, torchrun's SIGTERM (a process
+        # failed to start) must end this one at once rather than wait on the missing process.
+        with dd.session(group, dev), stop_on_signals(callbacks, repeat_exits=not group.active, say=group.is_main):
             result = run_training(train_ids, val_ids, vocab, model_config, config, out, device=dev,
-                                  callbacks=callbacks, resume=ckpt, init_from=base, init_from_path=init_from)
+                                  callbacks=callbacks, resume=ckpt, init_from=base, init_from_path=init_from,
+                                  group=group)
     except Interrupted as e:
         callbacks.close()
-        if e.result is not None:  # the summary of what was done, then the error line and exit code
+        if e.result is not None and group.is_main:  # the summary of what was done, then the error line and exit code
             _summary(e.result, as_json)
         raise
     finally:
         callbacks.close()
+    if not group.is_main:
+        return
     if result.checkpoint is None:
         con.info(console, f"nothing to do: the stopping rule is already reached at step {result.steps} "
                           f"({result.seconds:.1f} s trained); raise --max-steps, --epochs or --time-budget to go on")
@@ -330,9 +399,13 @@ def _fine_tune_vocab(base: dict[str, Any], base_path: str, encoded: Any, keep: b
 
 
 @contextlib.contextmanager
-def stop_on_signals(callbacks: Any) -> Iterator[None]:
+def stop_on_signals(callbacks: Any, repeat_exits: bool = True, say: bool = True) -> Iterator[None]:
     """SIGINT/SIGTERM ask training to save and stop after the current step (callbacks.stop_code);
-    a second signal exits at once. Saves are atomic, so that never damages the last checkpoint."""
+    a second signal exits at once. Saves are atomic, so that never damages the last checkpoint.
+
+    In a process of a distributed run (`repeat_exits` False) a second signal changes nothing: the
+    launcher may signal a process that is already stopping, and its own shutdown timeout is
+    the way out of a stuck run."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -342,10 +415,15 @@ def stop_on_signals(callbacks: Any) -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         code = 143 if signum == signal.SIGTERM else 130
         if callbacks.stop_code is not None:
+            if not repeat_exits:
+                return
             os.write(2, b"\nstopped at once; the last saved checkpoint is intact\n")
             os._exit(code)
         callbacks.stop_code = code
-        os.write(2, b"\nstopping after this step and saving (press Ctrl-C again to quit at once)\n")
+        if repeat_exits:
+            os.write(2, b"\nstopping after this step and saving (press Ctrl-C again to quit at once)\n")
+        elif say:
+            os.write(2, b"\nstopping all processes after this step and saving\n")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
