@@ -259,7 +259,8 @@ def check_resume_fields(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
                                                        and t.shape[2] == config.hidden for t in parts):
             raise bad("its carried hidden state does not fit the model")
     saved = ckpt["train_config"]
-    from charrnn.train import TrainConfig, saved_processes  # train imports this module
+    from charrnn.runconfig import TrainConfig
+    from charrnn.runstate import saved_processes  # runstate imports this module
 
     try:  # processes and rng_ranks: data-parallel runs (absent in older checkpoints)
         saved_processes(ckpt)

@@ -16,12 +16,17 @@ position is enough to rebuild it), the torch RNG (dropout) and the carried hidde
 
 from __future__ import annotations
 
+# Settings, results and callbacks live in charrnn.runconfig, the run's state and its checkpoint form
+# in charrnn.runstate; they are re-exported here, where callers have always found them.
+__all__ = ["OPTIMIZERS", "PRECISIONS", "PRESETS", "SCHEDULES", "STOP_REASONS", "Callbacks", "Progress", "RunState",
+           "TrainConfig", "TrainResult", "Trainer", "batch_loss", "data_fingerprint", "finite_loss", "lr_factor",
+           "make_optimizer", "rng_states", "saved_processes", "train"]
+
 import contextlib
-import hashlib
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from charrnn import __version__, checkpoint
+from charrnn import checkpoint
 from charrnn import distributed as dd
 from charrnn.data import (
     Batch,
@@ -43,179 +48,30 @@ from charrnn.data import (
     per_process,
     shard,
 )
-from charrnn.errors import CheckpointError, DataError, Interrupted, Terminated, TrainingError, UsageError
-from charrnn.evaluate import EvalResult, evaluate, evaluate_sums, perplexity_of
+from charrnn.errors import DataError, Interrupted, Terminated, TrainingError, UsageError
+from charrnn.evaluate import EvalResult, evaluate, evaluate_sums
 from charrnn.finetune import start_model
-from charrnn.history import History, LiveLog, log_path
+from charrnn.history import LiveLog, log_path
 from charrnn.model import CharRNN, ModelConfig, State, detach_state
 from charrnn.outputs import best_path, check_output, run_lock
 from charrnn.records import delimiter_ids, training_record_hashes
+from charrnn.runconfig import (
+    OPTIMIZERS,
+    PRECISIONS,
+    PRESETS,
+    SCHEDULES,
+    STOP_REASONS,
+    Callbacks,
+    Progress,
+    TrainConfig,
+    TrainResult,
+    data_fingerprint,
+    lr_factor,
+    make_optimizer,
+)
+from charrnn.runstate import RunState, restore, rng_states, saved_processes
+from charrnn.runstate import payload as runstate_payload
 from charrnn.vocab import Vocab
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
-# Why a run ended: its time budget, --max-steps, --epochs, --patience, or a signal.
-STOP_REASONS = ("budget", "steps", "epochs", "patience", "interrupted")
-PRECISIONS = ("fp32", "bf16")
-
-# Named starting points: model (ModelConfig fields) and minibatch/learning-rate (TrainConfig fields)
-# settings that go together. Explicit options override them. "small" is the default.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"cell": "lstm", "layers": 1, "hidden": 128, "embed_dim": 32, "dropout": 0.0,
-             "batch_size": 32, "num_steps": 64, "lr": 4e-3},
-    "small": {"cell": "lstm", "layers": 2, "hidden": 256, "embed_dim": 64, "dropout": 0.0,
-              "batch_size": 32, "num_steps": 64, "lr": 3e-3},
-    "medium": {"cell": "lstm", "layers": 2, "hidden": 512, "embed_dim": 64, "dropout": 0.1,
-               "batch_size": 64, "num_steps": 128, "lr": 2e-3},
-    "large": {"cell": "lstm", "layers": 3, "hidden": 1024, "embed_dim": 128, "dropout": 0.2,
-              "batch_size": 128, "num_steps": 128, "lr": 1.5e-3},
-}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    partition: str = "sequential"
-    batch_size: int = 32
-    num_steps: int = 64
-    warmup: int = 0
-    optimizer: str = "adam"
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    clip: float = 1.0
-    epochs: int | None = None
-    max_steps: int | None = None
-    time_budget: float | None = None
-    val_every: int = 200
-    save_every: int | None = None  # None: save the last checkpoint at every validation
-    patience: int | None = None  # stop after this many validations without a new best
-    val_fraction: float = 0.1  # recorded; the split itself is made by the caller
-    val_max_chars: int | None = None  # recorded likewise
-    eval_streams: int = 64
-    seed: int = 0
-    log_every: int = 10
-    precision: str = "fp32"  # bf16: autocast the forward pass to bfloat16 (weights stay fp32); the CLI resolves auto
-    delimiter: str = "\n"  # what ends a record (used by --partition records)
-
-    def __post_init__(self) -> None:
-        partition(self.partition)
-        if not self.delimiter:
-            raise UsageError("--delimiter must not be empty")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
-        if self.warmup and self.partition != "random":
-            raise UsageError("--warmup only applies to --partition random (sequential carries the state)")
-        for name in ("batch_size", "num_steps", "val_every", "log_every", "eval_streams"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs", "max_steps", "time_budget", "save_every"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {value}")
-        if self.patience is not None and self.patience < 1:
-            raise UsageError(f"--patience must be >= 1 (validations without improvement), got {self.patience}")
-        if self.warmup < 0:
-            raise UsageError(f"--warmup must be >= 0, got {self.warmup}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise UsageError(f"--lr must be > 0, got {self.lr}")
-        if self.clip < 0 or self.weight_decay < 0:
-            raise UsageError("--clip and --weight-decay must be >= 0")
-        if self.epochs is None and self.max_steps is None and self.time_budget is None:
-            raise UsageError("give a stopping rule: --epochs, --max-steps or --time-budget")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Progress:
-    step: int
-    epoch: int
-    train_loss: float  # mean over the steps since the last report
-    lr: float
-    elapsed: float  # seconds of the whole run, resumed parts included
-    chars_per_second: float
-    fraction: float  # of the run done, by the stopping rule closest to firing
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    steps: int
-    epochs: float
-    seconds: float
-    chars_per_second: float | None  # None when this run made no step
-    train_loss: float | None
-    val_loss: float | None
-    checkpoint: str | None  # None when this run saved nothing (its stopping rule was already reached)
-    best_checkpoint: str | None  # only when this run saved a new best
-    steps_this_run: int = 0
-    precision: str = "fp32"  # of the forward pass: fp32 or bf16 (what --precision auto chose)
-    stop_reason: str = "steps"  # STOP_REASONS
-
-    @property
-    def val_perplexity(self) -> float | None:
-        return None if self.val_loss is None else perplexity_of(self.val_loss)
-
-    @property
-    def val_bits_per_char(self) -> float | None:
-        return None if self.val_loss is None else self.val_loss / math.log(2)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "val_perplexity": self.val_perplexity, "val_bits_per_char": self.val_bits_per_char}
-
-
-class Callbacks:
-    """Progress hooks; the defaults do nothing. The CLI's console implements them."""
-
-    def on_start(self, info: dict[str, Any]) -> None: ...
-
-    def on_step(self, progress: Progress) -> None: ...
-
-    def on_validate(self, step: int, result: EvalResult, improved: bool) -> None: ...
-
-    def on_save(self, path: str, reason: str) -> None: ...
-
-    def stop_requested(self) -> int | None:
-        """Checked before every step: an exit code (130 for SIGINT, 143 for SIGTERM) asks the run to
-        save and stop there. Signal handlers set it instead of raising, so that a signal never lands
-        in the middle of a step or a save."""
-        return None
-
-
-def lr_factor(schedule: str, fraction: float) -> float:
-    """Multiplier of the base learning rate after `fraction` (0..1) of the run."""
-    if schedule == "cosine":  # from 1 down to 0.1
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
-    return 1.0
-
-
-def make_optimizer(name: str, params: Any, lr: float, weight_decay: float,
-                   device: torch.device | None = None) -> torch.optim.Optimizer:
-    """The optimizer `name`; Adam and AdamW use torch's fused kernel where it exists (CPU since torch
-    2.4, CUDA): one pass over all parameters instead of a loop of small ops, 6x faster than the
-    default on CPU (1.5 ms -> 0.3 ms per step for the 2x256 LSTM, 7 -> 1 ms for 2x512)."""
-    params = list(params)
-    if name in ("adam", "adamw"):
-        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        if device is not None and device.type in ("cpu", "cuda"):
-            try:
-                return cls(params, lr=lr, weight_decay=weight_decay, fused=True)
-            except (RuntimeError, TypeError, ValueError):  # an older torch without the fused kernel here
-                pass
-        return cls(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-
-
-def data_fingerprint(ids: np.ndarray, chunk: int = 1 << 24) -> dict[str, Any]:
-    """Length and SHA-256 of the training ids, hashed in chunks (no copy of a memmapped corpus)."""
-    h = hashlib.sha256()
-    for i in range(0, len(ids), chunk):
-        h.update(np.ascontiguousarray(ids[i : i + chunk]).data)
-    return {"chars": int(len(ids)), "sha256": h.hexdigest()}
 
 
 def batch_loss(model: CharRNN | DistributedDataParallel, batch: Batch, state: State | None, device: torch.device,
@@ -248,25 +104,6 @@ def _batch_loss(model: CharRNN | DistributedDataParallel, batch: Batch, state: S
         x = x[:, batch.warmup :]
     logits, state = model(x, state)  # (B, T, V)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)), state
-
-
-@dataclass
-class RunState:
-    """Where a run stands: everything beyond the weights and the optimizer that a resumed run needs."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0  # minibatches of `epoch` already done
-    chars_seen: int = 0
-    elapsed_before: float = 0.0  # seconds spent in earlier (resumed) parts of the run
-    best_val: float = math.inf
-    val_loss: float | None = None
-    hidden: State | None = None  # carried state (sequential partitioning), detached
-    # The torch RNG (dropout masks) as of the last finished step: an interruption in the middle of
-    # a step must not save the draws of that unfinished step.
-    rng: dict[str, torch.Tensor] | None = None
-    stale: int = 0  # validations since the best one (for --patience)
-    history: History = field(default_factory=History)
 
 
 def train(
@@ -355,7 +192,7 @@ class Trainer:
             # Same initial weights everywhere (seeded above), but each process its own dropout masks.
             torch.manual_seed(config.seed + 1_000_003 * group.rank)
         if resume is not None:
-            self._restore(resume)
+            restore(self, resume)
         self.model.train()
         self.net: CharRNN | DistributedDataParallel = self.model
         if group.active:
@@ -376,48 +213,6 @@ class Trainer:
         self.chars_this_run = 0
         self.log: LiveLog | None = None  # NAME.log.jsonl, open while run() runs
 
-    def _restore(self, resume: dict[str, Any]) -> None:
-        config, st = self.config, self.state
-        self.model.load_state_dict(resume["weights"])
-        if resume["train_config"]["optimizer"] == config.optimizer:
-            self.optimizer.load_state_dict(resume["optimizer"])
-        st.step, st.epoch, st.batch_in_epoch = resume["step"], resume["epoch"], resume["batch_in_epoch"]
-        st.chars_seen, st.elapsed_before = resume["chars_seen"], resume["elapsed"]
-        st.best_val = resume["best_val_loss"] if resume["best_val_loss"] is not None else math.inf
-        st.val_loss = resume["val_loss"]
-        # Both validated by checkpoint.load; a checkpoint older than them starts an empty history.
-        st.history = History.from_checkpoint(resume.get("history")).until(st.step)
-        st.stale = resume.get("stale_validations", 0)
-        processes, rngs = saved_processes(resume)
-        same_processes = processes == self.group.world_size
-        rng = rngs[self.group.rank] if same_processes else rngs[0]
-        torch.set_rng_state(rng["torch"])
-        if self.device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
-        if not same_processes and self.group.rank:
-            torch.manual_seed(resume["seed"] + 1_000_003 * self.group.rank + st.step)
-        saved = resume["train_config"]
-        defaults = {"delimiter": TrainConfig.delimiter}  # checkpoints older than an option have its default
-        if any(saved.get(k, defaults.get(k)) != getattr(config, k)
-               for k in ("partition", "batch_size", "num_steps", "warmup", "delimiter")):
-            # Another minibatch shape: the saved position and carried state mean nothing under it,
-            # so go on from the start of the next epoch with a fresh state.
-            st.epoch, st.batch_in_epoch = st.epoch + 1, 0
-        elif not same_processes:
-            # The data order is the same, but each process's dropout generator is not: as for a
-            # change of minibatch shape, continue at the next epoch with a fresh state.
-            st.epoch, st.batch_in_epoch = st.epoch + 1, 0
-            self.notes.append(f"the checkpoint was written by {processes} process(es) and this run has "
-                              f"{self.group.world_size}: continuing at the start of epoch {st.epoch} with a "
-                              "fresh state (resume with the same number of processes to continue exactly)")
-        elif resume["hidden"] is not None:
-            # The checkpoint holds the whole minibatch's state, (layers, B, H); this process carries
-            # its rows.
-            rows = slice(self.group.rank * self.rows, (self.group.rank + 1) * self.rows)
-            h = resume["hidden"]
-            st.hidden = (tuple(t[:, rows].to(self.device) for t in h) if isinstance(h, (list, tuple))
-                         else h[:, rows].to(self.device))
-
     def elapsed(self) -> float:
         return self.state.elapsed_before + time.perf_counter() - self.start_time
 
@@ -432,40 +227,12 @@ class Trainer:
             parts.append(self.elapsed() / config.time_budget)
         return min(1.0, max(parts))
 
-    def payload(self) -> dict[str, Any] | None:
-        """The checkpoint's content on rank 0 (None on the others). With several processes, every
-        process must call it: the carried states and dropout generators are gathered."""
-        st, hidden = self.state, self.state.hidden
-        if hidden is not None:
-            hidden = tuple(t.cpu() for t in hidden) if isinstance(hidden, tuple) else hidden.cpu()
-        extra: dict[str, Any] = {"processes": self.group.world_size}
-        if self.group.active:
-            parts = dd.gather_to_main(self.group, (hidden, st.rng and {k: v.cpu() for k, v in st.rng.items()}))
-            if parts is None:
-                return None
-            hiddens, extra["rng_ranks"] = [p[0] for p in parts], [p[1] for p in parts]
-            if hidden is not None:  # rows of every process, in rank order: the state of the whole minibatch
-                hidden = (tuple(torch.cat([h[j] for h in hiddens], dim=1) for j in range(len(hidden)))
-                          if isinstance(hidden, tuple) else torch.cat(hiddens, dim=1))
-        return {
-            "format": checkpoint.FORMAT, "version": checkpoint.VERSION, "charrnn_version": __version__,
-            "model_config": self.model_config.to_dict(), "train_config": self.config.to_dict(),
-            "vocab": self.vocab.to_dict(), "weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(), "step": st.step, "epoch": st.epoch,
-            "batch_in_epoch": st.batch_in_epoch, "best_val_loss": None if math.isinf(st.best_val) else st.best_val,
-            "val_loss": st.val_loss, "seed": self.config.seed, "elapsed": self.elapsed(),
-            "chars_seen": st.chars_seen, "rng": st.rng, "hidden": hidden, "data": self.fingerprint,
-            "history": st.history.to_checkpoint(), "stale_validations": st.stale, "init_from": self.init_from_path,
-            **(self.record_hashes or {}),
-            **extra,
-        }
-
     def save(self, path: Path, reason: str) -> None:
         # Never write non-finite weights: a fused optimizer step that overflows does not raise, and
         # the loss only shows it one step later.
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             self.non_finite(self.state.step, math.nan)
-        payload = self.payload()
+        payload = runstate_payload(self)
         if payload is not None:  # rank 0
             checkpoint.save(payload, path)
             self.cb.on_save(str(path), reason)
@@ -695,24 +462,3 @@ DIVERGED_NATS = 1000.0
 def finite_loss(value: float) -> bool:
     """Whether a training loss is usable: finite and not diverged (see DIVERGED_NATS)."""
     return math.isfinite(value) and value < DIVERGED_NATS
-
-
-def saved_processes(resume: dict[str, Any]) -> tuple[int, list[dict[str, torch.Tensor]]]:
-    """How many processes wrote a checkpoint (1 when it predates the field) and the dropout
-    generators of each, checked: a checkpoint is untrusted input."""
-    processes = resume.get("processes", 1)
-    rngs = resume.get("rng_ranks") if processes != 1 else [resume.get("rng")]
-    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1 \
-            or not isinstance(rngs, list) or len(rngs) != processes \
-            or not all(isinstance(r, dict) and isinstance(r.get("torch"), torch.Tensor)
-                       and r["torch"].dtype == torch.uint8 for r in rngs):
-        raise CheckpointError("the checkpoint is damaged: its process count or random generator states are invalid")
-    return processes, rngs
-
-
-def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
-    """The generators that dropout draws from: torch's CPU one, and the GPU's when training there."""
-    states = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state(device)
-    return states
