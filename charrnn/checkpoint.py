@@ -315,10 +315,17 @@ def load_model(
     """Model (in eval mode, on `device`), vocabulary and the raw checkpoint dict."""
     ckpt = load(path)
     check_finite(ckpt, path)
+    model, vocab = build_model(ckpt, repr(str(path)))
+    return model.to(device).eval(), vocab, ckpt
+
+
+def build_model(ckpt: dict[str, Any], where: str) -> tuple[CharRNN, Vocab]:
+    """The model (on the CPU, in training mode) and vocabulary of a loaded checkpoint; `where` names
+    it in the error if its weights still do not fit."""
     try:
         vocab = Vocab.from_dict(ckpt["vocab"])
         model = CharRNN(ModelConfig.from_dict(ckpt["model_config"]))
         model.load_state_dict(ckpt["weights"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{str(path)!r} is damaged: {str(e).splitlines()[0]}") from None
-    return model.to(device).eval(), vocab, ckpt
+        raise CheckpointError(f"{where} is damaged: {str(e).splitlines()[0]}") from None
+    return model, vocab

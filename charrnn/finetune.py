@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from charrnn.errors import CheckpointError, DataError
-from charrnn.model import CharRNN, ModelConfig, grow_vocab
+from charrnn.checkpoint import build_model
+from charrnn.errors import DataError
+from charrnn.model import CharRNN, grow_vocab
 from charrnn.vocab import Vocab
 
 
@@ -36,12 +37,7 @@ def start_model(base: dict[str, Any], vocab: Vocab, where: str = "the --init-fro
 
     New rows are drawn from the global torch RNG: seed it first (the run's --seed) for a repeatable start.
     """
-    try:
-        base_vocab = Vocab.from_dict(base["vocab"])
-        model = CharRNN(ModelConfig.from_dict(base["model_config"]))
-        model.load_state_dict(base["weights"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{where} is damaged: {str(e).splitlines()[0]}") from None
+    model, base_vocab = build_model(base, where)
     id_map = base_vocab.id_map(vocab)
     if vocab.size == base_vocab.size and id_map.tolist() == list(range(vocab.size)):
         return model
