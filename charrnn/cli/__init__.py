@@ -31,6 +31,7 @@ def cli() -> None:
     charrnn generate -m model.pt --prefix TEXT  sample text, streamed to stdout
     charrnn info -m model.pt                    what a checkpoint holds
     charrnn plot model.pt [other.pt ...]        loss curves, in the terminal or -o curves.png
+    charrnn eval score -m model.pt FILE         a score per line (record), streamed: sort -n, awk, --json
     charrnn eval show -m model.pt FILE          the text coloured by the model's surprise
     charrnn corpus list                         corpora known by name (fetched and verified on first use)
 
