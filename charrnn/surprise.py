@@ -12,7 +12,6 @@ the terminal view is drawn by charrnn.console, the only module that imports rich
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -206,9 +205,3 @@ def html_page(s: Surprise, title: str) -> str:
         f"<div class=\"legend\"><span class=\"caption\">surprise (bits): </span>{legend}</div>\n"
         f"<div class=\"text\">{''.join(spans)}</div>\n</body>\n</html>\n"
     )
-
-
-def json_lines(s: Surprise) -> Iterator[str]:
-    """JSON Lines, one object per character (see Surprise.records)."""
-    for record in s.records():
-        yield json.dumps(record, ensure_ascii=False, allow_nan=False)

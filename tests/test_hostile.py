@@ -557,3 +557,19 @@ def test_a_fifo_as_checkpoint_is_refused_without_blocking(tmp_path: Path) -> Non
     os.mkfifo(tmp_path / "m.pt")  # nobody writes it: opening it to read would block forever
     for args in (["info", "-m", tmp_path / "m.pt"], ["generate", "-m", tmp_path / "m.pt", "-n", "3"]):
         one_line_error(run(*args), 2, "not a regular file")
+
+
+@pytest.mark.parametrize("command", ["score", "show", "corpus-list"])
+def test_every_json_output_stays_valid_on_an_ascii_stdout(tmp_path: Path, command: str) -> None:
+    (tmp_path / "u.txt").write_text("café naïve résumé\n" * 100, encoding="utf-8")
+    r = run("train", tmp_path / "u.txt", "-o", tmp_path / "u.pt", *TINY, "--max-steps", "2")
+    assert r.exit_code == 0, r.stderr
+    args = {"score": ["eval", "score", "-m", "u.pt", "u.txt", "--json"],
+            "show": ["eval", "show", "-m", "u.pt", "u.txt", "--json", "--max-chars", "40"],
+            "corpus-list": ["corpus", "list", "--json"]}[command]
+    p = shell(charrnn_cmd(*args), tmp_path, {"PYTHONIOENCODING": "ascii"})
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    values = [json.loads(line) for line in p.stdout.splitlines()]  # valid JSON, \u escapes
+    assert values
+    if command != "corpus-list":
+        assert "é" in json.dumps(values, ensure_ascii=False)

@@ -181,9 +181,14 @@ def same_file(a: str, b: str) -> bool:
         return False
 
 
-def json_out(obj: dict) -> None:
-    """One JSON object on a line; non-finite numbers are written as null (JSON has no inf/nan)."""
-    click.echo(json.dumps(finite_or_none(obj), ensure_ascii=not stdout_is_unicode(), allow_nan=False, default=str))
+def json_line(obj: Any) -> str:
+    """`obj` as one line of JSON for stdout, the one encoding of every --json output: non-finite numbers
+    become null (JSON has no inf/nan), and characters stdout's encoding lacks become \\u escapes."""
+    return json.dumps(finite_or_none(obj), ensure_ascii=not stdout_is_unicode(), allow_nan=False, default=str)
+
+
+def json_out(obj: Any) -> None:
+    click.echo(json_line(obj))
 
 
 def finite_or_none(obj: Any) -> Any:

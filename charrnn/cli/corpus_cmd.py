@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ def corpus_list(as_json: bool) -> None:
 
     entries = list(load_catalog().values())
     if as_json:
-        click.echo(json.dumps([e.to_dict() for e in entries], ensure_ascii=False))
+        json_out([e.to_dict() for e in entries])
         return
     width = max([len("name"), *(len(e.name) for e in entries)])
     click.echo(f"{'name':<{width}}  {'size':>11}  description")

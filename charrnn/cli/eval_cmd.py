@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import click
 
 from charrnn.cli import common
-from charrnn.cli.common import device_option, encoding_option, json_option, json_out, model_option, positive_int
+from charrnn.cli.common import (
+    device_option,
+    encoding_option,
+    json_line,
+    json_option,
+    json_out,
+    model_option,
+    positive_int,
+)
 from charrnn.errors import UsageError
 
 
@@ -109,7 +116,7 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
     from charrnn.corpora import source_parts
     from charrnn.model import resolve_device
     from charrnn.outputs import check_output, write_atomic
-    from charrnn.surprise import html_page, json_lines, score
+    from charrnn.surprise import html_page, score
 
     if max_chars < 1:
         raise UsageError(f"--max-chars must be >= 1, got {max_chars}")
@@ -134,8 +141,8 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
         con.info(console, f"showing the first {max_chars:,} characters of the text (--max-chars)")
     surprise = score(model, vocab, body)
     if as_json:
-        for line in json_lines(surprise):
-            click.echo(line)
+        for record in surprise.records():
+            click.echo(json_line(record))
     elif html_path is not None:
         page = html_page(surprise, title=f"charrnn surprise: {Path(model_path).name} on {text}")
         write_atomic(html_path, page.encode("utf-8"))
@@ -246,7 +253,7 @@ def _write_scores(out: Any, window: list, paths: list[str], as_json: bool) -> No
             if len(paths) > 1:
                 obj["scores"] = dict(zip(paths, values, strict=True))
                 obj["best"] = paths[best] if best is not None else None
-            out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            out.write(json_line(obj) + "\n")
         elif len(paths) == 1:
             s = scores[0]
             out.write(f"{_f(s.nats_per_char)}\t{_f(s.bits_per_char)}\t{s.nats if s.chars else math.nan:.4f}\t"
