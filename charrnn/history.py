@@ -24,6 +24,7 @@ from typing import Any, TextIO
 import torch
 
 from charrnn.errors import CheckpointError, DataError
+from charrnn.outputs import write_atomic
 
 FIELDS: dict[str, tuple[str, ...]] = {
     "train": ("step", "epoch", "loss", "lr", "chars_per_second", "elapsed", "chars"),
@@ -140,12 +141,9 @@ class LiveLog:
 
     def open(self) -> None:
         """Rewrite the file with the history the run started from, and keep it open to append."""
+        write_atomic(self.path, "".join(_line(kind, record) for kind, record in self.start).encode("utf-8"),
+                     what="the training log ")
         try:
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                for kind, record in self.start:
-                    f.write(_line(kind, record))
-            os.replace(tmp, self.path)
             self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
         except OSError as e:
             raise CheckpointError(f"cannot write the training log {str(self.path)!r}: {e.strerror or e}") from None

@@ -138,10 +138,10 @@ def run_lock(out: str | os.PathLike) -> Iterator[None]:
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_atomic(path: str | os.PathLike, data: bytes, what: str = "") -> None:
     """Write `data` to `path` (a link is followed) through a temporary file and a rename: a failure
     (disk full, a file-size limit) leaves the previous file as it was and no temporary file; it is
-    reported as one line naming the file and the cause."""
+    reported as one line naming the file (after `what`, such as "the training log ") and the cause."""
     import tempfile
 
     from charrnn.errors import DataError
@@ -151,7 +151,7 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise DataError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+        raise DataError(f"cannot write {what}{str(path)!r}: {e.strerror or e}") from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -161,7 +161,7 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         os.replace(tmp, p)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise DataError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+        raise DataError(f"cannot write {what}{str(path)!r}: {e.strerror or e}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

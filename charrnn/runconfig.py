@@ -4,7 +4,6 @@ records, and the callbacks through which the core reports to the shell."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from charrnn.cache import ids_digest
 from charrnn.data import partition
 from charrnn.errors import UsageError
 from charrnn.evaluate import EvalResult, perplexity_of
@@ -175,8 +175,5 @@ def make_optimizer(name: str, params: Any, lr: float, weight_decay: float,
 
 
 def data_fingerprint(ids: np.ndarray, chunk: int = 1 << 24) -> dict[str, Any]:
-    """Length and SHA-256 of the training ids, hashed in chunks (no copy of a memmapped corpus)."""
-    h = hashlib.sha256()
-    for i in range(0, len(ids), chunk):
-        h.update(np.ascontiguousarray(ids[i : i + chunk]).data)
-    return {"chars": int(len(ids)), "sha256": h.hexdigest()}
+    """Length and SHA-256 of the training ids (what a resume checks the text against)."""
+    return {"chars": int(len(ids)), "sha256": ids_digest(ids, chunk)}
