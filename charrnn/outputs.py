@@ -54,7 +54,9 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
-def _same(a: Path, b: Path) -> bool:
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether `a` and `b` both exist and are one file (links followed)."""
+    a, b = Path(a), Path(b)
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
@@ -71,7 +73,7 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
     shown = repr(given) if str(p) == given else f"{given!r} (a link to {str(p)!r})"
     for source in inputs:
         s = Path(source)
-        if _same(p, s) or p.absolute() == s.absolute():
+        if same_file(p, s) or p.absolute() == s.absolute():
             raise UsageError(f"{what} {shown} is an input corpus; choose another output path")
     try:
         mode = os.stat(p).st_mode

@@ -174,13 +174,6 @@ def stdin() -> Any:
     return getattr(sys.stdin, "buffer", sys.stdin) if sys.stdin is not None else None
 
 
-def same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def json_line(obj: Any) -> str:
     """`obj` as one line of JSON for stdout, the one encoding of every --json output: non-finite numbers
     become null (JSON has no inf/nan), and characters stdout's encoding lacks become \\u escapes."""

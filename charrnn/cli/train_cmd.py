@@ -184,7 +184,7 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     from charrnn.data import split_train_val
     from charrnn.history import log_path
     from charrnn.model import ModelConfig, resolve_device, resolve_precision
-    from charrnn.outputs import best_path, check_output
+    from charrnn.outputs import best_path, check_output, same_file
     from charrnn.train import PRESETS, TrainConfig
     from charrnn.train import train as run_training
     from charrnn.vocab import Vocab
@@ -209,7 +209,7 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
         raise UsageError("--resume continues a run and --init-from starts a new one from a model: give one")
     if keep_vocab and not init_from:
         raise UsageError("--keep-vocab only applies with --init-from")
-    if init_from and common.same_file(init_from, output):
+    if init_from and same_file(init_from, output):
         raise UsageError(f"--init-from and -o are the same file {output!r}: fine-tuning would overwrite the base "
                          "model; choose another output")
     sources = list(corpus) or ["pydoc"]
