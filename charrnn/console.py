@@ -106,12 +106,12 @@ class TrainConsole(Callbacks):
             self.task = self.bar.add_task("train", total=1.0, line="")
 
     def on_step(self, p: TrainProgress) -> None:
-        stats = (f"loss {p.train_loss:.4f} ppl {math.exp(min(p.train_loss, 700)):.2f} val ppl {self.val} "
-                 f"{p.chars_per_second:,.0f} chars/s lr {p.lr:.2e}")
         eta = _eta(p.elapsed / p.fraction * (1 - p.fraction)) if p.fraction > 0 else "?"
         if self.bar is not None:
             self.bar.update(self.task, completed=p.fraction, line=status_line(p, self.val, eta, self.console.width))
         else:
+            stats = (f"loss {p.train_loss:.4f} ppl {math.exp(min(p.train_loss, 700)):.2f} val ppl {self.val} "
+                     f"{p.chars_per_second:,.0f} chars/s lr {p.lr:.2e}")
             self.console.print(f"step {p.step} epoch {p.epoch} {stats} elapsed {_eta(p.elapsed)} ETA {eta}",
                                markup=False)
 
