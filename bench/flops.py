@@ -1,4 +1,4 @@
-"""FLOP counting for the char-RNN models, and the machine's measured fp32 matrix-multiply limit.
+"""FLOP counting for the char-RNN models, and the machine's measured matrix-multiply limit (fp32 and bf16).
 
 Counting convention (the usual one for model FLOP utilisation): only matrix multiplies count, a
 multiply-add is 2 FLOPs, and a training step costs 3x the forward matmuls (forward, plus the
@@ -103,19 +103,21 @@ def lstm_gemm_shapes(batch: int, steps: int, hidden: int, vocab: int, embed_dim:
     ]
 
 
-def measure_matmul(m: int, k: int, n: int, device: torch.device, min_seconds: float) -> dict:
-    """fp32 GFLOP/s of (m, k) @ (k, n) into a preallocated output."""
+def measure_matmul(m: int, k: int, n: int, device: torch.device, min_seconds: float,
+                   dtype: torch.dtype = torch.float32) -> dict:
+    """GFLOP/s of (m, k) @ (k, n) in `dtype` into a preallocated output."""
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(m, k, generator=gen).to(device)
-    b = torch.randn(k, n, generator=gen).to(device)
-    out = torch.empty(m, n, device=device)
+    a = torch.randn(m, k, generator=gen).to(device, dtype)
+    b = torch.randn(k, n, generator=gen).to(device, dtype)
+    out = torch.empty(m, n, device=device, dtype=dtype)
     seconds = time_op(lambda: torch.mm(a, b, out=out), device, min_seconds)
     return {"m": m, "k": k, "n": n, "seconds": seconds, "gflops": 2 * m * k * n / seconds / 1e9}
 
 
 def matmul_limit(hidden: int, *, batch: int = 32, steps: int = 64, vocab: int = 65, embed_dim: int = 64,
-                 device: torch.device | str = "cpu", min_seconds: float = 0.3) -> dict:
-    """Measured fp32 matmul throughput at the shapes a 2-layer LSTM of width `hidden` uses.
+                 device: torch.device | str = "cpu", min_seconds: float = 0.3,
+                 dtype: torch.dtype = torch.float32) -> dict:
+    """Measured matmul throughput in `dtype` at the shapes a 2-layer LSTM of width `hidden` uses.
 
     Returns every shape's GFLOP/s, `best` (the machine's limit at these shapes: what MFU divides by)
     and `mix` (the rate the LSTM's training matmuls would run at if each ran at its measured speed:
@@ -124,7 +126,7 @@ def matmul_limit(hidden: int, *, batch: int = 32, steps: int = 64, vocab: int = 
     device = torch.device(device)
     rows = []
     for name, m, k, n in lstm_gemm_shapes(batch, steps, hidden, vocab, embed_dim):
-        r = measure_matmul(m, k, n, device, min_seconds)
+        r = measure_matmul(m, k, n, device, min_seconds, dtype)
         rows.append({"shape": name, **r, "gflops": round(r["gflops"], 1)})
     # Times a training step runs each shape (approximate: the layer-1 weight gradient and the head's
     # input gradient have shapes of their own and are left out of the mix).
@@ -138,5 +140,6 @@ def matmul_limit(hidden: int, *, batch: int = 32, steps: int = 64, vocab: int = 
     best = max(r["gflops"] for r in rows)
     for r in rows:
         r["microseconds"] = round(r.pop("seconds") * 1e6, 2)
-    return {"hidden": hidden, "batch": batch, "steps": steps, "best_gflops": best,
+    return {"hidden": hidden, "dtype": str(dtype).removeprefix("torch."), "batch": batch, "steps": steps,
+            "best_gflops": best,
             "mix_gflops": round(flops / seconds / 1e9, 1), "shapes": rows}

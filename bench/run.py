@@ -41,7 +41,7 @@ from reference import reference_throughput  # noqa: E402
 from charrnn.checkpoint import load_model  # noqa: E402
 from charrnn.evaluate import evaluate  # noqa: E402
 from charrnn.generate import Sampling, generate  # noqa: E402
-from charrnn.model import ModelConfig  # noqa: E402
+from charrnn.model import ModelConfig, resolve_precision  # noqa: E402
 from charrnn.train import Callbacks, TrainConfig, train  # noqa: E402
 from charrnn.vocab import Vocab  # noqa: E402
 
@@ -63,18 +63,20 @@ class Plan:
     gen_lengths: tuple[int, int] = (2000, 500)  # characters per stream with 1 and with 64 streams
     quality_seconds: float = 150
     text_chars: int | None = None  # cut the corpus (smoke tests)
+    curve_steps: int = 300  # steps of the default model in fp32 and in bf16 from the same start
+    ptb_seconds: float | None = None  # the PTB-char run (--full only: 20 minutes)
 
 
 def plan_for(mode: str) -> Plan:
     every = [(c, h, i) for h in (256, 512) for c in CELLS for i in ("embedding", "onehot")]
     short = [(c, h, "embedding") for h in (256, 512) for c in FUSED] + [("scratch-rnn", 256, "embedding")]
     if mode == "full":
-        return Plan(15, 2, every, 1.0, 1_000_000, [1_000_000, 10_000_000], (5000, 1000), 150)
+        return Plan(15, 2, every, 1.0, 1_000_000, [1_000_000, 10_000_000], (5000, 1000), 150, ptb_seconds=1200)
     if mode == "quick":
-        return Plan(3, 1, short, 0.15, 200_000, [100_000, 1_000_000], (500, 200), 30)
+        return Plan(3, 1, short, 0.15, 200_000, [100_000, 1_000_000], (500, 200), 30, curve_steps=60)
     if mode == "smoke":  # every code path in about a minute: numbers mean nothing
         return Plan(0.7, 1, short + [("lstm", 256, "onehot")], 0.02, 30_000, [20_000, 60_000], (100, 40), 3,
-                    text_chars=120_000)
+                    text_chars=120_000, curve_steps=4, ptb_seconds=3 if os.environ.get("BENCH_SMOKE_PTB") else None)
     return Plan(4, 2, every, 0.4, 1_000_000, [1_000_000, 10_000_000], (2000, 500), 150)
 
 
@@ -134,11 +136,12 @@ class StepClock(Callbacks):
 
 
 def charrnn_throughput(ids: np.ndarray, vocab: Vocab, mc: ModelConfig, seconds: float, device: torch.device,
-                       tmp: Path) -> dict:
-    # the reference's settings, spelled out so that a change of charrnn's defaults does not change the comparison
+                       tmp: Path, precision: str = "fp32") -> dict:
+    # the reference's settings, spelled out so that a change of charrnn's defaults does not change the comparison;
+    # the precision is what `--precision auto` picks on this device (the reference is always fp32)
     quiet = {"val_every": 10**9, "log_every": 10**9, "save_every": 10**9, "val_fraction": 0.0,
              "partition": "sequential", "batch_size": BATCH, "num_steps": STEPS, "optimizer": "adam", "lr": 2e-3,
-             "clip": 1.0}
+             "clip": 1.0, "precision": precision}
     # a short discarded run first: allocator, thread pool and oneDNN primitives warm up
     train(ids, ids[:0], vocab, mc, TrainConfig(max_steps=2, **quiet), tmp / "b.pt", device=device)
     clock = StepClock(device)
@@ -151,14 +154,15 @@ def charrnn_throughput(ids: np.ndarray, vocab: Vocab, mc: ModelConfig, seconds: 
 
 
 def bench_train_config(ids: np.ndarray, vocab: Vocab, mc: ModelConfig, plan: Plan, limits: dict[int, dict],
-                       device: torch.device, tmp: Path) -> dict:
-    """charrnn and the reference at the same model and batch, back to back (ABBA with two rounds)."""
+                       device: torch.device, tmp: Path, precision: str = "fp32") -> dict:
+    """charrnn (in `precision`) and the fp32 reference at the same model and batch, back to back (ABBA with two
+    rounds); `limits` are the matmul limits of that precision (MFU divides by them)."""
     ours: list[dict] = []
     refs: list[dict] = []
     ref_cell = mc.cell.removeprefix("scratch-")
 
     def run_ours() -> None:
-        ours.append(charrnn_throughput(ids, vocab, mc, plan.train_seconds, device, tmp))
+        ours.append(charrnn_throughput(ids, vocab, mc, plan.train_seconds, device, tmp, precision))
 
     def run_ref() -> None:
         refs.append(reference_throughput(ids, vocab.size, ref_cell, mc.hidden, mc.input, seconds=plan.train_seconds,
@@ -177,7 +181,7 @@ def bench_train_config(ids: np.ndarray, vocab: Vocab, mc: ModelConfig, plan: Pla
     limit = limits[mc.hidden]["best_gflops"]
     achieved = cps * flops / 1e9
     return {"cell": mc.cell, "hidden": mc.hidden, "layers": mc.layers, "input": mc.input, "embed_dim": mc.embed_dim,
-            "steps": sum(r["steps"] for r in ours), "chars_per_s": round(cps),
+            "precision": precision, "steps": sum(r["steps"] for r in ours), "chars_per_s": round(cps),
             "reported_chars_per_s": round(max(r["reported_chars_per_s"] for r in ours)),
             "reference": ref_cell, "reference_chars_per_s": round(ref_cps), "ratio": round(cps / ref_cps, 3),
             "train_flops_per_char": flops, "gflops": round(achieved, 2), "limit_gflops": limit,
@@ -272,6 +276,37 @@ def bench_quality(corpus_file: Path, budget: float, device: str, tmp: Path) -> d
             "val_bits_per_char": round(s["val_bits_per_char"], 4), "chars_per_s": round(s["chars_per_second"])}
 
 
+def bench_precision_curves(corpus_file: Path, steps: int, device: str, tmp: Path) -> dict:
+    """`charrnn train` with its defaults for `steps` steps from the same start in fp32 and in bf16 (the last 10%
+    held out): the validation losses at equal steps, and each precision's training speed."""
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        r = run_measured(cli("train", str(corpus_file), "-o", str(tmp / f"curve-{precision}.pt"), "--max-steps",
+                             str(steps), "--precision", precision, "--seed", "0", "--json", "-q", "--device", device),
+                         tmp)
+        s = json.loads(r["stdout"].strip().splitlines()[-1])
+        rows[precision] = {"val_nats_per_char": round(s["val_loss"], 4), "train_loss": round(s["train_loss"], 4),
+                           "chars_per_s": round(s["chars_per_second"])}
+    diff = rows["bf16"]["val_nats_per_char"] - rows["fp32"]["val_nats_per_char"]
+    return {"steps": steps, **rows, "val_difference": round(diff, 4)}
+
+
+def bench_ptb(shared: Path, seconds: float, device: str, tmp: Path) -> dict:
+    """`charrnn train ptb-char` with its defaults for `seconds`, then test bits/char of the best checkpoint."""
+    env = {**os.environ, "CHARRNN_CORPORA": str(shared)}
+    out = tmp / "ptb.pt"
+    r = run_measured(cli("train", "ptb-char", "-o", str(out), "--time-budget", f"{seconds:g}", "--json", "-q",
+                         "--device", device), tmp, env=env)
+    s = json.loads(r["stdout"].strip().splitlines()[-1])
+    best = out.with_name("ptb.best.pt")
+    e = run_measured(cli("eval", "perplexity", "-m", str(best if best.exists() else out), "ptb-char", "--split", "test",
+                         "--json", "--device", device), tmp, env=env)
+    t = json.loads(e["stdout"])
+    return {"seconds": seconds, "steps": s["steps"], "epochs": round(s["epochs"], 2),
+            "valid_bits_per_char": round(s["val_bits_per_char"], 4), "test_bits_per_char": round(t["bits_per_char"], 4),
+            "test_chars": t["chars"], "chars_per_s": round(s["chars_per_second"])}
+
+
 def bench_finetune(shared: Path, tmp: Path, plan: Plan, device: str) -> dict | None:
     """bench/finetune.py: 30 s of fine-tuning a tinyshakespeare model on timemachine vs 30 s from scratch.
     The quality run's model (tinyshakespeare, plan.quality_seconds of the defaults) is the base when there is one."""
@@ -329,8 +364,9 @@ def main() -> None:
         text = text[: plan.text_chars]
     vocab = Vocab.build(full_text)
     ids = vocab.encode(text)
+    precision = resolve_precision("auto", device)  # what `charrnn train` uses here by default
     results: dict = {"machine": machine(device), "device": str(device), "corpus": name, "mode": mode_name,
-                     "batch": [BATCH, STEPS]}
+                     "batch": [BATCH, STEPS], "precision": precision}
     started = time.perf_counter()
 
     def save() -> None:
@@ -341,21 +377,28 @@ def main() -> None:
         corpus_file = tmp / "corpus.txt"  # the text the benchmark uses (cut short in smoke tests)
         corpus_file.write_text(text, encoding="utf-8")
 
-        # 1. the machine's limit at the models' GEMM shapes
-        hiddens = sorted({h for _, h, _ in plan.configs})
-        limits = {}
-        for h in hiddens:
-            log(f"matmul limit, hidden {h}")
-            limits[h] = matmul_limit(h, batch=BATCH, steps=STEPS, vocab=vocab.size, device=device,
-                                     min_seconds=plan.matmul_seconds)
-        results["matmul"] = [limits[h] for h in hiddens]
+        # 1. the machine's limit at the models' GEMM shapes, in fp32 and in bf16; MFU divides by the limit of
+        # the precision training uses
+        limits: dict[str, dict[int, dict]] = {"fp32": {}, "bf16": {}}
+        results["matmul"], results["matmul_bf16"] = [], []
+
+        def measure_limits(h: int) -> None:
+            log(f"matmul limit, hidden {h}, fp32 and bf16")
+            for key, dtype, where in (("fp32", torch.float32, "matmul"), ("bf16", torch.bfloat16, "matmul_bf16")):
+                limits[key][h] = matmul_limit(h, batch=BATCH, steps=STEPS, vocab=vocab.size, device=device,
+                                              min_seconds=plan.matmul_seconds, dtype=dtype)
+                results[where].append(limits[key][h])
+
+        for h in sorted({h for _, h, _ in plan.configs}):
+            measure_limits(h)
 
         # 2-3. training: charrnn and the reference, back to back per configuration
         results["train"] = []
         for cell, hidden, input_ in plan.configs:
             log(f"training {cell} {LAYERS}x{hidden} {input_}: charrnn and reference")
             mc = ModelConfig(vocab.size, cell=cell, hidden=hidden, layers=LAYERS, input=input_, dropout=0.0)
-            results["train"].append(bench_train_config(ids, vocab, mc, plan, limits, device, tmp))
+            results["train"].append(bench_train_config(ids, vocab, mc, plan, limits[precision], device, tmp,
+                                                       precision))
             save()
 
         # 4. evaluation: a default-architecture checkpoint from the CLI
@@ -368,12 +411,11 @@ def main() -> None:
                             == (mc.cell, mc.hidden, mc.layers, mc.input, mc.embed_dim)), None)
         if default_row is None:  # the CLI's default model is not among the configurations: measure it too
             log(f"training the default model {mc.cell} {mc.layers}x{mc.hidden} {mc.input}")
-            if mc.hidden not in limits:
-                limits[mc.hidden] = matmul_limit(mc.hidden, batch=BATCH, steps=STEPS, vocab=vocab.size,
-                                                 device=device, min_seconds=plan.matmul_seconds)
-                results["matmul"].append(limits[mc.hidden])
+            if mc.hidden not in limits["fp32"]:
+                measure_limits(mc.hidden)
             default_row = bench_train_config(ids, vocab, ModelConfig(vocab.size, **{
-                k: v for k, v in mc.to_dict().items() if k != "vocab_size"}), plan, limits, device, tmp)
+                k: v for k, v in mc.to_dict().items() if k != "vocab_size"}), plan, limits[precision], device, tmp,
+                precision)
             results["train"].append(default_row)
         results["default_model"] = {**mc.to_dict(), "train_chars_per_s": default_row["chars_per_s"]}
         log(f"eval in process, {plan.eval_chars:,} chars")
@@ -398,6 +440,16 @@ def main() -> None:
                                                args.device, tmp)
         else:
             log("quality skipped: no tinyshakespeare in --shared")
+        log(f"precision: {plan.curve_steps} steps of the defaults in fp32 and in bf16")
+        results["precision_curves"] = bench_precision_curves(corpus_file, plan.curve_steps, args.device, tmp)
+        save()
+        if plan.ptb_seconds:
+            if (Path(args.shared) / "ptb-char").is_dir():
+                log(f"PTB-char: {plan.ptb_seconds:g} s of default training, then the test split")
+                results["ptb"] = bench_ptb(Path(args.shared), plan.ptb_seconds, args.device, tmp)
+                save()
+            else:
+                log("PTB-char skipped: no ptb-char in --shared")
         if not args.no_finetune:
             results["finetune"] = bench_finetune(Path(args.shared), tmp, plan, args.device)
             save()
@@ -426,11 +478,19 @@ def targets(r: dict) -> list[dict]:
     def add(name: str, value: float | None, shown: str, met: bool | None) -> None:
         rows.append({"target": name, "value": value, "shown": shown, "met": met})
 
+    precision = r.get("precision", "fp32")
+    row = next((t for t in r["train"] if (t["cell"], t["hidden"], t["layers"], t["input"])
+                == ("lstm", 256, 2, "embedding")), None)
+    if row:
+        goal = 1.8 if precision == "bf16" else 1.0  # bf16 where the hardware has it, against the fp32 reference
+        add(f"training lstm 2x256 in {precision} >= {goal:.1f}x the fp32 reference chars/s", row["ratio"],
+            f"{row['ratio']:.2f}x", row["ratio"] >= goal)
     for cell in FUSED:
         mine = [t for t in r["train"] if t["cell"] == cell]
         if mine:
             worst = min(mine, key=lambda t: t["ratio"])
-            add(f"training {cell} >= 1.0x reference chars/s (worst of {len(mine)} configurations)", worst["ratio"],
+            add(f"training {cell} >= 1.0x reference chars/s (worst of {len(mine)} configurations, {precision})",
+            worst["ratio"],
                 f"{worst['ratio']:.3f}x ({LAYERS}x{worst['hidden']} {worst['input']})", worst["ratio"] >= 1.0)
     for cell, goal in (("lstm", 0.75), ("gru", 0.60), ("rnn", 0.60)):
         row = next((t for t in r["train"] if t["cell"] == cell and t["hidden"] == 512 and t["input"] == "embedding"),
@@ -442,20 +502,29 @@ def targets(r: dict) -> list[dict]:
         add("eval >= 3x training chars/s of the default model", ratio,
             f"{ratio:.1f}x ({r['eval']['chars_per_s']:,} vs {r['default_model']['train_chars_per_s']:,})", ratio >= 3)
     for g in r.get("generate", []):
-        goal = 3_000 if g["streams"] == 1 else 30_000
+        goal = 5_000 if g["streams"] == 1 else 60_000
         add(f"generation, {g['streams']} stream(s) >= {goal:,} chars/s", g["chars_per_s"], f"{g['chars_per_s']:,}",
             g["chars_per_s"] >= goal)
     if "first_char" in r:
         v = r["first_char"]["best_s"]
-        add("`charrnn generate` first character <= 1.5 s", v, f"{v:.2f} s", v <= 1.5)
+        add("`charrnn generate` first character <= 1.0 s", v, f"{v:.2f} s", v <= 1.0)
     if "help_seconds" in r:
         v = r["help_seconds"]
         add("`charrnn --help` <= 0.3 s", v, f"{v:.2f} s", v <= 0.3)
     if "quality" in r:
         q = r["quality"]
         v = q["val_nats_per_char"]
-        add("validation <= 1.55 nats/char after 150 s of default training", v,
-            f"{v:.4f} after {q['seconds']:g} s", v <= 1.55 if q["seconds"] == 150 else None)
+        add("validation <= 1.45 nats/char after 150 s of default training (moonshot 1.40)", v,
+            f"{v:.4f} after {q['seconds']:g} s", v <= 1.45 if q["seconds"] == 150 else None)
+    if "precision_curves" in r:
+        c = r["precision_curves"]
+        add(f"bf16 validation within 0.02 nats/char of fp32 at equal steps ({c['steps']} steps)", c["val_difference"],
+            f"{c['val_difference']:+.4f}", abs(c["val_difference"]) <= 0.02)
+    if "ptb" in r:
+        p = r["ptb"]
+        add("PTB-char test <= 1.45 bits/char after 20 minutes of default training", p["test_bits_per_char"],
+            f"{p['test_bits_per_char']:.4f} after {p['seconds']:g} s", p["test_bits_per_char"] <= 1.45
+            if p["seconds"] >= 1200 else None)
     return rows
 
 
@@ -475,11 +544,20 @@ def to_markdown(r: dict) -> str:
               "| --- |" + " ---: |" * len(mm)]
     for i, s in enumerate(mm[0]["shapes"]):
         lines.append(f"| {s['shape']} | " + " | ".join(f"{x['shapes'][i]['gflops']:,.1f}" for x in mm) + " |")
-    lines += ["| **limit** (best of the shapes; MFU divides by this) | "
-              + " | ".join(f"**{x['best_gflops']:,.1f}**" for x in mm) + " |",
+    precision = r.get("precision", "fp32")
+    bf = r.get("matmul_bf16", [])
+    lines += ["| **fp32 limit** (best of the shapes" + ("; MFU divides by this" if precision == "fp32" else "") + ") | "
+              + " | ".join(f"**{x['best_gflops']:,.1f}**" for x in mm) + " |"]
+    if bf:
+        lines += ["| **bf16 limit** (best of the same shapes in bfloat16" + ("; MFU divides by this"
+                  if precision == "bf16" else "") + ") | " + " | ".join(f"**{x['best_gflops']:,.1f}**" for x in bf)
+                  + " |"]
+    lines += [
               "| LSTM training mix (total FLOPs / total time of its GEMMs) | "
               + " | ".join(f"{x['mix_gflops']:,.1f}" for x in mm) + " |", ""]
 
+    lines += [f"charrnn trains in {precision} here (what `--precision auto` picks on this device); the reference "
+              "is the fp32 textbook loop.", ""]
     lines += ["| training, 2 layers, batch 32 x 64 | hidden | input | charrnn chars/s | reference chars/s | ratio "
               "| MFLOP/char [1] | GFLOP/s | MFU [2] |",
               "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -514,7 +592,7 @@ def to_markdown(r: dict) -> str:
         lines.append(f"| `charrnn eval perplexity` subprocess, {x['text_chars'] / 1e6:g} M chars (whole command) | "
                      f"{x['chars']:,} | {x['wall_s']} | {x['chars_per_s_whole_command']:,} | {x['max_rss_mb']:,.0f} |")
     lines += ["", "| generation and start-up, default model | value |", "| --- | ---: |"]
-    lines += [f"| generate, chars/s, {g['streams']} stream(s) (in process, `model.step` + sampling, best of 3) | "
+    lines += [f"| generate, chars/s, {g['streams']} stream(s) (in process, `Stepper` + sampling, best of 3) | "
               f"{g['chars_per_s']:,} |" for g in r["generate"]]
     lines += [f"| `charrnn generate` time to first character, best of 3, s | {r['first_char']['best_s']} |",
               f"| `charrnn --help`, best of 5, s | {r['help_seconds']} |"]
@@ -523,6 +601,17 @@ def to_markdown(r: dict) -> str:
         lines += [f"| validation after {q['seconds']:g} s of `charrnn train` with its defaults (tinyshakespeare, "
                   f"last 10% held out), nats/char (bits/char), {q['steps']} steps | {q['val_nats_per_char']} "
                   f"({q['val_bits_per_char']}) |"]
+    if "precision_curves" in r:
+        c = r["precision_curves"]
+        lines += [f"| validation after {c['steps']} steps of the defaults from the same start, fp32 / bf16, nats/char "
+                  f"| {c['fp32']['val_nats_per_char']} / {c['bf16']['val_nats_per_char']} |",
+                  f"| training speed of those runs, fp32 / bf16, chars/s | {c['fp32']['chars_per_s']:,} / "
+                  f"{c['bf16']['chars_per_s']:,} |"]
+    if "ptb" in r:
+        p = r["ptb"]
+        lines += [f"| PTB-char after {p['seconds']:g} s of `charrnn train ptb-char` ({p['steps']} steps, "
+                  f"{p['epochs']} epochs): valid / test bits/char | {p['valid_bits_per_char']} / "
+                  f"{p['test_bits_per_char']} |"]
 
     lines += ["", "| target | measured | |", "| --- | ---: | --- |"]
     lines += [f"| {t['target']} | {t['shown']} | {_fmt_met(t['met'])} |" for t in r["targets"]]

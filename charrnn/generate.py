@@ -2,7 +2,7 @@
 
 The prefix warms up the state: all its characters but the last go through the network in one
 call and only build state; the last one is the first input of the sampling loop. Each further
-character costs one `model.step` (O(1) work, no re-reading of the text so far).
+character costs one step of a Stepper (charrnn.stepper: O(1) work, no re-reading of the text so far).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 
 from charrnn.errors import DataError, UsageError
 from charrnn.model import CharRNN, State
+from charrnn.stepper import Stepper
 from charrnn.vocab import Vocab
 
 
@@ -74,7 +75,6 @@ def generate(
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     state = model.begin_state(num_samples, device)
-    banned = vocab.unk_id  # never emit <unk>
     remaining = length
     if len(prefix_ids) == 0:
         # No prefix: draw the first character from the training text's character frequencies.
@@ -89,10 +89,9 @@ def generate(
         if len(prefix) > 1:
             _, state = model(prefix[None, :-1].expand(num_samples, -1), state)
         last = prefix[-1:].expand(num_samples)
+    step = Stepper(model, banned=(vocab.unk_id,))  # never emit <unk>
     for _ in range(remaining):
-        logits, state = model.step(last, state)  # (B, V)
-        if banned is not None:
-            logits[:, banned] = float("-inf")
+        logits, state = step(last, state)  # (B, V)
         last = next_ids(logits, sampling, generator)
         yield list(vocab.decode(last))
 
@@ -199,10 +198,9 @@ def generate_samples(
     limit = max_rejected if max_rejected is not None else max(1000, 100 * num_samples)
     done, started, rejected = 0, rows, 0
     active = [True] * rows
+    step = Stepper(model, banned=(vocab.unk_id,))  # never emit <unk>
     while done < num_samples:
-        logits, state = model.step(last, state)  # (rows, V)
-        if vocab.unk_id is not None:
-            logits[:, vocab.unk_id] = float("-inf")
+        logits, state = step(last, state)  # (rows, V)
         short = [i for i in range(rows) if len(texts[i]) < stops.min_length]
         if banned_stops and short:
             logits[torch.tensor(short, device=device)[:, None], torch.tensor(banned_stops, device=device)] = -math.inf
@@ -274,13 +272,14 @@ def beam_search(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray, beam: int,
     stops = Stops(stops.strings if stops else (), max_length=max_length, min_length=stops.min_length if stops else 0)
     banned_stops = torch.tensor(stops.single_char_ids(vocab), dtype=torch.int64, device=device)
     state, _ = _start(model, vocab, prefix_ids, torch.Generator(device=device))
+    step = Stepper(model)
     texts, lps = [""], torch.zeros(1, dtype=torch.float64, device=device)
     if len(prefix_ids) == 0:  # the first character: log of the training text's frequencies
         counts = torch.tensor(vocab.counts, dtype=torch.float64, device=device)
         logp = (counts / counts.sum()).log()[None, :]
     else:
         last = torch.as_tensor(np.asarray(prefix_ids[-1:], dtype=np.int64), device=device)
-        logits, state = model.step(last, state)
+        logits, state = step(last, state)
         logp = torch.log_softmax(logits.double(), dim=-1)
     finished: list[BeamResult] = []
     while True:
@@ -311,7 +310,7 @@ def beam_search(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray, beam: int,
         index = torch.tensor(keep_rows, device=device)
         state = _rows(state, index)
         texts, lps = keep_text, torch.tensor(keep_lp, dtype=torch.float64, device=device)
-        logits, state = model.step(torch.tensor(keep_ids, device=device), state)
+        logits, state = step(torch.tensor(keep_ids, device=device), state)
         logp = torch.log_softmax(logits.double(), dim=-1)
     finished.sort(key=lambda r: -r.score)
     return finished[:num_results]

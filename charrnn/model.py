@@ -188,22 +188,24 @@ class CharRNN(nn.Module):
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One time step: ids (B,) -> logits (B, V), state.
 
-        Uses the cell equations directly for every cell type, so generating a character costs a
-        few small matmuls instead of a fused-module call (oneDNN's LSTM has a fixed cost of
-        milliseconds per call on CPU). Meant for inference: no dropout.
+        Each layer is one call of ATen's cell (`torch.lstm_cell`, `gru_cell`, `rnn_tanh_cell`: the
+        equations of lstm_step, gru_step and rnn_step in one op) for every cell type, so generating
+        a character costs a handful of op calls instead of a fused-module call (oneDNN's LSTM has a
+        fixed cost of milliseconds per call on CPU) or a dozen element-wise ops per layer. At one
+        stream the op count is the cost, not the arithmetic. Meant for inference: no dropout.
         """
         lstm = self.config.base_cell == "lstm"
+        cell = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}[self.config.base_cell]
         hs, cs = (state[0], state[1]) if lstm else (state, None)
         new_h, new_c = [], []
-        inp = self.encode(x[:, None])[:, 0]  # (B, I)
+        inp = self.embed(x) if self.embed is not None else one_hot(x, self.config.vocab_size)  # (B, I)
         for k in range(self.config.layers):
             w_ih, w_hh, b_ih, b_hh = layer_weights(self.rnn, k)
-            gx = inp @ w_ih.T + b_ih
             if lstm:
-                h, c = lstm_step(gx, hs[k], cs[k], w_hh, b_hh)
+                h, c = cell(inp, (hs[k], cs[k]), w_ih, w_hh, b_ih, b_hh)
                 new_c.append(c)
             else:
-                h = (rnn_step if self.config.base_cell == "rnn" else gru_step)(gx, hs[k], w_hh, b_hh)
+                h = cell(inp, hs[k], w_ih, w_hh, b_ih, b_hh)
             new_h.append(h)
             inp = h
         h_n = torch.stack(new_h)

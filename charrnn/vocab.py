@@ -8,6 +8,7 @@ character), so a 100 MB text encodes in seconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -139,8 +140,12 @@ class Vocab:
         """Text of `ids`; <unk> decodes to U+FFFD so that len(decode(ids)) == len(ids)."""
         if isinstance(ids, torch.Tensor):
             ids = ids.cpu().numpy()
-        table = np.array(list(self.chars) + ([UNK_CHAR] if self.unk else []), dtype=object)
-        return "".join(table[np.asarray(ids, dtype=np.int64)].tolist())
+        return "".join(self._decode_table[np.asarray(ids, dtype=np.int64)].tolist())
+
+    @cached_property
+    def _decode_table(self) -> np.ndarray:
+        """Id -> character, as an object array (built once: the sampler decodes a character at a time)."""
+        return np.array(list(self.chars) + ([UNK_CHAR] if self.unk else []), dtype=object)
 
     def grow(self, text_vocab: Vocab) -> Vocab:
         """This vocabulary plus the characters of `text_vocab` it lacks, for fine-tuning on a new text.
