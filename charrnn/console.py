@@ -21,11 +21,11 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from charrnn.callbacks import Callbacks
+from charrnn.callbacks import Progress as TrainProgress
 from charrnn.catalog import CorpusFile, FetchCallbacks
 from charrnn.evaluate import EvalResult
 from charrnn.surprise import MAX_BITS, STOPS, Surprise, colour, dark, hex_colour, visible
-from charrnn.train import Callbacks
-from charrnn.train import Progress as TrainProgress
 
 
 def make_console(quiet: bool = False) -> Console:

@@ -1,6 +1,6 @@
 """What a training run is asked to do and what it reports: settings (TrainConfig) and the presets
-they start from, the learning-rate schedule and optimizer they name, the progress and result
-records, and the callbacks through which the core reports to the shell."""
+they start from, the learning-rate schedule and optimizer they name, and the result record (the
+progress record and the callbacks are in charrnn.callbacks)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from charrnn.cache import ids_digest
+from charrnn.callbacks import Callbacks, Progress  # noqa: F401 (re-exported: callers import them from here)
 from charrnn.data import partition
 from charrnn.errors import UsageError
-from charrnn.evaluate import EvalResult, perplexity_of
+from charrnn.evaluate import perplexity_of
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -96,17 +97,6 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class Progress:
-    step: int
-    epoch: int
-    train_loss: float  # mean over the steps since the last report
-    lr: float
-    elapsed: float  # seconds of the whole run, resumed parts included
-    chars_per_second: float
-    fraction: float  # of the run done, by the stopping rule closest to firing
-
-
-@dataclass(frozen=True)
 class TrainResult:
     steps: int
     epochs: float
@@ -130,24 +120,6 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "val_perplexity": self.val_perplexity, "val_bits_per_char": self.val_bits_per_char}
-
-
-class Callbacks:
-    """Progress hooks; the defaults do nothing. The CLI's console implements them."""
-
-    def on_start(self, info: dict[str, Any]) -> None: ...
-
-    def on_step(self, progress: Progress) -> None: ...
-
-    def on_validate(self, step: int, result: EvalResult, improved: bool) -> None: ...
-
-    def on_save(self, path: str, reason: str) -> None: ...
-
-    def stop_requested(self) -> int | None:
-        """Checked before every step: an exit code (130 for SIGINT, 143 for SIGTERM) asks the run to
-        save and stop there. Signal handlers set it instead of raising, so that a signal never lands
-        in the middle of a step or a save."""
-        return None
 
 
 def lr_factor(schedule: str, fraction: float) -> float:

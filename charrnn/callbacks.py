@@ -1,0 +1,44 @@
+"""How a training run reports to the shell while it runs: the progress record and the callbacks.
+
+Kept apart from the training modules so that the console can implement them without importing
+the trainer (and its data, cache and distributed machinery) into commands that never train:
+`charrnn generate`'s time to first character counts every import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from charrnn.evaluate import EvalResult
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    epoch: int
+    train_loss: float  # mean over the steps since the last report
+    lr: float
+    elapsed: float  # seconds of the whole run, resumed parts included
+    chars_per_second: float
+    fraction: float  # of the run done, by the stopping rule closest to firing
+
+
+
+class Callbacks:
+    """Progress hooks; the defaults do nothing. The CLI's console implements them."""
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+
+    def on_step(self, progress: Progress) -> None: ...
+
+    def on_validate(self, step: int, result: EvalResult, improved: bool) -> None: ...
+
+    def on_save(self, path: str, reason: str) -> None: ...
+
+    def stop_requested(self) -> int | None:
+        """Checked before every step: an exit code (130 for SIGINT, 143 for SIGTERM) asks the run to
+        save and stop there. Signal handlers set it instead of raising, so that a signal never lands
+        in the middle of a step or a save."""
+        return None
