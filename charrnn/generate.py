@@ -36,14 +36,33 @@ class Sampling:
             raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
 
 
+def draw(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One id per row of non-negative `weights` (B, V), with probability proportional to its weight.
+
+    Inverse-CDF sampling: u uniform in [0, total), the first id whose cumulative weight exceeds u.
+    That id's own weight is positive (its cumulative weight rises there). Should rounding make u
+    equal the total, the answer is the first id where the cumulative weight reaches the total,
+    also one of positive weight. A few small ops: torch.multinomial costs 3x as much for one row
+    and 6x for 64 (measured on CPU), which matters when sampling one character at a time.
+    """
+    cdf = weights.cumsum(dim=-1)  # (B, V)
+    total = cdf[:, -1:].contiguous()  # (B, 1)
+    u = torch.rand(weights.shape[0], 1, generator=generator, device=weights.device).mul_(total)
+    return torch.minimum(torch.searchsorted(cdf, u, right=True), torch.searchsorted(cdf, total))[:, 0]
+
+
 def next_ids(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
     """Logits (B, V) -> sampled ids (B,)."""
     if sampling.greedy:
         return logits.argmax(dim=-1)
-    # Shift the best logit to 0 first, so that a tiny temperature gives -inf for the others (a
-    # greedy choice) rather than overflowing to +inf (softmax NaN).
     logits = logits.float()
-    logits = (logits - logits.max(dim=-1, keepdim=True).values) / sampling.temperature
+    if sampling.temperature < 1:
+        # Shift the best logit to 0 first, so that a tiny temperature gives -inf for the others (a
+        # greedy choice) rather than overflowing to +inf (softmax NaN). Dividing by a temperature
+        # >= 1 cannot overflow, and softmax shifts by the maximum itself.
+        logits = (logits - logits.max(dim=-1, keepdim=True).values) / sampling.temperature
+    elif sampling.temperature > 1:
+        logits = logits / sampling.temperature
     if sampling.top_k is not None and sampling.top_k < logits.shape[-1]:
         kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -53,7 +72,7 @@ def next_ids(logits: torch.Tensor, sampling: Sampling, generator: torch.Generato
         # Drop a token when the tokens ranked above it already reach top_p (the first always stays).
         drop = (sorted_p.cumsum(dim=-1) - sorted_p) >= sampling.top_p
         probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return draw(probs, generator)
 
 
 @torch.inference_mode()

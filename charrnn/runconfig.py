@@ -24,12 +24,14 @@ STOP_REASONS = ("budget", "steps", "epochs", "patience", "interrupted")
 PRECISIONS = ("fp32", "bf16")
 
 # Named starting points: model (ModelConfig fields) and minibatch/learning-rate (TrainConfig fields)
-# settings that go together. Explicit options override them. "small" is the default.
+# settings that go together. Explicit options override them. "small" is the default: on a CPU, one
+# wide layer learns more per second than two narrow ones (the README's sweep: 1x384 at lr 5e-3 reached
+# 1.47 nats/char on tinyshakespeare in 150 s where 2x256 at 3e-3 reached 1.53).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"cell": "lstm", "layers": 1, "hidden": 128, "embed_dim": 32, "dropout": 0.0,
              "batch_size": 32, "num_steps": 64, "lr": 4e-3},
-    "small": {"cell": "lstm", "layers": 2, "hidden": 256, "embed_dim": 64, "dropout": 0.0,
-              "batch_size": 32, "num_steps": 64, "lr": 3e-3},
+    "small": {"cell": "lstm", "layers": 1, "hidden": 384, "embed_dim": 64, "dropout": 0.0,
+              "batch_size": 32, "num_steps": 64, "lr": 5e-3},
     "medium": {"cell": "lstm", "layers": 2, "hidden": 512, "embed_dim": 64, "dropout": 0.1,
                "batch_size": 64, "num_steps": 128, "lr": 2e-3},
     "large": {"cell": "lstm", "layers": 3, "hidden": 1024, "embed_dim": 128, "dropout": 0.2,

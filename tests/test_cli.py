@@ -165,7 +165,7 @@ def test_resume_continues_and_refuses_architecture_change(tmp_path: Path, corpus
     r = run("train", str(corpus), "-o", str(out), "--resume", str(out), "--max-steps", "12", "--lr", "0.001", "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["steps"] == 12
-    assert "resuming from" in r.stderr and "--lr 0.003 -> 0.001" in r.stderr
+    assert "resuming from" in r.stderr and "--lr 0.005 -> 0.001" in r.stderr
     assert_clean_error(run("train", str(corpus), "-o", str(out), "--resume", str(out), "--hidden", "32"),
                        2, "architecture cannot change")
     other = tmp_path / "other.txt"

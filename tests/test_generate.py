@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from charrnn.errors import UsageError
-from charrnn.generate import Sampling, generate, next_ids
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from charrnn.generate import Sampling, draw, generate, next_ids
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.vocab import UNK_CHAR, Vocab
 
@@ -292,3 +295,24 @@ def test_beam_search_with_stops(vocab: Vocab) -> None:
         beam_search(model, vocab, vocab.encode("a"), beam=0, max_length=5)
     with pytest.raises(UsageError, match="--num-samples"):
         beam_search(model, vocab, vocab.encode("a"), beam=2, max_length=5, num_results=3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 0.0, 1e-30, 1e-6, 0.3, 1.0, 7.5, 1e30]), min_size=1, max_size=12)
+       .filter(lambda w: sum(w) > 0), st.integers(0, 2**31 - 1))
+def test_draw_never_picks_a_zero_weight_and_stays_in_range(weights: list[float], seed: int) -> None:
+    w = torch.tensor(weights, dtype=torch.float32).expand(256, -1)
+    ids = draw(w, torch.Generator().manual_seed(seed))
+    assert ids.shape == (256,) and ids.dtype == torch.int64
+    assert bool((ids >= 0).all()) and bool((ids < len(weights)).all())
+    assert all(weights[i] > 0 for i in ids.tolist())
+
+
+def test_draw_follows_the_weights() -> None:
+    w = torch.tensor([[0.5, 0.0, 2.0, 1.5, 0.0, 4.0]]).expand(80_000, -1)
+    counts = torch.bincount(draw(w, torch.Generator().manual_seed(1)), minlength=6).double()
+    expected = w[0].double() / w[0].sum() * 80_000
+    # chi-square over the ids that can occur (3 degrees of freedom: p < 1e-4 beyond 21.1)
+    seen = expected > 0
+    assert float(((counts[seen] - expected[seen]) ** 2 / expected[seen]).sum()) < 21.1
+    assert counts[~seen].sum() == 0

@@ -79,7 +79,7 @@ def without_nproc(argv: list[str]) -> list[str]:
 @click.option("--min-freq", default=1, type=positive_int(), show_default=True,
               help="Characters seen fewer times map to <unk>.")
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
-              help="A model size with the batch and learning rate that suit it: tiny (1x128), small (2x256, "
+              help="A model size with the batch and learning rate that suit it: tiny (1x128), small (1x384, "
                    "the default), medium (2x512), large (3x1024, for GPUs); other options override it.")
 @click.option("--cell", type=click.Choice(CELLS), default=ARCH_DEFAULTS["cell"], show_default=True,
               help="Recurrent cell; scratch-* are written from the equations (slow, for study).")
@@ -102,7 +102,7 @@ def without_nproc(argv: list[str]) -> list[str]:
 @click.option("--warmup", default=0, type=IntRange(min=0), show_default=True,
               help="With --partition random: characters before each sequence that only build the state.")
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default="adam", show_default=True)
-@click.option("--lr", default=3e-3, type=Finite(0, low_open=True), show_default=True, help="Learning rate.")
+@click.option("--lr", default=5e-3, type=Finite(0, low_open=True), show_default=True, help="Learning rate.")
 @click.option("--weight-decay", default=0.0, type=Finite(0), show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True,
               help="cosine decays the learning rate to 10% over the run.")
