@@ -7,11 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from charrnn.errors import UsageError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from charrnn.errors import UsageError
 from charrnn.generate import Sampling, draw, generate, next_ids
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.vocab import UNK_CHAR, Vocab
