@@ -37,6 +37,7 @@ from charrnn.errors import DataError, UsageError
 
 CATALOG_ENV = "CHARRNN_CATALOG"
 MIRRORS_ENV = "CHARRNN_CORPORA"
+TEXT_FORMATS = ("plain", "spaced")
 HOME_ENV = "CHARRNN_HOME"
 URL_BASE_ENV = "CHARRNN_CORPUS_URL_BASE"
 ROLES = ("all", "train", "valid", "test")
@@ -66,6 +67,9 @@ class CatalogEntry:
     split: str
     source: str = ""
     builtin: bool = False
+    # How the files spell the text. "plain": as it is. "spaced": one space after every character and
+    # "_" for a space (Mikolov's PTB-char); charrnn reads such a file as the text it spells.
+    format: str = "plain"
 
     @property
     def has_splits(self) -> bool:
@@ -141,9 +145,12 @@ def _parse_entry(d: Any, where: str) -> CatalogEntry:
         raise DataError(f"{where}: needs one file with role 'all', or a 'train' file with optional 'valid'/'test'")
     if "all" in roles and len(roles) > 1:
         raise DataError(f"{where}: role 'all' cannot be combined with others")
+    text_format = d.get("format", "plain")
+    if text_format not in TEXT_FORMATS:
+        raise DataError(f"{where}: unknown format {text_format!r} (known: {', '.join(TEXT_FORMATS)})")
     return CatalogEntry(name=d["name"], description=str(d.get("description", "")), files=parsed,
                         licence=str(d.get("licence", "")), split=str(d.get("split", "")),
-                        source=str(d.get("source", "")), builtin=builtin)
+                        source=str(d.get("source", "")), builtin=builtin, format=text_format)
 
 
 def load_catalog(env: Mapping[str, str] | None = None) -> dict[str, CatalogEntry]:

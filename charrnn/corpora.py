@@ -179,6 +179,7 @@ class Part:
     data: bytes | None = None
     text: str | None = None
     newline_after: bool = False  # end with "\n" (one is added when the text lacks it)
+    spaced: bool = False  # the file spells its text "a b _ c" (see catalog.CatalogEntry.format): read "ab c"
 
     def raw_chunks(self) -> Iterator[bytes]:
         """The part's bytes as stored (built-in text as UTF-8): what the corpus cache key hashes."""
@@ -197,7 +198,9 @@ class Part:
                 yield self.text[i : i + CHUNK_BYTES]
             return
         try:
-            yield from iter_decoded(self.raw_chunks(), encoding, self.name)
+            for chunk in iter_decoded(self.raw_chunks(), encoding, self.name):
+                # Every space separates and every "_" is a space, whatever the chunk boundaries.
+                yield chunk.replace(" ", "").replace("_", " ") if self.spaced else chunk
         except OSError as e:
             raise DataError(f"cannot read {self.name}: {e.strerror or e}") from None
 
@@ -256,7 +259,8 @@ def _catalog_part(entry: CatalogEntry, role: str, env: Mapping[str, str] | None,
                   callbacks: FetchCallbacks | None) -> Part:
     file = entry.file(role)
     assert file is not None
-    return Part(f"{entry.name} {role} ({file.path})", path=fetch_file(entry, file, env, callbacks))
+    return Part(f"{entry.name} {role} ({file.path})", path=fetch_file(entry, file, env, callbacks),
+                spaced=entry.format == "spaced")
 
 
 def source_parts(source: str, stdin: BinaryIO | None = None, env: Mapping[str, str] | None = None,
