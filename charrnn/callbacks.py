@@ -25,7 +25,6 @@ class Progress:
     fraction: float  # of the run done, by the stopping rule closest to firing
 
 
-
 class Callbacks:
     """Progress hooks; the defaults do nothing. The CLI's console implements them."""
 

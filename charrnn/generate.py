@@ -93,21 +93,17 @@ def generate(
     device = next(model.parameters()).device
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
+    if length == 0:
+        return
+    # The prefix is read once, by one stream, and its state copied to every sample.
+    state0, first = _start(model, vocab, prefix_ids, generator)
     state = model.begin_state(num_samples, device)
+    _put_rows(state, list(range(num_samples)), state0)
+    last = first(num_samples)
     remaining = length
-    if len(prefix_ids) == 0:
-        # No prefix: draw the first character from the training text's character frequencies.
-        if remaining == 0:
-            return
-        counts = torch.tensor(vocab.counts, dtype=torch.float64, device=device)
-        last = torch.multinomial(counts.expand(num_samples, -1), 1, generator=generator)[:, 0]
+    if len(prefix_ids) == 0:  # the first input was drawn from the character frequencies: it is output
         yield list(vocab.decode(last))
         remaining -= 1
-    else:
-        prefix = torch.as_tensor(np.asarray(prefix_ids, dtype=np.int64), device=device)
-        if len(prefix) > 1:
-            _, state = model(prefix[None, :-1].expand(num_samples, -1), state)
-        last = prefix[-1:].expand(num_samples)
     step = Stepper(model, banned=(vocab.unk_id,))  # never emit <unk>
     for _ in range(remaining):
         logits, state = step(last, state)  # (B, V)

@@ -35,20 +35,19 @@ class Stepper:
         self.lstm = self.cell == "lstm"
         h = self.hidden
         self.weights: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (W_ih^T, W_hh^T, b_x) per layer
-        self.gru_bias: list[torch.Tensor] = []  # per layer: b_hn in the n block, zeros for r and z
+        self.gru_bias: list[torch.Tensor] = []  # GRU, per layer: b_hn in the n block, zeros for r and z
         for k in range(config.layers):
             w_ih, w_hh, b_ih, b_hh = (w.detach() for w in layer_weights(model.rnn, k))
             if self.cell == "gru":
                 # r and z take b_ih + b_hh; n takes b_in outside and b_hn inside r ⊙ (W_hn h + b_hn).
                 b_x = b_ih + torch.cat([b_hh[: 2 * h], torch.zeros_like(b_hh[2 * h:])])
-                b_h = torch.cat([torch.zeros_like(b_hh[: 2 * h]), b_hh[2 * h:]])
+                self.gru_bias.append(torch.cat([torch.zeros_like(b_hh[: 2 * h]), b_hh[2 * h:]]))
             else:
-                b_x, b_h = b_ih + b_hh, torch.zeros_like(b_hh)
+                b_x = b_ih + b_hh
             self.weights.append((w_ih.T.contiguous(), w_hh.T.contiguous(), b_x))
             if k == 0:
                 inputs = model.embed.weight.detach() if model.embed is not None else None  # (V, E) or one-hot
                 self.table = (torch.addmm(b_x, inputs, w_ih.T) if inputs is not None else w_ih.T + b_x).contiguous()
-            self.gru_bias.append(b_h)
         self.head_t = model.head.weight.detach().T.contiguous()  # (H, V)
         self.head_b = model.head.bias.detach().clone()
         for token in banned:
