@@ -8,17 +8,15 @@ the rest of charrnn never needs them, and a missing one is a one-line error sayi
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from charrnn.errors import DataError, MissingDependency, UsageError
+from charrnn.figure import image_format, new_figure, save_figure
 from charrnn.history import History, read_log
-from charrnn.outputs import write_atomic
 
 X_AXES = {"steps": ("step", "step"), "seconds": ("elapsed", "seconds"), "chars": ("chars", "characters trained on")}
-IMAGE_SUFFIXES = (".png", ".svg")
 # One colour per run (train line and validation points share it); plotext and matplotlib names.
 TERMINAL_COLORS = ("blue", "red", "green", "orange", "magenta", "cyan", "gray", "yellow")
 FILE_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:cyan", "tab:gray", "tab:olive")
@@ -122,16 +120,8 @@ def terminal_plot(runs: list[Run], x_axis: str = "steps", width: int = 100, heig
 
 def image_plot(runs: list[Run], path: str | os.PathLike, x_axis: str = "steps") -> None:
     """Write the curves to `path`, a .png or .svg file (matplotlib, no display needed)."""
-    p = Path(path)
-    if p.suffix.lower() not in IMAGE_SUFFIXES:
-        raise UsageError(f"cannot tell the image format of {str(p)!r}: use a name ending in .png or .svg")
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise MissingDependency("writing an image needs matplotlib: pip install 'charrnn[plot]' "
-                                "(or pip install matplotlib)") from None
-    # A bare Figure renders through its own canvas: no pyplot, no global state, no display.
-    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    image_format(path)
+    fig = new_figure()
     ax = fig.subplots()
     for i, run in enumerate(runs):
         train, val = series(run, x_axis)
@@ -145,6 +135,4 @@ def image_plot(runs: list[Run], path: str | os.PathLike, x_axis: str = "steps") 
     ax.set_ylabel("loss (nats/char)")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    image = io.BytesIO()  # rendered whole first, then written atomically: a failure leaves no half image
-    fig.savefig(image, format=p.suffix.lower().lstrip("."))
-    write_atomic(p, image.getvalue())
+    save_figure(fig, path)

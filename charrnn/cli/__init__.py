@@ -14,6 +14,7 @@ from charrnn.cli.corpus_cmd import corpus_group
 from charrnn.cli.eval_cmd import eval_group
 from charrnn.cli.generate_cmd import generate
 from charrnn.cli.info_cmd import info_cmd
+from charrnn.cli.inspect_cmd import inspect_group
 from charrnn.cli.plot_cmd import plot_cmd
 from charrnn.cli.train_cmd import train
 
@@ -34,12 +35,13 @@ def cli() -> None:
     charrnn eval score -m model.pt FILE         a score per line (record), streamed: sort -n, awk, --json
     charrnn eval show -m model.pt FILE          the text coloured by the model's surprise
     charrnn corpus list                         corpora known by name (fetched and verified on first use)
+    charrnn inspect cells -m model.pt FILE      what the hidden units track (also: gates, bptt)
 
     stdout carries only data; progress and messages go to stderr. `-` means stdin.
     """
 
 
-for command in (train, eval_group, generate, info_cmd, plot_cmd, corpus_group):
+for command in (train, eval_group, generate, info_cmd, plot_cmd, corpus_group, inspect_group):
     cli.add_command(command)
 
 
