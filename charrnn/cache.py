@@ -62,6 +62,8 @@ def corpus_key(parts: list[Part], encoding: str) -> str:
         h.update(f"\0part\0{kind}\0{int(part.newline_after)}\0".encode())
         if part.spaced:  # the same bytes spell another text (keys of plain parts are unchanged)
             h.update(b"\0spaced\0")
+        if part.nul:  # accepted here, an error elsewhere: a cached count must not skip that check
+            h.update(b"\0nul\0")
         size = 0
         for chunk in part.raw_chunks():
             h.update(chunk)

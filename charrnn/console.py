@@ -75,10 +75,12 @@ def status_line(p: TrainProgress, val: str, eta: str, width: int) -> str:
 
 
 class TrainConsole(Callbacks):
-    """Training progress on stderr: step, loss, perplexity, validation, chars/s, ETA."""
+    """Training progress on stderr: step, loss, perplexity, validation, chars/s, ETA; notices (how a
+    resume continues, where an interrupted run saved) go to `notices`, which -q does not silence."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, notices: Console | None = None) -> None:
         self.console = console
+        self.notices = notices if notices is not None else console
         self.live = console.is_terminal and not console.quiet
         self.val = "-"
         self.bar: Progress | None = None
@@ -98,7 +100,7 @@ class TrainConsole(Callbacks):
             f"{info['train_chars']:,} training / {info['val_chars']:,} validation characters, "
             f"{info['batches_per_epoch']:,} minibatches per epoch{resumed}", markup=False)
         for note in info.get("notes", ()):
-            self.console.print(note, markup=False)
+            self.notices.print(note, markup=False)
         if self.live:
             # One text column that this class lays out to the terminal's width (see status_line).
             self.bar = Progress(TextColumn("{task.fields[line]}"), console=self.console, transient=True)
@@ -125,7 +127,7 @@ class TrainConsole(Callbacks):
     def on_save(self, path: str, reason: str) -> None:
         if reason == "interrupted":
             self.close()
-            self.console.print(f"saved {path}", markup=False)
+            self.notices.print(f"saved {path}", markup=False)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -180,6 +180,7 @@ class Part:
     text: str | None = None
     newline_after: bool = False  # end with "\n" (one is added when the text lacks it)
     spaced: bool = False  # the file spells its text "a b _ c" (see catalog.CatalogEntry.format): read "ab c"
+    nul: bool = False  # NUL is a character of the text (records delimited by '\0'), not a sign of binary data
 
     def raw_chunks(self) -> Iterator[bytes]:
         """The part's bytes as stored (built-in text as UTF-8): what the corpus cache key hashes."""
@@ -198,7 +199,7 @@ class Part:
                 yield self.text[i : i + CHUNK_BYTES]
             return
         try:
-            for chunk in iter_decoded(self.raw_chunks(), encoding, self.name):
+            for chunk in iter_decoded(self.raw_chunks(), encoding, self.name, allow_nul=self.nul):
                 # Every space separates and every "_" is a space, whatever the chunk boundaries.
                 yield chunk.replace(" ", "").replace("_", " ") if self.spaced else chunk
         except OSError as e:

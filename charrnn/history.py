@@ -8,8 +8,8 @@ Two kinds of record, each a flat dict of numbers:
 
 In the checkpoint the history is stored by columns, one float64 tensor per field
 (`{"train": {"step": tensor, ...}, "val": {...}}`): compact, and safe under weights_only loading.
-The live log `NAME.log.jsonl` holds the same records, one JSON object a line with a "kind" key,
-so that `tail -f` and `jq` work on it while the run goes on.
+The live log (model.pt -> model.pt.log.jsonl, see outputs.log_path) holds the same records, one
+JSON object a line with a "kind" key, so that `tail -f` and `jq` work on it while the run goes on.
 """
 
 from __future__ import annotations
@@ -113,12 +113,6 @@ class History:
         }
 
 
-def log_path(checkpoint_path: str | os.PathLike) -> Path:
-    """Where the live log of a checkpoint goes: model.pt -> model.log.jsonl (beside it)."""
-    p = Path(checkpoint_path)
-    return p.with_name(f"{p.stem}.log.jsonl")
-
-
 def _line(kind: str, record: dict[str, Any]) -> str:
     # Non-finite losses (a diverging run) are written as null: JSON has no NaN.
     clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
@@ -126,7 +120,7 @@ def _line(kind: str, record: dict[str, Any]) -> str:
 
 
 class LiveLog:
-    """Appends records to NAME.log.jsonl as they happen, one line each, flushed at once.
+    """Appends records to the live log (NAME.log.jsonl) as they happen, one line each, flushed at once.
 
     The first record rewrites the file with the history the run starts from (empty for a new run,
     the checkpoint's for a resumed one), so that the log always agrees with the checkpoint, even

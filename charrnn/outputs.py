@@ -1,18 +1,22 @@
 """The files charrnn writes, checked before any work starts and held for the length of a run.
 
-Training writes the checkpoint NAME.pt, the best-validation checkpoint NAME.best.pt, temporary
-files `.NAME.pt.XXXXXXXX.tmp` beside them (renamed into place) and a lock file `.NAME.pt.lock`.
-Each path is checked up front so that a run never destroys what is not its own and never fails
-after hours of training for a reason it could have seen at the start:
+One rule for every command that writes (train, plot, eval show, the analyses): every path it will
+write is compared, by file identity (links followed), with every path it reads (texts, models,
+base models, logs), and the message names what that input is. Training writes the checkpoint
+NAME, the best-validation checkpoint (model.pt -> model.best.pt), the live log NAME.log.jsonl
+(model.pt -> model.pt.log.jsonl), temporary files `.NAME.XXXXXXXX.tmp` beside them (renamed into
+place) and a lock file `.NAME.lock` for each. Each path is checked up front so that a run never
+destroys what is not its own and never fails after hours of work for a reason it could have seen
+at the start:
 
-- it is not an input (compared by identity with every corpus file, links followed);
-- it is not a folder, device, FIFO or socket (a checkpoint replaces only a regular file);
+- it is not an input (compared by identity, links followed);
+- it is not a folder, device, FIFO or socket (charrnn replaces only regular files);
 - its folder exists and is writable, and its name leaves room for the temporary file's;
-- `-` is refused: a checkpoint is not a stream.
+- `-` is refused: these outputs are files, not streams.
 
-A symbolic link given as an output is followed: the checkpoint replaces the file it points to and
-the link stays (so `latest.pt -> run3.pt` keeps working). Two runs writing the same checkpoint at
-once would interleave their files; the lock refuses the second one at start.
+A symbolic link given as an output is followed: the file replaces the one it points to and the
+link stays (so `latest.pt -> run3.pt` keeps working). Two runs writing the same file at once would
+interleave it; the run's locks, one per file it writes, refuse the second run at start.
 """
 
 from __future__ import annotations
@@ -40,6 +44,25 @@ def lock_path(out: str | os.PathLike) -> Path:
     return p.with_name(f".{p.name}.lock")
 
 
+def log_path(out: str | os.PathLike) -> Path:
+    """Where the live training log of checkpoint `out` goes: model.pt -> model.pt.log.jsonl (beside it).
+
+    The whole name is kept, so that distinct checkpoints never share a log (exp.v1 and exp.v2 once
+    both wrote exp.log.jsonl). Logs under the old name (model.log.jsonl) are still read by `plot`."""
+    p = Path(out)
+    return p.with_name(f"{p.name}.log.jsonl")
+
+
+# A path a command reads, and what it is to the user ("the model (-m)"), for the messages.
+Read = tuple[str | os.PathLike, str]
+
+
+def run_files(out: str | os.PathLike) -> list[tuple[Path, str]]:
+    """Every file a training run on checkpoint `out` writes, with its name for messages."""
+    files = [(Path(out), "output"), (best_path(out), "best checkpoint"), (log_path(out), "training log")]
+    return files + [(lock_path(p), f"lock file of the {what}") for p, what in files]
+
+
 def resolve_output(path: str | os.PathLike) -> Path:
     """The file that writing `path` will replace: a symbolic link is followed (to its final target,
     which may not exist yet); anything else is returned as given."""
@@ -63,18 +86,17 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
-def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), what: str = "output") -> Path:
-    """Check that `path` can safely be written as a checkpoint; returns the file it will replace.
-
-    A UsageError (exit 2) names the path and the reason otherwise."""
+def check_output(path: str | os.PathLike, reads: Iterable[Read] = (), what: str = "output") -> Path:
+    """Check that `path` can safely be written (it is none of `reads`, given as (path, what it is)
+    pairs); returns the file it will replace. A UsageError (exit 2) names the path and the reason."""
     if str(path) == "-":
-        raise UsageError(f"{what} '-': a checkpoint is a file, not a stream; give a file name such as model.pt")
+        raise UsageError(f"{what} '-': charrnn writes it to a file, not a stream; give a file name")
     given, p = str(path), resolve_output(path)
     shown = repr(given) if str(p) == given else f"{given!r} (a link to {str(p)!r})"
-    for source in inputs:
+    for source, role in reads:
         s = Path(source)
         if same_file(p, s) or p.absolute() == s.absolute():
-            raise UsageError(f"{what} {shown} is an input corpus; choose another output path")
+            raise UsageError(f"{what} {shown} is {role}; choose another output path")
     try:
         mode = os.stat(p).st_mode
     except FileNotFoundError:
@@ -100,12 +122,20 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
 
 
 @contextlib.contextmanager
-def run_lock(out: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on checkpoint `out` for a run; a second run is refused at once.
+def run_lock(*outputs: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on each file a run writes; a second run writing any of them is refused at once.
 
-    The lock is flock(2) on `.NAME.lock` beside the checkpoint: the kernel releases it when the
-    process ends in any way (SIGKILL too), so a stale lock file never blocks a later run. The file
-    is removed at the end; a run that finds its lock file replaced while it waited retries."""
+    The lock is flock(2) on `.NAME.lock` beside each file: the kernel releases it when the process
+    ends in any way (SIGKILL too), so a stale lock file never blocks a later run. The files are
+    removed at the end; a run that finds a lock file replaced while it waited retries."""
+    with contextlib.ExitStack() as stack:
+        for out in outputs:
+            stack.enter_context(_lock_one(out))
+        yield
+
+
+@contextlib.contextmanager
+def _lock_one(out: str | os.PathLike) -> Iterator[None]:
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock, runs are not guarded against each other

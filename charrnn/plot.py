@@ -61,17 +61,20 @@ def load_run(path: str | os.PathLike) -> History:
 
 
 def run_names(paths: list[str]) -> list[str]:
-    """Short legend labels: the file names without .pt/.log.jsonl, made unique by their folders."""
+    """Short legend labels: the file names without .log.jsonl and .pt (model.pt.log.jsonl -> model),
+    made unique by their folders."""
     def short(p: str) -> str:
         name = Path(p).name
-        for suffix in (".log.jsonl", ".jsonl", ".pt"):
-            if name.endswith(suffix) and len(name) > len(suffix):
-                return name[: -len(suffix)]
+        for suffixes in ((".log.jsonl", ".jsonl"), (".pt",)):
+            for suffix in suffixes:
+                if name.endswith(suffix) and len(name) > len(suffix):
+                    name = name[: -len(suffix)]
+                    break
         return name
 
     names = [short(p) for p in paths]
     if len(set(names)) < len(names):
-        names = [Path(p).name for p in paths]  # model.pt and model.log.jsonl
+        names = [Path(p).name for p in paths]  # model.pt and model.pt.log.jsonl
     if len(set(names)) < len(names):
         names = [str(Path(p).parent / short(p)) for p in paths]
     if len(set(names)) < len(names):
@@ -101,6 +104,9 @@ def terminal_plot(runs: list[Run], x_axis: str = "steps", width: int = 100, heig
         raise MissingDependency("plotting in the terminal needs plotext: pip install 'charrnn[plot]' "
                                 "(or pip install 'plotext<6'); -o curves.png needs matplotlib") from None
     plt.clear_figure()  # plotext draws on one figure per process: start from a blank one
+    # plotext clips the plot to the terminal it guesses (80 x 24 when stdout is a pipe): the size
+    # asked for is the size drawn (`plot --width 150 | less -S`).
+    plt.limitsize(False, False)
     plt.plotsize(width, height)
     plt.theme("clear")  # no background: the terminal's own shows through
     for i, run in enumerate(runs):

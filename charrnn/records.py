@@ -36,7 +36,9 @@ def unescape(text: str, option: str = "--delimiter") -> str:
     """Decode backslash escapes: \\n \\t \\r \\0 \\\\ \\a \\b \\f \\v \\e \\' \\" \\xHH \\uHHHH \\UHHHHHHHH.
 
     Anything else after a backslash (or a lone trailing backslash) is a UsageError naming `option`;
-    so is an empty result (an empty delimiter or stop string matches everywhere).
+    so is an empty result (an empty delimiter or stop string matches everywhere). charrnn reads every
+    text with Windows line ends "\r\n" as "\n", so "\r\n" here means "\n" too: `--delimiter '\r\n'`
+    splits a CRLF file into its lines, `'\r\n\r\n'` into its paragraphs.
     """
 
     def one(m: re.Match) -> str:
@@ -51,7 +53,7 @@ def unescape(text: str, option: str = "--delimiter") -> str:
         shown = f"\\{code}" if code else "a lone backslash at the end"
         raise UsageError(f"{option} {text!r}: unknown escape {shown} (use \\n, \\t, \\0, \\\\, \\xHH or \\uHHHH)")
 
-    out = _ESCAPE.sub(one, text)
+    out = _ESCAPE.sub(one, text).replace("\r\n", "\n")
     if not out:
         raise UsageError(f"{option} must not be empty")
     return out

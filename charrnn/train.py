@@ -51,9 +51,9 @@ from charrnn.data import (
 from charrnn.errors import DataError, Interrupted, Terminated, TrainingError, UsageError
 from charrnn.evaluate import EvalResult, evaluate, evaluate_sums
 from charrnn.finetune import start_model
-from charrnn.history import LiveLog, log_path
+from charrnn.history import LiveLog
 from charrnn.model import CharRNN, ModelConfig, State, detach_state
-from charrnn.outputs import best_path, check_output, run_lock
+from charrnn.outputs import best_path, check_output, log_path, run_lock
 from charrnn.records import delimiter_ids, training_record_hashes
 from charrnn.runconfig import (
     OPTIMIZERS,
@@ -150,6 +150,7 @@ class Trainer:
         # Links are followed: the files these resolve to are what the run replaces (charrnn.outputs).
         self.out = check_output(out)
         self.best_out = check_output(best_path(out), what="best checkpoint")
+        self.log_out = check_output(log_path(out), what="training log")
         self.saved: dict[str, Path] = {}  # reason -> path, of the saves this run has made
         self.records = config.partition == "records"
         if not self.records:
@@ -211,7 +212,7 @@ class Trainer:
         self.start_time = time.perf_counter()
         self.train_time = 0.0  # seconds inside steps in this process (for chars/s)
         self.chars_this_run = 0
-        self.log: LiveLog | None = None  # NAME.log.jsonl, open while run() runs
+        self.log: LiveLog | None = None  # the live log, open while run() runs
 
     def elapsed(self) -> float:
         return self.state.elapsed_before + time.perf_counter() - self.start_time
@@ -332,13 +333,14 @@ class Trainer:
         return loss.detach()
 
     def run(self) -> TrainResult:
-        """The whole run, holding the checkpoint's lock (a second run on the same file is refused);
-        with several processes, rank 0 holds it: it alone writes."""
-        with run_lock(self.out) if self.group.is_main else contextlib.nullcontext():
+        """The whole run, holding a lock on each file it writes (a second run writing any of them is
+        refused); with several processes, rank 0 holds them: it alone writes."""
+        locked = (self.out, self.best_out, self.log_out)
+        with run_lock(*locked) if self.group.is_main else contextlib.nullcontext():
             return self._run()
 
     def _run(self) -> TrainResult:
-        """Train until a stopping rule fires; the history is appended live to NAME.log.jsonl."""
+        """Train until a stopping rule fires; the history is appended live to the log (outputs.log_path)."""
         st, cb = self.state, self.cb
         cb.on_start({"parameters": self.model.num_parameters(), "device": str(self.device),
                      "precision": self.config.precision,
@@ -346,7 +348,7 @@ class Trainer:
                      "val_chars": len(self.val_ids), "batches_per_epoch": self.n_batches,
                      "resumed_at": st.step if self.resumed else None, "processes": self.group.world_size,
                      "notes": self.notes})
-        self.log = LiveLog(log_path(self.out), st.history) if self.group.is_main else None  # rank 0 writes
+        self.log = LiveLog(self.log_out, st.history) if self.group.is_main else None  # rank 0 writes
         try:
             return self._loop()
         finally:

@@ -53,7 +53,7 @@ def test_train_writes_the_live_log_and_stop_reason(tmp_path: Path, new_text: Pat
     assert r.exit_code == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["stop_reason"] == "steps"
-    lines = [json.loads(x) for x in (tmp_path / "m.log.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "m.pt.log.jsonl").read_text().splitlines()]
     assert {x["kind"] for x in lines} == {"train", "val"}
     assert [x["step"] for x in lines if x["kind"] == "val"] == [4, 8, 12, 16, 20]
     assert lines[-1]["loss"] == summary["val_loss"]
@@ -143,7 +143,8 @@ def test_fine_tune_errors(tmp_path: Path, base: Path, new_text: Path) -> None:
                        "give one")
     assert_clean_error(run("train", str(new_text), "-o", out, "--keep-vocab", "--max-steps", "2"), 2,
                        "--keep-vocab only applies with --init-from")
-    assert_clean_error(run("train", str(new_text), "-o", str(base), "--init-from", str(base)), 2, "overwrite")
+    assert_clean_error(run("train", str(new_text), "-o", str(base), "--init-from", str(base)), 2,
+                       "is the base model (--init-from)")
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     r = run("train", str(empty), "-o", out, "--init-from", str(base), "--max-steps", "2")
@@ -161,10 +162,10 @@ def test_info_shows_the_history(base: Path) -> None:
 def test_plot_in_the_terminal_and_to_files(tmp_path: Path, base: Path) -> None:
     pytest.importorskip("plotext")
     pytest.importorskip("matplotlib")
-    log = base.with_name("base.log.jsonl")
+    log = base.with_name("base.pt.log.jsonl")
     r = run("plot", str(base), str(log), "--width", "70", "--height", "18")
     assert r.exit_code == 0, r.stderr
-    assert "base.pt train" in r.stdout and "base.log.jsonl val" in r.stdout and "\x1b[" not in r.stdout
+    assert "base.pt train" in r.stdout and "base.pt.log.jsonl val" in r.stdout and "\x1b[" not in r.stdout
     assert len(r.stdout.splitlines()) == 18
     r = run("plot", str(base), "--x", "chars", "--color", "always", "--width", "60", "--height", "15")
     assert "\x1b[" in r.stdout and "characters trained on" in r.stdout

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charrnn.errors import CheckpointError, DataError
-from charrnn.history import History, LiveLog, log_path, read_log
+from charrnn.history import History, LiveLog, read_log
+from charrnn.outputs import log_path
 
 
 def sample() -> History:
@@ -78,7 +79,7 @@ def test_until_drops_later_records() -> None:
 
 
 def test_log_path() -> None:
-    assert log_path("runs/model.pt") == Path("runs/model.log.jsonl")
+    assert log_path("runs/model.pt") == Path("runs/model.pt.log.jsonl")
 
 
 def test_live_log_rewrites_then_appends(tmp_path: Path) -> None:

@@ -161,7 +161,7 @@ def test_check_output_unit(tmp_path: Path) -> None:
         check_output("-")
     (tmp_path / "t.txt").write_text("x")
     with pytest.raises(UsageError, match="input corpus"):
-        check_output(tmp_path / "t.txt", [tmp_path / "t.txt"])
+        check_output(tmp_path / "t.txt", [(tmp_path / "t.txt", "an input corpus")])
     with pytest.raises(UsageError, match="device, FIFO or socket"):
         check_output(os.devnull)
     assert Path(os.devnull).is_char_device()

@@ -35,7 +35,8 @@ def test_series_per_axis() -> None:
 
 def test_run_names_are_short_and_unique() -> None:
     assert run_names(["x/base.pt", "y/tuned.log.jsonl"]) == ["base", "tuned"]
-    assert run_names(["x/m.pt", "x/m.log.jsonl"]) == ["m.pt", "m.log.jsonl"]
+    assert run_names(["x/m.pt", "x/m.pt.log.jsonl"]) == ["m.pt", "m.pt.log.jsonl"]
+    assert run_names(["x/old.log.jsonl", "x/new.pt.log.jsonl"]) == ["old", "new"]
     assert run_names(["x/m.pt", "y/m.pt"]) == ["x/m", "y/m"]
     assert run_names(["m.pt", "m.pt"]) == ["m (1)", "m (2)"]
 

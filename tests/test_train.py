@@ -427,7 +427,7 @@ def test_history_is_kept_in_the_checkpoint_and_the_live_log(tmp_path: Path, smal
     assert [r["step"] for r in h.train] == [2, 4, 6, 8, 10, 12] and [r["step"] for r in h.val] == [4, 8, 12]
     assert h.val[-1]["loss"] == result.val_loss and h.train[-1]["chars"] == 12 * 4 * 8
     assert all(a["elapsed"] <= b["elapsed"] for a, b in pairwise(h.train))
-    lines = [json.loads(x) for x in (tmp_path / "m.log.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "m.pt.log.jsonl").read_text().splitlines()]
     assert [(x["kind"], x["step"]) for x in lines][:3] == [("train", 2), ("train", 4), ("val", 4)]
     assert len(lines) == 9
     # the best checkpoint holds the history up to its validation
@@ -446,7 +446,7 @@ def test_resumed_run_continues_the_history(tmp_path: Path, small) -> None:
         train(ids[:300], ids[300:], vocab, tiny_model_config(vocab), config, out, callbacks=Recorder(interrupt_at=6))
     assert info.value.result.stop_reason == "interrupted" and info.value.result.steps == 6
     # a crash could have left lines the checkpoint never saw: the resumed run's log drops them
-    with open(tmp_path / "int.log.jsonl", "a") as f:
+    with open(tmp_path / "int.pt.log.jsonl", "a") as f:
         f.write('{"kind": "train", "step": 7, "epoch": 0, "loss": 9.0, "lr": 1, "chars_per_second": 1, '
                 '"elapsed": 1, "chars": 1}\n')
     train(ids[:300], ids[300:], vocab, tiny_model_config(vocab), config, out, resume=checkpoint.load(out))
@@ -454,7 +454,7 @@ def test_resumed_run_continues_the_history(tmp_path: Path, small) -> None:
     b = History.from_checkpoint(checkpoint.load(out)["history"])
     assert [r["step"] for r in b.train] == [r["step"] for r in a.train]
     assert [r["loss"] for r in b.val] == [r["loss"] for r in a.val]
-    assert read_log(tmp_path / "int.log.jsonl") == b
+    assert read_log(tmp_path / "int.pt.log.jsonl") == b
 
 
 def test_old_checkpoint_without_history_resumes(tmp_path: Path, small) -> None:

@@ -123,7 +123,7 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
     if html_path is not None and as_json:
         raise UsageError("give --html or --json, not both")
     if html_path is not None:
-        check_output(html_path, [text], what="HTML page")
+        check_output(html_path, [(text, "the text to show"), (model_path, "the model (-m)")], what="HTML page")
     model, vocab, _ = load_model(model_path, resolve_device(device))
     console = con.make_console()
     chunks, size = [], 0

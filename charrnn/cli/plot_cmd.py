@@ -22,14 +22,14 @@ from charrnn.errors import UsageError
               help="Colours in the terminal plot: auto uses them when stdout is a terminal.")
 def plot_cmd(runs: tuple[str, ...], x_axis: str, output: str | None, width: int | None, height: int | None,
              color: str) -> None:
-    """Training and validation loss of each RUN (a checkpoint or its NAME.log.jsonl), overlaid in
+    """Training and validation loss of each RUN (a checkpoint or its log, model.pt.log.jsonl), overlaid in
     distinct colours with a legend: drawn in the terminal (stdout; needs plotext), or with -o
     written to an image file (needs matplotlib). Both come with `pip install 'charrnn[plot]'`.
 
     \b
     charrnn plot model.pt
     charrnn plot base.pt tuned.pt --x seconds
-    charrnn plot model.log.jsonl -o curves.png      (while it trains, too)
+    charrnn plot model.pt.log.jsonl -o curves.png     (while it trains, too)
     """
     from charrnn.outputs import check_output
     from charrnn.plot import Run, image_plot, load_run, run_names, terminal_plot
@@ -38,7 +38,7 @@ def plot_cmd(runs: tuple[str, ...], x_axis: str, output: str | None, width: int 
         if value is not None and value < 10:
             raise UsageError(f"{name} must be >= 10, got {value}")
     if output is not None:
-        check_output(output, runs, what="image")
+        check_output(output, [(run, "a run to plot") for run in runs], what="image")
     loaded = [Run(name, load_run(path)) for name, path in zip(run_names(list(runs)), runs, strict=True)]
     if output is not None:
         image_plot(loaded, output, x_axis)

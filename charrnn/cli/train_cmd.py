@@ -142,7 +142,8 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
 
     Progress goes to stderr; a summary line (or --json) to stdout. Ctrl-C saves a resumable
     checkpoint. Stopping: whichever of --epochs, --max-steps, --time-budget, --patience comes first.
-    The history (losses, learning rate, speed) is appended live to NAME.log.jsonl beside NAME.pt.
+    The history (losses, learning rate, speed) is appended live to NAME.log.jsonl beside NAME
+    (model.pt -> model.pt.log.jsonl).
 
     --init-from BASE.pt fine-tunes BASE on CORPUS: characters BASE lacks are added to its
     vocabulary (new rows, old rows unchanged) or, with --keep-vocab, read as <unk>.
@@ -182,9 +183,8 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     from charrnn.cache import encode_corpus
     from charrnn.corpora import catalog_entry, expand_sources, training_parts
     from charrnn.data import split_train_val
-    from charrnn.history import log_path
     from charrnn.model import ModelConfig, resolve_device, resolve_precision
-    from charrnn.outputs import best_path, check_output, same_file
+    from charrnn.outputs import check_output, run_files
     from charrnn.train import PRESETS, TrainConfig
     from charrnn.train import train as run_training
     from charrnn.vocab import Vocab
@@ -209,16 +209,23 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
         raise UsageError("--resume continues a run and --init-from starts a new one from a model: give one")
     if keep_vocab and not init_from:
         raise UsageError("--keep-vocab only applies with --init-from")
-    if init_from and same_file(init_from, output):
-        raise UsageError(f"--init-from and -o are the same file {output!r}: fine-tuning would overwrite the base "
-                         "model; choose another output")
     sources = list(corpus) or ["pydoc"]
-    outputs = ((output, "output"), (best_path(output), "best checkpoint"), (log_path(output), "training log"))
-    for path, what in outputs:  # before anything is read: a bad output must not cost a read of stdin
-        check_output(path, [s for s in expand_sources(sources) if s != "-"], what)
+    models = [(init_from, "the base model (--init-from)")] if init_from else []
+    # A run's checkpoints may be the one it resumes from (it continues them); its log and locks may not.
+    resumed = [(resume, "the checkpoint it resumes (--resume)")] if resume else []
+
+    def check_writes(corpus_files: list[str]) -> None:
+        reads = [(f, "an input corpus") for f in corpus_files] + models
+        for path, what in run_files(output):
+            check_output(path, reads + (resumed if what not in ("output", "best checkpoint") else []), what)
+
+    check_writes([s for s in expand_sources(sources) if s != "-"])  # before any read: a bad output costs no stdin
     if val_max_chars < 2:
         raise UsageError(f"--val-max-chars must be >= 2, got {val_max_chars}")
-    console = con.make_console(quiet or not group.is_main)  # progress from rank 0 only
+    # -q silences progress and routine information; warnings and notices that change what the run
+    # means (a stopping rule chosen for you, unknown characters, nothing to do) are said anyway.
+    console = con.make_console(quiet or not group.is_main)  # from rank 0 only
+    notices = con.make_console(not group.is_main)
     dev = dd.process_device(group, resolve_device(device))
     if group.active:
         if "-" in sources:
@@ -232,8 +239,7 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     if official and given("val_fraction"):
         raise UsageError(f"{sources[0]} has an official validation split, so --val-fraction does not apply")
     train_parts, valid_parts = training_parts(sources, common.stdin(), callbacks=con.DownloadConsole(console))
-    for path, what in outputs:  # catalog corpora resolve to files only now
-        check_output(path, [p.path for p in [*train_parts, *(valid_parts or [])] if p.path is not None], what)
+    check_writes([p.path for p in [*train_parts, *(valid_parts or [])] if p.path is not None])  # catalog files now
 
     arch_names = list(ARCH_DEFAULTS)
     internal = ("val_fraction", "val_max_chars", "eval_streams", "log_every")
@@ -243,6 +249,12 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     opts["delimiter"] = unescape(opts["delimiter"])
     if given("delimiter") and opts["partition"] != "records" and not resume:
         raise UsageError("--delimiter applies to --partition records")
+
+    def readable(parts: Any) -> Any:
+        """Records delimited by NUL (`find -print0`): NUL is then text, not the sign of a binary file."""
+        if opts["partition"] == "records" and "\0" in opts["delimiter"]:
+            return [dataclasses.replace(p, nul=True) for p in parts]
+        return parts
     ckpt = base = None
     if init_from:
         base = checkpoint.load(init_from)
@@ -275,26 +287,27 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
             raise UsageError("--val-max-chars cannot change on resume (it changes the training text)")
         val_max_chars = saved_train.get("val_max_chars")  # None in checkpoints older than the option
         vocab = Vocab.from_dict(ckpt["vocab"])
-        encoded = encode_corpus(train_parts, encoding, vocab=vocab, unk="map" if vocab.unk else "error",
+        encoded = encode_corpus(readable(train_parts), encoding, vocab=vocab, unk="map" if vocab.unk else "error",
                                 cache=not no_cache)
-        con.info(console, f"resuming from {resume} at step {ckpt['step']}"
+        con.info(notices, f"resuming from {resume} at step {ckpt['step']}"
                  + (f"; changed: {', '.join(changes)}" if changes else ""))
         model_config = ModelConfig.from_dict(saved_arch)
     else:
-        encoded = encode_corpus(train_parts, encoding, min_freq=min_freq, cache=not no_cache)
+        encoded = encode_corpus(readable(train_parts), encoding, min_freq=min_freq, cache=not no_cache)
         vocab = encoded.vocab
         if not vocab.chars:
             raise UsageError(f"--min-freq {min_freq} leaves no character in the vocabulary (every character occurs "
                              f"fewer than {min_freq} times), so there is nothing to train on; lower --min-freq")
         if base is not None:
-            vocab, encoded, model_config = _fine_tune_vocab(base, init_from, encoded, keep_vocab, console,
-                                                            lambda v: encode_corpus(train_parts, encoding, vocab=v,
-                                                                                    unk="map", cache=not no_cache))
+            def encode(v: Vocab) -> Any:
+                return encode_corpus(readable(train_parts), encoding, vocab=v, unk="map", cache=not no_cache)
+
+            vocab, encoded, model_config = _fine_tune_vocab(base, init_from, encoded, keep_vocab, notices, encode)
         else:
             model_config = ModelConfig(vocab_size=vocab.size, **{n: opts[n] for n in arch_names})
     ids = encoded.ids
     if model_config.input == "onehot" and vocab.size > ONEHOT_WARN_VOCAB:
-        con.info(console, f"warning: --input onehot with {vocab.size:,} characters builds inputs of shape "
+        con.info(notices, f"warning: --input onehot with {vocab.size:,} characters builds inputs of shape "
                           f"(batch, time, {vocab.size:,}) and multiplies them out: slow; --input embedding is a lookup")
     if encoded.ids_cached:
         con.info(console, f"read the encoded corpus ({len(ids):,} characters) from the cache: {encoded.path}")
@@ -302,13 +315,13 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
         con.info(console, f"encoded the corpus ({len(ids):,} characters) into the cache: {encoded.path}")
     if all(opts[n] is None for n in ("epochs", "max_steps", "time_budget")):
         opts["time_budget"] = DEFAULT_TIME_BUDGET
-        con.info(console, f"no stopping rule given: training for {DEFAULT_TIME_BUDGET:g} seconds (--time-budget)")
+        con.info(notices, f"no stopping rule given: training for {DEFAULT_TIME_BUDGET:g} seconds (--time-budget)")
     if official:
         # The official valid part is encoded with the training vocabulary; characters it lacks
         # become <unk> (not scored), as in `eval perplexity`.
         train_ids, val_fraction = ids, 0.0
         val_ids = ids[:0] if valid_parts is None else encode_corpus(
-            valid_parts, encoding, vocab=vocab, unk="map" if vocab.unk else "error",
+            readable(valid_parts), encoding, vocab=vocab, unk="map" if vocab.unk else "error",
             where=f"the {sources[0]} validation text", cache=not no_cache).ids
     elif opts["partition"] == "records":
         from charrnn.data import split_records_train_val
@@ -327,7 +340,7 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
                     f"no native bfloat16 on this {dev.type.upper() if dev.type != 'cpu' else 'CPU'})"))
     config = TrainConfig(val_fraction=val_fraction, val_max_chars=val_max_chars,
                          **{n: opts[n] for n in train_names})
-    callbacks = con.TrainConsole(console)
+    callbacks = con.TrainConsole(console, notices)
     try:
         # Signals are caught once the processes have met: before that, torchrun's SIGTERM (a process
         # failed to start) must end this one at once rather than wait on the missing process.
@@ -345,7 +358,7 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     if not group.is_main:
         return
     if result.checkpoint is None:
-        con.info(console, f"nothing to do: the stopping rule is already reached at step {result.steps} "
+        con.info(notices, f"nothing to do: the stopping rule is already reached at step {result.steps} "
                           f"({result.seconds:.1f} s trained); raise --max-steps, --epochs or --time-budget to go on")
     _summary(result, as_json)
 
