@@ -31,12 +31,29 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "val": ("step", "loss", "elapsed", "chars"),
 }
 INTEGER_FIELDS = frozenset({"step", "epoch", "chars"})
+# A log or a checkpoint's history is untrusted input (hand-edited, damaged): every value must be a
+# number a run can record. Counts and times stay below 2**53 (exact in float64); a loss may be NaN
+# (a diverged step, null in the log) but no more than MAX_LOSS: training stops long before that.
+MAX_VALUE = 2.0**53
+MAX_LOSS = 1e6
 
 
 def _number(name: str, value: Any) -> int | float:
+    """`value` as field `name` holds it; a ValueError says why it cannot be (a bool, text, inf, 1e999,
+    a negative count, a fractional step)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} is not a number")
+    x = float(value) if not isinstance(value, int) or abs(value) <= MAX_VALUE else math.inf
+    if math.isnan(x) and name == "loss":
+        return x
+    limit = MAX_LOSS if name == "loss" else MAX_VALUE
+    if not 0 <= x <= limit:  # NaN fails too
+        raise ValueError(f"{name} {value!r} is out of range (0 to {limit:g})")
     if name in INTEGER_FIELDS:
-        return int(value)
-    return float(value)
+        if x != int(x):
+            raise ValueError(f"{name} {value!r} is not a whole number")
+        return int(x)
+    return x
 
 
 @dataclass
@@ -90,8 +107,11 @@ class History:
             if len(lengths) > 1:
                 raise CheckpointError(f"{where} is damaged: the {kind} history columns differ in length")
             rows = zip(*(columns[name].tolist() for name in names), strict=True)
-            getattr(history, kind).extend({n: _number(n, v) for n, v in zip(names, row, strict=True)}
-                                          for row in rows)
+            try:
+                getattr(history, kind).extend({n: _number(n, v) for n, v in zip(names, row, strict=True)}
+                                              for row in rows)
+            except ValueError as e:
+                raise CheckpointError(f"{where} is damaged: its {kind} history has {e}") from None
         return history
 
     def summary(self) -> dict[str, Any]:
@@ -166,7 +186,8 @@ def _ordered(history: History) -> list[tuple[str, dict[str, Any]]]:
 
 
 def read_log(path: str | os.PathLike) -> History:
-    """A History from a `.log.jsonl` file; lines of other kinds are skipped, malformed ones are a DataError."""
+    """A History from a `.log.jsonl` file; lines of other kinds are skipped. The log is untrusted input:
+    a malformed line or a value no run can record (see _number) is a DataError naming the line."""
     p = Path(path)
     history = History()
     try:
@@ -174,21 +195,41 @@ def read_log(path: str | os.PathLike) -> History:
             for number, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                try:
-                    obj = json.loads(line)
-                    kind = obj.get("kind") if isinstance(obj, dict) else None
-                    if kind in FIELDS:
-                        names = FIELDS[kind]
-                        history.add(kind, **{n: math.nan if obj[n] is None else obj[n] for n in names})
-                except (ValueError, KeyError, TypeError):
-                    if number > 1 and not line.endswith("\n"):
-                        break  # the last line of a log still being written
-                    if number == 1:
-                        raise DataError(f"{str(p)!r} is neither a charrnn checkpoint nor a training log "
-                                        "(NAME.log.jsonl)") from None
-                    raise DataError(f"{str(p)!r} line {number} is not a training-log record") from None
+                problem = _read_record(history, line)
+                if problem is None:
+                    continue
+                if number > 1 and not line.endswith("\n"):
+                    break  # the last line of a log still being written
+                if number == 1 and problem == NOT_A_RECORD:
+                    raise DataError(f"{str(p)!r} is neither a charrnn checkpoint nor a training log "
+                                    "(NAME.log.jsonl)")
+                raise DataError(f"{str(p)!r} line {number}: {problem}")
     except OSError as e:
         raise DataError(f"cannot read {str(p)!r}: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise DataError(f"{str(p)!r} is not a training log (not UTF-8 text)") from None
     return history
+
+
+NOT_A_RECORD = "not a training-log record"
+
+
+def _read_record(history: History, line: str) -> str | None:
+    """Add the record on `line` to `history` (other kinds are skipped); what is wrong with it, or None."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return NOT_A_RECORD
+    if not isinstance(obj, dict):
+        return NOT_A_RECORD
+    kind = obj.get("kind")
+    if kind not in FIELDS:
+        return None if isinstance(kind, str) else NOT_A_RECORD
+    missing = [n for n in FIELDS[kind] if n not in obj]
+    if missing:
+        return f"a {kind} record without {', '.join(missing)}"
+    try:
+        history.add(kind, **{n: math.nan if n == "loss" and obj[n] is None else obj[n] for n in FIELDS[kind]})
+    except ValueError as e:
+        return f"a {kind} record whose {e}"
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charrnn.errors import CheckpointError, DataError
-from charrnn.history import History, LiveLog, read_log
+from charrnn.history import MAX_LOSS, History, LiveLog, read_log
 from charrnn.outputs import log_path
 
 
@@ -101,6 +102,9 @@ def test_live_log_rewrites_then_appends(tmp_path: Path) -> None:
 def test_read_log_errors(tmp_path: Path) -> None:
     p = tmp_path / "x.log.jsonl"
     p.write_text('{"kind": "val", "step": 1}\n')
+    with pytest.raises(DataError, match="line 1: a val record without loss, elapsed, chars"):
+        read_log(p)
+    p.write_text('[1, 2]\n')
     with pytest.raises(DataError, match="neither a charrnn checkpoint nor a training log"):
         read_log(p)
     p.write_bytes(b"\xff\xfe")
@@ -118,7 +122,7 @@ def test_read_log_skips_other_kinds_and_a_torn_last_line(tmp_path: Path) -> None
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 10**9), st.floats(allow_nan=True, allow_infinity=False, width=64)),
+@given(st.lists(st.tuples(st.integers(0, 10**9), st.one_of(st.just(math.nan), st.floats(0, MAX_LOSS))),
                 max_size=20))
 def test_round_trips_any_values(rows) -> None:
     h = History()
@@ -128,3 +132,67 @@ def test_round_trips_any_values(rows) -> None:
     assert [r["step"] for r in back.val] == [s for s, _ in rows]
     assert all((math.isnan(a["loss"]) and math.isnan(loss)) or a["loss"] == loss
                for a, (_, loss) in zip(back.val, rows, strict=True))
+
+
+# A log is untrusted input (issue 18, 6): every field validated, extremes drawn or refused in one line.
+
+TRAIN_KEYS = ("step", "epoch", "loss", "lr", "chars_per_second", "elapsed", "chars")
+
+
+def _train_line(**values: object) -> str:
+    record = {"kind": "train", "step": 1, "epoch": 0, "loss": 3.0, "lr": 0.01, "chars_per_second": 10.0,
+              "elapsed": 1.0, "chars": 10, **values}
+    return json.dumps(record, allow_nan=True) + "\n"
+
+
+@pytest.mark.parametrize(("field", "raw", "needle"), [
+    ("step", "1e999", "step inf is out of range"),
+    ("loss", "1e308", "loss 1e+308 is out of range"),
+    ("step", "1.5", "not a whole number"),
+    ("step", "-3", "out of range"),
+    ("lr", "true", "lr is not a number"),
+    ("elapsed", '"soon"', "elapsed is not a number"),
+    ("chars", "Infinity", "out of range"),
+])
+def test_read_log_refuses_values_no_run_records(tmp_path: Path, field: str, raw: str, needle: str) -> None:
+    p = tmp_path / "x.log.jsonl"
+    line = _train_line().replace(f'"{field}": ', f'"{field}": {raw}, "_was": ', 1)
+    p.write_text(_train_line() + line)
+    with pytest.raises(DataError, match=f"line 2: .*{re.escape(needle)}"):
+        read_log(p)
+
+
+def test_read_log_names_a_missing_field(tmp_path: Path) -> None:
+    p = tmp_path / "x.log.jsonl"
+    p.write_text('{"kind": "val", "step": 1, "loss": 2.0, "chars": 3}\n')
+    with pytest.raises(DataError, match="line 1: a val record without elapsed"):
+        read_log(p)
+
+
+def test_null_loss_is_a_diverged_step(tmp_path: Path) -> None:
+    p = tmp_path / "x.log.jsonl"
+    p.write_text(_train_line(loss=None))
+    assert math.isnan(read_log(p).train[0]["loss"])
+
+
+finite = st.floats(min_value=0, max_value=2.0**53, allow_nan=False)
+anything = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
+                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3), finite)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.sampled_from(TRAIN_KEYS), anything, min_size=1))
+def test_any_log_values_read_or_refuse_in_one_line(tmp_path_factory: pytest.TempPathFactory,
+                                                    values: dict) -> None:
+    p = tmp_path_factory.mktemp("log") / "x.log.jsonl"
+    p.write_text(_train_line() + _train_line(**values))
+    try:
+        history = read_log(p)
+    except DataError as e:
+        assert "\n" not in str(e)
+        return
+    plotext = pytest.importorskip("plotext")
+    assert plotext
+    from charrnn.plot import Run, terminal_plot
+
+    assert terminal_plot([Run("x", history)], width=60, height=12, color=False)
