@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -144,7 +145,8 @@ def example_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         "CHARRNN_CORPUS_URL_BASE": "http://127.0.0.1:9/no-network-in-tests",
         "COLUMNS": "100", "LINES": "30",
     })
-    socket_path = tmp / "s.sock"
+    socket_dir = Path(tempfile.mkdtemp(prefix="charrnn-examples-"))  # short: a socket path has 108 bytes at most
+    socket_path = socket_dir / "s.sock"
     server = subprocess.Popen([sys.executable, str(RUNNER), "serve", str(socket_path)], env=env,
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
     try:
@@ -164,6 +166,7 @@ def example_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     finally:
         server.terminate()
         server.wait(timeout=10)
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def run_script(text: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
