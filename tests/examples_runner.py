@@ -30,7 +30,7 @@ EPOCH_CAP = 100  # a fresh run with --epochs and no --max-steps: at most this ma
 # texts are a few steps an epoch at the tiny size; a catalog corpus is thousands)
 # Appended to a training run that starts a model (no --resume, no --init-from): later options win in
 # click, so these replace an example's size; small enough that a step takes milliseconds.
-TINY = ["--hidden", "16", "--embed-dim", "8", "-b", "8", "-t", "16", "--val-every", "5",
+TINY = ["--hidden", "16", "--embed-dim", "8", "-b", "8", "-t", "16", "--val-every", "50",
         "--val-max-chars", "2000"]
 
 
@@ -167,11 +167,20 @@ def serve(path: str) -> None:
 
     import charrnn.checkpoint  # noqa: F401
     import charrnn.cli  # noqa: F401
+    import charrnn.console  # noqa: F401
     import charrnn.evaluate  # noqa: F401
     import charrnn.generate  # noqa: F401
+    import charrnn.plot  # noqa: F401
     import charrnn.score  # noqa: F401
     import charrnn.surprise  # noqa: F401
     import charrnn.train  # noqa: F401
+
+    try:  # the plot extra, where it is installed (a missing one is charrnn's to report, in the child)
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+        import plotext  # noqa: F401
+    except ImportError:
+        pass
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:

@@ -35,6 +35,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CATALOG_NAMES = re.compile(r"\b(tinyshakespeare|timemachine|ptb-char|enwik8|text8)\b")
 EXPECTED_EXIT = re.compile(r"\s#.*\bexits? (\d+)\b")
 FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*([^`\s]*)")
+OPTIONAL_TOOLS = ("jq",)  # used by examples, not always installed (coreutils, awk and find are assumed)
 BLOCK_TIMEOUT = 120  # seconds; a block takes about one second per command
 
 _ENGLISH = [
@@ -175,23 +176,36 @@ def run_script(text: str, cwd: Path, env: dict[str, str]) -> subprocess.Complete
                           timeout=BLOCK_TIMEOUT)
 
 
+def skip_reason(block: Block) -> str | None:
+    text = "\n".join(block.lines)
+    if CATALOG_NAMES.search(text) and not SHARED.is_dir():
+        return f"names a catalog corpus and {SHARED} is absent (nothing is downloaded in tests)"
+    for tool in OPTIONAL_TOOLS:
+        if re.search(rf"\b{tool}\b", text) and shutil.which(tool) is None:
+            return f"uses {tool}, which this machine lacks"
+    return None
+
+
+def run_block(block: Block, env: dict[str, str], work: Path) -> tuple[subprocess.CompletedProcess, float]:
+    shutil.copytree(env["EXAMPLES_BASE"], work)
+    started = time.monotonic()
+    return run_script(script(block), work, env), time.monotonic() - started
+
+
 @pytest.mark.parametrize("block", examples(), ids=lambda b: b.id)
 def test_example_runs(block: Block, example_env: dict[str, str], tmp_path: Path) -> None:
-    if CATALOG_NAMES.search("\n".join(block.lines)) and not SHARED.is_dir():
-        pytest.skip(f"names a catalog corpus and {SHARED} is absent (nothing is downloaded in tests)")
-    work = tmp_path / "work"
-    shutil.copytree(example_env["EXAMPLES_BASE"], work)
-    started = time.monotonic()
-    r = run_script(script(block), work, example_env)
-    context = (f"{block.id} ({time.monotonic() - started:.1f} s)\n--- stdout\n{r.stdout[-3000:]}\n"
-               f"--- stderr\n{r.stderr[-3000:]}")
+    reason = skip_reason(block)
+    if reason:
+        pytest.skip(reason)
+    r, seconds = run_block(block, example_env, tmp_path / "work")
+    context = f"{block.id} ({seconds:.1f} s)\n--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-3000:]}"
     assert r.returncode == 0, context
     assert "Traceback" not in r.stderr, context
     # An example that trains nothing shows nothing: a resumed run must raise the rule that stopped it.
     assert "stopping rule is already reached" not in r.stderr, context
 
 
-def test_there_are_examples_on_every_page_that_shows_commands() -> None:
+def test_the_pages_have_examples_to_run() -> None:
     blocks = examples()
     assert len(blocks) >= 20
     assert any(b.page.name == "README.md" for b in blocks)
