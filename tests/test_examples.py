@@ -280,3 +280,24 @@ def test_every_option_of_every_command_is_documented() -> None:
     missing = [f"{path} {opt}" for path, opt in _options(cli, "charrnn")
                if not re.search(r"(?<![\w-])" + re.escape(opt) + r"(?![\w-])", docs)]
     assert missing == []
+
+
+def test_parameter_counts_in_the_docs_are_the_models() -> None:
+    """The presets' parameter counts the docs quote (on tinyshakespeare: 65 characters and <unk>) are the models'."""
+    import torch
+
+    from charrnn.model import CharRNN, ModelConfig
+    from charrnn.runconfig import PRESETS
+
+    counts = {}
+    with torch.device("meta"):  # shapes only: the large preset would allocate 86 MB
+        for name, preset in PRESETS.items():
+            arch = {k: preset[k] for k in ("cell", "layers", "hidden", "embed_dim", "dropout")}
+            counts[name] = sum(p.numel() for p in CharRNN(ModelConfig(vocab_size=66, **arch)).parameters())
+    table = re.findall(r"^\| (tiny|small|medium|large) \([^)]*\) \| ([\d,]+) \|",
+                       (ROOT / "docs" / "parallel.md").read_text(encoding="utf-8"), re.M)
+    assert {name: int(n.replace(",", "")) for name, n in table} == counts
+    # "1x384 ... N parameters" (not info's example line, which names another vocabulary)
+    quoted = [int(n.replace(",", "")) for page in PAGES for n in
+              re.findall(r"1x384[^.|]*?([\d,]{6,}) parameters(?!, vocabulary)", page.read_text(encoding="utf-8"))]
+    assert len(quoted) >= 2 and set(quoted) == {counts["small"]}
