@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 from charrnn.catalog import cache_root
 from charrnn.corpora import Part, stream_text
 from charrnn.errors import DataError
+from charrnn.outputs import temp_beside
 from charrnn.vocab import UnkPolicy, Vocab, count_code_points
 
 FORMAT = 2  # bump when the layout or the text rules change: old entries are then never looked at
@@ -80,7 +80,7 @@ def vocab_key(vocab: Vocab, unk: UnkPolicy) -> str:
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp_path) and rename the result to `path`; nothing is left behind on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)
     os.close(fd)
     try:
         write(Path(tmp))

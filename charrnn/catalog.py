@@ -24,7 +24,6 @@ import http.client
 import json
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -34,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from charrnn.errors import DataError, UsageError
+from charrnn.outputs import temp_beside
 
 CATALOG_ENV = "CHARRNN_CATALOG"
 MIRRORS_ENV = "CHARRNN_CORPORA"
@@ -263,7 +263,7 @@ def download(url: str, dest: Path, file: CorpusFile, callbacks: FetchCallbacks |
     cb = callbacks or FetchCallbacks()
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        fd, tmp_name = temp_beside(dest, ".part")
     except OSError as e:
         raise DataError(f"cannot write to the cache folder {dest.parent}: {e.strerror or e}") from None
     tmp = Path(tmp_name)
@@ -294,7 +294,6 @@ def download(url: str, dest: Path, file: CorpusFile, callbacks: FetchCallbacks |
                                 "nothing was installed (try again)")
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a corpus is ordinary readable data
         if digest.hexdigest() != file.sha256:
             raise DataError(f"download of {url} has sha256 {digest.hexdigest()}, but the catalog expects "
                             f"{file.sha256}; nothing was installed")

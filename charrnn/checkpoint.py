@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 from charrnn.errors import CheckpointError, UsageError
 from charrnn.history import History
 from charrnn.model import CharRNN, ModelConfig, parameter_shapes
+from charrnn.outputs import temp_beside
 from charrnn.vocab import Vocab
 
 FORMAT = "charrnn"
@@ -72,14 +72,11 @@ def save(payload: dict[str, Any], path: str | os.PathLike) -> None:
     p = Path(path)
     folder = p.parent if str(p.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = temp_beside(p)
     except OSError as e:
         raise CheckpointError(f"could not write checkpoint {str(p)!r}: {_cause(e, folder)}") from None
     recorder = None
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
             recorder = _WriteRecorder(f)
             torch.save(payload, recorder)

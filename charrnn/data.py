@@ -220,7 +220,14 @@ def split_records_train_val(ids: np.ndarray, delimiter_ids: np.ndarray, val_frac
                         "the end): nothing whole to hold out for validation (use --val-fraction 0 or more records)")
     cut = len(train)
     later = starts[starts >= cut]
-    cut = int(later[0]) if len(later) else int(starts[-1])
+    if len(later):
+        cut = int(later[0])
+    elif max_chars is not None and (last := len(ids) - int(starts[-1])) > max_chars:
+        # --val-max-chars is a bound, not a hint: holding out the whole last record would break it.
+        raise UsageError(f"--val-max-chars {max_chars:,} is shorter than the last record ({last:,} characters "
+                         "with its delimiter), and validation holds whole records: raise --val-max-chars")
+    else:
+        cut = int(starts[-1])
     return ids[:cut], ids[cut:]
 
 

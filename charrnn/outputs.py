@@ -170,24 +170,37 @@ def _lock_one(out: str | os.PathLike) -> Iterator[None]:
         os.close(fd)
 
 
+def temp_beside(path: str | os.PathLike, suffix: str = ".tmp") -> tuple[int, str]:
+    """(descriptor, name) of a new temporary file `.NAME.XXXXXXXX<suffix>` in `path`'s folder, to be
+    renamed into place, with the permissions any new file gets under the umask (mkstemp's own are
+    0600, which would make checkpoints, pages and cache entries private whatever the user's umask)."""
+    import tempfile
+
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent if str(p.parent) else ".")
+    try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, tmp
+
+
 def write_atomic(path: str | os.PathLike, data: bytes, what: str = "") -> None:
     """Write `data` to `path` (a link is followed) through a temporary file and a rename: a failure
     (disk full, a file-size limit) leaves the previous file as it was and no temporary file; it is
     reported as one line naming the file (after `what`, such as "the training log ") and the cause."""
-    import tempfile
-
     from charrnn.errors import DataError
 
     p = resolve_output(path)
-    folder = p.parent
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = temp_beside(p)
     except OSError as e:
         raise DataError(f"cannot write {what}{str(path)!r}: {e.strerror or e}") from None
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, p)

@@ -287,6 +287,11 @@ def test_shared_mirror_resolves_tinyshakespeare_offline(monkeypatch: pytest.Monk
     r = run("corpus", "path", "tinyshakespeare")
     assert r.exit_code == 0, r.stderr
     assert r.stdout == f"{SHARED / 'tinyshakespeare.txt'}\n"
+    for command in ("path", "fetch"):
+        r = run("corpus", command, "tinyshakespeare", "--json")
+        assert r.exit_code == 0, r.stderr
+        files = {"all": str(SHARED / "tinyshakespeare.txt")}
+        assert json.loads(r.stdout) == {"name": "tinyshakespeare", "files": files}
     text = load_corpus("tinyshakespeare")
     assert len(text) == 1_115_394 and len(set(text)) == 65
     assert files_under(isolated) == []

@@ -69,29 +69,40 @@ def corpus_info(name: str, as_json: bool) -> None:
         click.echo(f"  url: {f.url}")
 
 
-def _fetch_paths(name: str) -> list[Path]:
+def _fetch_paths(name: str) -> dict[str, Path]:
     from charrnn import console as con
     from charrnn.catalog import fetch
 
-    return list(fetch(name, callbacks=con.DownloadConsole(con.make_console())).values())
+    return fetch(name, callbacks=con.DownloadConsole(con.make_console()))
+
+
+def _print_paths(name: str, as_json: bool) -> None:
+    paths = _fetch_paths(name)
+    if as_json:
+        json_out({"name": name, "files": {role: str(path) for role, path in paths.items()}})
+        return
+    for path in paths.values():
+        click.echo(str(path))
 
 
 @corpus_group.command(name="fetch")
 @click.argument("name")
-def corpus_fetch(name: str) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object instead: {"name": ..., "files": {"train": path, ...}}.')
+def corpus_fetch(name: str, as_json: bool) -> None:
     """Download corpus NAME into the cache (unless a verified copy exists) and print its path(s).
 
     Every file is checked against the catalog's size and SHA-256; a failed or corrupt download
     leaves nothing behind. Progress goes to stderr, the path(s) to stdout, one per line.
     """
-    for path in _fetch_paths(name):
-        click.echo(str(path))
+    _print_paths(name, as_json)
 
 
 @corpus_group.command(name="path")
 @click.argument("name")
-def corpus_path(name: str) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object instead: {"name": ..., "files": {"train": path, ...}}.')
+def corpus_path(name: str, as_json: bool) -> None:
     """Print the local path(s) of corpus NAME, one per line (train, valid, test order), fetching
     it first if needed: `wc -c $(charrnn corpus path tinyshakespeare)`."""
-    for path in _fetch_paths(name):
-        click.echo(str(path))
+    _print_paths(name, as_json)

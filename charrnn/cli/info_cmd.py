@@ -27,6 +27,10 @@ def info_cmd(model_path: str, as_json: bool) -> None:
         "init_from": ckpt.get("init_from"),
         "history": History.from_checkpoint(ckpt.get("history")).summary() if "history" in ckpt else None,
         "record_hashes": None if ckpt.get("record_hashes") is None else len(ckpt["record_hashes"]),
+        # False when the training records outnumbered the cap (records.MAX_RECORD_HASHES): --novel
+        # then knows only some of them. None for a model not trained on records.
+        "record_hashes_complete": ckpt.get("record_hashes_complete", True) if ckpt.get("record_hashes") is not None
+        else None,
     }
     if as_json:
         json_out(summary)
@@ -44,7 +48,7 @@ def info_cmd(model_path: str, as_json: bool) -> None:
     if delimiter is not None:
         kept = summary["record_hashes"]
         click.echo(f"records model: delimiter '{escape(delimiter)}', hashes of {kept or 0:,} training records kept"
-                   + ("" if ckpt.get("record_hashes_complete", True) else " (not all: the cap was reached)"))
+                   + ("" if summary["record_hashes_complete"] is not False else " (not all: the cap was reached)"))
     h = summary["history"]
     if h is None or not (h["train_records"] or h["val_records"]):
         click.echo("history: none recorded")

@@ -258,6 +258,7 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     ckpt = base = None
     if init_from:
         base = checkpoint.load(init_from)
+        checkpoint.check_finite(base, init_from)  # refused now, not blamed on the learning rate later
         saved_arch = base["model_config"]
         for name in arch_names:
             if chosen(name) and opts[name] != saved_arch.get(name):
@@ -266,6 +267,7 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     if resume:
         ckpt = checkpoint.load(resume)
         checkpoint.check_resume_fields(ckpt, resume)
+        checkpoint.check_finite(ckpt, resume)
         saved_arch = ckpt["model_config"]
         for name in arch_names:
             if chosen(name) and opts[name] != saved_arch[name]:
@@ -273,6 +275,15 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
                                  f"{saved_arch[name]}: the architecture cannot change on resume")
         # Options added after a checkpoint was written take their defaults (val_max_chars: None, no cap).
         saved_train = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **ckpt["train_config"]}
+        # Records split the text by whole records, the others by characters: another split is another
+        # training text, which resume refuses (say why here rather than blame the text).
+        was_records = saved_train.get("partition") == "records"
+        if given("partition") and (opts["partition"] == "records") != was_records:
+            raise UsageError(f"--partition cannot change from {saved_train.get('partition')} to {opts['partition']} "
+                             "on resume: records hold out whole records for validation, the others a tail of "
+                             "characters, so the training text would change")
+        if was_records and given("delimiter") and opts["delimiter"] != saved_train.get("delimiter"):
+            raise UsageError("--delimiter cannot change on resume (it changes the records, hence the training text)")
         changes = []
         for name in train_names:
             if name in opts and chosen(name):
