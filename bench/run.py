@@ -38,11 +38,13 @@ from flops import input_width, matmul_limit, sync, train_flops_per_char  # noqa:
 from measure import run_measured  # noqa: E402
 from reference import reference_throughput  # noqa: E402
 
+from charrnn.callbacks import Callbacks  # noqa: E402
 from charrnn.checkpoint import load_model  # noqa: E402
 from charrnn.evaluate import evaluate  # noqa: E402
 from charrnn.generate import Sampling, generate  # noqa: E402
 from charrnn.model import ModelConfig, resolve_precision  # noqa: E402
-from charrnn.train import Callbacks, TrainConfig, train  # noqa: E402
+from charrnn.runconfig import TrainConfig  # noqa: E402
+from charrnn.train import train  # noqa: E402
 from charrnn.vocab import Vocab  # noqa: E402
 
 BATCH, STEPS, LAYERS = 32, 64, 2

@@ -213,6 +213,19 @@ def check_model_fields(ckpt: dict[str, Any]) -> None:
                                   f"config needs {shape} (floating point)")
 
 
+def saved_processes(resume: dict[str, Any]) -> tuple[int, list[dict[str, torch.Tensor]]]:
+    """How many processes wrote a checkpoint (1 when it predates the field) and the dropout
+    generators of each, checked: a checkpoint is untrusted input."""
+    processes = resume.get("processes", 1)
+    rngs = resume.get("rng_ranks") if processes != 1 else [resume.get("rng")]
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1 \
+            or not isinstance(rngs, list) or len(rngs) != processes \
+            or not all(isinstance(r, dict) and isinstance(r.get("torch"), torch.Tensor)
+                       and r["torch"].dtype == torch.uint8 for r in rngs):
+        raise CheckpointError("the checkpoint is damaged: its process count or random generator states are invalid")
+    return processes, rngs
+
+
 def check_finite(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
     """Refuse weights holding NaN or infinity: they would score and sample garbage with exit 0."""
     bad = [name for name, t in ckpt["weights"].items() if not bool(torch.isfinite(t).all())]
@@ -257,7 +270,6 @@ def check_resume_fields(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
             raise bad("its carried hidden state does not fit the model")
     saved = ckpt["train_config"]
     from charrnn.runconfig import TrainConfig
-    from charrnn.runstate import saved_processes  # runstate imports this module
 
     try:  # processes and rng_ranks: data-parallel runs (absent in older checkpoints)
         saved_processes(ckpt)

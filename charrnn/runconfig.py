@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from charrnn.cache import ids_digest
-from charrnn.callbacks import Callbacks, Progress  # noqa: F401 (re-exported: callers import them from here)
 from charrnn.data import partition
 from charrnn.errors import UsageError
 from charrnn.evaluate import perplexity_of

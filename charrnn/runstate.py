@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from charrnn import __version__, checkpoint
 from charrnn import distributed as dd
-from charrnn.errors import CheckpointError
 from charrnn.history import History
-from charrnn.model import State
+from charrnn.model import CharRNN, ModelConfig, State
 from charrnn.runconfig import TrainConfig
-
-if TYPE_CHECKING:
-    from charrnn.train import Trainer
+from charrnn.vocab import Vocab
 
 
 @dataclass
@@ -39,7 +36,27 @@ class RunState:
     history: History = field(default_factory=History)
 
 
-def restore(self: Trainer, resume: dict[str, Any]) -> None:
+class Run(Protocol):
+    """What `restore` and `payload` read and set of a training run (charrnn.train.Trainer is one)."""
+
+    model: CharRNN
+    model_config: ModelConfig
+    optimizer: torch.optim.Optimizer
+    config: TrainConfig
+    state: RunState
+    group: dd.Group
+    device: torch.device
+    vocab: Vocab
+    rows: int  # minibatch rows of this process
+    notes: list[str]
+    fingerprint: dict[str, Any]
+    init_from_path: str | None
+    record_hashes: dict[str, Any] | None
+
+    def elapsed(self) -> float: ...
+
+
+def restore(self: Run, resume: dict[str, Any]) -> None:
     """Set a new Trainer's model, optimizer and RunState from checkpoint `resume` (validated by
     checkpoint.load and check_resume_fields)."""
     config, st = self.config, self.state
@@ -53,7 +70,7 @@ def restore(self: Trainer, resume: dict[str, Any]) -> None:
     # Both validated by checkpoint.load; a checkpoint older than them starts an empty history.
     st.history = History.from_checkpoint(resume.get("history")).until(st.step)
     st.stale = resume.get("stale_validations", 0)
-    processes, rngs = saved_processes(resume)
+    processes, rngs = checkpoint.saved_processes(resume)
     same_processes = processes == self.group.world_size
     rng = rngs[self.group.rank] if same_processes else rngs[0]
     torch.set_rng_state(rng["torch"])
@@ -84,7 +101,7 @@ def restore(self: Trainer, resume: dict[str, Any]) -> None:
                      else h[:, rows].to(self.device))
 
 
-def payload(self: Trainer) -> dict[str, Any] | None:
+def payload(self: Run) -> dict[str, Any] | None:
     """The checkpoint's content on rank 0 (None on the others). With several processes, every
     process must call it: the carried states and dropout generators are gathered."""
     st, hidden = self.state, self.state.hidden
@@ -111,19 +128,6 @@ def payload(self: Trainer) -> dict[str, Any] | None:
         **(self.record_hashes or {}),
         **extra,
     }
-
-
-def saved_processes(resume: dict[str, Any]) -> tuple[int, list[dict[str, torch.Tensor]]]:
-    """How many processes wrote a checkpoint (1 when it predates the field) and the dropout
-    generators of each, checked: a checkpoint is untrusted input."""
-    processes = resume.get("processes", 1)
-    rngs = resume.get("rng_ranks") if processes != 1 else [resume.get("rng")]
-    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1 \
-            or not isinstance(rngs, list) or len(rngs) != processes \
-            or not all(isinstance(r, dict) and isinstance(r.get("torch"), torch.Tensor)
-                       and r["torch"].dtype == torch.uint8 for r in rngs):
-        raise CheckpointError("the checkpoint is damaged: its process count or random generator states are invalid")
-    return processes, rngs
 
 
 def rng_states(device: torch.device) -> dict[str, torch.Tensor]:

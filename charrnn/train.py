@@ -16,12 +16,6 @@ position is enough to rebuild it), the torch RNG (dropout) and the carried hidde
 
 from __future__ import annotations
 
-# Settings, results and callbacks live in charrnn.runconfig, the run's state and its checkpoint form
-# in charrnn.runstate; they are re-exported here, where callers have always found them.
-__all__ = ["OPTIMIZERS", "PRECISIONS", "PRESETS", "SCHEDULES", "STOP_REASONS", "Callbacks", "Progress", "RunState",
-           "TrainConfig", "TrainResult", "Trainer", "batch_loss", "data_fingerprint", "finite_loss", "lr_factor",
-           "make_optimizer", "rng_states", "saved_processes", "train"]
-
 import contextlib
 import math
 import time
@@ -37,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from charrnn import checkpoint
 from charrnn import distributed as dd
+from charrnn.callbacks import Callbacks, Progress
 from charrnn.data import (
     Batch,
     RecordBatches,
@@ -56,20 +51,13 @@ from charrnn.model import CharRNN, ModelConfig, State, detach_state
 from charrnn.outputs import best_path, check_output, log_path, run_lock
 from charrnn.records import delimiter_ids, training_record_hashes
 from charrnn.runconfig import (
-    OPTIMIZERS,
-    PRECISIONS,
-    PRESETS,
-    SCHEDULES,
-    STOP_REASONS,
-    Callbacks,
-    Progress,
     TrainConfig,
     TrainResult,
     data_fingerprint,
     lr_factor,
     make_optimizer,
 )
-from charrnn.runstate import RunState, restore, rng_states, saved_processes
+from charrnn.runstate import RunState, restore, rng_states
 from charrnn.runstate import payload as runstate_payload
 from charrnn.vocab import Vocab
 

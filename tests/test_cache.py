@@ -18,7 +18,7 @@ from charrnn.cli import cli
 from charrnn.corpora import Part, decode_text, iter_decoded, training_parts
 from charrnn.data import split_train_val
 from charrnn.errors import DataError, UnknownCharacterError
-from charrnn.train import data_fingerprint
+from charrnn.runconfig import data_fingerprint
 from charrnn.vocab import Vocab, count_code_points
 
 TEXT = "the time traveller smiled.\nwe sat about the fire, née café 😀\n" * 50

@@ -16,10 +16,12 @@ import torch
 from click.testing import CliRunner
 
 from charrnn import distributed as dd
+from charrnn.checkpoint import saved_processes
 from charrnn.cli import cli
 from charrnn.errors import CheckpointError, PeerLost, TrainingError, UsageError
 from charrnn.model import ModelConfig
-from charrnn.train import TrainConfig, saved_processes, train
+from charrnn.runconfig import TrainConfig
+from charrnn.train import train
 from charrnn.vocab import Vocab
 
 TINY = ["--hidden", "16", "--layers", "1", "--embed-dim", "8", "-b", "8", "-t", "16", "--no-cache", "-q"]

@@ -12,13 +12,15 @@ import torch
 
 from charrnn import checkpoint
 from charrnn import train as train_module
+from charrnn.callbacks import Callbacks, Progress
 from charrnn.corpora import builtin_text
 from charrnn.data import Batch, partition, random_batches, split_train_val
 from charrnn.errors import DataError, Interrupted, Terminated, TrainingError, UsageError
 from charrnn.evaluate import EvalResult
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.outputs import best_path
-from charrnn.train import Callbacks, Progress, TrainConfig, batch_loss, lr_factor, train
+from charrnn.runconfig import TrainConfig, lr_factor
+from charrnn.train import batch_loss, train
 from charrnn.vocab import Vocab
 
 
@@ -403,7 +405,7 @@ def test_resume_with_new_stopping_rule_continues(tmp_path: Path, small) -> None:
 
 
 def test_adam_uses_the_fused_kernel_on_cpu() -> None:
-    from charrnn.train import make_optimizer
+    from charrnn.runconfig import make_optimizer
 
     params = [torch.nn.Parameter(torch.ones(3))]
     assert make_optimizer("adam", params, 1e-3, 0.0, torch.device("cpu")).defaults["fused"] is True

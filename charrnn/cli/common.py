@@ -29,7 +29,7 @@ ONEHOT_WARN_VOCAB = 1024
 # charrnn.model.MAX_LAYERS / MAX_WIDTH (kept here: no torch at import); a test keeps them equal.
 MAX_LAYERS = 64
 MAX_WIDTH = 65536
-PRESET_NAMES = ["tiny", "small", "medium", "large"]  # charrnn.train.PRESETS (kept here: no torch at import)
+PRESET_NAMES = ["tiny", "small", "medium", "large"]  # charrnn.runconfig.PRESETS (kept here: no torch at import)
 
 
 class CharrnnGroup(click.Group):

@@ -185,7 +185,7 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     from charrnn.data import split_train_val
     from charrnn.model import ModelConfig, resolve_device, resolve_precision
     from charrnn.outputs import check_output, run_files
-    from charrnn.train import PRESETS, TrainConfig
+    from charrnn.runconfig import PRESETS, TrainConfig
     from charrnn.train import train as run_training
     from charrnn.vocab import Vocab
 
