@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,15 +28,24 @@ from charrnn.errors import CheckpointError, DataError
 from charrnn.outputs import write_atomic
 
 FIELDS: dict[str, tuple[str, ...]] = {
-    "train": ("step", "epoch", "loss", "lr", "chars_per_second", "elapsed", "chars"),
+    "train": ("step", "epoch", "loss", "lr", "chars_per_second", "elapsed", "chars", "grad_norm", "grad_norm_max",
+              "clipped"),
     "val": ("step", "loss", "elapsed", "chars"),
 }
 INTEGER_FIELDS = frozenset({"step", "epoch", "chars"})
+# Fields that runs before them did not record: an older checkpoint or log reads them as NaN.
+LATER_FIELDS = frozenset({"grad_norm", "grad_norm_max", "clipped"})
+# Fields that may be NaN (null in the log): a diverged loss, a gradient norm that overflowed,
+# or one that was not recorded.
+NULLABLE = frozenset({"loss"}) | LATER_FIELDS
 # A log or a checkpoint's history is untrusted input (hand-edited, damaged): every value must be a
-# number a run can record. Counts and times stay below 2**53 (exact in float64); a loss may be NaN
-# (a diverged step, null in the log) but no more than MAX_LOSS: training stops long before that.
+# number a run can record. Counts and times stay below 2**53 (exact in float64); a loss below
+# MAX_LOSS (training stops long before that); the share of steps clipped within 0 and 1; the
+# learning rate, speed and gradient norms any finite number >= 0.
 MAX_VALUE = 2.0**53
 MAX_LOSS = 1e6
+LIMITS = {"step": MAX_VALUE, "epoch": MAX_VALUE, "chars": MAX_VALUE, "elapsed": MAX_VALUE, "loss": MAX_LOSS,
+          "clipped": 1.0}
 
 
 def _number(name: str, value: Any) -> int | float:
@@ -44,10 +54,10 @@ def _number(name: str, value: Any) -> int | float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} is not a number")
     x = float(value) if not isinstance(value, int) or abs(value) <= MAX_VALUE else math.inf
-    if math.isnan(x) and name == "loss":
+    if math.isnan(x) and name in NULLABLE:
         return x
-    limit = MAX_LOSS if name == "loss" else MAX_VALUE
-    if not 0 <= x <= limit:  # NaN fails too
+    limit = LIMITS.get(name, sys.float_info.max)
+    if not 0 <= x <= limit:  # NaN and infinity fail too
         raise ValueError(f"{name} {value!r} is out of range (0 to {limit:g})")
     if name in INTEGER_FIELDS:
         if x != int(x):
@@ -66,6 +76,7 @@ class History:
     def add(self, kind: str, **values: float) -> dict[str, Any]:
         """Append one record of `kind` ("train" or "val") with exactly its FIELDS; returns it."""
         names = FIELDS[kind]
+        values = {**{n: math.nan for n in LATER_FIELDS if n in names}, **values}
         if set(values) != set(names):
             raise ValueError(f"a {kind} record has the fields {', '.join(names)}, got {', '.join(sorted(values))}")
         record = {name: _number(name, values[name]) for name in names}
@@ -94,6 +105,11 @@ class History:
         history = cls()
         for kind, names in FIELDS.items():
             columns = data.get(kind)
+            if isinstance(columns, dict):  # a checkpoint older than a field: a column of NaN
+                sizes = {c.numel() for c in columns.values() if isinstance(c, torch.Tensor)}
+                size = sizes.pop() if len(sizes) == 1 else 0
+                columns = {**{n: torch.full((size,), math.nan, dtype=torch.float64)
+                              for n in LATER_FIELDS if n in names}, **columns}
             if not isinstance(columns, dict) or set(columns) != set(names):
                 raise CheckpointError(f"{where} is damaged: its {kind} history lacks or has extra columns")
             lengths = set()
@@ -101,7 +117,7 @@ class History:
                 col = columns[name]
                 if not isinstance(col, torch.Tensor) or col.dim() != 1 or col.dtype != torch.float64:
                     raise CheckpointError(f"{where} is damaged: history column {kind}.{name} is not a float64 vector")
-                if name != "loss" and not bool(torch.isfinite(col).all()):
+                if name not in NULLABLE and not bool(torch.isfinite(col).all()):
                     raise CheckpointError(f"{where} is damaged: history column {kind}.{name} is not finite")
                 lengths.add(col.numel())
             if len(lengths) > 1:
@@ -130,6 +146,22 @@ class History:
             "best_val_loss": best["loss"] if best else None, "best_val_step": best["step"] if best else None,
             "last_val_loss": last_val["loss"] if last_val else None,
             "last_val_step": last_val["step"] if last_val else None,
+            **self._clipping(),
+        }
+
+    def _clipping(self) -> dict[str, float | None]:
+        """The gradient norm before clipping at the last report, its largest of the run, and the share
+        of steps clipped (each report weighted by the steps it covers); None where never recorded."""
+        known = [r for r in self.train if not math.isnan(r["clipped"])]
+        steps = [r["step"] - (self.train[i - 1]["step"] if i else 0) for i, r in enumerate(self.train)]
+        covered = [n for n, r in zip(steps, self.train, strict=True) if not math.isnan(r["clipped"])]
+        peaks = [r["grad_norm_max"] for r in self.train if math.isfinite(r["grad_norm_max"])]
+        last = self.train[-1]["grad_norm"] if self.train else math.nan
+        return {
+            "last_grad_norm": last if math.isfinite(last) else None,
+            "max_grad_norm": max(peaks) if peaks else None,
+            "clipped": sum(n * r["clipped"] for n, r in zip(covered, known, strict=True)) / sum(covered)
+            if known and sum(covered) > 0 else None,
         }
 
 
@@ -225,11 +257,11 @@ def _read_record(history: History, line: str) -> str | None:
     kind = obj.get("kind")
     if kind not in FIELDS:
         return None if isinstance(kind, str) else NOT_A_RECORD
-    missing = [n for n in FIELDS[kind] if n not in obj]
+    missing = [n for n in FIELDS[kind] if n not in obj and n not in LATER_FIELDS]
     if missing:
         return f"a {kind} record without {', '.join(missing)}"
     try:
-        history.add(kind, **{n: math.nan if n == "loss" and obj[n] is None else obj[n] for n in FIELDS[kind]})
+        history.add(kind, **{n: math.nan if n in NULLABLE and obj.get(n) is None else obj[n] for n in FIELDS[kind]})
     except ValueError as e:
         return f"a {kind} record whose {e}"
     return None

@@ -8,6 +8,7 @@ the rest of charrnn never needs them, and a missing one is a one-line error sayi
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,11 @@ from charrnn.errors import DataError, MissingDependency, UsageError
 from charrnn.figure import image_format, new_figure, save_figure
 from charrnn.history import History, read_log
 
+# What the vertical axis shows: (the line's field, the points' field, their labels, the axis title, log scale).
+Y_AXES = {
+    "loss": ("loss", "loss", ("train", "val"), "loss (nats/char)", False),
+    "grad-norm": ("grad_norm", "grad_norm_max", ("grad norm", "max"), "gradient norm before clipping", True),
+}
 X_AXES = {"steps": ("step", "step"), "seconds": ("elapsed", "seconds"), "chars": ("chars", "characters trained on")}
 # One colour per run (train line and validation points share it); plotext and matplotlib names.
 TERMINAL_COLORS = ("blue", "red", "green", "orange", "magenta", "cyan", "gray", "yellow")
@@ -82,21 +88,39 @@ def run_names(paths: list[str]) -> list[str]:
     return names
 
 
-def series(run: Run, x_axis: str) -> tuple[Series, Series]:
-    """(training loss, validation loss) of `run` against `x_axis`; non-finite losses are left out."""
+def series(run: Run, x_axis: str, y_axis: str = "loss") -> tuple[Series, Series]:
+    """(line, points) of `run` against `x_axis`: for `loss` the training loss and the validation loss;
+    for `grad-norm` the mean gradient norm before clipping of each report and its largest. Values
+    that are not finite (a diverged step, a run older than the field), or not positive on a log
+    scale, are left out."""
     if x_axis not in X_AXES:
         raise UsageError(f"unknown x axis {x_axis!r}: choose one of {', '.join(X_AXES)}")
+    if y_axis not in Y_AXES:
+        raise UsageError(f"unknown y axis {y_axis!r}: choose one of {', '.join(Y_AXES)}")
     key = X_AXES[x_axis][0]
+    line_field, point_field, (line_label, point_label), _, log = Y_AXES[y_axis]
 
-    def pick(records: list[dict], what: str) -> Series:
-        kept = [r for r in records if r["loss"] == r["loss"] and abs(r["loss"]) != float("inf")]
-        return Series(f"{run.name} {what}", [float(r[key]) for r in kept], [float(r["loss"]) for r in kept])
+    def pick(records: list[dict], field: str, what: str) -> Series:
+        kept = [r for r in records if math.isfinite(r[field]) and (r[field] > 0 or not log)]
+        return Series(f"{run.name} {what}", [float(r[key]) for r in kept], [float(r[field]) for r in kept])
 
-    return pick(run.history.train, "train"), pick(run.history.val, "val")
+    points = run.history.val if y_axis == "loss" else run.history.train
+    return pick(run.history.train, line_field, line_label), pick(points, point_field, point_label)
+
+
+def all_series(runs: list[Run], x_axis: str, y_axis: str) -> list[tuple[Series, Series]]:
+    """`series` of every run; a DataError when none has anything to draw (gradient norms of runs
+    trained before charrnn recorded them)."""
+    drawn = [series(run, x_axis, y_axis) for run in runs]
+    if not any(line.x or points.x for line, points in drawn):
+        what = "gradient norms" if y_axis == "grad-norm" else "finite losses"
+        raise DataError(f"no {what} to draw in {', '.join(run.name for run in runs)} (runs trained before charrnn "
+                        "recorded gradient norms have none)" if y_axis == "grad-norm" else f"no {what} to draw")
+    return drawn
 
 
 def terminal_plot(runs: list[Run], x_axis: str = "steps", width: int = 100, height: int = 30,
-                  color: bool = True) -> str:
+                  color: bool = True, y_axis: str = "loss") -> str:
     """The curves drawn with text characters (ANSI colours when `color`), as one string."""
     try:
         import plotext as plt
@@ -109,28 +133,28 @@ def terminal_plot(runs: list[Run], x_axis: str = "steps", width: int = 100, heig
     plt.limitsize(False, False)
     plt.plotsize(width, height)
     plt.theme("clear")  # no background: the terminal's own shows through
-    for i, run in enumerate(runs):
-        train, val = series(run, x_axis)
+    for i, (train, val) in enumerate(all_series(runs, x_axis, y_axis)):
         colour = TERMINAL_COLORS[i % len(TERMINAL_COLORS)]
         line_marker, point_marker = ("braille", "o") if color else PLAIN_MARKERS[i % len(PLAIN_MARKERS)]
         if train.x:
             plt.plot(train.x, train.y, label=train.label, marker=line_marker, color=colour if color else None)
         if val.x:
             plt.scatter(val.x, val.y, label=val.label, marker=point_marker, color=colour if color else None)
-    plt.title("loss (nats/char)")
+    plt.title(Y_AXES[y_axis][3])
+    if Y_AXES[y_axis][4]:
+        plt.yscale("log")
     plt.xlabel(X_AXES[x_axis][1])
     text = plt.build()
     plt.clear_figure()
     return (text if color else plt.uncolorize(text)).rstrip("\n")
 
 
-def image_plot(runs: list[Run], path: str | os.PathLike, x_axis: str = "steps") -> None:
+def image_plot(runs: list[Run], path: str | os.PathLike, x_axis: str = "steps", y_axis: str = "loss") -> None:
     """Write the curves to `path`, a .png or .svg file (matplotlib, no display needed)."""
     image_format(path)
     fig = new_figure()
     ax = fig.subplots()
-    for i, run in enumerate(runs):
-        train, val = series(run, x_axis)
+    for i, (train, val) in enumerate(all_series(runs, x_axis, y_axis)):
         colour = FILE_COLORS[i % len(FILE_COLORS)]
         if train.x:
             ax.plot(train.x, train.y, color=colour, linewidth=1.2, alpha=0.8, label=train.label)
@@ -138,7 +162,9 @@ def image_plot(runs: list[Run], path: str | os.PathLike, x_axis: str = "steps") 
             ax.plot(val.x, val.y, color=colour, marker="o", markersize=4, linestyle="--", linewidth=1,
                     label=val.label)
     ax.set_xlabel(X_AXES[x_axis][1])
-    ax.set_ylabel("loss (nats/char)")
+    ax.set_ylabel(Y_AXES[y_axis][3])
+    if Y_AXES[y_axis][4]:
+        ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
     ax.legend()
     save_figure(fig, path)

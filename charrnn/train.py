@@ -46,6 +46,7 @@ from charrnn.data import (
 from charrnn.errors import DataError, Interrupted, Terminated, TrainingError, UsageError
 from charrnn.evaluate import EvalResult, evaluate, evaluate_sums
 from charrnn.finetune import start_model
+from charrnn.gradstats import GradStats, total_norm
 from charrnn.history import LiveLog
 from charrnn.model import CharRNN, ModelConfig, State, detach_state
 from charrnn.outputs import best_path, check_output, log_path, run_lock
@@ -201,6 +202,7 @@ class Trainer:
         self.train_time = 0.0  # seconds inside steps in this process (for chars/s)
         self.chars_this_run = 0
         self.log: LiveLog | None = None  # the live log, open while run() runs
+        self.grads = GradStats(self.device)  # gradient norms since the last report
 
     def elapsed(self) -> float:
         return self.state.elapsed_before + time.perf_counter() - self.start_time
@@ -267,7 +269,7 @@ class Trainer:
     def record_train(self, loss: float, lr: float) -> None:
         st = self.state
         self.record("train", step=st.step, epoch=st.epoch, loss=loss, lr=lr, chars_per_second=self.chars_per_second(),
-                    elapsed=self.elapsed(), chars=st.chars_seen)
+                    elapsed=self.elapsed(), chars=st.chars_seen, **self.grads.take())
 
     def record(self, kind: str, **values: float) -> None:
         """Add a history record and append it to the live log."""
@@ -299,9 +301,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with dd.collective(self.group):  # DDP all-reduces the gradients here
             loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip) if config.clip > 0 else None
+        # The norm before clipping, measured whether or not the run clips (reported as grad_norm).
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip) if config.clip > 0 else \
+            total_norm(self.model.parameters())
+        self.grads.add(norm, config.clip)
         # A host sync per step costs nothing on CPU; on a GPU the loss is checked at each report.
-        if device.type == "cpu" and not (finite_loss(loss.item()) and (norm is None or math.isfinite(norm.item()))):
+        if device.type == "cpu" and not (finite_loss(loss.item()) and math.isfinite(norm.item())):
             self.non_finite(st.step + 1, loss.item())
         try:
             self.optimizer.step()

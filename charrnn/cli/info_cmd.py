@@ -58,3 +58,10 @@ def info_cmd(model_path: str, as_json: bool) -> None:
     click.echo(f"history: {h['steps']} steps in {h['seconds']:.1f} s ({h['chars']:,} characters), {best}; "
                f"last training loss {num(h['last_train_loss'])} ({h['train_records']} reports, "
                f"{h['val_records']} validations: charrnn plot {model_path})")
+    if h["last_grad_norm"] is not None or h["clipped"] is not None:
+        clip = (summary["train"] or {}).get("clip") if isinstance(summary["train"], dict) else None
+        share = "n/a" if h["clipped"] is None else f"{h['clipped']:.1%}"
+        click.echo(f"gradient norm before clipping: last {num(h['last_grad_norm'], '.4g')}, largest "
+                   f"{num(h['max_grad_norm'], '.4g')}; {share} of steps clipped"
+                   + (f" (--clip {clip:g})" if isinstance(clip, (int, float)) and clip > 0 else " (no clipping)")
+                   + f": charrnn plot {model_path} --y grad-norm")
