@@ -258,6 +258,8 @@ class Trainer:
         else:
             result = evaluate(self.model, self.val_ids, unk_id=self.vocab.unk_id, streams=self.config.eval_streams)
         st.val_loss = result.nats_per_char
+        if math.isfinite(st.val_loss) and not finite_loss(st.val_loss):  # diverged, as a training loss would
+            self.non_finite(st.step, st.val_loss)
         improved = st.val_loss < st.best_val
         st.stale = 0 if improved else st.stale + 1
         self.record("val", step=st.step, loss=st.val_loss, elapsed=self.elapsed(), chars=st.chars_seen)

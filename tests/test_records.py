@@ -13,7 +13,7 @@ from charrnn.records import RecordHashes, contains, escape, record_hash, split_r
 
 @pytest.mark.parametrize(("given_", "expected"), [
     ("\\n", "\n"), ("\\0", "\0"), ("\\n\\n", "\n\n"), ("\\t", "\t"), ("\\\\", "\\"), ("a\\x41", "aA"),
-    ("\\u00e9", "é"), ("\\U0001F600", "\U0001F600"), ("|", "|"), ("\\r\\n", "\r\n"), ("--", "--"),
+    ("\\u00e9", "é"), ("\\U0001F600", "\U0001F600"), ("|", "|"), ("\\r\\n", "\n"), ("--", "--"),
 ])
 def test_unescape(given_: str, expected: str) -> None:
     assert unescape(given_) == expected
