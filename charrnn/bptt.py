@@ -14,6 +14,8 @@ in a plain RNN it typically shrinks geometrically (vanishing gradients, notes 00
   state (for a records model its record-start state), so that its states are those of running text,
   not of a cold start; the warm-up is outside the graph.
 - Windows are placed evenly over the text; the curve is the mean over windows of the per-window norm.
+- The gradients are computed on a float64 copy of the model: a plain RNN's fall below float32's
+  smallest number (1e-45) within some 150 characters, and would read as exactly 0.
 
 The model runs step by step (`CharRNN.step`, one ATen cell call per layer) so that every h_t is a node
 of the graph, and one backward pass gives all T gradients.
@@ -21,6 +23,7 @@ of the graph, and one backward pass gives all T gradients.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,17 +102,15 @@ def gradient_norms(model: CharRNN, ids: np.ndarray, *, steps: int = DEFAULT_STEP
         raise DataError(f"no character after the first {2 * steps:,} of the text is known to the model: nothing "
                         "to measure")
     device = next(model.parameters()).device
+    probe = copy.deepcopy(model).eval()  # the caller's model keeps its mode and precision
+    if device.type != "mps":  # MPS has no float64
+        probe = probe.double()
     span = np.asarray(ids[starts[:, None] - steps + np.arange(2 * steps + 1)[None, :]], dtype=np.int64)  # (B, 2T+1)
     span_t = torch.from_numpy(span).to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            _, state = model(span_t[:, :steps], start_state(model, boundary_ids, len(starts)))
-        state = tuple(s.clone() for s in state) if isinstance(state, tuple) else state.clone()  # out of inference mode
-        norms = window_gradients(model, span_t[:, steps : 2 * steps], span_t[:, 2 * steps], state)
-    finally:
-        model.train(was_training)
+    with torch.inference_mode():
+        _, state = probe(span_t[:, :steps], start_state(probe, boundary_ids, len(starts)))
+    state = tuple(s.clone() for s in state) if isinstance(state, tuple) else state.clone()  # out of inference mode
+    norms = window_gradients(probe, span_t[:, steps : 2 * steps], span_t[:, 2 * steps], state)
     return BpttCurve([float(v) for v in norms.double().mean(dim=0).cpu()], len(starts), steps)
 
 
@@ -118,7 +119,8 @@ def draw_bptt(fig: object, curves: list[tuple[str, BpttCurve]], title: str = "")
     ax = fig.subplots()  # type: ignore[attr-defined]
     colours = ("tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:cyan", "tab:gray", "tab:olive")
     for i, (name, curve) in enumerate(curves):
-        ax.plot(range(len(curve.grad_norms)), curve.grad_norms, color=colours[i % len(colours)], label=name)
+        ys = [g if g > 0 else float("nan") for g in curve.grad_norms]  # 0 (underflow) has no place on a log axis
+        ax.plot(range(len(ys)), ys, color=colours[i % len(colours)], label=name)
     ax.set_yscale("log")
     ax.set_xlabel("distance k (characters back from the prediction)")
     ax.set_ylabel("||d loss_T / d h_(T-k)||")

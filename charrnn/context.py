@@ -98,10 +98,11 @@ def _rows(state: State, rows: int) -> State:
 def start_state(model: CharRNN, boundary_ids: np.ndarray | None = None, rows: int = 1) -> State:
     """Where a reading starts, for `rows` streams: the model's begin state, or with `boundary_ids`
     (the record delimiter of a records model) the state after reading the whole delimiter."""
-    device = next(model.parameters()).device
-    state = model.begin_state(1, device)
+    param = next(model.parameters())
+    state = model.begin_state(1, param.device)
+    state = tuple(s.to(param.dtype) for s in state) if isinstance(state, tuple) else state.to(param.dtype)
     if boundary_ids is not None and len(boundary_ids):
-        _, state = model(torch.as_tensor(np.asarray(boundary_ids, dtype=np.int64)[None], device=device), state)
+        _, state = model(torch.as_tensor(np.asarray(boundary_ids, dtype=np.int64)[None], device=param.device), state)
     return _rows(state, rows)
 
 
