@@ -180,3 +180,13 @@ def test_the_commands_are_listed_without_importing_torch() -> None:
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert p.stdout.split() == ["True", "True", "False"], p.stderr
+
+
+@pytest.mark.parametrize("command", ["context", "bptt"])
+def test_a_missing_matplotlib_is_said_before_any_work(home: Path, tmp_path: Path, command: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
+    monkeypatch.setattr("charrnn.cli.context_cmd.read_text", lambda *a: pytest.fail("read the text first"))
+    r = run(*COMMANDS[command], "-m", str(home / "rnn.pt"), str(home / "corpus.txt"), "-o", str(tmp_path / "p.png"))
+    one_line_error(r, 1, "charrnn[plot]")
+    assert not (tmp_path / "p.png").exists()

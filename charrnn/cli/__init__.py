@@ -9,9 +9,9 @@ from __future__ import annotations
 import click
 
 from charrnn import __version__
-from charrnn.cli.bptt_cmd import bptt_cmd
+from charrnn.cli.bptt_cmd import inspect_bptt
 from charrnn.cli.common import ARCH_DEFAULTS, PRESET_NAMES, CharrnnGroup
-from charrnn.cli.context_cmd import context_cmd
+from charrnn.cli.context_cmd import eval_context
 from charrnn.cli.corpus_cmd import corpus_group
 from charrnn.cli.eval_cmd import eval_group
 from charrnn.cli.generate_cmd import generate
@@ -46,8 +46,8 @@ def cli() -> None:
 
 for command in (train, eval_group, generate, info_cmd, plot_cmd, corpus_group, inspect_group):
     cli.add_command(command)
-eval_group.add_command(context_cmd)
-inspect_group.add_command(bptt_cmd)
+eval_group.add_command(eval_context)
+inspect_group.add_command(inspect_bptt)
 
 
 def main() -> None:

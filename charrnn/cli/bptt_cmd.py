@@ -23,7 +23,7 @@ from charrnn.cli.context_cmd import check_picture, load_models, max_chars_option
 @click.option("--json", "as_json", is_flag=True,
               help="JSON Lines: one object per distance, keys distance, grad_norm (and model), distance 0 first.")
 @device_option
-def bptt_cmd(model_paths: tuple[str, ...], text: str, encoding: str, steps: int, windows: int, max_chars: int,
+def inspect_bptt(model_paths: tuple[str, ...], text: str, encoding: str, steps: int, windows: int, max_chars: int,
              picture: str | None, as_json: bool, device: str) -> None:
     """Gradients through time: for windows of T characters of TEXT (a file, `-` for stdin, or a
     corpus name), the norm of the gradient of the loss at the window's end with respect to each

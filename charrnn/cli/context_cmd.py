@@ -99,7 +99,7 @@ def load_models(model_paths: tuple[str, ...], body: str, name: str, encoding: st
 @click.option("--json", "as_json", is_flag=True,
               help="JSON Lines: one object per length, keys length, nats_per_char, increase, targets (and model).")
 @device_option
-def context_cmd(model_paths: tuple[str, ...], text: str, encoding: str, lengths: str, targets: int,
+def eval_context(model_paths: tuple[str, ...], text: str, encoding: str, lengths: str, targets: int,
                 perturb: str | None, beyond: int | None, seed: int, max_chars: int, picture: str | None,
                 as_json: bool, device: str) -> None:
     """How much context MODEL uses on TEXT (a file, `-` for stdin, or a corpus name): the loss of the
