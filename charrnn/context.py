@@ -197,10 +197,11 @@ def truncated_losses(model: CharRNN, ids: np.ndarray, targets: np.ndarray, lengt
 def context_curve(model: CharRNN, ids: np.ndarray, *, lengths: tuple[int, ...] = DEFAULT_LENGTHS,
                   targets: int = DEFAULT_TARGETS, unk_id: int | None = None,
                   boundary_ids: np.ndarray | None = None, perturb: str | None = None, beyond: int = 0,
-                  seed: int = 0, max_rows: int = 4096,
+                  seed: int = 0, max_rows: int = 4096, on_full: Callable[[float, int, float], None] | None = None,
                   on_point: Callable[[ContextPoint, float], None] | None = None) -> ContextCurve:
     """The loss of the same targets of `ids` (shape (n,)) with full context and with each truncated
-    context length; `on_point(point, seconds)` is called as each length is done."""
+    context length; `on_full(loss, targets, seconds)` is called when the full-context pass is done,
+    `on_point(point, seconds)` as each length is."""
     if not lengths:
         raise UsageError("--lengths is empty")
     if targets < 1:
@@ -223,8 +224,11 @@ def context_curve(model: CharRNN, ids: np.ndarray, *, lengths: tuple[int, ...] =
     was_training = model.training
     model.eval()
     try:
+        began = time.perf_counter()
         full_losses = full_context_losses(model, ids, picked, 2 * longest, boundary_ids)
         full = float(full_losses.mean())
+        if on_full is not None:
+            on_full(full, len(picked), time.perf_counter() - began)
         rng = np.random.default_rng(seed)
         points = []
         for n in lengths:

@@ -126,9 +126,11 @@ def test_a_model_without_memory_gains_nothing_from_context() -> None:
 
 def test_the_curve_reports_each_length_on_the_same_targets() -> None:
     model, ids = tiny("lstm", 1), text_ids(500)
-    seen = []
-    curve = context_curve(model, ids, lengths=(1, 10, 100), targets=40, on_point=lambda p, s: seen.append(p))
+    seen, full_seen = [], []
+    curve = context_curve(model, ids, lengths=(1, 10, 100), targets=40, on_point=lambda p, s: seen.append(p),
+                          on_full=lambda loss, n, s: full_seen.append((loss, n)))
     assert seen == curve.points and [p.length for p in curve.points] == [1, 10, 100]
+    assert full_seen == [(curve.full, 40)]
     picked = pick_targets(ids, 100, 40)
     full = full_context_losses(model, ids, picked, 200)
     for p in curve.points:

@@ -57,7 +57,7 @@ def test_context_table(home: Path) -> None:
     for line in lines[1:-1]:
         _, _, nats, inc, pct = line.split()
         assert float(nats) - float(inc) == pytest.approx(full, abs=2e-4) and pct.endswith("%")
-    assert "full context" in r.stderr and "over 20 targets" in r.stderr
+    assert "full context" in r.stderr and "over 20 targets" in r.stderr and "s in all" in r.stderr
 
 
 def test_context_json_keys_and_several_models(home: Path) -> None:
@@ -100,6 +100,8 @@ def test_bptt_table_and_json(home: Path) -> None:
     assert all(set(o) == {"distance", "grad_norm", "model"} and o["grad_norm"] >= 0 for o in objs)
     r = run(*COMMANDS["bptt"], "-m", models[0], str(home / "corpus.txt"), "--json")
     assert set(json.loads(r.stdout.splitlines()[0])) == {"distance", "grad_norm"}
+    r = run(*COMMANDS["bptt"], "-m", str(home / "rec.pt"), "-", "--json", input=corpus_text())  # a records model
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 12, r.stderr
 
 
 @pytest.mark.parametrize("command", ["context", "bptt"])

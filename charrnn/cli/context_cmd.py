@@ -137,14 +137,16 @@ def eval_context(model_paths: tuple[str, ...], text: str, encoding: str, lengths
     for path, legend, model, ids, unk_id, boundary in loaded:
         began = time.perf_counter()
 
+        def full_done(loss: float, count: int, seconds: float, legend: str = legend) -> None:
+            con.info(console, f"{legend}: full context {loss:.4f} nats/char over {count:,} targets in {seconds:.1f} s")
+
         def said(point: Any, seconds: float, legend: str = legend) -> None:
             con.info(console, f"{legend}: length {point.length:,}: {point.nats_per_char:.4f} nats/char "
                               f"({point.increase:+.4f}) in {seconds:.1f} s")
 
         curve = context_curve(model, ids, lengths=asked, targets=targets, unk_id=unk_id, boundary_ids=boundary,
-                              perturb=perturb, beyond=beyond or 0, seed=seed, on_point=said)
-        con.info(console, f"{legend}: full context {curve.full:.4f} nats/char over {curve.targets:,} targets; "
-                          f"{time.perf_counter() - began:.1f} s in all")
+                              perturb=perturb, beyond=beyond or 0, seed=seed, on_full=full_done, on_point=said)
+        con.info(console, f"{legend}: {time.perf_counter() - began:.1f} s in all")
         if curve.targets < targets:
             con.info(console, f"{legend}: only {curve.targets:,} characters of the text could be scored "
                               f"({targets:,} asked)")
