@@ -9,7 +9,9 @@ from __future__ import annotations
 import click
 
 from charrnn import __version__
+from charrnn.cli.bptt_cmd import inspect_bptt
 from charrnn.cli.common import ARCH_DEFAULTS, PRESET_NAMES, CharrnnGroup
+from charrnn.cli.context_cmd import eval_context
 from charrnn.cli.corpus_cmd import corpus_group
 from charrnn.cli.eval_cmd import eval_group
 from charrnn.cli.generate_cmd import generate
@@ -34,6 +36,7 @@ def cli() -> None:
     charrnn plot model.pt [other.pt ...]        loss curves, in the terminal or -o curves.png
     charrnn eval score -m model.pt FILE         a score per line (record), streamed: sort -n, awk, --json
     charrnn eval show -m model.pt FILE          the text coloured by the model's surprise
+    charrnn eval context -m model.pt FILE       how much context the model uses (loss by context length)
     charrnn corpus list                         corpora known by name (fetched and verified on first use)
     charrnn inspect cells -m model.pt FILE      what the hidden units track (also: gates, bptt)
 
@@ -43,6 +46,8 @@ def cli() -> None:
 
 for command in (train, eval_group, generate, info_cmd, plot_cmd, corpus_group, inspect_group):
     cli.add_command(command)
+eval_group.add_command(eval_context)
+inspect_group.add_command(inspect_bptt)
 
 
 def main() -> None:
