@@ -46,7 +46,7 @@ def inspect_bptt(model_paths: tuple[str, ...], text: str, encoding: str, steps: 
 
     if steps > MAX_STEPS or windows > MAX_WINDOWS:
         raise UsageError(f"--num-steps is at most {MAX_STEPS:,} and --windows at most {MAX_WINDOWS:,}")
-    fig = check_picture(picture, [*model_paths, text])
+    fig = check_picture(picture, model_paths, text)
     console = con.make_console()
     body, name = read_text(text, encoding, max_chars, console)
     curves = []

@@ -26,14 +26,15 @@ picture_option = click.option("-o", "--output", "picture", type=click.Path(dir_o
                               help="Also draw the result to this .png or .svg file.")
 
 
-def check_picture(picture: str | None, inputs: list[str]) -> Any:
-    """Before any work: the picture's format and path, and matplotlib; returns a Figure to draw on, or None."""
+def check_picture(picture: str | None, model_paths: tuple[str, ...], text: str) -> Any:
+    """Before any work: the picture's format and path (none of the models or the text), and matplotlib;
+    returns a Figure to draw on, or None."""
     if picture is None:
         return None
     from charrnn.figure import image_format, new_figure
     from charrnn.outputs import check_output
 
-    check_output(picture, inputs, what="picture")
+    check_output(picture, [*((m, "a model (-m)") for m in model_paths), (text, "the text")], what="picture")
     image_format(picture)
     return new_figure()
 
@@ -127,7 +128,7 @@ def eval_context(model_paths: tuple[str, ...], text: str, encoding: str, lengths
     if beyond is not None and beyond >= max(asked) - 1:
         raise UsageError(f"--beyond {beyond} leaves nothing to {perturb}: it must be below {max(asked) - 1} "
                          "(the longest length minus one)")
-    fig = check_picture(picture, [*model_paths, text])
+    fig = check_picture(picture, model_paths, text)
     console = con.make_console()
     body, name = read_text(text, encoding, max_chars, console)
     loaded = load_models(model_paths, body, name, encoding, device)
