@@ -97,6 +97,8 @@ def test_cells_units_as_stacked_rows(home: Path) -> None:
     assert r.exit_code == 0, r.stderr
     rows = [line for line in r.stdout.splitlines() if line.endswith("def f(x):↵")]
     assert len(rows) == 2 * 3 and rows[0].startswith("1:3:c") and rows[1].startswith("2:5:h")
+    r = run("inspect", "cells", "-m", home / "lstm.pt", home / "held_out.txt", "--unit", "1:3", "--color", "always")
+    assert r.exit_code == 0 and "\x1b[" in r.stdout and "48;2;" in r.stdout  # true-colour backgrounds
     r = run("inspect", "cells", "-m", home / "lstm.pt", home / "held_out.txt", "--unit", "2:5:h", "--unit", "1:3",
             "--json")
     assert [(o["layer"], o["unit"], o["state"]) for o in json_lines(r.stdout)] == [(2, 5, "h"), (1, 3, "c")]
@@ -106,6 +108,7 @@ def test_cells_reads_stdin_and_cuts_at_max_chars(home: Path) -> None:
     r = run("inspect", "cells", "-m", home / "rnn.pt", "-", "--max-chars", "40", input=CODE * 3)
     assert r.exit_code == 0, r.stderr
     assert "over 40 characters" in r.stdout and "reading the first 40 characters" in r.stderr
+    assert "only 40 characters: correlations over so few say little" in r.stderr
 
 
 def test_cells_html_page_is_escaped_and_script_free(home: Path, tmp_path: Path) -> None:
@@ -199,7 +202,7 @@ def test_cells_bad_unit_and_property(home: Path) -> None:
 def test_real_processes(home: Path, tmp_path: Path) -> None:
     base = [sys.executable, "-m", "charrnn", "inspect"]
     r = subprocess.run([*base, "cells", "-m", str(home / "gru.pt"), "-", "--json", "--property", "indent"],
-                       input=CODE * 2, capture_output=True, text=True, timeout=300)
+                       input=CODE * 3, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stderr == "" and {json.loads(line)["property"] for line in r.stdout.splitlines()} == {"indent"}
     r = subprocess.run([*base, "gates", "-m", str(home / "rnn.pt"), str(home / "held_out.txt")],

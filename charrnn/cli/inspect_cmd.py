@@ -12,6 +12,7 @@ from charrnn.cli.common import SEED, device_option, encoding_option, json_line, 
 from charrnn.errors import DataError, UsageError
 
 DEFAULT_MAX_CHARS = 10_000  # enough for stable correlations; memory is a few (T, H) float32 arrays per layer
+FEW_CHARS = 200  # below this, cells warns that its correlations are mostly noise
 PROPERTY_HELP = "quote, bracket, line_position, indent, comment, in_word, word_position, upper, digit"
 
 
@@ -180,6 +181,10 @@ def cells(model_path: str, text: str, encoding: str, max_chars: int, as_json: bo
         specs.extend(cl.parse_unit(s, c.layers, c.hidden, c.base_cell == "lstm") for s in unit_specs)
 
     model, _, body, ids, console = load_inputs(model_path, text, encoding, max_chars, device, check)
+    if len(body) < FEW_CHARS:
+        from charrnn import console as con
+
+        con.info(console, f"warning: only {len(body):,} characters: correlations over so few say little")
     t = trace(model, ids)
     ranking = cl.rank(t, body)
     need_control = not specs or as_json or kind in ("png", "svg")
