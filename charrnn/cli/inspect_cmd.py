@@ -168,6 +168,7 @@ def cells(model_path: str, text: str, encoding: str, max_chars: int, as_json: bo
     charrnn inspect cells -m model.pt held_out.txt --unit 1:17 --unit 1:40 -o units.html
     """
     from charrnn import cells as cl
+    from charrnn import console as con
     from charrnn.textprops import check_property
     from charrnn.trace import trace
 
@@ -182,8 +183,6 @@ def cells(model_path: str, text: str, encoding: str, max_chars: int, as_json: bo
 
     model, _, body, ids, console = load_inputs(model_path, text, encoding, max_chars, device, check)
     if len(body) < FEW_CHARS:
-        from charrnn import console as con
-
         con.info(console, f"warning: only {len(body):,} characters: correlations over so few say little")
     t = trace(model, ids)
     ranking = cl.rank(t, body)
@@ -236,9 +235,8 @@ def _heat_rows(t: Any, ranking: Any, specs: list, prop: str | None) -> list:
 
 def _unit_records(ranking: Any, specs: list, prop: str | None, control: Any) -> list[dict]:
     """The --json objects of the units asked for with --unit, in the order given."""
-    wanted = {(u.layer, u.index, u.state) for u in specs}
     by_key = {(r["layer"], r["unit"], r["state"]): r for r in ranking.records(prop, control)}
-    return [by_key[(u.layer, u.index, u.state)] for u in specs if (u.layer, u.index, u.state) in wanted]
+    return [by_key[(u.layer, u.index, u.state)] for u in specs]
 
 
 def _heat(body: str, rows: list, color: str, console: Any) -> None:
