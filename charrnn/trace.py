@@ -3,12 +3,12 @@
 torch's fused RNN modules return only the last layer's output and the final state, and never the
 gates. A trace recomputes the recurrence from the model's own weights, taken from the generation
 Stepper's snapshot (W_ih^T, W_hh^T and the folded biases per layer, the first layer's input as a
-per-character table), so the equations are the ones generation runs and a test checks them
-against CharRNN.forward step by step (h and c of every layer, to 1e-5).
+per-character table) and its cell updates (stepper.lstm_update, gru_update), so the equations are
+the ones generation runs, and a test checks them against CharRNN.forward step by step (h and c of
+every layer, to 1e-5).
 
 It goes layer by layer: the input contribution of a whole layer is one product, (T, in) x
-(in, gates*H), and only the recurrent product W_hh h_{t-1} is done one step at a time. The gate
-pre-activations are kept, (T, gates*H), and the non-linearities applied to all steps at once.
+(in, gates*H), and only the recurrent product W_hh h_{t-1} is done one step at a time.
 
 Gates, in torch's order: LSTM input i, forget f, cell g (tanh), output o; GRU reset r, update z,
 new n (tanh). A plain RNN has none.
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from charrnn.model import CharRNN, State
-from charrnn.stepper import Stepper
+from charrnn.stepper import Stepper, gru_update, lstm_update
 
 GATE_NAMES = {"lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update", "new"), "rnn": ()}
 TANH_GATES = frozenset({"cell", "new"})  # the others are sigmoids, in (0, 1)
@@ -66,9 +66,9 @@ def trace(model: CharRNN, ids: np.ndarray | torch.Tensor, gates: bool = False, s
     inp = None
     for k, (w_ih_t, w_hh_t, b_x) in enumerate(snap.weights):
         gx = snap.table[x] if k == 0 else torch.addmm(b_x, inp, w_ih_t)  # (T, gates*H)
-        h_seq, c_seq, pre = _run_layer(snap, k, gx, w_hh_t, hs0[k], cs0[k] if lstm else None)
+        h_seq, c_seq, act = _run_layer(snap, k, gx, w_hh_t, hs0[k], cs0[k] if lstm else None, gates)
         layers.append(LayerTrace(h_seq.cpu().numpy(), c_seq.cpu().numpy() if c_seq is not None else None,
-                                 _activations(snap.cell, pre) if gates else {}))
+                                 _split(snap.cell, act)))
         last_h.append(h_seq[-1:])
         if c_seq is not None:
             last_c.append(c_seq[-1:])
@@ -78,43 +78,34 @@ def trace(model: CharRNN, ids: np.ndarray | torch.Tensor, gates: bool = False, s
 
 
 def _run_layer(snap: Stepper, k: int, gx: torch.Tensor, w_hh_t: torch.Tensor, h: torch.Tensor,
-               c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """The recurrence of layer k over gx (T, gates*H) from h, c (1, H): h (T, H), c (T, H) or None,
-    and the gate pre-activations (T, gates*H) (GRU: r and z summed, n with r ⊙ (W_hn h + b_hn) in it)."""
+               c: torch.Tensor | None, record: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The recurrence of layer k over gx (T, gates*H) from h, c (1, H), through generation's own cell
+    updates: h (T, H), c (T, H) or None, and with `record` the gate activations (T, gates*H) in
+    torch's gate order (LSTM: σ(i), σ(f), tanh(g), σ(o); GRU: σ(r), σ(z), tanh(n))."""
     n, size = gx.shape[0], snap.hidden
     h_seq = gx.new_empty(n, size)
     c_seq = gx.new_empty(n, size) if c is not None else None
-    pre = gx.new_empty(gx.shape)
+    act = gx.new_empty(gx.shape) if record and snap.cell != "rnn" else None
     for t in range(n):
         row = gx[t : t + 1]
         if snap.lstm:
-            g = torch.addmm(row, h, w_hh_t)  # (1, 4H): i, f, g, o
-            pre[t : t + 1] = g
-            c = torch.addcmul(torch.sigmoid(g[:, size : 2 * size]) * c, torch.sigmoid(g[:, :size]),
-                              torch.tanh(g[:, 2 * size : 3 * size]))
-            h = torch.sigmoid(g[:, 3 * size :]) * torch.tanh(c)
+            h, c, s, g = lstm_update(torch.addmm(row, h, w_hh_t), c, size)
             c_seq[t] = c[0]
+            if act is not None:
+                act[t], act[t, 2 * size : 3 * size] = s[0], g[0]
         elif snap.cell == "gru":
-            gh = torch.addmm(snap.gru_bias[k], h, w_hh_t)  # (1, 3H); b_hn in the n block
-            rz = row[:, : 2 * size] + gh[:, : 2 * size]
-            r, z = torch.sigmoid(rz[:, :size]), torch.sigmoid(rz[:, size:])
-            n_pre = row[:, 2 * size :] + r * gh[:, 2 * size :]
-            pre[t, : 2 * size], pre[t, 2 * size :] = rz[0], n_pre[0]
-            n_act = torch.tanh(n_pre)
-            h = (1 - z) * n_act + z * h
+            h, rz, n_act = gru_update(row, torch.addmm(snap.gru_bias[k], h, w_hh_t), h, size)
+            if act is not None:
+                act[t, : 2 * size], act[t, 2 * size :] = rz[0], n_act[0]
         else:
-            g = torch.addmm(row, h, w_hh_t)
-            pre[t : t + 1] = g
-            h = torch.tanh(g)
+            h = torch.addmm(row, h, w_hh_t).tanh()
         h_seq[t] = h[0]
-    return h_seq, c_seq, pre
+    return h_seq, c_seq, act
 
 
-def _activations(cell: str, pre: torch.Tensor) -> dict[str, np.ndarray]:
-    """Gate name -> activation (T, H) from the pre-activations (T, gates*H)."""
-    names = GATE_NAMES[cell]
-    if not names:
+def _split(cell: str, act: torch.Tensor | None) -> dict[str, np.ndarray]:
+    """Gate name -> activation (T, H) from the recorded activations (T, gates*H)."""
+    if act is None:
         return {}
-    chunks = pre.chunk(len(names), dim=1)
-    return {name: (torch.tanh(p) if name in TANH_GATES else torch.sigmoid(p)).cpu().numpy()
-            for name, p in zip(names, chunks, strict=True)}
+    names = GATE_NAMES[cell]
+    return {name: a.cpu().numpy() for name, a in zip(names, act.chunk(len(names), dim=1), strict=True)}
