@@ -1,5 +1,5 @@
-"""Everything the user sees on stderr (progress, logs, warnings), and the coloured surprise view.
-The only module that imports rich.
+"""Everything the user sees on stderr (progress, logs, warnings), and the coloured text views
+(surprise, unit activations). The only module that imports rich.
 
 On a terminal, training shows a live progress bar; otherwise (a pipe, a log file, CI) it writes
 one plain line per report, so logs stay readable.
@@ -25,6 +25,8 @@ from charrnn.callbacks import Callbacks
 from charrnn.callbacks import Progress as TrainProgress
 from charrnn.catalog import CorpusFile, FetchCallbacks
 from charrnn.evaluate import EvalResult
+from charrnn.heattext import LEGEND, HeatRow, lines
+from charrnn.heattext import colour as heat_colour
 from charrnn.surprise import MAX_BITS, STOPS, Surprise, colour, dark, hex_colour, visible
 
 
@@ -191,3 +193,31 @@ def surprise_view(s: Surprise, file: TextIO, color: bool | None = None, width: i
 
 def _surprise_style(rgb: tuple[int, int, int]) -> str:
     return f"{'#ffffff' if dark(rgb) else '#000000'} on {hex_colour(rgb)}"
+
+
+def heat_view(text: str, rows: list[HeatRow], file: TextIO, color: bool | None = None,
+              width: int | None = None) -> None:
+    """The text with every character's background coloured by a unit's activation (-1 blue, +1 red),
+    one row per unit under each line of the text, and a legend, written to `file` (stdout: it is the
+    data). color None: only when `file` is a terminal."""
+    out = Console(file=file, highlight=False, soft_wrap=True, width=width,
+                  force_terminal=True if color else None, no_color=color is False,
+                  color_system="truecolor" if color else "auto")
+    legend = Text("activation (tanh(c) or h): ")
+    for v in LEGEND:
+        legend.append(f" {v:+g} ", style=_surprise_style(heat_colour(v)))
+    out.print(legend)
+    if len(rows) > 1:
+        for row in rows:
+            out.print(Text(f"  {row.label}"))
+    pad = max((len(row.label.split()[0]) for row in rows), default=0) + 2 if len(rows) > 1 else 0
+    for start, end in lines(text):
+        for row in rows:
+            line = Text()
+            if pad:
+                line.append(f"{row.label.split()[0]:<{pad}}", style="dim")
+            for i in range(start, end):
+                line.append(visible(text[i]), style=_surprise_style(heat_colour(float(row.values[i]))))
+            out.print(line)
+        if len(rows) > 1:
+            out.print("")

@@ -12,8 +12,10 @@ takes a snapshot of the model's weights once per generation call, laid out for t
 - tokens that must never be sampled (<unk>) get a head bias of -inf.
 
 The equations are those of model.rnn_step, gru_step and lstm_step; a test checks the result
-against CharRNN.forward for every cell and input. The snapshot does not follow later changes to
-the model's weights: make a new Stepper after training.
+against CharRNN.forward for every cell and input. The LSTM and GRU updates are module functions
+(lstm_update, gru_update) that also return the gate activations: charrnn.trace records them.
+The snapshot does not follow later changes to the model's weights: make a new Stepper after
+training.
 """
 
 from __future__ import annotations
@@ -55,7 +57,6 @@ class Stepper:
                 self.head_b[token] = float("-inf")
 
     def __call__(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        h_size = self.hidden
         hs, cs = (state[0], state[1]) if self.lstm else (state, None)
         new_h, new_c = [], []
         inp = x
@@ -63,17 +64,10 @@ class Stepper:
             gx = self.table[x] if k == 0 else torch.addmm(b_x, inp, w_ih_t)  # (B, gates*H)
             h = hs[k]
             if self.lstm:
-                gates = torch.addmm(gx, h, w_hh_t)
-                s = gates.sigmoid()  # i, f, o are used; g's sigmoid is wasted but saves a split
-                g = gates[:, 2 * h_size:3 * h_size].tanh()
-                c = torch.addcmul(s[:, h_size:2 * h_size] * cs[k], s[:, :h_size], g)
-                h = s[:, 3 * h_size:] * c.tanh()
+                h, c, _, _ = lstm_update(torch.addmm(gx, h, w_hh_t), cs[k], self.hidden)
                 new_c.append(c)
             elif self.cell == "gru":
-                gh = torch.addmm(self.gru_bias[k], h, w_hh_t)
-                rz = (gx[:, :2 * h_size] + gh[:, :2 * h_size]).sigmoid()
-                n = torch.addcmul(gx[:, 2 * h_size:], rz[:, :h_size], gh[:, 2 * h_size:]).tanh()
-                h = torch.addcmul(n, rz[:, h_size:], h - n)  # (1 - z) ⊙ n + z ⊙ h
+                h, _, _ = gru_update(gx, torch.addmm(self.gru_bias[k], h, w_hh_t), h, self.hidden)
             else:
                 h = torch.addmm(gx, h, w_hh_t).tanh()
             new_h.append(h)
@@ -83,3 +77,23 @@ class Stepper:
         if not self.lstm:
             return logits, h_n
         return logits, (h_n, new_c[0][None] if self.layers == 1 else torch.stack(new_c))
+
+
+# The cell updates, shared by generation (Stepper) and charrnn.trace, which records the gates they return.
+def lstm_update(gates: torch.Tensor, c: torch.Tensor,
+                size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """gates (B, 4H) = W_ih x + W_hh h + b, c (B, H) -> h, c, σ(gates) (B, 4H: i, f, o are used; g's
+    sigmoid is wasted but saves a split) and g = tanh of the cell block (B, H)."""
+    s = gates.sigmoid()
+    g = gates[:, 2 * size:3 * size].tanh()
+    c = torch.addcmul(s[:, size:2 * size] * c, s[:, :size], g)
+    return s[:, 3 * size:] * c.tanh(), c, s, g
+
+
+def gru_update(gx: torch.Tensor, gh: torch.Tensor, h: torch.Tensor,
+               size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """gx = W_ih x + b_ih (+ b_hh for r, z), gh = W_hh h (+ b_hn for n), both (B, 3H), h (B, H) ->
+    h' = (1 - z) ⊙ n + z ⊙ h, the sigmoids [r, z] (B, 2H) and n (B, H)."""
+    rz = (gx[:, :2 * size] + gh[:, :2 * size]).sigmoid()
+    n = torch.addcmul(gx[:, 2 * size:], rz[:, :size], gh[:, 2 * size:]).tanh()
+    return torch.addcmul(n, rz[:, size:], h - n), rz, n
