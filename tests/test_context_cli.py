@@ -188,7 +188,7 @@ def test_the_commands_are_listed_without_importing_torch() -> None:
 def test_a_missing_matplotlib_is_said_before_any_work(home: Path, tmp_path: Path, command: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
-    monkeypatch.setattr("charrnn.cli.context_cmd.read_text", lambda *a: pytest.fail("read the text first"))
+    monkeypatch.setattr("charrnn.cli.common.read_head", lambda *a: pytest.fail("read the text first"))
     r = run(*COMMANDS[command], "-m", str(home / "rnn.pt"), str(home / "corpus.txt"), "-o", str(tmp_path / "p.png"))
     one_line_error(r, 1, "charrnn[plot]")
     assert not (tmp_path / "p.png").exists()

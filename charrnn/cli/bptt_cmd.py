@@ -6,8 +6,9 @@ from typing import Any
 
 import click
 
+from charrnn.cli import common
 from charrnn.cli.common import device_option, encoding_option, json_line, positive_int
-from charrnn.cli.context_cmd import check_picture, load_models, max_chars_option, models_option, picture_option
+from charrnn.cli.context_cmd import load_models, max_chars_option, models_option, new_picture, picture_option
 
 
 @click.command(name="bptt")
@@ -41,14 +42,13 @@ def inspect_bptt(model_paths: tuple[str, ...], text: str, encoding: str, steps: 
     """
     from charrnn import console as con
     from charrnn.bptt import MAX_STEPS, MAX_WINDOWS, draw_bptt, gradient_norms
-    from charrnn.cli.context_cmd import read_text
     from charrnn.errors import UsageError
 
     if steps > MAX_STEPS or windows > MAX_WINDOWS:
         raise UsageError(f"--num-steps is at most {MAX_STEPS:,} and --windows at most {MAX_WINDOWS:,}")
-    fig = check_picture(picture, model_paths, text)
+    fig = new_picture(picture, model_paths, text)
     console = con.make_console()
-    body, name = read_text(text, encoding, max_chars, console)
+    body, name = common.read_head(text, encoding, max_chars, console)
     curves = []
     for path, legend, model, ids, unk_id, boundary in load_models(model_paths, body, name, encoding, device):
         curve = gradient_norms(model, ids, steps=steps, windows=windows, unk_id=unk_id, boundary_ids=boundary)

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from charrnn.errors import CharrnnError
+from charrnn.errors import CharrnnError, UsageError
 
 CELLS = ["rnn", "gru", "lstm", "scratch-rnn", "scratch-gru", "scratch-lstm"]
 ARCH_DEFAULTS = {"cell": "lstm", "layers": 1, "hidden": 384, "dropout": 0.0, "input": "embedding", "embed_dim": 64}
@@ -244,3 +244,48 @@ def positive_int() -> click.IntRange:
 
 # Seeds reach numpy's SeedSequence (non-negative only) and torch.manual_seed (at most 2**64 - 1).
 SEED = IntRange(0, 2**63 - 1)
+
+
+def read_head(text: str, encoding: str, max_chars: int, console: Any) -> tuple[str, str]:
+    """(at most `max_chars` characters from the start of TEXT, a file, `-` or a corpus name, read no
+    further than that; the text's name). Said on stderr when it cuts; --max-chars below 1 is a usage error."""
+    from charrnn import console as con
+    from charrnn.corpora import source_parts, stream_text
+
+    if max_chars < 1:
+        raise UsageError(f"--max-chars must be >= 1, got {max_chars}")
+    parts = source_parts(text, stdin(), callbacks=con.DownloadConsole(console))
+    chunks, size = [], 0
+    for chunk in stream_text(parts, encoding):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_chars:
+            break
+    body = "".join(chunks)
+    if len(body) > max_chars:
+        body = body[:max_chars]
+        con.info(console, f"reading the first {max_chars:,} characters of the text (--max-chars)")
+    return body, parts[0].name if len(parts) == 1 else text
+
+
+def check_picture(output: str | None, model_paths: tuple[str, ...] | list[str], text: str,
+                  html: bool = False) -> str | None:
+    """Before any work: the kind of picture -o asks for ('png', 'svg' or, where `html`, 'html') and its
+    path (writable, none of the models or the text); None without -o."""
+    from pathlib import Path
+
+    from charrnn.figure import image_format
+    from charrnn.outputs import check_output
+
+    if output is None:
+        return None
+    check_output(output, [*((m, "a model (-m)") for m in model_paths), (text, "the text")], what="picture")
+    if html and Path(output).suffix.lower() == ".html":
+        kind = "html"
+    else:
+        try:
+            kind = image_format(output)
+        except UsageError:
+            endings = ".png, .svg or .html" if html else ".png or .svg"
+            raise UsageError(f"cannot tell what to write to {output!r}: use a name ending in {endings}") from None
+    return kind

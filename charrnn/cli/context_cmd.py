@@ -26,38 +26,13 @@ picture_option = click.option("-o", "--output", "picture", type=click.Path(dir_o
                               help="Also draw the result to this .png or .svg file.")
 
 
-def check_picture(picture: str | None, model_paths: tuple[str, ...], text: str) -> Any:
-    """Before any work: the picture's format and path (none of the models or the text), and matplotlib;
-    returns a Figure to draw on, or None."""
-    if picture is None:
+def new_picture(picture: str | None, model_paths: tuple[str, ...], text: str) -> Any:
+    """Before any work: the picture's path (common.check_picture) and matplotlib; a Figure to draw on, or None."""
+    if common.check_picture(picture, model_paths, text) is None:
         return None
-    from charrnn.figure import image_format, new_figure
-    from charrnn.outputs import check_output
+    from charrnn.figure import new_figure
 
-    check_output(picture, [*((m, "a model (-m)") for m in model_paths), (text, "the text")], what="picture")
-    image_format(picture)
     return new_figure()
-
-
-def read_text(text: str, encoding: str, max_chars: int, console: Any) -> tuple[str, str]:
-    """(at most `max_chars` characters from the start of TEXT, its name); said on stderr when it cuts."""
-    from charrnn import console as con
-    from charrnn.corpora import source_parts, stream_text
-
-    if max_chars < 1:
-        raise UsageError(f"--max-chars must be >= 1, got {max_chars}")
-    parts = source_parts(text, common.stdin(), callbacks=con.DownloadConsole(console))
-    chunks, size = [], 0
-    for chunk in stream_text(parts, encoding):  # read no further than needed
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > max_chars:
-            break
-    body = "".join(chunks)
-    if len(body) > max_chars:
-        body = body[:max_chars]
-        con.info(console, f"using the first {max_chars:,} characters of the text (--max-chars)")
-    return body, parts[0].name if len(parts) == 1 else text
 
 
 def load_models(model_paths: tuple[str, ...], body: str, name: str, encoding: str, device: str) -> list[tuple]:
@@ -128,9 +103,9 @@ def eval_context(model_paths: tuple[str, ...], text: str, encoding: str, lengths
     if beyond is not None and beyond >= max(asked) - 1:
         raise UsageError(f"--beyond {beyond} leaves nothing to {perturb}: it must be below {max(asked) - 1} "
                          "(the longest length minus one)")
-    fig = check_picture(picture, model_paths, text)
+    fig = new_picture(picture, model_paths, text)
     console = con.make_console()
-    body, name = read_text(text, encoding, max_chars, console)
+    body, name = common.read_head(text, encoding, max_chars, console)
     loaded = load_models(model_paths, body, name, encoding, device)
     if perturb is not None:
         con.info(console, f"the context farther than {beyond} characters from each target is {perturb}d")

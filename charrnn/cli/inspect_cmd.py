@@ -9,7 +9,7 @@ import click
 
 from charrnn.cli import common
 from charrnn.cli.common import SEED, device_option, encoding_option, json_line, model_option, positive_int
-from charrnn.errors import DataError, UsageError
+from charrnn.errors import DataError
 
 DEFAULT_MAX_CHARS = 10_000  # enough for stable correlations; memory is a few (T, H) float32 arrays per layer
 FEW_CHARS = 200  # below this, cells warns that its correlations are mostly noise
@@ -40,49 +40,6 @@ def inspect_options(picture_help: str) -> Callable[[Callable], Callable]:
             f = option(f)
         return f
     return decorate
-
-
-def check_picture(output: str | None, inputs: list[str], html: bool = False) -> str | None:
-    """The kind of picture -o asks for ('png', 'svg' or, where allowed, 'html'), its path checked
-    before any work (not an input, writable); None without -o."""
-    from pathlib import Path
-
-    from charrnn.figure import image_format
-    from charrnn.outputs import check_output
-
-    if output is None:
-        return None
-    if html and Path(output).suffix.lower() == ".html":
-        kind = "html"
-    else:
-        try:
-            kind = image_format(output)
-        except UsageError:
-            endings = ".png, .svg or .html" if html else ".png or .svg"
-            raise UsageError(f"cannot tell what to write to {output!r}: use a name ending in {endings}") from None
-    check_output(output, [p for p in inputs if p != "-"], what="output")
-    return kind
-
-
-def read_text(text: str, encoding: str, max_chars: int, console: Any) -> str:
-    """At most `max_chars` characters from the start of TEXT (a file, `-`, a corpus name), read no further."""
-    from charrnn import console as con
-    from charrnn.corpora import source_parts
-
-    chunks, size = [], 0
-    for part in source_parts(text, common.stdin(), callbacks=con.DownloadConsole(console)):
-        for chunk in part.texts(encoding):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > max_chars:
-                break
-        if size > max_chars:
-            break
-    body = "".join(chunks)
-    if len(body) > max_chars:
-        body = body[:max_chars]
-        con.info(console, f"reading the first {max_chars:,} characters of the text (--max-chars)")
-    return body
 
 
 def encode_text(body: str, vocab: Any, console: Any) -> Any:
@@ -123,7 +80,7 @@ def load_inputs(model_path: str, text: str, encoding: str, max_chars: int, devic
     if check is not None:
         check(model)
     console = con.make_console()
-    body = read_text(text, encoding, max_chars, console)
+    body, _ = common.read_head(text, encoding, max_chars, console)
     return model, vocab, body, encode_text(body, vocab, console), console
 
 
@@ -174,7 +131,7 @@ def cells(model_path: str, text: str, encoding: str, max_chars: int, as_json: bo
 
     if prop is not None:
         check_property(prop)
-    kind = check_picture(output, [text, model_path], html=True)
+    kind = common.check_picture(output, [model_path], text, html=True)
     specs: list[cl.Unit] = []
 
     def check(model: Any) -> None:
@@ -317,7 +274,7 @@ def gates(model_path: str, text: str, encoding: str, max_chars: int, as_json: bo
     from charrnn import gates as gt
     from charrnn.trace import trace
 
-    kind = check_picture(output, [text, model_path])
+    kind = common.check_picture(output, [model_path], text)
     model, _, _, ids, console = load_inputs(model_path, text, encoding, max_chars, device,
                                             check=lambda m: gt.check_gated(m.config.base_cell))
     sat = gt.saturation(trace(model, ids, gates=True))
