@@ -158,13 +158,18 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
         if group.active:
             raise UsageError("--nproc launches the processes itself: leave it out under torchrun")
         if nproc > 1:
-            if "-" in corpus:
-                raise UsageError("several processes cannot share standard input: give the corpus as a file")
+            # Usage is checked once, here, before any process starts (they would all find the same error).
+            _train(ctx, dd.Group(0, nproc, 0, nproc), corpus, output, resume, init_from, keep_vocab, encoding,
+                   val_fraction, val_max_chars, no_cache, min_freq, input_, preset, as_json, quiet, device,
+                   dict(opts), preflight=True)
             ctx.exit(dd.launch(nproc, without_nproc(ctx.meta["argv"])))
     try:
         _train(ctx, group, corpus, output, resume, init_from, keep_vocab, encoding, val_fraction, val_max_chars,
                no_cache, min_freq, input_, preset, as_json, quiet, device, opts)
     except CharrnnError as e:
+        # Started by --nproc: the launcher prints one line for the run (rank 0 says where it saved itself).
+        if not isinstance(e, Interrupted) and dd.report_to_launcher(group, e):
+            ctx.exit(e.exit_code)
         # Every process gets the same inputs and the same averaged gradients, hence the same errors:
         # rank 0 reports them. The others report only a lost connection, which may be theirs alone.
         if group.is_main or isinstance(e, PeerLost):
@@ -175,7 +180,10 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
 def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: str, resume: str | None,
            init_from: str | None, keep_vocab: bool, encoding: str, val_fraction: float, val_max_chars: int | None,
            no_cache: bool, min_freq: int, input_: str,
-           preset: str | None, as_json: bool, quiet: bool, device: str, opts: dict[str, Any]) -> None:
+           preset: str | None, as_json: bool, quiet: bool, device: str, opts: dict[str, Any],
+           preflight: bool = False) -> None:
+    """Train, in this process (one of `group`); with `preflight`, only check the usage and the
+    corpus arguments (fetching a catalog corpus), for `--nproc` before it starts the processes."""
     from charrnn import checkpoint
     from charrnn import console as con
     from charrnn import distributed as dd
@@ -223,6 +231,9 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     if group.active:
         if "-" in sources:
             raise UsageError("several processes cannot share standard input: give the corpus as a file")
+        pipes = [s for s in sources if os.path.exists(s) and not os.path.isfile(s) and not os.path.isdir(s)]
+        if pipes:  # each process reads the corpus: a pipe would give its text to one of them
+            raise UsageError(f"several processes cannot share the pipe {pipes[0]!r}: give the corpus as a file")
         if dev.type == "cpu":
             import torch
 
@@ -234,6 +245,8 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     train_parts, valid_parts = training_parts(sources, common.stdin(), callbacks=con.DownloadConsole(console))
     for path, what in outputs:  # catalog corpora resolve to files only now
         check_output(path, [p.path for p in [*train_parts, *(valid_parts or [])] if p.path is not None], what)
+    if preflight:
+        return
 
     arch_names = list(ARCH_DEFAULTS)
     internal = ("val_fraction", "val_max_chars", "eval_streams", "log_every")
