@@ -167,14 +167,17 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
         _train(ctx, group, corpus, output, resume, init_from, keep_vocab, encoding, val_fraction, val_max_chars,
                no_cache, min_freq, input_, preset, as_json, quiet, device, opts)
     except CharrnnError as e:
-        # Started by --nproc: the launcher prints one line for the run (rank 0 says where it saved itself).
-        if not isinstance(e, Interrupted) and dd.report_to_launcher(group, e):
-            ctx.exit(e.exit_code)
-        # Every process gets the same inputs and the same averaged gradients, hence the same errors:
-        # rank 0 reports them. The others report only a lost connection, which may be theirs alone.
-        if group.is_main or isinstance(e, PeerLost):
+        if not group.active:
             raise
-        ctx.exit(e.exit_code)
+        # Started by --nproc: the launcher prints one line for the run (rank 0 says where it saved itself).
+        # Under torchrun: every process gets the same inputs and the same averaged gradients, hence the
+        # same errors: rank 0 reports them; the others only a lost connection, which may be theirs alone.
+        if isinstance(e, Interrupted) or not dd.report_to_launcher(group, e):
+            if group.is_main or isinstance(e, PeerLost):
+                click.echo(f"Error: {e}", err=True)
+        dd.end_process(e.exit_code)
+    if group.active:
+        dd.end_process(0)
 
 
 def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: str, resume: str | None,
