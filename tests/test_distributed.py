@@ -300,8 +300,9 @@ def test_a_dead_process_stops_the_others_and_keeps_the_last_checkpoint(corpus: P
 
 def test_a_usage_error_the_processes_meet_is_told_once(corpus: Path, tmp_path: Path) -> None:
     """An error found only once the processes read the corpus (here --min-freq leaves no character):
-    every process meets it; whichever is first, one line and exit 2, every time."""
-    for _ in range(5):
+    every process meets it; whichever is first, one line and exit 2, every time (3 tries: processes
+    are slow to start; the order is the launcher's to sort out, see test_failure_code_tells_the_cause_once)."""
+    for _ in range(3):
         code, stdout, err = finish(launch(str(corpus), "-o", str(tmp_path / "m.pt"), *TINY, "--min-freq", "100000",
                                           "--max-steps", "2", "--nproc", "2"))
         assert (code, stdout) == (2, "") and err.count("Error:") == 1 and "--min-freq 100000" in err, err
