@@ -157,9 +157,9 @@ def end_process(code: int) -> NoReturn:
     built on it: DDP leaves references to it that neither deleting the model nor gc releases
     (measured with torch 2.13: 10 of them), so its three threads (gloo_tcp_loop, 2 pt_gloo_runloop)
     still run when the interpreter finalises, and the group is torn down under them in whatever
-    order finalisation and exit take. That is where a process aborted at the end of a run on a
-    busy machine ("terminate called without an active exception", SIGABRT). Everything a run
-    writes is closed by then (checkpoints and log are written atomically, the lock released)."""
+    order finalisation and exit take: the likely source of the abort seen at the end of a run on a
+    busy machine ("terminate called without an active exception", SIGABRT; docs/parallel.md).
+    Everything a run writes is closed by then (checkpoints and log written atomically, lock released)."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a reader that went away: nothing more to say
             stream.flush()
