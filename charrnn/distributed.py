@@ -252,8 +252,11 @@ def report_to_launcher(group: Group, error: CharrnnError, env: Mapping[str, str]
               "peer_lost": isinstance(error, PeerLost), "time": time.time()}
     path = Path(folder) / f"rank{group.rank}.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report))
-    os.replace(tmp, path)  # the launcher never reads half a report
+    try:
+        tmp.write_text(json.dumps(report))
+        os.replace(tmp, path)  # the launcher never reads half a report
+    except OSError:  # the launcher is gone (its folder with it): say it here
+        return False
     return True
 
 

@@ -108,6 +108,7 @@ def test_reports_reach_the_launcher_only_from_its_processes(tmp_path: Path) -> N
     group, error = dd.Group(1, 2, 1, 2), UsageError("bad option")
     assert not dd.report_to_launcher(group, error, env={})  # under torchrun: the process prints
     assert not dd.report_to_launcher(dd.SINGLE, error, env={dd.REPORTS_ENV: str(tmp_path)})
+    assert not dd.report_to_launcher(group, error, env={dd.REPORTS_ENV: str(tmp_path / "gone")})  # no launcher
     assert dd.report_to_launcher(group, error, env={dd.REPORTS_ENV: str(tmp_path)})
     assert dd.report_to_launcher(dd.Group(0, 2, 0, 2), PeerLost("gone"), env={dd.REPORTS_ENV: str(tmp_path)})
     (tmp_path / "rank7.json").write_text("{not json")  # a damaged report is skipped
