@@ -7,29 +7,40 @@ one GPU per process when CUDA is there, gloo on CPUs), sets the CPU threads of e
 wraps the few collectives the training loop needs beyond DDP's gradient all-reduce: sums (sharded
 validation), the per-step agreement on stopping, and gathering per-process state for rank 0's
 checkpoint. Every collective failure (a process died, a connection broke) becomes PeerLost.
+
+A run started by `launch` (`--nproc N`) tells each failure once: the processes hand their errors to
+the launcher (report_to_launcher) instead of printing them, and it prints one line for the cause
+(failure_code), whichever process met it first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import logging
 import os
 import re
 import signal
+import sys
+import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
 
-from charrnn.errors import PeerLost, TrainingError, UsageError
+from charrnn.errors import CharrnnError, Interrupted, PeerLost, TrainingError, UsageError
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 # How long a collective waits for a process that neither answers nor dies (a dead process closes its
 # sockets and is noticed at once); torch's default is 30 minutes.
 TIMEOUT = datetime.timedelta(minutes=10)
+# Set by `launch` for the processes it starts: the folder where each leaves its error (report_to_launcher).
+REPORTS_ENV = "CHARRNN_LAUNCH_REPORTS"
 
 
 @dataclass(frozen=True)
@@ -121,8 +132,38 @@ def session(group: Group, device: torch.device) -> Iterator[None]:
         raise PeerLost(f"could not join the other processes: {_first_line(e)}") from None
     try:
         yield
+        _meet_at_the_end(group)
+    except Interrupted:  # a stop all processes agreed on: they all end here too
+        with contextlib.suppress(PeerLost):
+            _meet_at_the_end(group)
+        raise
     finally:
         dist.destroy_process_group()
+
+
+def _meet_at_the_end(group: Group) -> None:
+    """Before the group goes, every process past its last collective (the save's barrier is not the
+    last one everywhere: an interrupted run sums its loss after it, a run with nothing to do saves
+    nothing), so that none closes its connections while another still has an operation in flight
+    with it."""
+    barrier(group)
+
+
+def end_process(code: int) -> NoReturn:
+    """Leave a process of a distributed run at once with `code`, its output flushed, without the
+    interpreter's finalisation.
+
+    destroy_process_group does not end gloo's process group once DistributedDataParallel has been
+    built on it: DDP leaves references to it that neither deleting the model nor gc releases
+    (measured with torch 2.13: 10 of them), so its three threads (gloo_tcp_loop, 2 pt_gloo_runloop)
+    still run when the interpreter finalises, and the group is torn down under them in whatever
+    order finalisation and exit take: the likely source of the abort seen at the end of a run on a
+    busy machine ("terminate called without an active exception", SIGABRT; docs/parallel.md).
+    Everything a run writes is closed by then (checkpoints and log written atomically, lock released)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a reader that went away: nothing more to say
+            stream.flush()
+    os._exit(code)
 
 
 def _first_line(e: BaseException) -> str:
@@ -196,6 +237,43 @@ def barrier(group: Group) -> None:
             dist.barrier()
 
 
+def report_to_launcher(group: Group, error: CharrnnError, env: Mapping[str, str] | None = None) -> bool:
+    """In a process started by `launch`, hand `error` to the launcher instead of printing it, and
+    say so (True); elsewhere (one process, or under torchrun) do nothing and return False.
+
+    Every process of a run meets the same errors, and a process that dies takes the others down
+    with "lost contact" errors of their own: printed by each process, one failure would be told
+    several times, in a racing order. The launcher reads every report once the processes have
+    ended and prints one line: the cause (see `failure_code`)."""
+    folder = (os.environ if env is None else env).get(REPORTS_ENV)
+    if not group.active or not folder:
+        return False
+    report = {"rank": group.rank, "code": error.exit_code, "message": str(error),
+              "peer_lost": isinstance(error, PeerLost), "time": time.time()}
+    path = Path(folder) / f"rank{group.rank}.json"
+    tmp = path.with_suffix(".tmp")
+    try:
+        tmp.write_text(json.dumps(report))
+        os.replace(tmp, path)  # the launcher never reads half a report
+    except OSError:  # the launcher is gone (its folder with it): say it here
+        return False
+    return True
+
+
+def read_reports(folder: Path) -> list[dict[str, Any]]:
+    """The reports that processes left in `folder` (malformed ones are skipped)."""
+    reports = []
+    for path in sorted(folder.glob("rank*.json")):
+        try:
+            report = json.loads(path.read_text())
+            reports.append({"rank": int(report["rank"]), "code": int(report["code"]),
+                            "message": str(report["message"]), "peer_lost": bool(report["peer_lost"]),
+                            "time": float(report["time"])})
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+    return reports
+
+
 def launch(nproc: int, argv: Sequence[str], what: str = "train") -> int:
     """Run `python -m charrnn WHAT ARGV` in `nproc` processes on this machine through PyTorch's own
     launcher, torch.distributed.run, in this process (what `torchrun --standalone --nproc-per-node
@@ -213,33 +291,66 @@ def launch(nproc: int, argv: Sequence[str], what: str = "train") -> int:
     if nproc < 1:
         raise UsageError(f"--nproc must be >= 1, got {nproc}")
     os.environ.setdefault("OMP_NUM_THREADS", str(cpu_threads(Group(0, nproc, 0, nproc), env={})))
+    reports = tempfile.TemporaryDirectory(prefix="charrnn-reports-")
     # The launcher logs every start and stop at WARNING; the workers say what matters themselves.
     for name in list(logging.root.manager.loggerDict):  # each module's logger has its own level
         if name.startswith("torch.distributed"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     args = parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "charrnn", what, *argv])
+    saved = os.environ.get(REPORTS_ENV)
+    os.environ[REPORTS_ENV] = reports.name  # the processes inherit it
     try:
         run(args)
     except SignalException as e:
-        return 143 if e.sigval == signal.SIGTERM else 130
+        return 143 if e.sigval == signal.SIGTERM else 130  # rank 0 has said where it saved
     except ChildFailedError as e:
         failures = sorted(e.failures.items(), key=lambda item: item[1].timestamp)  # the first to fail first
-        return failure_code([(rank, f.exitcode) for rank, f in failures], nproc)
+        return failure_code([(rank, f.exitcode) for rank, f in failures], nproc, read_reports(Path(reports.name)))
+    finally:
+        if saved is None:
+            os.environ.pop(REPORTS_ENV, None)
+        else:
+            os.environ[REPORTS_ENV] = saved
+        reports.cleanup()
     return 0
 
 
-def failure_code(exit_codes: Sequence[tuple[int, int]], nproc: int) -> int:
+def failure_code(exit_codes: Sequence[tuple[int, int]], nproc: int,
+                 reports: Sequence[Mapping[str, Any]] = ()) -> int:
     """The exit code of a run whose failed processes ended with `exit_codes` ((rank, code) in the
-    order they failed; a negative code is a signal), raising for what they could not report."""
-    rank, code = exit_codes[0]
-    if code < 0:  # killed: it could say nothing; those that died after it were taken down with it
+    order they failed; a negative code is a signal) and left `reports` (report_to_launcher): the
+    code of rank 0 when it printed its own error, else one error raised for the cause, the first of:
+    a process killed by a signal (SIGTERM aside: the launcher stops the others with it), an error a
+    process reported, rank 0's own line, a process stopped by SIGTERM, a lost connection, a bare code."""
+
+    def died(rank: int, code: int) -> PeerLost:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        raise PeerLost(f"process {rank} of {nproc} died ({name}); the others stopped, and the last "
-                       "saved checkpoint is intact")
+        return PeerLost(f"process {rank} of {nproc} died ({name}); the others stopped, and the last "
+                        "saved checkpoint is intact")
+
     codes = dict(exit_codes)
-    if codes.get(0, -1) > 0:  # rank 0 has said what went wrong (or that it saved and stopped)
-        return codes[0]
+    signalled = [(rank, code) for rank, code in exit_codes if code < 0]
+    crashed = [(rank, code) for rank, code in signalled if code != -signal.SIGTERM]
+    if crashed:  # it could say nothing; those that failed after it were taken down with it
+        raise died(*crashed[0])
+    reports = sorted(reports, key=lambda r: (r["peer_lost"], r["time"]))  # causes first, then the earliest
+    if reports and not reports[0]["peer_lost"]:
+        raise _reported(reports[0])
+    if codes.get(0, -1) > 0 and not any(r["rank"] == 0 for r in reports):
+        return codes[0]  # rank 0 has said what went wrong itself (or that it saved and stopped)
+    if signalled:
+        raise died(*signalled[0])
+    if reports:
+        raise _reported(reports[0])
+    rank, code = exit_codes[0]
     raise TrainingError(f"process {rank} of {nproc} failed (exit code {code}); the run stopped")
+
+
+def _reported(report: Mapping[str, Any]) -> CharrnnError:
+    """A process's reported error, to be raised (and printed) once by the launcher, with its exit code."""
+    error = PeerLost(report["message"]) if report["peer_lost"] else CharrnnError(report["message"])
+    error.exit_code = report["code"]
+    return error

@@ -14,6 +14,8 @@ tensor h of shape (layers, B, H); for lstm it is the pair (h, c) of that shape.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -25,6 +27,8 @@ from charrnn.vocab import one_hot
 
 CELLS = ("rnn", "gru", "lstm", "scratch-rnn", "scratch-gru", "scratch-lstm")
 INPUTS = ("onehot", "embedding")
+# Overrides what a CPU's flags say about native bfloat16 (native_bf16): "1" or "0".
+NATIVE_BF16_ENV = "CHARRNN_NATIVE_BF16"
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 # Bounds on a model's shape: far past any useful char model, and they keep a lying checkpoint or a
@@ -263,14 +267,24 @@ def detach_state(state: State) -> State:
     return state.detach()
 
 
-def native_bf16(device: torch.device, cpuinfo: str = "/proc/cpuinfo") -> bool:
+def native_bf16(device: torch.device, cpuinfo: str = "/proc/cpuinfo", env: Mapping[str, str] | None = None) -> bool:
     """Whether `device` does bfloat16 arithmetic in hardware: a CUDA GPU that supports it (Ampere and
     later), or a CPU with AVX512-BF16 or AMX (read from the kernel's CPU flags). Elsewhere bfloat16
-    is emulated and slower than float32 (measured: 2.7x slower matmuls on an Ice Lake Xeon)."""
+    is emulated and slower than float32 (measured: 2.7x slower matmuls on an Ice Lake Xeon).
+
+    For a CPU, the environment variable CHARRNN_NATIVE_BF16=1 or 0 overrides the flags: for a
+    machine whose /proc/cpuinfo lies (some virtual machines hide or invent flags), and to run the
+    tests as each kind of CPU would (`--precision auto` follows it, in every process)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type != "cpu":
         return False
+    forced = (os.environ if env is None else env).get(NATIVE_BF16_ENV, "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise UsageError(f"environment variable {NATIVE_BF16_ENV}={forced!r}: use 1 (the CPU has native "
+                             "bfloat16) or 0 (it has not), or leave it unset to read the CPU flags")
+        return forced == "1"
     try:
         with open(cpuinfo, encoding="ascii", errors="replace") as f:
             for line in f:

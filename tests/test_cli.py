@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -104,9 +105,11 @@ def test_train_from_stdin(tmp_path: Path) -> None:
     assert (tmp_path / "m.pt").exists()
 
 
-def test_same_seed_same_model(tmp_path: Path, corpus: Path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # pinned: each is deterministic, whatever auto picks
+def test_same_seed_same_model(tmp_path: Path, corpus: Path, precision: str) -> None:
     for name in ("a.pt", "b.pt"):
-        assert run("train", str(corpus), "-o", str(tmp_path / name), *TINY, "--dropout", "0.2").exit_code == 0
+        r = run("train", str(corpus), "-o", str(tmp_path / name), *TINY, "--dropout", "0.2", "--precision", precision)
+        assert r.exit_code == 0, r.stderr
     r1 = run("eval", "perplexity", "-m", str(tmp_path / "a.pt"), str(corpus), "--json")
     r2 = run("eval", "perplexity", "-m", str(tmp_path / "b.pt"), str(corpus), "--json")
     assert r1.stdout == r2.stdout
@@ -385,6 +388,10 @@ def test_bf16_precision_trains_and_resumes(tmp_path: Path, corpus: Path) -> None
     assert ckpt["train_config"]["precision"] == "bf16"
     assert all(t.dtype == torch.float32 for t in ckpt["hidden"])  # the carried state is saved as float32
     assert all(t.dtype == torch.float32 for t in ckpt["weights"].values())
+    # The bf16-trained checkpoint evaluates (in fp32), better than a uniform guess over its vocabulary.
+    r = run("eval", "perplexity", "-m", str(out), str(corpus), "--json")
+    assert r.exit_code == 0, r.stderr
+    assert 0 < json.loads(r.stdout)["nats_per_char"] < math.log(len(ckpt["vocab"]["chars"]))
     r = run("train", str(corpus), "-o", str(out), "--resume", str(out), "--precision", "fp32", "--max-steps", "10",
             "-q")
     assert r.exit_code == 0, r.stderr

@@ -251,8 +251,25 @@ def test_native_bf16_reads_the_cpu_flags(tmp_path: pathlib.Path, flags: str, nat
 
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
-    assert native_bf16(torch.device("cpu"), str(info)) is native
-    assert native_bf16(torch.device("cpu"), str(tmp_path / "absent")) is False
+    # env={}: the flags alone, whatever CHARRNN_NATIVE_BF16 this run was given
+    assert native_bf16(torch.device("cpu"), str(info), env={}) is native
+    assert native_bf16(torch.device("cpu"), str(tmp_path / "absent"), env={}) is False
+
+
+def test_native_bf16_can_be_forced_by_the_environment(tmp_path: pathlib.Path) -> None:
+    from charrnn.model import native_bf16, resolve_precision
+
+    cpu, info = torch.device("cpu"), tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert native_bf16(cpu, str(info), env={"CHARRNN_NATIVE_BF16": "0"}) is False  # the flags lie
+    assert native_bf16(cpu, str(tmp_path / "absent"), env={"CHARRNN_NATIVE_BF16": "1"}) is True
+    assert native_bf16(cpu, str(info), env={"CHARRNN_NATIVE_BF16": ""}) is True  # empty: read the flags
+    with pytest.raises(UsageError, match="CHARRNN_NATIVE_BF16='yes'"):
+        native_bf16(cpu, str(info), env={"CHARRNN_NATIVE_BF16": "yes"})
+    for forced, picked in (("0", "fp32"), ("1", "bf16")):  # auto follows the variable of this process
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("CHARRNN_NATIVE_BF16", forced)
+            assert resolve_precision("auto", cpu) == picked
 
 
 def test_resolve_precision() -> None:

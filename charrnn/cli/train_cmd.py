@@ -159,24 +159,35 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
         if group.active:
             raise UsageError("--nproc launches the processes itself: leave it out under torchrun")
         if nproc > 1:
-            if "-" in corpus:
-                raise UsageError("several processes cannot share standard input: give the corpus as a file")
+            # Usage is checked once, here, before any process starts (they would all find the same error).
+            _train(ctx, dd.Group(0, nproc, 0, nproc), corpus, output, resume, init_from, keep_vocab, encoding,
+                   val_fraction, val_max_chars, no_cache, min_freq, input_, preset, as_json, quiet, device,
+                   dict(opts), preflight=True)
             ctx.exit(dd.launch(nproc, without_nproc(ctx.meta["argv"])))
     try:
         _train(ctx, group, corpus, output, resume, init_from, keep_vocab, encoding, val_fraction, val_max_chars,
                no_cache, min_freq, input_, preset, as_json, quiet, device, opts)
     except CharrnnError as e:
-        # Every process gets the same inputs and the same averaged gradients, hence the same errors:
-        # rank 0 reports them. The others report only a lost connection, which may be theirs alone.
-        if group.is_main or isinstance(e, PeerLost):
+        if not group.active:
             raise
-        ctx.exit(e.exit_code)
+        # Started by --nproc: the launcher prints one line for the run (rank 0 says where it saved itself).
+        # Under torchrun: every process gets the same inputs and the same averaged gradients, hence the
+        # same errors: rank 0 reports them; the others only a lost connection, which may be theirs alone.
+        if isinstance(e, Interrupted) or not dd.report_to_launcher(group, e):
+            if group.is_main or isinstance(e, PeerLost):
+                click.echo(f"Error: {e}", err=True)
+        dd.end_process(e.exit_code)
+    if group.active:
+        dd.end_process(0)
 
 
 def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: str, resume: str | None,
            init_from: str | None, keep_vocab: bool, encoding: str, val_fraction: float, val_max_chars: int | None,
            no_cache: bool, min_freq: int, input_: str,
-           preset: str | None, as_json: bool, quiet: bool, device: str, opts: dict[str, Any]) -> None:
+           preset: str | None, as_json: bool, quiet: bool, device: str, opts: dict[str, Any],
+           preflight: bool = False) -> None:
+    """Train, in this process (one of `group`); with `preflight`, only check the usage and the
+    corpus arguments (fetching a catalog corpus), for `--nproc` before it starts the processes."""
     from charrnn import checkpoint
     from charrnn import console as con
     from charrnn import distributed as dd
@@ -230,6 +241,9 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     if group.active:
         if "-" in sources:
             raise UsageError("several processes cannot share standard input: give the corpus as a file")
+        pipes = [s for s in sources if os.path.exists(s) and not os.path.isfile(s) and not os.path.isdir(s)]
+        if pipes:  # each process reads the corpus: a pipe would give its text to one of them
+            raise UsageError(f"several processes cannot share the pipe {pipes[0]!r}: give the corpus as a file")
         if dev.type == "cpu":
             import torch
 
@@ -240,6 +254,8 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
         raise UsageError(f"{sources[0]} has an official validation split, so --val-fraction does not apply")
     train_parts, valid_parts = training_parts(sources, common.stdin(), callbacks=con.DownloadConsole(console))
     check_writes([p.path for p in [*train_parts, *(valid_parts or [])] if p.path is not None])  # catalog files now
+    if preflight:
+        return
 
     arch_names = list(ARCH_DEFAULTS)
     internal = ("val_fraction", "val_max_chars", "eval_streams", "log_every")
