@@ -33,7 +33,8 @@ from charrnn.cli.common import (
     num,
     positive_int,
 )
-from charrnn.errors import CharrnnError, CheckpointError, Interrupted, PeerLost, UsageError
+from charrnn.cli.train_from import check_architecture, fine_tune_vocab, resume_options
+from charrnn.errors import CharrnnError, Interrupted, PeerLost, UsageError
 
 if TYPE_CHECKING:
     from charrnn.distributed import Group  # imports torch: only for the type checker
@@ -193,7 +194,6 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     from charrnn import distributed as dd
     from charrnn.cache import encode_corpus
     from charrnn.corpora import catalog_entry, expand_sources, training_parts
-    from charrnn.data import split_train_val
     from charrnn.model import ModelConfig, resolve_device, resolve_precision
     from charrnn.outputs import check_output, run_files
     from charrnn.runconfig import PRESETS, TrainConfig
@@ -275,50 +275,21 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     if init_from:
         base = checkpoint.load(init_from)
         checkpoint.check_finite(base, init_from)  # refused now, not blamed on the learning rate later
-        saved_arch = base["model_config"]
-        for name in arch_names:
-            if chosen(name) and opts[name] != saved_arch.get(name):
-                raise UsageError(f"--{name.replace('_', '-')} {opts[name]} differs from the checkpoint's "
-                                 f"{saved_arch.get(name)}: with --init-from the architecture is the base model's")
+        check_architecture(opts, chosen, arch_names, base["model_config"],
+                           "with --init-from the architecture is the base model's")
     if resume:
         ckpt = checkpoint.load(resume)
         checkpoint.check_resume_fields(ckpt, resume)
         checkpoint.check_finite(ckpt, resume)
-        saved_arch = ckpt["model_config"]
-        for name in arch_names:
-            if chosen(name) and opts[name] != saved_arch[name]:
-                raise UsageError(f"--{name.replace('_', '-')} {opts[name]} differs from the checkpoint's "
-                                 f"{saved_arch[name]}: the architecture cannot change on resume")
-        # Options added after a checkpoint was written take their defaults (val_max_chars: None, no cap).
-        saved_train = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **ckpt["train_config"]}
-        # Records split the text by whole records, the others by characters: another split is another
-        # training text, which resume refuses (say why here rather than blame the text).
-        was_records = saved_train.get("partition") == "records"
-        if given("partition") and (opts["partition"] == "records") != was_records:
-            raise UsageError(f"--partition cannot change from {saved_train.get('partition')} to {opts['partition']} "
-                             "on resume: records hold out whole records for validation, the others a tail of "
-                             "characters, so the training text would change")
-        if was_records and given("delimiter") and opts["delimiter"] != saved_train.get("delimiter"):
-            raise UsageError("--delimiter cannot change on resume (it changes the records, hence the training text)")
-        changes = []
-        for name in train_names:
-            if name in opts and chosen(name):
-                if opts[name] != saved_train.get(name):
-                    changes.append(f"--{name.replace('_', '-')} {saved_train.get(name)} -> {opts[name]}")
-            elif name in opts:
-                opts[name] = saved_train.get(name)
-        if not official and given("val_fraction") and val_fraction != saved_train["val_fraction"]:
-            raise UsageError("--val-fraction cannot change on resume (it changes the training text)")
-        val_fraction = saved_train["val_fraction"]
-        if not official and given("val_max_chars") and val_max_chars != saved_train.get("val_max_chars"):
-            raise UsageError("--val-max-chars cannot change on resume (it changes the training text)")
-        val_max_chars = saved_train.get("val_max_chars")  # None in checkpoints older than the option
+        check_architecture(opts, chosen, arch_names, ckpt["model_config"], "the architecture cannot change on resume")
+        changes, val_fraction, val_max_chars = resume_options(ckpt, opts, given, chosen, train_names, official,
+                                                               val_fraction, val_max_chars)
         vocab = Vocab.from_dict(ckpt["vocab"])
         encoded = encode_corpus(readable(train_parts), encoding, vocab=vocab, unk="map" if vocab.unk else "error",
                                 cache=not no_cache)
         con.info(notices, f"resuming from {resume} at step {ckpt['step']}"
                  + (f"; changed: {', '.join(changes)}" if changes else ""))
-        model_config = ModelConfig.from_dict(saved_arch)
+        model_config = ModelConfig.from_dict(ckpt["model_config"])
     else:
         encoded = encode_corpus(readable(train_parts), encoding, min_freq=min_freq, cache=not no_cache)
         vocab = encoded.vocab
@@ -329,10 +300,10 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
             def encode(v: Vocab) -> Any:
                 return encode_corpus(readable(train_parts), encoding, vocab=v, unk="map", cache=not no_cache)
 
-            vocab, encoded, model_config = _fine_tune_vocab(base, init_from, encoded, keep_vocab, notices, encode)
+            vocab, encoded, model_config = fine_tune_vocab(base, init_from, encoded, keep_vocab, notices, encode)
         else:
             model_config = ModelConfig(vocab_size=vocab.size, **{n: opts[n] for n in arch_names})
-    ids = encoded.ids
+    ids = encoded.ids  # (n,) the training text's ids
     if model_config.input == "onehot" and vocab.size > ONEHOT_WARN_VOCAB:
         con.info(notices, f"warning: --input onehot with {vocab.size:,} characters builds inputs of shape "
                           f"(batch, time, {vocab.size:,}) and multiplies them out: slow; --input embedding is a lookup")
@@ -343,21 +314,11 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     if all(opts[n] is None for n in ("epochs", "max_steps", "time_budget")):
         opts["time_budget"] = DEFAULT_TIME_BUDGET
         con.info(notices, f"no stopping rule given: training for {DEFAULT_TIME_BUDGET:g} seconds (--time-budget)")
-    if official:
-        # The official valid part is encoded with the training vocabulary; characters it lacks
-        # become <unk> (not scored), as in `eval perplexity`.
-        train_ids, val_fraction = ids, 0.0
-        val_ids = ids[:0] if valid_parts is None else encode_corpus(
-            readable(valid_parts), encoding, vocab=vocab, unk="map" if vocab.unk else "error",
-            where=f"the {sources[0]} validation text", cache=not no_cache).ids
-    elif opts["partition"] == "records":
-        from charrnn.data import split_records_train_val
-        from charrnn.records import delimiter_ids
-
-        train_ids, val_ids = split_records_train_val(ids, delimiter_ids(vocab, opts["delimiter"]), val_fraction,
-                                                     max_chars=val_max_chars)
-    else:
-        train_ids, val_ids = split_train_val(ids, val_fraction, max_chars=val_max_chars)
+    train_ids, val_ids, val_fraction = _split(ids, vocab, opts, val_fraction, val_max_chars, official,
+                                              valid_parts, lambda parts: encode_corpus(
+                                                  readable(parts), encoding, vocab=vocab,
+                                                  unk="map" if vocab.unk else "error",
+                                                  where=f"the {sources[0]} validation text", cache=not no_cache).ids)
     # Standard input's bytes live in its part: let them go before training (the ids are all it needs).
     train_parts = valid_parts = None
     if opts["precision"] == "auto":
@@ -390,6 +351,26 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     _summary(result, as_json)
 
 
+def _split(ids: Any, vocab: Any, opts: dict[str, Any], val_fraction: float, val_max_chars: int | None,
+           official: bool, valid_parts: Any, encode_valid: Any) -> tuple[Any, Any, float]:
+    """(training ids, validation ids, the validation fraction used): for a corpus with official splits,
+    its valid part (`valid_parts`, encoded by `encode_valid` with the training vocabulary: characters
+    it lacks become <unk>, not scored, as in `eval perplexity`), else whole records or a tail of the text."""
+    if official:
+        return ids, ids[:0] if valid_parts is None else encode_valid(valid_parts), 0.0
+    if opts["partition"] == "records":
+        from charrnn.data import split_records_train_val
+        from charrnn.records import delimiter_ids
+
+        train_ids, val_ids = split_records_train_val(ids, delimiter_ids(vocab, opts["delimiter"]), val_fraction,
+                                                     max_chars=val_max_chars)
+        return train_ids, val_ids, val_fraction
+    from charrnn.data import split_train_val
+
+    train_ids, val_ids = split_train_val(ids, val_fraction, max_chars=val_max_chars)
+    return train_ids, val_ids, val_fraction
+
+
 STOPPED = {"budget": "time budget reached", "steps": "--max-steps reached", "epochs": "--epochs done",
            "patience": "out of --patience", "interrupted": "interrupted"}
 
@@ -407,35 +388,6 @@ def _summary(result: Any, as_json: bool) -> None:
                    f"train loss {num(result.train_loss)}, validation loss {num(result.val_loss)} nats/char, "
                    f"perplexity {num(result.val_perplexity, '.3f')}, {num(result.val_bits_per_char)} bits/char; "
                    f"saved {result.checkpoint}" + (f" and {result.best_checkpoint}" if result.best_checkpoint else ""))
-
-
-def _fine_tune_vocab(base: dict[str, Any], base_path: str, encoded: Any, keep: bool, console: Any,
-                     encode: Any) -> tuple[Any, Any, Any]:
-    """(vocabulary, encoded text, model config) for fine-tuning `base` on the text counted in
-    `encoded`; `encode(vocab)` encodes the text again under the chosen vocabulary."""
-    from charrnn import console as con
-    from charrnn.finetune import choose_vocab
-    from charrnn.model import ModelConfig
-    from charrnn.vocab import Vocab
-
-    try:
-        base_vocab = Vocab.from_dict(base["vocab"])
-        base_config = ModelConfig.from_dict(base["model_config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{base_path!r} is damaged: {e}") from None
-    vocab, added = choose_vocab(base_vocab, encoded.vocab, keep)
-    shown = ", ".join(repr(c) for c in added[:20]) + (f" and {len(added) - 20} more" if len(added) > 20 else "")
-    if added and keep:
-        con.info(console, f"warning: {len(added)} character(s) of the text are not in {base_path}'s vocabulary and "
-                          f"are read as <unk> (--keep-vocab): {shown}")
-    elif added:
-        con.info(console, f"fine-tuning {base_path}: adding {len(added)} character(s) to its vocabulary of "
-                          f"{base_vocab.size}: {shown}")
-    else:
-        con.info(console, f"fine-tuning {base_path}: its vocabulary covers the text")
-    if vocab != encoded.vocab:
-        encoded = encode(vocab)
-    return vocab, encoded, dataclasses.replace(base_config, vocab_size=vocab.size)
 
 
 @contextlib.contextmanager
