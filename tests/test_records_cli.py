@@ -254,3 +254,49 @@ def test_score_closed_stdin_is_a_usage_error(models: dict[str, Path]) -> None:
                        capture_output=True, text=True, executable="/bin/bash", timeout=120)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip() == "Error: standard input is closed: pipe records in or give a file"
+
+
+def test_beam_novel_skips_training_records(models: dict[str, Path], tmp_path: Path) -> None:
+    """--novel applies to beam search: a checkpoint whose training records are the likeliest
+    continuations gets the next likeliest ones instead (a tiny model need not have learned its
+    records, so the records are made to be the beam's answers)."""
+    import numpy as np
+    import torch
+
+    from charrnn.checkpoint import save
+    from charrnn.records import record_hash
+
+    args = ["generate", "--beam", "3", "--num-samples", "3", "-n", "8", "--json"]
+    plain = json.loads(run(*args, "-m", str(models["names"])).stdout)["results"]
+    ckpt = torch.load(models["names"], weights_only=True)
+    ckpt["record_hashes"] = torch.from_numpy(np.array(sorted(record_hash(r["text"]) for r in plain[:2]),
+                                                      dtype=np.int64))
+    save(ckpt, tmp_path / "copied.pt")
+    r = run(*args, "--novel", "-m", str(tmp_path / "copied.pt"))
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    texts = [res["text"] for res in out["results"]]
+    assert len(texts) == 3 and not set(texts) & {plain[0]["text"], plain[1]["text"]}
+    assert plain[2]["text"] in texts and out["dropped"] >= 2
+    assert "dropped" in r.stderr
+
+
+def test_beam_accepts_the_default_sampling_values(models: dict[str, Path]) -> None:
+    base = ["generate", "-m", str(models["names"]), "--beam", "3", "-n", "8"]
+    plain = run(*base)
+    assert plain.exit_code == 0, plain.stderr
+    for same in (["--temperature", "1"], ["--temperature", "1.0", "--top-p", "1"]):
+        r = run(*base, *same)
+        assert r.exit_code == 0 and r.stdout == plain.stdout, r.stderr
+    for other in (["--temperature", "0.7"], ["--top-k", "3"], ["--top-p", "0.9"], ["--greedy"]):
+        assert_clean_error(run(*base, *other), 2, "deterministic")
+
+
+def test_zero_length_on_a_records_model_names_the_model(models: dict[str, Path]) -> None:
+    r = run("generate", "-m", str(models["names"]), "-n", "0", "--seed", "1")
+    assert_clean_error(r, 2, "--partition records", "-n")
+    assert "--stop" not in r.stderr
+    r = run("generate", "-m", str(models["lines"]), "-n", "0", "--stop", "\\n", "--seed", "1")
+    assert_clean_error(r, 2, "with --stop")  # there the option is the user's
+    r = run("generate", "-m", str(models["lines"]), "-n", "0", "--prefix", "the", "--seed", "1")
+    assert r.exit_code == 0 and r.stdout == "the\n"  # a plain model: the prefix alone
