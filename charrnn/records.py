@@ -44,17 +44,25 @@ def unescape(text: str, option: str = "--delimiter") -> str:
         if code[:1] in ("x", "u", "U") and len(code) > 1:
             value = int(code[1:], 16)
             if value > 0x10FFFF or 0xD800 <= value <= 0xDFFF:
-                raise UsageError(f"{option} {text!r}: \\{code} is not a Unicode character")
+                raise UsageError(f"{option} {as_typed(text)}: \\{code} is not a Unicode character")
             return chr(value)
         if code in _SIMPLE:
             return _SIMPLE[code]
-        shown = f"\\{code}" if code else "a lone backslash at the end"
-        raise UsageError(f"{option} {text!r}: unknown escape {shown} (use \\n, \\t, \\0, \\\\, \\xHH or \\uHHHH)")
+        shown = f"\\{as_typed(code)[1:-1]}" if code else "a lone backslash at the end"
+        raise UsageError(f"{option} {as_typed(text)}: unknown escape {shown} "
+                         "(use \\n, \\t, \\0, \\\\, \\xHH or \\uHHHH)")
 
     out = _ESCAPE.sub(one, text)
     if not out:
         raise UsageError(f"{option} must not be empty")
     return out
+
+
+def as_typed(text: str) -> str:
+    """`text` as the user typed it, in single quotes, for a message: a backslash stays one backslash
+    (repr would double it), and only characters that cannot be shown on one line (controls, line
+    and paragraph separators, bidi overrides) become \\xHH / \\uHHHH."""
+    return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) + "'"
 
 
 def escape(text: str) -> str:

@@ -300,3 +300,12 @@ def test_zero_length_on_a_records_model_names_the_model(models: dict[str, Path])
     assert_clean_error(r, 2, "with --stop")  # there the option is the user's
     r = run("generate", "-m", str(models["lines"]), "-n", "0", "--prefix", "the", "--seed", "1")
     assert r.exit_code == 0 and r.stdout == "the\n"  # a plain model: the prefix alone
+
+
+@pytest.mark.parametrize("option", ["--stop", "--delimiter"])
+def test_escape_errors_quote_one_backslash(models: dict[str, Path], option: str) -> None:
+    args = ["generate", "-m", str(models["lines"]), "--seed", "1"] if option == "--stop" else \
+        ["eval", "score", "-m", str(models["lines"])]
+    r = run(*args, option, "\\q", input="a\n")
+    assert_clean_error(r, 2)
+    assert r.stderr.startswith(f"Error: {option} '\\q': unknown escape \\q ("), r.stderr
