@@ -76,19 +76,34 @@ def split_records(chunks: Iterable[str], delimiter: str,
     """Records of the text given as `chunks`, streamed: for each chunk, the list of records it
     completed (possibly empty), in order; at the end, the last record if text follows the last
     delimiter, and `on_end(number of delimiters found)`. Memory: one chunk plus the unfinished
-    record (a delimiter may straddle chunks)."""
+    record, kept as a list of its chunks until a delimiter ends it (so a record of many chunks is
+    joined once, not copied again at every chunk; a delimiter may straddle chunks)."""
     if not delimiter:
         raise UsageError("the delimiter must not be empty")
-    pending, found = "", 0
+    pending: list[str] = []  # the unfinished record, in pieces
+    tail = ""  # its last len(delimiter) - 1 characters: where a straddling delimiter begins
+    keep = len(delimiter) - 1
+    found = 0
     for chunk in chunks:
         if not chunk:
             continue
-        pieces = (pending + chunk).split(delimiter)
-        pending = pieces.pop()  # the unfinished record (or "" right after a delimiter)
+        if delimiter not in tail + chunk:
+            pending.append(chunk)
+            tail = (tail + chunk)[-keep:] if keep else ""
+            yield []
+            continue
+        pending.append(chunk)
+        text = "".join(pending)
+        pending.clear()
+        pieces = text.split(delimiter)
+        del text
+        last = pieces.pop()  # the unfinished record (or "" right after a delimiter)
+        pending = [last] if last else []
+        tail = last[-keep:] if keep else ""
         found += len(pieces)
         yield pieces
     if pending:
-        yield [pending]
+        yield ["".join(pending)]
     if on_end is not None:
         on_end(found)
 

@@ -64,7 +64,9 @@ def test_score_text_output(models: dict[str, Path]) -> None:
     assert rows[1][3] == "9" and rows[2][3] == "1"  # 8 characters and the end; the empty record: its end
     assert int(rows[3][4]) >= 1  # unknown characters counted
     assert float(rows[1][1]) == pytest.approx(float(rows[1][0]) / 0.6931471805599453, rel=1e-3)
-    assert r.stderr == ""
+    # the one record the model mostly cannot read is named on stderr, once
+    assert r.stderr.startswith("warning: ") and "of record 3 (not scored" in r.stderr
+    assert len(r.stderr.splitlines()) == 1
 
 
 def test_score_json_lines_and_no_end(models: dict[str, Path]) -> None:
@@ -309,3 +311,72 @@ def test_escape_errors_quote_one_backslash(models: dict[str, Path], option: str)
     r = run(*args, option, "\\q", input="a\n")
     assert_clean_error(r, 2)
     assert r.stderr.startswith(f"Error: {option} '\\q': unknown escape \\q ("), r.stderr
+
+
+def test_language_identification_across_alphabets(tmp_path: Path) -> None:
+    """Two languages that share no letter: the model that cannot read a line must not win it by
+    scoring only its spaces (each character it cannot read is charged the documented cost)."""
+    import random
+
+    rng = random.Random(0)
+    words = {"latin": ["la", "na", "ma", "ana", "tala", "sol"], "greek": ["λα", "να", "μα", "ανα", "ταλα", "σολ"]}
+
+    def line(lang: str) -> str:
+        return " ".join(rng.choice(words[lang]) for _ in range(10))
+
+    models = {}
+    for lang in words:
+        (tmp_path / f"{lang}.txt").write_text("\n".join(line(lang) for _ in range(100)) + "\n", encoding="utf-8")
+        models[lang] = str(tmp_path / f"{lang}.pt")
+        r = run("train", str(tmp_path / f"{lang}.txt"), "-o", models[lang], "--hidden", "16", "--layers", "1",
+                "-b", "8", "-t", "32", "--max-steps", "10", "--val-fraction", "0", "-q", "--seed", "1")
+        assert r.exit_code == 0, r.stderr
+    held_out = [(line(lang), lang) for lang in words for _ in range(6)]
+    mixed = "\n".join(t for t, _ in held_out) + "\n"
+    r = run("eval", "score", "-m", models["latin"], "-m", models["greek"], "--json", input=mixed)
+    assert r.exit_code == 0, r.stderr
+    objs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [o["best"] for o in objs] == [models[lang] for _, lang in held_out]
+    for o, (text, _) in zip(objs, held_out, strict=True):
+        assert o["chars"] + o["unknown"] == len(text) + 1  # the best model reads its own line
+        assert max(o["scores"].values()) > 13.9 * 0.5  # the other pays for the letters it cannot read
+    # each model is named once on stderr, then counted: a few lines, not one per record
+    lines = r.stderr.splitlines()
+    assert len(lines) == 4 and all(line.startswith("warning: ") for line in lines)
+    assert sum("of record 1 " in line for line in lines) == 1 and "of 6 of the 12 records" in lines[-1]
+
+
+def test_score_comparison_charges_what_a_model_cannot_read(models: dict[str, Path], tmp_path: Path) -> None:
+    """The issue's case: a model that knows 1 of 17 characters of a line must not be best on it."""
+    (tmp_path / "upper.txt").write_text("THE TIME MACHINE\n" * 30, encoding="utf-8")
+    upper = str(tmp_path / "upper.pt")
+    assert run("train", str(tmp_path / "upper.txt"), "-o", upper, *TINY).exit_code == 0
+    r = run("eval", "score", "-m", upper, "-m", str(models["lines"]), "--json", input="THE TIME MACHINE\n")
+    obj = json.loads(r.stdout)
+    assert obj["best"] == upper and obj["unknown"] == 0
+    lines_cost = obj["scores"][str(models["lines"])]
+    assert lines_cost > 14 * 13.92 / 17  # 14 of its 17 characters cost ln(1114112) = 13.92 nats each
+    assert "cannot read 14 of 17 characters" in r.stderr
+
+
+def test_score_model_given_twice_is_refused(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = str(models["lines"])
+    assert_clean_error(run("eval", "score", "-m", lines, "-m", lines, input="a\n"), 2, "given twice")
+    monkeypatch.chdir(models["dir"])
+    r = run("eval", "score", "-m", "lines.pt", "-m", "./lines.pt", input="a\n")
+    assert_clean_error(r, 2, "'./lines.pt' is given twice", "are the same file")
+
+
+def test_score_paths_with_tabs_and_newlines_are_escaped(models: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    odd = tmp_path / "a\tb\nc.pt"
+    shutil.copy(models["lines"], odd)
+    r = run("eval", "score", "-m", str(odd), "-m", str(models["names"]), "--header", input="the fire\n")
+    assert r.exit_code == 0, r.stderr
+    rows = [line.split("\t") for line in r.stdout.splitlines()]
+    assert len(rows) == 2 and all(len(row) == 4 for row in rows)
+    assert rows[0][0] == str(odd).replace("\t", "\\t").replace("\n", "\\n")
+    assert rows[1][2] in (rows[0][0], rows[0][1])
+    js = json.loads(run("eval", "score", "-m", str(odd), "-m", str(models["names"]), "--json", input="x\n").stdout)
+    assert str(odd) in js["scores"]  # JSON keeps the path as it is (JSON escapes it)
