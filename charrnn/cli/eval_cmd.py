@@ -90,7 +90,8 @@ DEFAULT_SHOW_CHARS = 10_000
 @click.option("--json", "as_json", is_flag=True,
               help="JSON Lines on stdout instead, one object per character: char, bits, top.")
 @click.option("--max-chars", default=DEFAULT_SHOW_CHARS, show_default=True,
-              help="Show at most this many characters from the start of the text (said on stderr when it cuts).")
+              help="Show at most this many characters from the start of the text (said on stderr when it cuts); "
+                   "at most 100,000 with --html.")
 @click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
               help="Colours in the terminal view: auto uses them when stdout is a terminal (always: for less -R).")
 @device_option
@@ -113,22 +114,52 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
 
     from charrnn import console as con
     from charrnn.checkpoint import load_model
-    from charrnn.corpora import source_parts
     from charrnn.model import resolve_device
     from charrnn.outputs import check_output, write_atomic
-    from charrnn.surprise import html_page, score
+    from charrnn.surprise import HTML_MAX_CHARS, html_pieces, score, score_blocks
 
     if max_chars < 1:
         raise UsageError(f"--max-chars must be >= 1, got {max_chars}")
     if html_path is not None and as_json:
         raise UsageError("give --html or --json, not both")
+    if html_path is not None and max_chars > HTML_MAX_CHARS:
+        raise UsageError(f"an --html page holds at most {HTML_MAX_CHARS:,} characters (about 200 bytes of HTML "
+                         f"each), got --max-chars {max_chars:,}: the terminal view and --json have no such limit")
     if html_path is not None:
         check_output(html_path, [text], what="HTML page")
     model, vocab, _ = load_model(model_path, resolve_device(device))
     console = con.make_console()
+    body = _head(text, encoding, max_chars, console)
+    if html_path is not None:
+        # The page is held whole for the atomic write, in bytes as its pieces come (HTML_MAX_CHARS bounds it).
+        page = bytearray()
+        title = f"charrnn surprise: {Path(model_path).name} on {text}"
+        for piece in html_pieces(score(model, vocab, body), title=title):
+            page += piece.encode("utf-8")
+        write_atomic(html_path, page)
+        con.info(console, f"wrote {html_path} ({len(body):,} characters)")
+        return
+    blocks = score_blocks(model, vocab, body)  # scored and written a block at a time: bounded memory
+    if as_json:
+        for block in blocks:
+            for record in block.records():
+                click.echo(json_line(record))
+    else:
+        use_color = {"always": True, "never": False}.get(color)
+        if use_color is None and not sys.stdout.isatty():
+            con.info(console, "stdout is not a terminal: no colours (use --color always, --html or --json)")
+            use_color = False
+        con.surprise_view(blocks, sys.stdout, color=use_color)
+
+
+def _head(text: str, encoding: str, max_chars: int, console: Any) -> str:
+    """The first `max_chars` characters of TEXT, read no further than needed (said when it cuts)."""
+    from charrnn import console as con
+    from charrnn.corpora import source_parts
+
     chunks, size = [], 0
     for part in source_parts(text, common.stdin(), callbacks=con.DownloadConsole(console)):
-        for chunk in part.texts(encoding):  # read no further than needed
+        for chunk in part.texts(encoding):
             chunks.append(chunk)
             size += len(chunk)
             if size > max_chars:
@@ -139,20 +170,9 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
     if len(body) > max_chars:
         body = body[:max_chars]
         con.info(console, f"showing the first {max_chars:,} characters of the text (--max-chars)")
-    surprise = score(model, vocab, body)
-    if as_json:
-        for record in surprise.records():
-            click.echo(json_line(record))
-    elif html_path is not None:
-        page = html_page(surprise, title=f"charrnn surprise: {Path(model_path).name} on {text}")
-        write_atomic(html_path, page.encode("utf-8"))
-        con.info(console, f"wrote {html_path} ({len(body):,} characters)")
-    else:
-        use_color = {"always": True, "never": False}.get(color)
-        if use_color is None and not sys.stdout.isatty():
-            con.info(console, "stdout is not a terminal: no colours (use --color always, --html or --json)")
-            use_color = False
-        con.surprise_view(surprise, sys.stdout, color=use_color)
+    return body
+
+
 @eval_group.command()
 @click.option("-m", "--model", "model_paths", required=True, multiple=True, type=click.Path(dir_okay=False),
               help="Checkpoint written by `charrnn train`; repeat for several models (one score each, and the best).")
