@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from charrnn.errors import DataError
+from charrnn.errors import DataError, UnknownCharacterError
 from charrnn.model import CharRNN, State
 from charrnn.vocab import UNK_TOKEN, Vocab
 
@@ -100,6 +100,8 @@ def score_blocks(model: CharRNN, vocab: Vocab, text: str, top: int = TOP, num_st
     An empty text is a DataError here, before anything is scored or written."""
     if not text:
         raise DataError("the text is empty: nothing to show")
+    if vocab.unk_id is None and (unknown := vocab.unknown_chars(text)):
+        raise UnknownCharacterError(unknown, "the text")  # up front, not after some blocks are out
     return _blocks(model, vocab, text, min(top, vocab.size), num_steps, block or BLOCK)
 
 

@@ -189,3 +189,12 @@ def test_views_never_write_acting_characters_raw(model_vocab) -> None:
         assert not any(c in view for c in ACTING_CHARS)
         assert "\u27e6U+202E\u27e7" in view and "\u27e6U+009B\u27e7" in view
     assert "t\u27e6U+202E\u27e7itle" in page
+
+
+def test_blocks_refuse_unknown_characters_before_the_first_block() -> None:
+    from charrnn.errors import UnknownCharacterError
+
+    vocab = Vocab.build("abc", unk=False)  # a vocabulary without <unk> cannot feed what it does not know
+    model = CharRNN(ModelConfig(vocab_size=vocab.size, hidden=8, layers=1))
+    with pytest.raises(UnknownCharacterError, match="'z'"):
+        score_blocks(model, vocab, "abc" * 10 + "z", block=4)  # raised by the call, not by a later block
