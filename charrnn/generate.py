@@ -289,6 +289,39 @@ class BeamResult:
         return {"text": self.text, "logprob": self.logprob, "score": self.score, "stopped": self.stopped}
 
 
+def _choose(cand: torch.Tensor, finite: int, width: int, texts: list[str], vocab: Vocab, stops: Stops, beam: int,
+            finished: list[BeamResult], accept: Callable[[str], bool] | None,
+            on_rejected: Callable[[str], None] | None) -> tuple[list[int], list[int], list[float], list[str]]:
+    """One step of beam search: the live hypotheses kept from the candidates `cand` (A * V,) (row,
+    id, log-probability and text of each), the finished ones appended to `finished`.
+
+    The 2 * beam best candidates are looked at, as if the ones `accept` drops were not there:
+    without `accept` a top-k, with it every candidate is ranked and taken in order."""
+    top = cand.topk(min(2 * beam, finite) if accept is None else finite)
+    rows, ids, lps, kept = [], [], [], []
+    taken = 0
+    for value, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+        if taken >= 2 * beam:
+            break
+        parent, cid = divmod(flat, width)
+        text = texts[parent] + vocab.chars[cid]  # never <unk>: its log-probability is -inf
+        sample = stops.ended(text)
+        if sample is not None and accept is not None and not accept(sample):
+            if on_rejected is not None:
+                on_rejected(sample)
+            continue
+        taken += 1
+        if sample is not None:
+            if len(finished) < beam:
+                finished.append(BeamResult(sample, value, value / len(text), len(sample) < len(text)))
+        elif len(rows) < beam:
+            rows.append(parent)
+            ids.append(cid)
+            lps.append(value)
+            kept.append(text)
+    return rows, ids, lps, kept
+
+
 @torch.inference_mode()
 def beam_search(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray, beam: int, max_length: int,
                 stops: Stops | None = None, num_results: int = 1, *, accept: Callable[[str], bool] | None = None,
@@ -336,30 +369,8 @@ def beam_search(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray, beam: int,
         finite = int(torch.isfinite(cand).sum())
         if finite == 0:
             break
-        # The 2 * beam best candidates, as if the ones `accept` drops were not there: without
-        # `accept` a top-k, with it every candidate is ranked (A * V of them) and taken in order.
-        top = cand.topk(min(2 * beam, finite) if accept is None else finite)
-        keep_rows, keep_ids, keep_lp, keep_text = [], [], [], []
-        width, taken = logp.shape[1], 0
-        for value, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-            if taken >= 2 * beam:
-                break
-            parent, cid = divmod(flat, width)
-            text = texts[parent] + vocab.chars[cid]  # never <unk>: its log-probability is -inf
-            sample = stops.ended(text)
-            if sample is not None and accept is not None and not accept(sample):
-                if on_rejected is not None:
-                    on_rejected(sample)
-                continue
-            taken += 1
-            if sample is not None:
-                if len(finished) < beam:
-                    finished.append(BeamResult(sample, value, value / len(text), len(sample) < len(text)))
-            elif len(keep_rows) < beam:
-                keep_rows.append(parent)
-                keep_ids.append(cid)
-                keep_lp.append(value)
-                keep_text.append(text)
+        keep = _choose(cand, finite, logp.shape[1], texts, vocab, stops, beam, finished, accept, on_rejected)
+        keep_rows, keep_ids, keep_lp, keep_text = keep
         if len(finished) >= beam or not keep_rows:
             break
         index = torch.tensor(keep_rows, device=device)
