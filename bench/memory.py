@@ -46,6 +46,7 @@ from measure import run_measured  # noqa: E402
 TARGET = 1.5
 BIG_VOCAB = 70_372
 HTML_CHARS = 100_000  # charrnn.surprise.HTML_MAX_CHARS
+BIG_ROW = f"generate, 20 KB prefix, {BIG_VOCAB:,}-character vocabulary (-n 10)"
 
 
 def cli(*args: str) -> list[str]:
@@ -85,7 +86,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def prepare(tmp: Path, shakespeare: str, scale: float) -> dict[str, Path]:
+def prepare(tmp: Path, shakespeare: str, scale: float, big: bool = True) -> dict[str, Path]:
     """The models and texts of the rows."""
     files = {}
     (tmp / "train.txt").write_text(shakespeare, encoding="utf-8")
@@ -97,9 +98,11 @@ def prepare(tmp: Path, shakespeare: str, scale: float) -> dict[str, Path]:
     alphabet = big_alphabet(BIG_VOCAB)
     (tmp / "big.txt").write_text(alphabet * 2, encoding="utf-8")
     files["big"] = tmp / "big.pt"
-    log(f"training the {BIG_VOCAB:,}-character model (1 step)")
-    run_measured(cli("train", str(tmp / "big.txt"), "-o", str(files["big"]), "--hidden", "16", "--layers", "1",
-                     "--embed-dim", "8", "-b", "1", "-t", "16", "--max-steps", "1", "--val-fraction", "0", "-q"), tmp)
+    if big:
+        log(f"training the {BIG_VOCAB:,}-character model (1 step)")
+        run_measured(cli("train", str(tmp / "big.txt"), "-o", str(files["big"]), "--hidden", "16", "--layers", "1",
+                         "--embed-dim", "8", "-b", "1", "-t", "16", "--max-steps", "1", "--val-fraction", "0", "-q"),
+                     tmp)
     sizes = {"prefix4m": int(4_000_000 * scale), "record20m": int(20_000_000 * scale), "html": HTML_CHARS}
     for name, n in sizes.items():
         text = repeat_to(shakespeare, n)
@@ -112,12 +115,12 @@ def prepare(tmp: Path, shakespeare: str, scale: float) -> dict[str, Path]:
     return files
 
 
-def rows(tmp: Path, files: dict[str, Path]) -> list[dict]:
+def rows(tmp: Path, files: dict[str, Path], only: str | None = None) -> list[dict]:
     cases = [
         (f"eval show --html --max-chars {HTML_CHARS:,} (the bound)", "small", "html",
          cli("eval", "show", "-m", str(files["small"]), str(files["html"]), "--max-chars", str(HTML_CHARS),
              "--html", str(tmp / "page.html"))),
-        (f"generate, 20 KB prefix, {BIG_VOCAB:,}-character vocabulary (-n 10)", "big", "prefix20k",
+        (BIG_ROW, "big", "prefix20k",
          cli("generate", "-m", str(files["big"]), "--prefix-file", str(files["prefix20k"]), "-n", "10",
              "--seed", "1")),
         (f"generate, {mb(files['prefix4m'])} prefix (-n 100)", "small", "prefix4m",
@@ -128,6 +131,8 @@ def rows(tmp: Path, files: dict[str, Path]) -> list[dict]:
     ]
     out = []
     for label, model, text, cmd in cases:
+        if only is not None and only not in label:
+            continue
         log(f"{label}: eval perplexity of the same text")
         base = run_measured(cli("eval", "perplexity", "-m", str(files[model]), str(files[text])), tmp)
         log(f"{label}: the command")
@@ -164,6 +169,7 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0,
                     help="size of the 4 MB prefix and of the 20 MB record, as a fraction (scoring one record is "
                          "one sequence: about 20 us per character on an idle core)")
+    ap.add_argument("--only", help="run only the rows whose label holds this text (e.g. 'eval score')")
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "corpora"))
     ap.add_argument("--out", default=str(BENCH / "results"))
     args = ap.parse_args()
@@ -177,7 +183,8 @@ def main() -> None:
                f"Python {platform.python_version()}, {date.today().isoformat()}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        results = rows(tmp, prepare(tmp, shakespeare, 0.05 if args.quick else args.scale))
+        big = args.only is None or args.only in BIG_ROW
+        results = rows(tmp, prepare(tmp, shakespeare, 0.05 if args.quick else args.scale, big), args.only)
     table = markdown(results, machine)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
