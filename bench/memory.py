@@ -21,8 +21,9 @@ Rows are printed to stderr as each ends (JSON), the fast ones first. --scale F m
 prefix and the 20 MB record F times as long (the last column, bytes per character above eval
 perplexity's peak, carries a smaller run over to the full sizes); --quick is --scale 0.05.
 Writes memory.json and memory.md into --out and prints the markdown table. Scoring one 20 MB
-record is one sequence, one character after the other: it dominates (about 100 us per character
-measured on a busy 2-core AMD EPYC, 2026-12-01: half an hour for 20 MB; hence --scale).
+record is one sequence, one character after the other: it dominates (265 s for 20 MB on a 2-core
+AMD EPYC shared with other jobs, 2026-12-01, 10 to 30 minutes for the whole run; hence --only and
+--scale).
 """
 
 from __future__ import annotations
