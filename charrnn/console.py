@@ -8,6 +8,7 @@ one plain line per report, so logs stay readable.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -169,26 +170,36 @@ class DownloadConsole(FetchCallbacks):
             self.bar = None
 
 
-def surprise_view(s: Surprise, file: TextIO, color: bool | None = None, width: int | None = None) -> None:
-    """The text with every character's background coloured by its surprise, and a legend of the
-    scale, written to `file` (stdout: it is the data). color None: only when `file` is a terminal."""
+def surprise_view(blocks: Surprise | Iterable[Surprise], file: TextIO, color: bool | None = None,
+                  width: int | None = None) -> None:
+    """The text with every character's background coloured by its surprise, between a legend of
+    the scale and a line with the mean, written to `file` (stdout: it is the data). color None: only
+    when `file` is a terminal. `blocks` are consecutive pieces of the text (surprise.score_blocks),
+    drawn one at a time, so memory is one block however long the text."""
     out = Console(file=file, highlight=False, soft_wrap=True, width=width,
                   force_terminal=True if color else None, no_color=color is False,
                   color_system="truecolor" if color else "auto")
     legend = Text("surprise (bits): ")
     for bits, rgb in STOPS:
         legend.append(f" {bits:g}{'+' if bits == MAX_BITS else ''} ", style=_surprise_style(rgb))
-    mean = s.mean_bits
-    legend.append(f"   mean {mean:.3f} bits/char over {s.scored:,} scored characters" if mean is not None
-                  else "   no character scored")
     out.print(legend)
-    text = Text()
-    for i, c in enumerate(s.text):
-        rgb = colour(s.char_bits(i))
-        text.append(visible(c), style=_surprise_style(rgb) if rgb is not None else "")
-        if c == "\n":
-            text.append("\n")
-    out.print(text, end="" if s.text.endswith("\n") else "\n")
+    styles: dict[tuple[int, int, int], str] = {}
+    total, scored, ends_line = 0.0, 0, True
+    for s in [blocks] if isinstance(blocks, Surprise) else blocks:
+        text = Text()
+        for i, c in enumerate(s.text):
+            rgb = colour(s.char_bits(i))
+            style = "" if rgb is None else styles.setdefault(rgb, _surprise_style(rgb))
+            text.append(visible(c), style=style)
+            if c == "\n":
+                text.append("\n")
+        out.print(text, end="")
+        total, scored = total + s.total_bits, scored + s.scored
+        ends_line = s.text.endswith("\n") if s.text else ends_line
+    if not ends_line:
+        out.print()
+    out.print(f"mean {total / scored:.3f} bits/char over {scored:,} scored characters" if scored
+              else "no character scored", markup=False)
 
 
 def _surprise_style(rgb: tuple[int, int, int]) -> str:

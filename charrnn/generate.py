@@ -1,8 +1,11 @@
 """Sampling text from a model.
 
-The prefix warms up the state: all its characters but the last go through the network in one
-call and only build state; the last one is the first input of the sampling loop. Each further
-character costs one step of a Stepper (charrnn.stepper: O(1) work, no re-reading of the text so far).
+The prefix warms up the state: all its characters but the last go through the network and only
+build state; the last one is the first input of the sampling loop. The warm-up reads the prefix a
+window at a time (`warm_up`), at most MAX_WARM_UP_LOGITS logits per call, so memory is bounded by
+the model, not by the prefix: a 4 MB prefix or a 70,000-character vocabulary costs what `eval
+perplexity` costs. Each further character costs one step of a Stepper (charrnn.stepper: O(1) work,
+no re-reading of the text so far).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from charrnn.model import CharRNN, State
 from charrnn.stepper import Stepper
 from charrnn.vocab import Vocab
 
+MAX_WARM_UP_LOGITS = 1 << 24  # logits of one warm-up call, window x vocabulary floats (64 MB of float32)
+WARM_UP_STEPS = 256  # the longest warm-up window
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -34,6 +40,12 @@ class Sampling:
             raise UsageError(f"--top-k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def plain(self) -> bool:
+        """Whether this draws from the model's own distribution: temperature 1, no top-k, top-p 1 or
+        none, not greedy (what beam search, which does not sample, is compatible with)."""
+        return self.temperature == 1 and self.top_k is None and self.top_p in (None, 1) and not self.greedy
 
 
 def draw(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -146,6 +158,20 @@ class Stops:
         return text if len(text) >= self.max_length else None
 
 
+def warm_up(model: CharRNN, ids: np.ndarray, state: State, max_logits: int | None = None) -> State:
+    """The state of one stream (layers, 1, H) after reading `ids` (shape (n,), any integer dtype),
+    a window at a time: a window of T ids makes (1, T, V) logits that are thrown away, so T is cut
+    to keep T x V under `max_logits`, and ids become int64 one window at a time (not 8 bytes per
+    prefix character at once). `max_logits` defaults to MAX_WARM_UP_LOGITS."""
+    device = next(model.parameters()).device
+    limit = max_logits if max_logits is not None else MAX_WARM_UP_LOGITS
+    window = max(1, min(WARM_UP_STEPS, limit // model.config.vocab_size))
+    for start in range(0, len(ids), window):
+        x = torch.as_tensor(np.asarray(ids[start : start + window], dtype=np.int64), device=device)[None]  # (1, T)
+        _, state = model(x, state)
+    return state
+
+
 def _start(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray,
            generator: torch.Generator) -> tuple[State, Callable[[int], torch.Tensor]]:
     """State for one stream after all prefix characters but the last, and a function giving the
@@ -156,10 +182,9 @@ def _start(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray,
     if len(prefix_ids) == 0:
         counts = torch.tensor(vocab.counts, dtype=torch.float64, device=device)
         return state, lambda rows: torch.multinomial(counts.expand(rows, -1), 1, generator=generator)[:, 0]
-    prefix = torch.as_tensor(np.asarray(prefix_ids, dtype=np.int64), device=device)
-    if len(prefix) > 1:
-        _, state = model(prefix[None, :-1], state)
-    return state, lambda rows: prefix[-1:].expand(rows).clone()
+    state = warm_up(model, prefix_ids[:-1], state)
+    last = torch.tensor([int(prefix_ids[-1])], dtype=torch.int64, device=device)
+    return state, lambda rows: last.expand(rows).clone()
 
 
 def _rows(state: State, index: torch.Tensor) -> State:
@@ -264,9 +289,43 @@ class BeamResult:
         return {"text": self.text, "logprob": self.logprob, "score": self.score, "stopped": self.stopped}
 
 
+def _choose(cand: torch.Tensor, finite: int, width: int, texts: list[str], vocab: Vocab, stops: Stops, beam: int,
+            finished: list[BeamResult], accept: Callable[[str], bool] | None,
+            on_rejected: Callable[[str], None] | None) -> tuple[list[int], list[int], list[float], list[str]]:
+    """One step of beam search: the live hypotheses kept from the candidates `cand` (A * V,) (row,
+    id, log-probability and text of each), the finished ones appended to `finished`.
+
+    The 2 * beam best candidates are looked at, as if the ones `accept` drops were not there:
+    without `accept` a top-k, with it every candidate is ranked and taken in order."""
+    top = cand.topk(min(2 * beam, finite) if accept is None else finite)
+    rows, ids, lps, kept = [], [], [], []
+    taken = 0
+    for value, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+        if taken >= 2 * beam:
+            break
+        parent, cid = divmod(flat, width)
+        text = texts[parent] + vocab.chars[cid]  # never <unk>: its log-probability is -inf
+        sample = stops.ended(text)
+        if sample is not None and accept is not None and not accept(sample):
+            if on_rejected is not None:
+                on_rejected(sample)
+            continue
+        taken += 1
+        if sample is not None:
+            if len(finished) < beam:
+                finished.append(BeamResult(sample, value, value / len(text), len(sample) < len(text)))
+        elif len(rows) < beam:
+            rows.append(parent)
+            ids.append(cid)
+            lps.append(value)
+            kept.append(text)
+    return rows, ids, lps, kept
+
+
 @torch.inference_mode()
 def beam_search(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray, beam: int, max_length: int,
-                stops: Stops | None = None, num_results: int = 1) -> list[BeamResult]:
+                stops: Stops | None = None, num_results: int = 1, *, accept: Callable[[str], bool] | None = None,
+                on_rejected: Callable[[str], None] | None = None) -> list[BeamResult]:
     """The `num_results` most likely continuations found by beam search of width `beam`.
 
     Each step extends every live hypothesis by every character and keeps the `beam` best by total
@@ -275,6 +334,10 @@ def beam_search(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray, beam: int,
     their length in characters, stop string included (the mean log-probability per character):
     raw log-probability would always prefer the shortest ending. The search ends when `beam`
     hypotheses have finished or none is left. Deterministic (no sampling).
+
+    A finished hypothesis that `accept` refuses (`--novel`: a copy of a training record) is dropped
+    (`on_rejected` is told) and takes no place among the finished ones: the search goes on to the
+    next likeliest, so what it returns are the likeliest continuations that `accept` takes.
     """
     if beam < 1:
         raise UsageError(f"--beam must be >= 1, got {beam}")
@@ -303,23 +366,11 @@ def beam_search(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray, beam: int,
         if len(banned_stops) and len(texts[0]) < stops.min_length:
             logp[:, banned_stops] = -math.inf
         cand = (lps[:, None] + logp).reshape(-1)  # (A * V,)
-        top = cand.topk(min(2 * beam, int(torch.isfinite(cand).sum()))) if torch.isfinite(cand).any() else None
-        if top is None:
+        finite = int(torch.isfinite(cand).sum())
+        if finite == 0:
             break
-        keep_rows, keep_ids, keep_lp, keep_text = [], [], [], []
-        width = logp.shape[1]
-        for value, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-            parent, cid = divmod(flat, width)
-            text = texts[parent] + vocab.chars[cid]  # never <unk>: its log-probability is -inf
-            sample = stops.ended(text)
-            if sample is not None:
-                if len(finished) < beam:
-                    finished.append(BeamResult(sample, value, value / len(text), len(sample) < len(text)))
-            elif len(keep_rows) < beam:
-                keep_rows.append(parent)
-                keep_ids.append(cid)
-                keep_lp.append(value)
-                keep_text.append(text)
+        keep = _choose(cand, finite, logp.shape[1], texts, vocab, stops, beam, finished, accept, on_rejected)
+        keep_rows, keep_ids, keep_lp, keep_text = keep
         if len(finished) >= beam or not keep_rows:
             break
         index = torch.tensor(keep_rows, device=device)

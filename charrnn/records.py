@@ -46,17 +46,25 @@ def unescape(text: str, option: str = "--delimiter") -> str:
         if code[:1] in ("x", "u", "U") and len(code) > 1:
             value = int(code[1:], 16)
             if value > 0x10FFFF or 0xD800 <= value <= 0xDFFF:
-                raise UsageError(f"{option} {text!r}: \\{code} is not a Unicode character")
+                raise UsageError(f"{option} {as_typed(text)}: \\{code} is not a Unicode character")
             return chr(value)
         if code in _SIMPLE:
             return _SIMPLE[code]
-        shown = f"\\{code}" if code else "a lone backslash at the end"
-        raise UsageError(f"{option} {text!r}: unknown escape {shown} (use \\n, \\t, \\0, \\\\, \\xHH or \\uHHHH)")
+        shown = f"\\{as_typed(code)[1:-1]}" if code else "a lone backslash at the end"
+        raise UsageError(f"{option} {as_typed(text)}: unknown escape {shown} "
+                         "(use \\n, \\t, \\0, \\\\, \\xHH or \\uHHHH)")
 
     out = _ESCAPE.sub(one, text).replace("\r\n", "\n")
     if not out:
         raise UsageError(f"{option} must not be empty")
     return out
+
+
+def as_typed(text: str) -> str:
+    """`text` as the user typed it, in single quotes, for a message: a backslash stays one backslash
+    (repr would double it), and only characters that cannot be shown on one line (controls, line
+    and paragraph separators, bidi overrides) become \\xHH / \\uHHHH."""
+    return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) + "'"
 
 
 def escape(text: str) -> str:
@@ -70,19 +78,34 @@ def split_records(chunks: Iterable[str], delimiter: str,
     """Records of the text given as `chunks`, streamed: for each chunk, the list of records it
     completed (possibly empty), in order; at the end, the last record if text follows the last
     delimiter, and `on_end(number of delimiters found)`. Memory: one chunk plus the unfinished
-    record (a delimiter may straddle chunks)."""
+    record, kept as a list of its chunks until a delimiter ends it (so a record of many chunks is
+    joined once, not copied again at every chunk; a delimiter may straddle chunks)."""
     if not delimiter:
         raise UsageError("the delimiter must not be empty")
-    pending, found = "", 0
+    pending: list[str] = []  # the unfinished record, in pieces
+    tail = ""  # its last len(delimiter) - 1 characters: where a straddling delimiter begins
+    keep = len(delimiter) - 1
+    found = 0
     for chunk in chunks:
         if not chunk:
             continue
-        pieces = (pending + chunk).split(delimiter)
-        pending = pieces.pop()  # the unfinished record (or "" right after a delimiter)
+        if delimiter not in tail + chunk:
+            pending.append(chunk)
+            tail = (tail + chunk)[-keep:] if keep else ""
+            yield []
+            continue
+        pending.append(chunk)
+        text = "".join(pending)
+        pending.clear()
+        pieces = text.split(delimiter)
+        del text
+        last = pieces.pop()  # the unfinished record (or "" right after a delimiter)
+        pending = [last] if last else []
+        tail = last[-keep:] if keep else ""
         found += len(pieces)
         yield pieces
     if pending:
-        yield [pending]
+        yield ["".join(pending)]
     if on_end is not None:
         on_end(found)
 

@@ -10,8 +10,10 @@ scored, only counted.
 
 Speed: records are sorted by length and scored as batches of rows of similar length, padded
 with an ignored target; a batch's logits are computed a window of `num_steps` columns at a time,
-carrying the state, so memory is O(rows * num_steps * vocab) whatever the record lengths. The
-state after reading the boundary (all but its last character) is computed once and shared.
+carrying the state, so memory is O(rows * num_steps * vocab) whatever the record lengths, plus
+the records' ids in the vocabulary's dtype (1 to 4 bytes per character: inputs and targets are
+cut a window at a time). The state after reading the boundary (all but its last character) is
+computed once and shared.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from charrnn.model import CharRNN, State
 from charrnn.vocab import Vocab
 
 IGNORE = -100
+# What a character a model cannot read costs when several models are compared (see RecordScore.cost):
+# a uniform guess among all Unicode code points, ln(0x110000) = 13.92 nats (20.09 bits). That is
+# more than any model trained on text pays for a character it knows, and the same for every model.
+UNKNOWN_NATS = math.log(0x110000)
 MAX_ROWS = 512  # records per batch
 MAX_BATCH_LOGITS = 1 << 24  # rows x window x vocab floats in one forward call (64 MB of float32)
 
@@ -49,9 +55,31 @@ class RecordScore:
         n = self.nats_per_char
         return None if n is None else n / math.log(2)
 
+    @property
+    def unknown_share(self) -> float:
+        """Share of the record's targets that the model cannot read."""
+        return self.unknown / max(1, self.chars + self.unknown)
+
+    @property
+    def cost(self) -> float | None:
+        """Nats per character over every target of the record, a character the model cannot read
+        charged UNKNOWN_NATS: the same characters for every model, so models compare on it (None
+        when the record has no target at all)."""
+        n = self.chars + self.unknown
+        return (self.nats + self.unknown * UNKNOWN_NATS) / n if n else None
+
     def to_dict(self) -> dict:
         return {"chars": self.chars, "unknown": self.unknown, "nats": self.nats if self.chars else 0.0,
                 "nats_per_char": self.nats_per_char, "bits_per_char": self.bits_per_char}
+
+
+def compare(scores: list[RecordScore]) -> tuple[list[float | None], int | None]:
+    """Several models' scores of one record -> (each model's cost, the index of the lowest cost, or
+    None when the record has no target). Costs are over the same characters for every model (see
+    RecordScore.cost): raw nats per scored character would let the model that reads least win."""
+    costs = [s.cost for s in scores]
+    ranked = [(c, i) for i, c in enumerate(costs) if c is not None]
+    return costs, (min(ranked)[1] if ranked else None)
 
 
 @dataclass(frozen=True)
@@ -84,43 +112,58 @@ def start_state(model: CharRNN, boundary_ids: np.ndarray) -> State:
     return state
 
 
+def _span(parts: tuple[np.ndarray, ...], lo: int, hi: int) -> np.ndarray:
+    """Elements lo..hi-1 of the concatenation of `parts`, as int64, without building the whole."""
+    out, offset = [], 0
+    for p in parts:
+        a, b = max(lo - offset, 0), min(hi - offset, len(p))
+        if a < b:
+            out.append(p[a:b])
+        offset += len(p)
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+
+
 @torch.inference_mode()
 def score_rows(model: CharRNN, rows: list[np.ndarray], boundary_ids: np.ndarray, *, end: bool = True,
                unk_id: int | None = None, num_steps: int = 256, state0: State | None = None) -> list[RecordScore]:
-    """Scores of the id arrays `rows` (one record each), scored side by side as one padded batch."""
+    """Scores of the id arrays `rows` (one record each), scored side by side as one padded batch.
+
+    Row r reads full_r = boundary[-1] + record (+ boundary): inputs full_r[:-1], targets full_r[1:].
+    The (B, w) inputs and targets of a window are cut from the rows when the window comes, so
+    memory is the rows in their own dtype plus one window, however long a record is.
+    """
     if not rows:
         return []
     device = next(model.parameters()).device
     if state0 is None:
         state0 = start_state(model, boundary_ids)
     last, tail = boundary_ids[-1:], boundary_ids if end else boundary_ids[:0]
-    # Row r: inputs = boundary[-1] + record (+ boundary[:-1]), targets = record (+ boundary); (B, W).
-    width = max(len(r) for r in rows) + len(tail)
+    targets = [len(r) + len(tail) for r in rows]  # per row
+    width = max(targets)
+    b = len(rows)
     if width == 0:
         return [RecordScore(0.0, 0, 0) for _ in rows]
-    b = len(rows)
-    x = np.full((b, width), int(last[0]), dtype=np.int64)
-    y = np.full((b, width), IGNORE, dtype=np.int64)
-    for i, r in enumerate(rows):
-        full = np.concatenate([last, r, tail]).astype(np.int64)
-        x[i, : len(full) - 1] = full[:-1]
-        y[i, : len(full) - 1] = full[1:]
-    unknown = np.zeros(b, dtype=np.int64)
-    if unk_id is not None:
-        is_unk = y == unk_id
-        unknown = is_unk.sum(axis=1)
-        y[is_unk] = IGNORE
-    chars = (y != IGNORE).sum(axis=1)
     state = _expand(state0, b)
     step = max(1, min(num_steps, MAX_BATCH_LOGITS // (b * model.config.vocab_size)))
     nats = torch.zeros(b, dtype=torch.float64, device=device)
-    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    chars = np.zeros(b, dtype=np.int64)
+    unknown = np.zeros(b, dtype=np.int64)
     for start in range(0, width, step):
-        cols = slice(start, start + step)
-        logits, state = model(xt[:, cols], state)  # (B, w, V)
-        w = logits.shape[1]
-        loss = F.cross_entropy(logits.reshape(b * w, -1).float(), yt[:, cols].reshape(-1), ignore_index=IGNORE,
-                               reduction="none")  # (B * w,), 0 where ignored
+        w = min(step, width - start)
+        x = np.full((b, w), int(last[0]), dtype=np.int64)  # (B, w); padding reads the boundary, ignored
+        y = np.full((b, w), IGNORE, dtype=np.int64)
+        for i, r in enumerate(rows):
+            if targets[i] > start:
+                piece = _span((last, r, tail), start, min(start + w, targets[i]) + 1)
+                x[i, : len(piece) - 1], y[i, : len(piece) - 1] = piece[:-1], piece[1:]
+        if unk_id is not None:
+            is_unk = y == unk_id
+            unknown += is_unk.sum(axis=1)
+            y[is_unk] = IGNORE
+        chars += (y != IGNORE).sum(axis=1)
+        logits, state = model(torch.from_numpy(x).to(device), state)  # (B, w, V)
+        loss = F.cross_entropy(logits.reshape(b * w, -1).float(), torch.from_numpy(y).to(device).reshape(-1),
+                               ignore_index=IGNORE, reduction="none")  # (B * w,), 0 where ignored
         nats += loss.view(b, w).double().sum(dim=1)
     totals = nats.cpu().tolist()
     return [RecordScore(totals[i], int(chars[i]), int(unknown[i])) for i in range(b)]
@@ -146,8 +189,9 @@ def score_texts(scorer: Scorer, texts: list[str], *, end: bool = True, num_steps
         return []
     vocab = scorer.vocab
     boundary = scorer.boundary_ids()
-    # One encoding pass over all the records, then a split (encoding builds a lookup table per call).
-    ids = vocab.encode("".join(texts), unk="map").astype(np.int64)
+    # One encoding pass over all the records, then a split (encoding builds a lookup table per call);
+    # the ids keep the vocabulary's dtype (1 to 4 bytes per character): a record may be megabytes.
+    ids = vocab.encode("".join(texts), unk="map")
     lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
     rows = np.split(ids, np.cumsum(lengths)[:-1])
     state0 = start_state(scorer.model, boundary)

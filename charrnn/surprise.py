@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from charrnn.errors import DataError
-from charrnn.model import CharRNN
+from charrnn.errors import DataError, UnknownCharacterError
+from charrnn.model import CharRNN, State
 from charrnn.vocab import UNK_TOKEN, Vocab
 
 TOP = 5
@@ -30,9 +30,14 @@ STOPS = ((0.0, (255, 255, 229)), (1.0, (255, 237, 160)), (2.0, (254, 217, 118)),
          (4.0, (253, 141, 60)), (5.0, (252, 78, 42)), (6.0, (227, 26, 28)), (7.0, (189, 0, 38)),
          (8.0, (128, 0, 38)))
 MAX_BITS = STOPS[-1][0]
+HTML_MAX_CHARS = 100_000  # characters of one `--html` page: about 20 MB of HTML
+BLOCK = 1 << 14  # characters scored and written at a time by the streamed views (JSON Lines, terminal)
 LEGEND_BITS = tuple(int(b) for b, _ in STOPS)
 # Control characters shown as visible symbols; a newline keeps its line break after its symbol.
 NEWLINE_SYMBOL = "↵"
+# Characters other than controls that change how the rest is laid out: the line and paragraph
+# separators, and the bidi marks, embeddings, overrides and isolates (U+202E reverses what follows).
+ACTING = frozenset([0x2028, 0x2029, 0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)])
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,11 @@ class Surprise:
         return int((~np.isnan(self.bits)).sum())
 
     @property
+    def total_bits(self) -> float:
+        """Sum of the surprise over the scored characters."""
+        return float(np.nansum(self.bits))
+
+    @property
     def mean_bits(self) -> float | None:
         return float(np.nanmean(self.bits)) if self.scored else None
 
@@ -72,38 +82,72 @@ class Surprise:
             yield {"char": c, "bits": self.char_bits(i), "top": [[ch, p] for ch, p in self.top(i)]}
 
 
-@torch.inference_mode()
 def score(model: CharRNN, vocab: Vocab, text: str, top: int = TOP, num_steps: int = 256) -> Surprise:
-    """Surprise of every character of `text` under `model`, one pass with the state carried."""
+    """Surprise of every character of `text` under `model`, one pass with the state carried (all of
+    it in memory: about 90 bytes per character; the streamed views use `score_blocks`)."""
+    blocks = score_blocks(model, vocab, text, top, num_steps, block=max(len(text), 1))
+    try:
+        return next(blocks)
+    finally:
+        blocks.close()
+
+
+def score_blocks(model: CharRNN, vocab: Vocab, text: str, top: int = TOP, num_steps: int = 256,
+                 block: int | None = None) -> Iterator[Surprise]:
+    """The surprise of `text` a block of `block` characters at a time: the state and the last
+    character are carried from block to block, so the blocks are `score(text)` cut in pieces (the
+    first character of a later block is scored), and memory is one block, however long the text.
+    An empty text is a DataError here, before anything is scored or written."""
     if not text:
         raise DataError("the text is empty: nothing to show")
-    ids = vocab.encode(text, unk="map", where="the text")
-    k = min(top, vocab.size)
-    n = len(ids)
-    bits = np.full(n, np.nan)
-    top_ids = np.full((n, k), -1, dtype=np.int64)
-    top_probs = np.zeros((n, k))
+    if vocab.unk_id is None and (unknown := vocab.unknown_chars(text)):
+        raise UnknownCharacterError(unknown, "the text")  # up front, not after some blocks are out
+    return _blocks(model, vocab, text, min(top, vocab.size), num_steps, block or BLOCK)
+
+
+def _blocks(model: CharRNN, vocab: Vocab, text: str, k: int, num_steps: int, block: int) -> Iterator[Surprise]:
+    """The generator of `score_blocks`: model in eval mode while it runs, its mode restored after."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        state = model.begin_state(1, device)
-        x_all = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(device)
-        for start in range(0, n - 1, num_steps):
-            x = x_all[start : min(start + num_steps, n - 1)][None]  # (1, T): inputs c_start..c_{start+T-1}
-            logits, state = model(x, state)
-            logp = torch.log_softmax(logits[0].double(), dim=-1)  # (T, V), predicts c_{start+1}..c_{start+T}
-            targets = x_all[start + 1 : start + 1 + x.shape[1]]
-            chosen = -logp.gather(1, targets[:, None])[:, 0] / math.log(2)
-            p, t = logp.exp().topk(k, dim=-1)
-            rows = slice(start + 1, start + 1 + x.shape[1])
-            bits[rows] = chosen.cpu().numpy()
-            top_ids[rows], top_probs[rows] = t.cpu().numpy(), p.cpu().numpy()
+        with torch.inference_mode():
+            state = model.begin_state(1, device)
+        prev = torch.zeros(0, dtype=torch.int64, device=device)  # the last character of the block before
+        for b0 in range(0, len(text), block):
+            piece = text[b0 : b0 + block]
+            ids = vocab.encode(piece, unk="map", where="the text")  # (m,)
+            with torch.inference_mode():
+                seq = torch.cat([prev, torch.from_numpy(ids.astype(np.int64)).to(device)])  # (len(prev) + m,)
+                out, state = _block(model, seq, state, k, num_steps)
+            bits, top_ids, top_probs = (np.concatenate([np.full((1 - len(prev), *a.shape[1:]), fill), a])
+                                        for a, fill in zip(out, (np.nan, -1, 0.0), strict=True))
+            if vocab.unk_id is not None:
+                bits[ids == vocab.unk_id] = np.nan  # unknown characters are fed, not scored
+            prev = seq[-1:]
+            yield Surprise(piece, bits, top_ids, top_probs, vocab)
     finally:
         model.train(was_training)
-    if vocab.unk_id is not None:
-        bits[np.asarray(ids) == vocab.unk_id] = np.nan  # unknown characters are fed, not scored
-    return Surprise(text, bits, top_ids, top_probs, vocab)
+
+
+def _block(model: CharRNN, seq: torch.Tensor, state: State, k: int,
+           num_steps: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], State]:
+    """Bits (n - 1,), top ids and probabilities (n - 1, k) of seq[1:] predicted from what precedes
+    each, `num_steps` inputs per forward call, and the state after seq[:-1]."""
+    n = len(seq) - 1
+    bits = np.full(max(n, 0), np.nan)
+    top_ids = np.full((max(n, 0), k), -1, dtype=np.int64)
+    top_probs = np.zeros((max(n, 0), k))
+    for start in range(0, max(n, 0), num_steps):
+        x = seq[start : min(start + num_steps, n)][None]  # (1, T): inputs seq[start..start+T-1]
+        logits, state = model(x, state)
+        logp = torch.log_softmax(logits[0].double(), dim=-1)  # (T, V), predicts seq[start+1..start+T]
+        targets = seq[start + 1 : start + 1 + x.shape[1]]
+        rows = slice(start, start + x.shape[1])
+        bits[rows] = (-logp.gather(1, targets[:, None])[:, 0] / math.log(2)).cpu().numpy()
+        p, t = logp.exp().topk(k, dim=-1)
+        top_ids[rows], top_probs[rows] = t.cpu().numpy(), p.cpu().numpy()
+    return (bits, top_ids, top_probs), state
 
 
 def colour(bits: float | None) -> tuple[int, int, int] | None:
@@ -130,7 +174,10 @@ def dark(rgb: tuple[int, int, int]) -> bool:
 
 def visible(c: str) -> str:
     """How a character is drawn: control characters become visible symbols (a newline is
-    NEWLINE_SYMBOL, the line break itself is added by the caller); a tab stays a tab."""
+    NEWLINE_SYMBOL, the line break itself is added by the caller); a tab stays a tab. Characters
+    that would act on the page or the terminal instead of being seen (C1 controls such as U+0085
+    NEL and U+009B CSI, the line and paragraph separators U+2028 and U+2029, the bidi controls that
+    reorder what follows) are drawn as a mark naming them: ⟦U+202E⟧."""
     if c == "\n":
         return NEWLINE_SYMBOL
     if c == "\t":
@@ -140,6 +187,8 @@ def visible(c: str) -> str:
         return chr(0x2400 + o)  # the Unicode control pictures: ␀ ␁ ...
     if o == 0x7F:
         return "\u2421"
+    if 0x80 <= o <= 0x9F or o in ACTING:
+        return f"\u27e6U+{o:04X}\u27e7"
     return c
 
 
@@ -170,38 +219,40 @@ h1 { font-size: 1.2em; margin: 0 0 .3em; }
 
 
 def html_page(s: Surprise, title: str) -> str:
-    """One self-contained HTML page: no script and no network (its Content-Security-Policy forbids
-    both), every character a span coloured by its surprise whose hover tip (pure CSS) lists the
-    model's top predictions. All text from the input is escaped."""
-    # Quarter-bit buckets share a CSS class, so each of thousands of spans carries a short name.
-    buckets: dict[int, tuple[int, int, int]] = {}
-    spans = []
-    for i, c in enumerate(s.text):
-        bits = s.char_bits(i)
-        tip = html.escape(_tip(s, i), quote=True).replace("\n", "&#10;")
-        shown = html.escape(visible(c), quote=False)
-        if bits is None:
-            spans.append(f'<span class="n" data-tip="{tip}">{shown}</span>')
-        else:
-            q = round(min(bits, MAX_BITS) * 4)
-            buckets.setdefault(q, colour(q / 4))  # type: ignore[arg-type]
-            spans.append(f'<span class="b{q}" data-tip="{tip}">{shown}</span>')
-        if c == "\n":
-            spans.append("\n")
+    """One self-contained HTML page (see `html_pieces`), as one string."""
+    return "".join(html_pieces(s, title))
+
+
+def html_pieces(s: Surprise, title: str) -> Iterator[str]:
+    """One self-contained HTML page, in pieces to be written as they come: no script and no network
+    (its Content-Security-Policy forbids both), every character a span coloured by its surprise
+    whose hover tip (pure CSS) lists the model's top predictions. All text from the input is
+    escaped. About 200 bytes per character of text: `eval show --html` holds at most
+    HTML_MAX_CHARS characters."""
+    # Quarter-bit buckets share a CSS class, so each of thousands of spans carries a short name;
+    # every bucket is defined, so that the head is written before the first span.
     classes = "\n".join(f".b{q} {{ background: {hex_colour(rgb)};{' color: #fff;' if dark(rgb) else ''} }}"
-                        for q, rgb in sorted(buckets.items()))
+                         for q in range(round(MAX_BITS * 4) + 1) if (rgb := colour(q / 4)) is not None)
     legend = "".join(
         f'<span style="background: {hex_colour(rgb)};{" color: #fff;" if dark(rgb) else ""}">'
         f'{b:g}{"+" if b == MAX_BITS else ""}</span>' for b, rgb in STOPS)
+    title = "".join(visible(c) for c in title)  # a file name may hold a bidi override too
     mean = s.mean_bits
     meta = (f"{len(s.text):,} characters, {s.scored:,} scored, mean surprise "
             + (f"{mean:.3f} bits/char" if mean is not None else "n/a")
             + ". Hover a character to see what the model expected there.")
-    return (
+    yield (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\n"
         f"<title>{html.escape(title)}</title>\n<style>{PAGE_STYLE}{classes}\n</style>\n</head>\n<body>\n"
         f"<h1>{html.escape(title)}</h1>\n<p class=\"meta\">{html.escape(meta)}</p>\n"
         f"<div class=\"legend\"><span class=\"caption\">surprise (bits): </span>{legend}</div>\n"
-        f"<div class=\"text\">{''.join(spans)}</div>\n</body>\n</html>\n"
+        "<div class=\"text\">"
     )
+    for i, c in enumerate(s.text):
+        bits = s.char_bits(i)
+        tip = html.escape(_tip(s, i), quote=True).replace("\n", "&#10;")
+        shown = html.escape(visible(c), quote=False)
+        name = "n" if bits is None else f"b{round(min(bits, MAX_BITS) * 4)}"
+        yield f'<span class="{name}" data-tip="{tip}">{shown}</span>' + ("\n" if c == "\n" else "")
+    yield "</div>\n</body>\n</html>\n"

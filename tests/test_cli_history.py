@@ -210,7 +210,9 @@ def test_eval_show_json_lines(base: Path) -> None:
 def test_eval_show_terminal_view(base: Path) -> None:
     r = run("eval", "show", "-m", str(base), "-", input="the fire\n")
     assert r.exit_code == 0
-    assert r.stdout.splitlines() == [r.stdout.splitlines()[0], "the fire↵"] and "surprise (bits)" in r.stdout
+    lines = r.stdout.splitlines()
+    assert lines[1:2] == ["the fire↵"] and "surprise (bits)" in lines[0] and len(lines) == 3
+    assert lines[2].startswith("mean ") and lines[2].endswith(" bits/char over 8 scored characters")
     assert "no colours" in r.stderr
     r = run("eval", "show", "-m", str(base), "--color", "always", "-", input="the fire\n")
     assert "\x1b[" in r.stdout and "48;2;" in r.stdout and r.stderr == ""
@@ -247,3 +249,43 @@ def test_eval_show_into_a_closed_pipe(base: Path) -> None:
     p = subprocess.run(f"'{sys.executable}' -m charrnn eval show -m '{base}' --json - | head -n 3",
                        shell=True, capture_output=True, text=True, input=text, executable="/bin/bash", timeout=120)
     assert len(p.stdout.splitlines()) == 3 and "Traceback" not in p.stderr, p.stderr
+
+
+def test_eval_show_html_is_bounded(tmp_path: Path, base: Path) -> None:
+    page = tmp_path / "p.html"
+    r = run("eval", "show", "-m", str(base), "--html", str(page), "--max-chars", "100001", "-", input="the fire\n")
+    assert_clean_error(r, 2, "at most 100,000 characters", "--max-chars 100,001")
+    assert not page.exists()
+    r = run("eval", "show", "-m", str(base), "--json", "--max-chars", "1000000", "-", input="the fire\n")
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 9  # no bound without --html
+
+
+def test_eval_show_streams_blocks(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import charrnn.surprise
+
+    text = "the fire burns\n" * 20
+    args = ["eval", "show", "-m", str(base), "--json", "-"]
+    whole = [json.loads(x) for x in run(*args, input=text).stdout.splitlines()]
+    monkeypatch.setattr(charrnn.surprise, "BLOCK", 7)
+    blocks = [json.loads(x) for x in run(*args, input=text).stdout.splitlines()]
+    assert [x["char"] for x in blocks] == list(text) and len(blocks) == len(whole)
+    assert all(abs(a["bits"] - b["bits"]) < 1e-4 for a, b in zip(whole[1:], blocks[1:], strict=True))
+    view = run("eval", "show", "-m", str(base), "-", input=text).stdout.splitlines()
+    assert view[1:-1] == ["the fire burns↵"] * 20 and f"over {len(text) - 1} scored" in view[-1]
+
+
+def test_eval_show_marks_characters_that_act(tmp_path: Path, base: Path) -> None:
+    """C1 controls, line separators and bidi overrides reach neither the terminal nor the page raw."""
+    text = "the \u202efire\x9b31m \x85burns\u2028\n"
+    (tmp_path / "odd.txt").write_text(text, encoding="utf-8")
+    p = subprocess.run([sys.executable, "-m", "charrnn", "eval", "show", "-m", str(base), str(tmp_path / "odd.txt"),
+                        "--color", "always"], capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.decode("utf-8")
+    for c in "\u202e\x9b\x85\u2028":
+        assert c not in out
+    assert "\u27e6U+202E\u27e7" in out and "\u27e6U+009B\u27e7" in out and "\u27e6U+2028\u27e7" in out
+    page = tmp_path / "odd.html"
+    assert run("eval", "show", "-m", str(base), str(tmp_path / "odd.txt"), "--html", str(page)).exit_code == 0
+    html = page.read_text(encoding="utf-8")
+    assert "\u202e" not in html and "\x85" not in html and "\u27e6U+202E\u27e7" in html

@@ -315,3 +315,83 @@ def test_draw_follows_the_weights() -> None:
     seen = expected > 0
     assert float(((counts[seen] - expected[seen]) ** 2 / expected[seen]).sum()) < 21.1
     assert counts[~seen].sum() == 0
+
+
+# --- memory bounded by the model: the prefix is read a window at a time ---------------------------
+
+def record_calls(model: CharRNN) -> list[int]:
+    """Lengths T of the (B, T) inputs of every forward call of `model` from now on."""
+    lengths: list[int] = []
+    forward = model.forward
+
+    def recording(x: torch.Tensor, state=None):  # noqa: ANN001, ANN202
+        lengths.append(int(x.shape[1]))
+        return forward(x, state)
+
+    model.forward = recording  # type: ignore[method-assign]
+    return lengths
+
+
+def test_prefix_warm_up_is_windowed_and_exact(vocab: Vocab, monkeypatch: pytest.MonkeyPatch) -> None:
+    import charrnn.generate as gen
+
+    prefix = (TEXT * 8)[:700]
+    reference = greedy_reference(make_model(vocab).eval(), vocab, prefix, 12)
+    monkeypatch.setattr(gen, "MAX_WARM_UP_LOGITS", 20 * vocab.size)  # windows of 20 characters
+    model = make_model(vocab)
+    calls = record_calls(model)
+    assert sample(model, vocab, prefix, 12, Sampling(greedy=True))[0] == reference
+    assert calls and max(calls) == 20  # not one call of 699 characters
+    calls.clear()
+    list(generate_samples(model, vocab, vocab.encode(prefix), Stops((" ",), max_length=5), seed=0, num_samples=2))
+    assert calls and max(calls) == 20
+    calls.clear()
+    beam_search(model, vocab, vocab.encode(prefix), beam=2, max_length=4)
+    assert calls and max(calls) == 20
+
+
+def test_warm_up_window_shrinks_with_the_vocabulary() -> None:
+    from charrnn.generate import WARM_UP_STEPS, warm_up
+
+    big = Vocab(chars=tuple(chr(0x4E00 + i) for i in range(5000)), counts=(1,) * 5000)
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=big.size, hidden=8, layers=1, embed_dim=4)).eval()
+    calls = record_calls(model)
+    ids = np.arange(1000, dtype=np.uint16) % big.size
+    with torch.no_grad():
+        state = warm_up(model, ids, model.begin_state(1), max_logits=50 * big.size)
+        calls_windowed = list(calls)
+        _, one = model(torch.as_tensor(ids.astype(np.int64))[None], model.begin_state(1))
+    assert max(calls_windowed) == 50 and len(calls_windowed) == 20
+    for a, b in zip(state, one, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        warm_up(model, ids[:300], model.begin_state(1))  # the default: 64 MB of logits, at most WARM_UP_STEPS
+    assert max(calls[len(calls_windowed) + 1 :]) == WARM_UP_STEPS
+
+
+# --- --novel with beam search, and which sampling options beam search refuses ----------------------
+
+def test_beam_search_skips_what_accept_refuses() -> None:
+    small = Vocab.build("abc ")
+    model = make_model(small)
+    stops = Stops((" ",), max_length=3)
+    plain = beam_search(model, small, small.encode("ab"), beam=3, max_length=3, stops=stops, num_results=3)
+    banned = {plain[0].text, plain[1].text}
+    dropped: list[str] = []
+    novel = beam_search(model, small, small.encode("ab"), beam=3, max_length=3, stops=stops, num_results=3,
+                        accept=lambda s: s not in banned, on_rejected=dropped.append)
+    assert len(novel) == 3 and not {r.text for r in novel} & banned
+    assert novel[0] == plain[2] or plain[2].text in {r.text for r in novel}  # the next likeliest move up
+    assert set(dropped) == banned
+    wide = beam_search(model, small, small.encode("ab"), beam=64, max_length=3, stops=stops, num_results=64)
+    allowed = [r for r in wide if r.text not in banned]
+    wide_novel = beam_search(model, small, small.encode("ab"), beam=64, max_length=3, stops=stops, num_results=60,
+                             accept=lambda s: s not in banned)
+    assert [r.text for r in wide_novel] == [r.text for r in allowed][:60]
+
+
+def test_sampling_plain() -> None:
+    assert Sampling().plain and Sampling(temperature=1.0, top_p=1.0).plain
+    assert not Sampling(temperature=0.9).plain and not Sampling(top_k=5).plain
+    assert not Sampling(top_p=0.5).plain and not Sampling(greedy=True).plain

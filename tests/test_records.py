@@ -72,3 +72,17 @@ def test_hashes() -> None:
     assert array.dtype == np.int64 and list(array) == sorted(array)
     assert contains(array, "a") and contains(array, "b") and not contains(array, "c")
     assert not contains(np.zeros(0, dtype=np.int64), "a")
+
+
+@pytest.mark.parametrize(("typed", "message"), [
+    ("\\q", "--delimiter '\\q': unknown escape \\q (use"),
+    ("ab\\", "--delimiter 'ab\\': unknown escape a lone backslash at the end"),
+    ("\\uD800", "--delimiter '\\uD800': \\uD800 is not a Unicode character"),
+    ("x\u202e\\q", "--delimiter 'x\\u202e\\q': unknown escape \\q"),  # a bidi override is shown, not obeyed
+])
+def test_unescape_errors_show_the_text_as_typed(typed: str, message: str) -> None:
+    """The message quotes what the user typed: one backslash stays one (repr would print '\\\\q')."""
+    with pytest.raises(UsageError) as info:
+        unescape(typed)
+    assert str(info.value).startswith(message), str(info.value)
+    assert "\\\\" not in str(info.value).split(" (use")[0]

@@ -64,7 +64,9 @@ def test_score_text_output(models: dict[str, Path]) -> None:
     assert rows[1][3] == "9" and rows[2][3] == "1"  # 8 characters and the end; the empty record: its end
     assert int(rows[3][4]) >= 1  # unknown characters counted
     assert float(rows[1][1]) == pytest.approx(float(rows[1][0]) / 0.6931471805599453, rel=1e-3)
-    assert r.stderr == ""
+    # the one record the model mostly cannot read is named on stderr, once
+    assert r.stderr.startswith("warning: ") and "of record 3 (not scored" in r.stderr
+    assert len(r.stderr.splitlines()) == 1
 
 
 def test_score_json_lines_and_no_end(models: dict[str, Path]) -> None:
@@ -254,3 +256,127 @@ def test_score_closed_stdin_is_a_usage_error(models: dict[str, Path]) -> None:
                        capture_output=True, text=True, executable="/bin/bash", timeout=120)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip() == "Error: standard input is closed: pipe records in or give a file"
+
+
+def test_beam_novel_skips_training_records(models: dict[str, Path], tmp_path: Path) -> None:
+    """--novel applies to beam search: a checkpoint whose training records are the likeliest
+    continuations gets the next likeliest ones instead (a tiny model need not have learned its
+    records, so the records are made to be the beam's answers)."""
+    import numpy as np
+    import torch
+
+    from charrnn.checkpoint import save
+    from charrnn.records import record_hash
+
+    args = ["generate", "--beam", "3", "--num-samples", "3", "-n", "8", "--json"]
+    plain = json.loads(run(*args, "-m", str(models["names"])).stdout)["results"]
+    ckpt = torch.load(models["names"], weights_only=True)
+    ckpt["record_hashes"] = torch.from_numpy(np.array(sorted(record_hash(r["text"]) for r in plain[:2]),
+                                                      dtype=np.int64))
+    save(ckpt, tmp_path / "copied.pt")
+    r = run(*args, "--novel", "-m", str(tmp_path / "copied.pt"))
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    texts = [res["text"] for res in out["results"]]
+    assert len(texts) == 3 and not set(texts) & {plain[0]["text"], plain[1]["text"]}
+    assert plain[2]["text"] in texts and out["dropped"] >= 2
+    assert "dropped" in r.stderr
+
+
+def test_beam_accepts_the_default_sampling_values(models: dict[str, Path]) -> None:
+    base = ["generate", "-m", str(models["names"]), "--beam", "3", "-n", "8"]
+    plain = run(*base)
+    assert plain.exit_code == 0, plain.stderr
+    for same in (["--temperature", "1"], ["--temperature", "1.0", "--top-p", "1"]):
+        r = run(*base, *same)
+        assert r.exit_code == 0 and r.stdout == plain.stdout, r.stderr
+    for other in (["--temperature", "0.7"], ["--top-k", "3"], ["--top-p", "0.9"], ["--greedy"]):
+        assert_clean_error(run(*base, *other), 2, "deterministic")
+
+
+def test_zero_length_on_a_records_model_names_the_model(models: dict[str, Path]) -> None:
+    r = run("generate", "-m", str(models["names"]), "-n", "0", "--seed", "1")
+    assert_clean_error(r, 2, "--partition records", "-n")
+    assert "--stop" not in r.stderr
+    r = run("generate", "-m", str(models["lines"]), "-n", "0", "--stop", "\\n", "--seed", "1")
+    assert_clean_error(r, 2, "with --stop")  # there the option is the user's
+    r = run("generate", "-m", str(models["lines"]), "-n", "0", "--prefix", "the", "--seed", "1")
+    assert r.exit_code == 0 and r.stdout == "the\n"  # a plain model: the prefix alone
+
+
+@pytest.mark.parametrize("option", ["--stop", "--delimiter"])
+def test_escape_errors_quote_one_backslash(models: dict[str, Path], option: str) -> None:
+    args = ["generate", "-m", str(models["lines"]), "--seed", "1"] if option == "--stop" else \
+        ["eval", "score", "-m", str(models["lines"])]
+    r = run(*args, option, "\\q", input="a\n")
+    assert_clean_error(r, 2)
+    assert r.stderr.startswith(f"Error: {option} '\\q': unknown escape \\q ("), r.stderr
+
+
+def test_language_identification_across_alphabets(tmp_path: Path) -> None:
+    """Two languages that share no letter: the model that cannot read a line must not win it by
+    scoring only its spaces (each character it cannot read is charged the documented cost)."""
+    import random
+
+    rng = random.Random(0)
+    words = {"latin": ["la", "na", "ma", "ana", "tala", "sol"], "greek": ["λα", "να", "μα", "ανα", "ταλα", "σολ"]}
+
+    def line(lang: str) -> str:
+        return " ".join(rng.choice(words[lang]) for _ in range(10))
+
+    models = {}
+    for lang in words:
+        (tmp_path / f"{lang}.txt").write_text("\n".join(line(lang) for _ in range(100)) + "\n", encoding="utf-8")
+        models[lang] = str(tmp_path / f"{lang}.pt")
+        r = run("train", str(tmp_path / f"{lang}.txt"), "-o", models[lang], "--hidden", "16", "--layers", "1",
+                "-b", "8", "-t", "32", "--max-steps", "10", "--val-fraction", "0", "-q", "--seed", "1")
+        assert r.exit_code == 0, r.stderr
+    held_out = [(line(lang), lang) for lang in words for _ in range(6)]
+    mixed = "\n".join(t for t, _ in held_out) + "\n"
+    r = run("eval", "score", "-m", models["latin"], "-m", models["greek"], "--json", input=mixed)
+    assert r.exit_code == 0, r.stderr
+    objs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [o["best"] for o in objs] == [models[lang] for _, lang in held_out]
+    for o, (text, _) in zip(objs, held_out, strict=True):
+        assert o["chars"] + o["unknown"] == len(text) + 1  # the best model reads its own line
+        assert max(o["scores"].values()) > 13.9 * 0.5  # the other pays for the letters it cannot read
+    # each model is named once on stderr, then counted: a few lines, not one per record
+    lines = r.stderr.splitlines()
+    assert len(lines) == 4 and all(line.startswith("warning: ") for line in lines)
+    assert sum("of record 1 " in line for line in lines) == 1 and "of 6 of the 12 records" in lines[-1]
+
+
+def test_score_comparison_charges_what_a_model_cannot_read(models: dict[str, Path], tmp_path: Path) -> None:
+    """The issue's case: a model that knows 1 of 17 characters of a line must not be best on it."""
+    (tmp_path / "upper.txt").write_text("THE TIME MACHINE\n" * 30, encoding="utf-8")
+    upper = str(tmp_path / "upper.pt")
+    assert run("train", str(tmp_path / "upper.txt"), "-o", upper, *TINY).exit_code == 0
+    r = run("eval", "score", "-m", upper, "-m", str(models["lines"]), "--json", input="THE TIME MACHINE\n")
+    obj = json.loads(r.stdout)
+    assert obj["best"] == upper and obj["unknown"] == 0
+    lines_cost = obj["scores"][str(models["lines"])]
+    assert lines_cost > 14 * 13.92 / 17  # 14 of its 17 characters cost ln(1114112) = 13.92 nats each
+    assert "cannot read 14 of 17 characters" in r.stderr
+
+
+def test_score_model_given_twice_is_refused(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = str(models["lines"])
+    assert_clean_error(run("eval", "score", "-m", lines, "-m", lines, input="a\n"), 2, "given twice")
+    monkeypatch.chdir(models["dir"])
+    r = run("eval", "score", "-m", "lines.pt", "-m", "./lines.pt", input="a\n")
+    assert_clean_error(r, 2, "'./lines.pt' is given twice", "are the same file")
+
+
+def test_score_paths_with_tabs_and_newlines_are_escaped(models: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    odd = tmp_path / "a\tb\nc.pt"
+    shutil.copy(models["lines"], odd)
+    r = run("eval", "score", "-m", str(odd), "-m", str(models["names"]), "--header", input="the fire\n")
+    assert r.exit_code == 0, r.stderr
+    rows = [line.split("\t") for line in r.stdout.splitlines()]
+    assert len(rows) == 2 and all(len(row) == 4 for row in rows)
+    assert rows[0][0] == str(odd).replace("\t", "\\t").replace("\n", "\\n")
+    assert rows[1][2] in (rows[0][0], rows[0][1])
+    js = json.loads(run("eval", "score", "-m", str(odd), "-m", str(models["names"]), "--json", input="x\n").stdout)
+    assert str(odd) in js["scores"]  # JSON keeps the path as it is (JSON escapes it)

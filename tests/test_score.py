@@ -112,3 +112,46 @@ def test_any_records_match_the_reference(records: list[str], end: bool, max_rows
         nats, chars, unknown = reference(scorer, record, end)
         assert (s.chars, s.unknown) == (chars, unknown)
         assert s.nats == pytest.approx(nats, rel=1e-5, abs=1e-5)
+
+
+def test_compare_charges_what_a_model_cannot_read() -> None:
+    """The issue's case: a model that reads 1 of 17 characters scores it well, and must not win."""
+    from charrnn.score import UNKNOWN_NATS, RecordScore, compare
+
+    reads_all = RecordScore(nats=17 * 2.0, chars=17, unknown=0)
+    reads_one = RecordScore(nats=0.5, chars=1, unknown=16)
+    assert reads_one.nats_per_char < reads_all.nats_per_char  # what ranked it first before
+    costs, best = compare([reads_one, reads_all])
+    assert best == 1
+    assert costs == [pytest.approx((0.5 + 16 * UNKNOWN_NATS) / 17), pytest.approx(2.0)]
+    assert UNKNOWN_NATS == pytest.approx(13.9236, abs=1e-4)
+    assert compare([RecordScore(0.0, 0, 0), RecordScore(0.0, 0, 0)]) == ([None, None], None)
+    only_unknown = RecordScore(0.0, 0, 3)
+    assert compare([only_unknown, reads_all])[1] == 1 and only_unknown.cost == pytest.approx(UNKNOWN_NATS)
+
+
+def test_one_long_record_costs_a_window_not_int64_copies() -> None:
+    """Scoring one long record holds one window of inputs and targets, not int64 copies of the whole
+    record (inputs, targets, the record with its boundaries: 8 bytes per character each). numpy's
+    allocations are traced by tracemalloc; the ids themselves (1 byte per character here) exist before."""
+    import tracemalloc
+
+    from charrnn.score import score_rows
+
+    vocab = Vocab.build(TEXT)
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=vocab.size, cell="gru", hidden=8, layers=1, embed_dim=4)).eval()
+    scorer = Scorer(model, vocab, "\n")
+    record = (TEXT.replace("\n", " ") * 500)[:20_000]
+    ids = vocab.encode(record)
+    assert ids.dtype == np.uint8
+    tracemalloc.start()
+    try:
+        (s,) = score_rows(model, [ids], scorer.boundary_ids(), unk_id=vocab.unk_id)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert s.chars == len(record) + 1
+    assert peak < 256 * 1024, peak  # before: 0.65 MB (33 bytes per character)
+    short = score_texts(scorer, [record[:3000]], num_steps=64)[0]
+    assert short.nats == pytest.approx(reference(scorer, record[:3000])[0], rel=1e-5)

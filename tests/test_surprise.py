@@ -7,6 +7,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -125,4 +126,75 @@ def test_terminal_view_colours_backgrounds_and_has_a_legend(model_vocab) -> None
     plain = io.StringIO()
     surprise_view(s, plain, color=False, width=80)
     assert "\x1b[" not in plain.getvalue()
-    assert plain.getvalue().splitlines()[1:] == ["abc↵", "ab"]
+    lines = plain.getvalue().splitlines()
+    assert lines[1:3] == ["abc↵", "ab"] and lines[3].startswith("mean ") and len(lines) == 4
+
+
+# --- memory bounded by the model: blocks; characters that act instead of being seen ------------------
+
+from charrnn.surprise import score_blocks  # noqa: E402
+
+
+def test_blocks_are_the_whole_score_in_pieces(model_vocab) -> None:
+    model, vocab = model_vocab
+    text = "abc cab\nZab\u00e9c ba\n" * 3
+    whole = score(model, vocab, text, num_steps=4)
+    blocks = list(score_blocks(model, vocab, text, num_steps=4, block=5))
+    assert [len(b.text) for b in blocks] == [5] * 10 + [len(text) - 50]
+    assert "".join(b.text for b in blocks) == text
+    bits = np.concatenate([b.bits for b in blocks])
+    np.testing.assert_allclose(bits, whole.bits, rtol=1e-5, equal_nan=True)  # windows cut elsewhere: float32
+    np.testing.assert_array_equal(np.concatenate([b.top_ids for b in blocks]), whole.top_ids)
+    assert blocks[1].char_bits(0) is not None  # a later block's first character is scored
+    assert [r["char"] for b in blocks for r in b.records()] == list(text)
+    assert model.training == model_vocab[0].training
+
+
+def test_terminal_view_draws_each_block_before_the_next_is_scored(model_vocab) -> None:
+    model, vocab = model_vocab
+    text = "abc\n" * 30
+    out = io.StringIO()
+    drawn = []
+
+    def watched():
+        for block in score_blocks(model, vocab, text, block=8):
+            drawn.append(out.getvalue().count("↵"))
+            yield block
+
+    surprise_view(watched(), out, color=False, width=80)
+    assert drawn == [2 * i for i in range(15)]  # block i is made when blocks 0..i-1 are on the page
+    lines = out.getvalue().splitlines()
+    assert lines[1:-1] == ["abc↵"] * 30 and lines[-1].startswith("mean ")
+    assert lines[-1].endswith(f"over {len(text) - 1} scored characters")
+
+
+ACTING_CHARS = ["\x85", "\x9b", "\u2028", "\u2029", "\u202e", "\u202a", "\u2066", "\u200f", "\u061c"]
+
+
+@pytest.mark.parametrize("c", ACTING_CHARS)
+def test_characters_that_act_are_shown_as_marks(c: str) -> None:
+    mark = visible(c)
+    assert mark == f"\u27e6U+{ord(c):04X}\u27e7" and c not in mark
+    assert visible("\u00e9") == "\u00e9" and visible("\u200d") == "\u200d"  # letters and joiners stay
+
+
+def test_views_never_write_acting_characters_raw(model_vocab) -> None:
+    model, vocab = model_vocab
+    text = "ab\u202ecba\x85a\x9b31m\u2028b\u2029c\n"
+    s = score(model, vocab, text)
+    page = html_page(s, title="t\u202eitle")
+    out = io.StringIO()
+    surprise_view(s, out, color=True, width=80)
+    for view in (page, out.getvalue()):
+        assert not any(c in view for c in ACTING_CHARS)
+        assert "\u27e6U+202E\u27e7" in view and "\u27e6U+009B\u27e7" in view
+    assert "t\u27e6U+202E\u27e7itle" in page
+
+
+def test_blocks_refuse_unknown_characters_before_the_first_block() -> None:
+    from charrnn.errors import UnknownCharacterError
+
+    vocab = Vocab.build("abc", unk=False)  # a vocabulary without <unk> cannot feed what it does not know
+    model = CharRNN(ModelConfig(vocab_size=vocab.size, hidden=8, layers=1))
+    with pytest.raises(UnknownCharacterError, match="'z'"):
+        score_blocks(model, vocab, "abc" * 10 + "z", block=4)  # raised by the call, not by a later block

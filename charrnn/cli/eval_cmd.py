@@ -90,7 +90,8 @@ DEFAULT_SHOW_CHARS = 10_000
 @click.option("--json", "as_json", is_flag=True,
               help="JSON Lines on stdout instead, one object per character: char, bits, top.")
 @click.option("--max-chars", default=DEFAULT_SHOW_CHARS, show_default=True,
-              help="Show at most this many characters from the start of the text (said on stderr when it cuts).")
+              help="Show at most this many characters from the start of the text (said on stderr when it cuts); "
+                   "at most 100,000 with --html.")
 @click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
               help="Colours in the terminal view: auto uses them when stdout is a terminal (always: for less -R).")
 @device_option
@@ -113,22 +114,52 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
 
     from charrnn import console as con
     from charrnn.checkpoint import load_model
-    from charrnn.corpora import source_parts
     from charrnn.model import resolve_device
     from charrnn.outputs import check_output, write_atomic
-    from charrnn.surprise import html_page, score
+    from charrnn.surprise import HTML_MAX_CHARS, html_pieces, score, score_blocks
 
     if max_chars < 1:
         raise UsageError(f"--max-chars must be >= 1, got {max_chars}")
     if html_path is not None and as_json:
         raise UsageError("give --html or --json, not both")
+    if html_path is not None and max_chars > HTML_MAX_CHARS:
+        raise UsageError(f"an --html page holds at most {HTML_MAX_CHARS:,} characters (about 200 bytes of HTML "
+                         f"each), got --max-chars {max_chars:,}: the terminal view and --json have no such limit")
     if html_path is not None:
         check_output(html_path, [(text, "the text to show"), (model_path, "the model (-m)")], what="HTML page")
     model, vocab, _ = load_model(model_path, resolve_device(device))
     console = con.make_console()
+    body = _head(text, encoding, max_chars, console)
+    if html_path is not None:
+        # The page is held whole for the atomic write, in bytes as its pieces come (HTML_MAX_CHARS bounds it).
+        page = bytearray()
+        title = f"charrnn surprise: {Path(model_path).name} on {text}"
+        for piece in html_pieces(score(model, vocab, body), title=title):
+            page += piece.encode("utf-8")
+        write_atomic(html_path, page)
+        con.info(console, f"wrote {html_path} ({len(body):,} characters)")
+        return
+    blocks = score_blocks(model, vocab, body)  # scored and written a block at a time: bounded memory
+    if as_json:
+        for block in blocks:
+            for record in block.records():
+                click.echo(json_line(record))
+    else:
+        use_color = {"always": True, "never": False}.get(color)
+        if use_color is None and not sys.stdout.isatty():
+            con.info(console, "stdout is not a terminal: no colours (use --color always, --html or --json)")
+            use_color = False
+        con.surprise_view(blocks, sys.stdout, color=use_color)
+
+
+def _head(text: str, encoding: str, max_chars: int, console: Any) -> str:
+    """The first `max_chars` characters of TEXT, read no further than needed (said when it cuts)."""
+    from charrnn import console as con
+    from charrnn.corpora import source_parts
+
     chunks, size = [], 0
     for part in source_parts(text, common.stdin(), callbacks=con.DownloadConsole(console)):
-        for chunk in part.texts(encoding):  # read no further than needed
+        for chunk in part.texts(encoding):
             chunks.append(chunk)
             size += len(chunk)
             if size > max_chars:
@@ -139,20 +170,9 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
     if len(body) > max_chars:
         body = body[:max_chars]
         con.info(console, f"showing the first {max_chars:,} characters of the text (--max-chars)")
-    surprise = score(model, vocab, body)
-    if as_json:
-        for record in surprise.records():
-            click.echo(json_line(record))
-    elif html_path is not None:
-        page = html_page(surprise, title=f"charrnn surprise: {Path(model_path).name} on {text}")
-        write_atomic(html_path, page.encode("utf-8"))
-        con.info(console, f"wrote {html_path} ({len(body):,} characters)")
-    else:
-        use_color = {"always": True, "never": False}.get(color)
-        if use_color is None and not sys.stdout.isatty():
-            con.info(console, "stdout is not a terminal: no colours (use --color always, --html or --json)")
-            use_color = False
-        con.surprise_view(surprise, sys.stdout, color=use_color)
+    return body
+
+
 @eval_group.command()
 @click.option("-m", "--model", "model_paths", required=True, multiple=True, type=click.Path(dir_okay=False),
               help="Checkpoint written by `charrnn train`; repeat for several models (one score each, and the best).")
@@ -173,12 +193,16 @@ def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str
     \b
     Text output, tab-separated, numbers first (`sort -n`, `awk`, `cut`), the record last:
       one model:    nats/char  bits/char  nats  chars  unknown  record
-      several:      nats/char of each model (in -m order)  best model  record
-    Records are written with \\n, \\t, \\r, \\0 and \\\\ escaped so that each stays on one line; a
-    record with nothing scored shows nan (and `-` as best). --json gives JSON Lines with the keys
-    text, chars, unknown, nats, nats_per_char, bits_per_char (null when nothing was scored), and
-    with several models also scores (path -> nats/char) and best (the numbers are then the best
-    model's).
+      several:      cost of each model (in -m order)  best model  record
+    Records (and model paths) are written with \\n, \\t, \\r, \\0 and \\\\ escaped so that each
+    stays on one line; a record with nothing scored shows nan (and `-` as best). One model skips
+    the characters it cannot read (counted as unknown). Several models are compared on the same
+    characters: a model's cost is nats per character of the record, each character it cannot read
+    charged ln(1114112) = 13.92 nats (a guess among all Unicode characters); best is the lowest
+    cost. A warning on stderr names a model that cannot read more than 5% of a record. --json
+    gives JSON Lines with the keys text, chars, unknown, nats, nats_per_char, bits_per_char (null
+    when nothing was scored), and with several models also scores (path -> cost) and best (the
+    other numbers are then the best model's own).
     """
     import sys
 
@@ -186,11 +210,13 @@ def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str
     from charrnn.checkpoint import load_model, record_delimiter
     from charrnn.corpora import iter_decoded
     from charrnn.model import resolve_device
-    from charrnn.records import byte_chunks, escape, split_records, unescape
+    from charrnn.records import byte_chunks, split_records, unescape
     from charrnn.score import Scorer, score_stream
 
+    paths = list(model_paths)
+    _refuse_repeated_models(paths)
     dev = resolve_device(device)
-    loaded = [load_model(path, dev) for path in model_paths]
+    loaded = [load_model(path, dev) for path in paths]
     trained = {record_delimiter(ckpt) for _, _, ckpt in loaded} - {None}
     if delimiter is not None:
         split_on = unescape(delimiter)
@@ -200,6 +226,43 @@ def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str
         split_on = next(iter(trained), "\n")
     # A records model reads the delimiter it was trained on (its record-start state); others read ours.
     scorers = [Scorer(model, vocab, record_delimiter(ckpt) or split_on) for model, vocab, ckpt in loaded]
+    stream, name = _open_records(text)
+    found = []
+    texts = iter_decoded(byte_chunks(stream, name), encoding, name, allow_nul="\0" in split_on)
+    records = split_records(texts, split_on, on_end=found.append)
+    out = sys.stdout
+    writer = _ScoreWriter(out, paths, as_json, con.make_console())
+    if header and not as_json:
+        writer.header()
+    for window in score_stream(scorers, records, end=not no_end):
+        writer.write(window)
+        out.flush()  # a window is what one read brought: answer a slow stream as it comes
+    writer.finish()
+    if found and found[0] == 0 and writer.count == 1:
+        con.info(writer.console, f"note: the delimiter {_shown(split_on)} never occurs in the input: "
+                                 "it was scored as one record")
+
+
+def _shown(s: str) -> str:
+    from charrnn.records import escape
+
+    return f"'{escape(s)}'"
+
+
+def _refuse_repeated_models(paths: list[str]) -> None:
+    """Each model once: the same file twice (by identity, however spelled) would score every record
+    twice and, in JSON, collapse to one key."""
+    from charrnn.outputs import same_file
+
+    for j, b in enumerate(paths):
+        for a in paths[:j]:
+            if a == b or same_file(a, b):
+                same = "" if a == b else f" ({_shown(a)} and {_shown(b)} are the same file)"
+                raise UsageError(f"-m {_shown(b)} is given twice{same}: give each model once")
+
+
+def _open_records(text: str) -> tuple[Any, str]:
+    """The binary stream of TEXT (a file, or `-` for stdin) and its name for messages."""
     if text == "-":
         stream = common.stdin()
         if stream is None:  # `<&-`: Python starts with sys.stdin = None
@@ -210,57 +273,84 @@ def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str
             raise UsageError(f"cannot read standard input: {getattr(e, 'strerror', None) or e}") from None
         if terminal:
             raise UsageError("standard input is a terminal: pipe records in or give a file")
-        name = "standard input"
-    else:
-        try:
-            stream = open(text, "rb")  # noqa: SIM115 (closed at exit; streamed until then)
-        except FileNotFoundError:
-            raise UsageError(f"{text!r} does not exist") from None
-        except IsADirectoryError:
-            raise UsageError(f"{text!r} is a directory, not a text file") from None
-        except OSError as e:
-            raise UsageError(f"cannot read {text!r}: {e.strerror or e}") from None
-        name = repr(text)
-    found = []
-    texts = iter_decoded(byte_chunks(stream, name), encoding, name, allow_nul="\0" in split_on)
-    records = split_records(texts, split_on, on_end=found.append)
-    paths = list(model_paths)
-    out = sys.stdout
-    if header and not as_json:
-        columns = ["nats_per_char", "bits_per_char", "nats", "chars", "unknown"] if len(paths) == 1 else \
-            [*paths, "best"]
-        out.write("\t".join([*columns, "text"]) + "\n")
-    count = 0
-    for window in score_stream(scorers, records, end=not no_end):
-        count += len(window)
-        _write_scores(out, window, paths, as_json)
-        out.flush()  # a window is what one read brought: answer a slow stream as it comes
-    if found and found[0] == 0 and count == 1:
-        con.info(con.make_console(), f"note: the delimiter '{escape(split_on)}' never occurs in the input: "
-                                     "it was scored as one record")
+        return stream, "standard input"
+    try:
+        return open(text, "rb"), repr(text)  # noqa: SIM115 (closed at exit; streamed until then)
+    except FileNotFoundError:
+        raise UsageError(f"{text!r} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"{text!r} is a directory, not a text file") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {text!r}: {e.strerror or e}") from None
 
 
-def _write_scores(out: Any, window: list, paths: list[str], as_json: bool) -> None:
-    """The output lines of one window of (record, scores) pairs (see `score`'s help for the format)."""
-    from charrnn.records import escape
+class _ScoreWriter:
+    """The output lines of `eval score` (see its help for the format), and its warnings on stderr:
+    the first record of which a model cannot read more than UNKNOWN_WARN_SHARE, then a count at the
+    end, so that a long input gets a few lines of stderr, not one per record."""
 
-    for record, scores in window:
-        values = [s.nats_per_char for s in scores]
-        ranked = [(v, i) for i, v in enumerate(values) if v is not None]
-        best = min(ranked)[1] if ranked else None
-        if as_json:
-            obj = {"text": record, **scores[best if best is not None else 0].to_dict()}
-            if len(paths) > 1:
-                obj["scores"] = dict(zip(paths, values, strict=True))
-                obj["best"] = paths[best] if best is not None else None
-            out.write(json_line(obj) + "\n")
-        elif len(paths) == 1:
-            s = scores[0]
-            out.write(f"{_f(s.nats_per_char)}\t{_f(s.bits_per_char)}\t{s.nats if s.chars else math.nan:.4f}\t"
-                      f"{s.chars}\t{s.unknown}\t{escape(record)}\n")
-        else:
-            out.write("\t".join([*(_f(v) for v in values), paths[best] if best is not None else "-",
-                                 escape(record)]) + "\n")
+    def __init__(self, out: Any, paths: list[str], as_json: bool, console: Any) -> None:
+        from charrnn.records import escape
+
+        self.out, self.paths, self.as_json, self.console = out, paths, as_json, console
+        self.shown = [escape(p) for p in paths]  # a path with a tab or newline stays in its column
+        self.count = 0
+        self.unreadable = [0] * len(paths)
+
+    def header(self) -> None:
+        columns = ["nats_per_char", "bits_per_char", "nats", "chars", "unknown"] if len(self.paths) == 1 else \
+            [*self.shown, "best"]
+        self.out.write("\t".join([*columns, "text"]) + "\n")
+
+    def write(self, window: list) -> None:
+        from charrnn.records import escape
+        from charrnn.score import compare
+
+        out, several = self.out, len(self.paths) > 1
+        for record, scores in window:
+            self.count += 1
+            self._check(scores)
+            costs, best = compare(scores) if several else ([scores[0].nats_per_char], 0)
+            if self.as_json:
+                obj = {"text": record, **scores[best if best is not None else 0].to_dict()}
+                if several:
+                    obj["scores"] = dict(zip(self.paths, costs, strict=True))
+                    obj["best"] = self.paths[best] if best is not None else None
+                out.write(json_line(obj))
+            elif not several:
+                s = scores[0]
+                out.write(f"{_f(s.nats_per_char)}\t{_f(s.bits_per_char)}\t{s.nats if s.chars else math.nan:.4f}\t"
+                          f"{s.chars}\t{s.unknown}\t")
+                out.write(escape(record))
+            else:
+                out.write("\t".join([*(_f(v) for v in costs), self.shown[best] if best is not None else "-", ""]))
+                out.write(escape(record))
+            out.write("\n")  # apart: a record may be megabytes, not copied once more to add a newline
+
+    def _check(self, scores: list) -> None:
+        from charrnn import console as con
+        from charrnn.evaluate import UNKNOWN_WARN_SHARE
+        from charrnn.score import UNKNOWN_NATS
+
+        for k, s in enumerate(scores):
+            if s.unknown_share <= UNKNOWN_WARN_SHARE:
+                continue
+            self.unreadable[k] += 1
+            if self.unreadable[k] == 1:
+                what = (f"charged {UNKNOWN_NATS:.2f} nats each in the comparison" if len(scores) > 1
+                        else "not scored: the score describes the rest")
+                con.info(self.console, f"warning: {self.shown[k]} cannot read {s.unknown:,} of "
+                                       f"{s.chars + s.unknown:,} characters ({s.unknown_share:.0%}) of record "
+                                       f"{self.count:,} ({what})")
+
+    def finish(self) -> None:
+        from charrnn import console as con
+        from charrnn.evaluate import UNKNOWN_WARN_SHARE
+
+        for k, n in enumerate(self.unreadable):
+            if n > 1:
+                con.info(self.console, f"warning: {self.shown[k]} cannot read more than {UNKNOWN_WARN_SHARE:.0%} "
+                                       f"of {n:,} of the {self.count:,} records")
 
 
 def _f(x: float | None) -> str:

@@ -53,7 +53,8 @@ from charrnn.errors import UsageError
                    "--partition records).")
 @click.option("--beam", type=int, default=None,
               help="Beam search of this width for the likeliest continuations (deterministic; ranked by "
-                   "log-probability per character).")
+                   "log-probability per character; --temperature other than 1, --top-k, --top-p below 1 and "
+                   "--greedy do not apply; with --novel, training records are skipped).")
 @device_option
 @json_option
 @click.pass_context
@@ -101,11 +102,12 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
     if novel and not stops:
         raise UsageError("--novel needs --stop (or a model trained with --partition records)")
     if stops or beam is not None:
+        if length < 1 and beam is None and not stop:  # the stop string is the model's delimiter, not an option
+            raise UsageError(f"--length must be >= 1 for a model trained with --partition records (it generates "
+                             f"records, each at most -n characters), got {length}")
         _generate_records(model, vocab, ckpt, text, prefix_ids, stops, length=length, min_length=min_length,
-                         sampling=sampling, seed=seed, num_samples=num_samples, echo=not no_echo, novel=novel,
-                         beam=beam, as_json=as_json, sampling_given=any(
-                             ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)
-                             for n in ("temperature", "top_k", "top_p", "greedy")))
+                          sampling=sampling, seed=seed, num_samples=num_samples, echo=not no_echo, novel=novel,
+                          beam=beam, as_json=as_json)
         return
     if seed is None:
         seed = secrets.randbelow(2**31)
@@ -133,7 +135,7 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
 
 def _generate_records(model: Any, vocab: Any, ckpt: dict, text: str, prefix_ids: Any, stops: tuple[str, ...], *,
                       length: int, min_length: int, sampling: Any, seed: int | None, num_samples: int, echo: bool,
-                      novel: bool, beam: int | None, as_json: bool, sampling_given: bool) -> None:
+                      novel: bool, beam: int | None, as_json: bool) -> None:
     """Records: samples that end at a stop string, one per line as each ends; or beam search.
 
     A sample begins from the record-start state: after the model's delimiter for a records model,
@@ -150,21 +152,12 @@ def _generate_records(model: Any, vocab: Any, ckpt: dict, text: str, prefix_ids:
     start = record_delimiter(ckpt)
     if start is None and not text and stops and all(c in vocab.chars for c in stops[0]):
         start = stops[0]
-    context = np.concatenate([vocab.encode(start).astype(np.int64), prefix_ids]) if start else prefix_ids
+    # Both in the vocabulary's dtype (1 to 4 bytes per character): the prefix may be megabytes long.
+    context = np.concatenate([vocab.encode(start), prefix_ids]) if start else prefix_ids
     shown = text if echo else ""
     stop_rule = Stops(stops, max_length=length, min_length=min_length) if stops else None
-    if beam is not None:
-        if sampling_given:
-            raise UsageError("--beam is deterministic: --temperature, --top-k, --top-p and --greedy do not apply")
-        results = beam_search(model, vocab, context, beam, length, stop_rule, num_results=num_samples)
-        if as_json:
-            json_out({"beam": beam, "results": [{**r.to_dict(), "text": shown + r.text} for r in results]})
-        else:
-            for r in results:
-                click.echo(shown + r.text)
-        return
-    assert stop_rule is not None
     accept = None
+    dropped: list[str] = []
     if novel:
         hashes = ckpt.get("record_hashes")
         if hashes is None:
@@ -178,10 +171,27 @@ def _generate_records(model: Any, vocab: Any, ckpt: dict, text: str, prefix_ids:
         def accept(sample: str) -> bool:
             return not contains(known, text + sample)
 
+    if beam is not None:
+        # Beam search does not sample: refuse only what would change sampling (--temperature 1 and
+        # --top-p 1 are the model's own distribution, as the defaults are).
+        if not sampling.plain:
+            raise UsageError("--beam is deterministic: --temperature (other than 1), --top-k, --top-p (below 1) "
+                             "and --greedy do not apply")
+        results = beam_search(model, vocab, context, beam, length, stop_rule, num_results=num_samples,
+                              accept=accept, on_rejected=dropped.append)
+        if as_json:
+            json_out({"beam": beam, "results": [{**r.to_dict(), "text": shown + r.text} for r in results],
+                      **({"dropped": len(dropped)} if novel else {})})
+        else:
+            for r in results:
+                click.echo(shown + r.text)
+        if novel:
+            con.info(console, f"dropped {len(dropped)} continuation(s) that copied a training record")
+        return
+    assert stop_rule is not None
     if seed is None:
         seed = secrets.randbelow(2**31)
         con.info(console, f"seed {seed}")
-    dropped = []
     samples = generate_samples(model, vocab, context, stop_rule, sampling, seed=seed, num_samples=num_samples,
                                accept=accept, on_rejected=dropped.append)
     if as_json:
