@@ -22,12 +22,13 @@ class DataError(CharrnnError):
 class UnknownCharacterError(DataError):
     """Text contains characters the vocabulary does not know, under `--unk error`."""
 
-    def __init__(self, chars: list[str], where: str) -> None:
+    def __init__(self, chars: list[str], where: str, can_map: bool = True) -> None:
         shown = ", ".join(repr(c) for c in chars[:10])
         more = f" and {len(chars) - 10} more" if len(chars) > 10 else ""
+        # --unk map helps only a vocabulary that has <unk> to map them to.
+        hint = "use --unk map to map them to <unk>" if can_map else "the model has no <unk> to read them as"
         super().__init__(
-            f"{where} contains {len(chars)} character(s) not in the model's vocabulary: "
-            f"{shown}{more} (use --unk map to map them to <unk>)"
+            f"{where} contains {len(chars)} character(s) not in the model's vocabulary: {shown}{more} ({hint})"
         )
         self.chars = chars
 

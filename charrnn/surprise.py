@@ -101,7 +101,7 @@ def score_blocks(model: CharRNN, vocab: Vocab, text: str, top: int = TOP, num_st
     if not text:
         raise DataError("the text is empty: nothing to show")
     if vocab.unk_id is None and (unknown := vocab.unknown_chars(text)):
-        raise UnknownCharacterError(unknown, "the text")  # up front, not after some blocks are out
+        raise UnknownCharacterError(unknown, "the text", can_map=False)  # up front, not after some blocks are out
     return _blocks(model, vocab, text, min(top, vocab.size), num_steps, block or BLOCK)
 
 

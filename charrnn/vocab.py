@@ -131,7 +131,7 @@ class Vocab:
             missing = ids < 0
             if missing.any():
                 if unk == "error" or self.unk_id is None:
-                    raise UnknownCharacterError(self.unknown_chars(text), where)
+                    raise UnknownCharacterError(self.unknown_chars(text), where, can_map=self.unk_id is not None)
                 ids[missing] = self.unk_id
             out[i : i + len(ids)] = ids
         return out

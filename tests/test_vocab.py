@@ -189,3 +189,12 @@ def test_id_map_needs_a_superset() -> None:
 
     with pytest.raises(ValueError):
         Vocab.build("abc").id_map(Vocab.build("ab"))
+
+
+def test_unknown_character_hint_fits_the_vocabulary() -> None:
+    # --unk map is suggested only where there is an <unk> to map to (eval show has no --unk at all).
+    with pytest.raises(UnknownCharacterError, match="use --unk map"):
+        Vocab.build("abc").encode("abz", unk="error")
+    with pytest.raises(UnknownCharacterError, match="the model has no <unk> to read them as") as e:
+        Vocab.build("abc", unk=False).encode("abz", unk="map")
+    assert "--unk" not in str(e.value)
