@@ -4,7 +4,7 @@
 
 The default model of `charrnn train` (1x384 LSTM, embedding 64) with the vocabulary of The Time
 Machine (random weights: the speed does not depend on them), on the first 100,000 characters of
-/work/shared/corpora/timemachine.txt (or ../shared/corpora; random ids when absent), with the
+../shared/corpora/timemachine.txt beside the checkout (random ids when absent), with the
 default lengths 1 2 5 10 20 50 100 200 500 1000. Prints the seconds of the full-context pass and
 of each length, the total (wall and CPU time: on a shared machine the wall time is an upper bound)
 and the arithmetic done (targets x sum(lengths) recurrent steps, each about 2 x gates x hidden x
@@ -14,7 +14,6 @@ and the arithmetic done (targets x sum(lengths) recurrent steps, each about 2 x 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,21 +24,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from measure import cpu_name  # noqa: E402
+
 from charrnn.context import DEFAULT_LENGTHS, context_curve  # noqa: E402
 from charrnn.model import CharRNN, ModelConfig, resolve_device  # noqa: E402
 from charrnn.vocab import Vocab  # noqa: E402
 
-CORPORA = [Path("/work/shared/corpora"), ROOT.parent / "shared" / "corpora"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+CORPORA = [ROOT.parent / "shared" / "corpora"]
 
 
 def text_ids(chars: int) -> tuple[np.ndarray, int]:

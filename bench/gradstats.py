@@ -11,12 +11,12 @@ clip_grad_norm_ for free). This times each beside a whole optimizer step of the 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from measure import cpu_name
 
 from charrnn.gradstats import GradStats, total_norm
 from charrnn.model import CharRNN, ModelConfig
@@ -56,9 +56,7 @@ def main() -> None:
     norm = torch.tensor(1.3)
     add_s = median_seconds(lambda: stats.add(norm, 1.0), 2000)
     norm_s = median_seconds(lambda: total_norm(model.parameters()), 200)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    print(f"machine: {cpu}, torch {torch.__version__}, 1 thread")
+    print(f"machine: {cpu_name()}, torch {torch.__version__}, 1 thread")
     print(f"optimizer step (1x384 LSTM, 32 x 64):   {step_s * 1e3:8.2f} ms")
     print(f"GradStats.add per step:                 {add_s * 1e6:8.1f} us  ({add_s / step_s:.3%} of a step)")
     print(f"total_norm per step (runs without clip): {norm_s * 1e6:8.1f} us  ({norm_s / step_s:.3%} of a step)")

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 from pathlib import Path
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), for the tables' machine lines."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 # Runs argv[2:] and writes "<its peak RSS> <its wall seconds>" to argv[1]. A child's ru_maxrss starts from the
 # RSS of the process it was forked from (Linux carries it across exec), so the benchmark, hundreds of MB

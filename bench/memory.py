@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 if str(BENCH) not in sys.path:
     sys.path.insert(1, str(BENCH))
 
-from measure import run_measured  # noqa: E402
+from measure import cpu_name, run_measured  # noqa: E402
 
 TARGET = 1.5
 BIG_VOCAB = 70_372
@@ -75,16 +75,6 @@ def big_alphabet(n: int) -> str:
 def mb(path: Path) -> str:
     n = path.stat().st_size
     return f"{n / 1e6:g} MB" if n >= 1e6 else f"{n / 1e3:g} KB"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def prepare(tmp: Path, shakespeare: str, scale: float, big: bool = True) -> dict[str, Path]:

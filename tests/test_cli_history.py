@@ -229,7 +229,7 @@ def test_eval_show_html_escapes_script(tmp_path: Path, base: Path) -> None:
 
 def test_eval_show_max_chars(base: Path) -> None:
     r = run("eval", "show", "-m", str(base), "--json", "--max-chars", "5", "-", input="the fire is warm\n")
-    assert len(r.stdout.splitlines()) == 5 and "showing the first 5 characters" in r.stderr
+    assert len(r.stdout.splitlines()) == 5 and "using the first 5 characters" in r.stderr
     r = run("eval", "show", "-m", str(base), "--json", "--max-chars", "50", "-", input="the fire\n")
     assert len(r.stdout.splitlines()) == 9 and "showing" not in r.stderr
 

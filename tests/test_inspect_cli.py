@@ -107,7 +107,7 @@ def test_cells_units_as_stacked_rows(home: Path) -> None:
 def test_cells_reads_stdin_and_cuts_at_max_chars(home: Path) -> None:
     r = run("inspect", "cells", "-m", home / "rnn.pt", "-", "--max-chars", "40", input=CODE * 3)
     assert r.exit_code == 0, r.stderr
-    assert "over 40 characters" in r.stdout and "reading the first 40 characters" in r.stderr
+    assert "over 40 characters" in r.stdout and "using the first 40 characters" in r.stderr
     assert "only 40 characters: correlations over so few say little" in r.stderr
 
 

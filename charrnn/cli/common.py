@@ -264,7 +264,7 @@ def read_head(text: str, encoding: str, max_chars: int, console: Any) -> tuple[s
     body = "".join(chunks)
     if len(body) > max_chars:
         body = body[:max_chars]
-        con.info(console, f"reading the first {max_chars:,} characters of the text (--max-chars)")
+        con.info(console, f"using the first {max_chars:,} characters of the text (--max-chars)")
     return body, parts[0].name if len(parts) == 1 else text
 
 

@@ -129,7 +129,7 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
         check_output(html_path, [(text, "the text to show"), (model_path, "the model (-m)")], what="HTML page")
     model, vocab, _ = load_model(model_path, resolve_device(device))
     console = con.make_console()
-    body = _head(text, encoding, max_chars, console)
+    body, _ = common.read_head(text, encoding, max_chars, console)
     if html_path is not None:
         # The page is held whole for the atomic write, in bytes as its pieces come (HTML_MAX_CHARS bounds it).
         page = bytearray()
@@ -150,27 +150,6 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
             con.info(console, "stdout is not a terminal: no colours (use --color always, --html or --json)")
             use_color = False
         con.surprise_view(blocks, sys.stdout, color=use_color)
-
-
-def _head(text: str, encoding: str, max_chars: int, console: Any) -> str:
-    """The first `max_chars` characters of TEXT, read no further than needed (said when it cuts)."""
-    from charrnn import console as con
-    from charrnn.corpora import source_parts
-
-    chunks, size = [], 0
-    for part in source_parts(text, common.stdin(), callbacks=con.DownloadConsole(console)):
-        for chunk in part.texts(encoding):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > max_chars:
-                break
-        if size > max_chars:
-            break
-    body = "".join(chunks)
-    if len(body) > max_chars:
-        body = body[:max_chars]
-        con.info(console, f"showing the first {max_chars:,} characters of the text (--max-chars)")
-    return body
 
 
 @eval_group.command()
