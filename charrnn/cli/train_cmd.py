@@ -194,7 +194,7 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     from charrnn import distributed as dd
     from charrnn.cache import encode_corpus
     from charrnn.corpora import catalog_entry, expand_sources, training_parts
-    from charrnn.model import ModelConfig, resolve_device, resolve_precision
+    from charrnn.model import ModelConfig, resolve_device
     from charrnn.outputs import check_output, run_files
     from charrnn.runconfig import PRESETS, TrainConfig
     from charrnn.train import train as run_training
@@ -322,20 +322,26 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     # Standard input's bytes live in its part: let them go before training (the ids are all it needs).
     train_parts = valid_parts = None
     if opts["precision"] == "auto":
-        opts["precision"] = resolve_precision("auto", dev)
-        con.info(console, f"precision auto: {opts['precision']} ("
-                 + ("native bfloat16 on this device)" if opts["precision"] == "bf16" else
-                    f"no native bfloat16 on this {dev.type.upper() if dev.type != 'cpu' else 'CPU'})"))
+        opts["precision"] = _auto_precision(dev, console)
     config = TrainConfig(val_fraction=val_fraction, val_max_chars=val_max_chars,
                          **{n: opts[n] for n in train_names})
+    _run(group, dev, console, notices, as_json, lambda callbacks: run_training(
+        train_ids, val_ids, vocab, model_config, config, out, device=dev, callbacks=callbacks, resume=ckpt,
+        init_from=base, init_from_path=init_from, group=group))
+
+
+def _run(group: Group, dev: Any, console: Any, notices: Any, as_json: bool, training: Any) -> None:
+    """Run `training(callbacks)` with progress on `console`, stopping cleanly on SIGINT/SIGTERM, and
+    print the summary (rank 0): the summary of what was done before an interruption's error line."""
+    from charrnn import console as con
+    from charrnn import distributed as dd
+
     callbacks = con.TrainConsole(console, notices)
     try:
         # Signals are caught once the processes have met: before that, torchrun's SIGTERM (a process
         # failed to start) must end this one at once rather than wait on the missing process.
         with dd.session(group, dev), stop_on_signals(callbacks, repeat_exits=not group.active, say=group.is_main):
-            result = run_training(train_ids, val_ids, vocab, model_config, config, out, device=dev,
-                                  callbacks=callbacks, resume=ckpt, init_from=base, init_from_path=init_from,
-                                  group=group)
+            result = training(callbacks)
     except Interrupted as e:
         callbacks.close()
         if e.result is not None and group.is_main:  # the summary of what was done, then the error line and exit code
@@ -349,6 +355,18 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
         con.info(notices, f"nothing to do: the stopping rule is already reached at step {result.steps} "
                           f"({result.seconds:.1f} s trained); raise --max-steps, --epochs or --time-budget to go on")
     _summary(result, as_json)
+
+
+def _auto_precision(dev: Any, console: Any) -> str:
+    """What --precision auto picks on `dev`, said on stderr with why."""
+    from charrnn import console as con
+    from charrnn.model import resolve_precision
+
+    precision = resolve_precision("auto", dev)
+    con.info(console, f"precision auto: {precision} ("
+             + ("native bfloat16 on this device)" if precision == "bf16" else
+                f"no native bfloat16 on this {dev.type.upper() if dev.type != 'cpu' else 'CPU'})"))
+    return precision
 
 
 def _split(ids: Any, vocab: Any, opts: dict[str, Any], val_fraction: float, val_max_chars: int | None,
