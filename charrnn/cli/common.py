@@ -289,3 +289,15 @@ def check_picture(output: str | None, model_paths: tuple[str, ...] | list[str], 
             endings = ".png, .svg or .html" if html else ".png or .svg"
             raise UsageError(f"cannot tell what to write to {output!r}: use a name ending in {endings}") from None
     return kind
+
+
+def use_colour(color: str, console: Any, page: str) -> bool | None:
+    """--color always/never, or None (auto: the console decides) on a terminal; on a pipe auto means no
+    colours, said on stderr with the alternatives (`page`: the option that writes a coloured page)."""
+    chosen = {"always": True, "never": False}.get(color)
+    if chosen is None and not sys.stdout.isatty():
+        from charrnn import console as con
+
+        con.info(console, f"stdout is not a terminal: no colours (use --color always, {page} or --json)")
+        chosen = False
+    return chosen

@@ -145,11 +145,7 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
             for record in block.records():
                 click.echo(json_line(record))
     else:
-        use_color = {"always": True, "never": False}.get(color)
-        if use_color is None and not sys.stdout.isatty():
-            con.info(console, "stdout is not a terminal: no colours (use --color always, --html or --json)")
-            use_color = False
-        con.surprise_view(blocks, sys.stdout, color=use_color)
+        con.surprise_view(blocks, sys.stdout, color=common.use_colour(color, console, "--html"))
 
 
 @eval_group.command()

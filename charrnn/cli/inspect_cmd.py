@@ -84,18 +84,6 @@ def load_inputs(model_path: str, text: str, encoding: str, max_chars: int, devic
     return model, vocab, body, encode_text(body, vocab, console), console
 
 
-def use_colour(color: str, console: Any) -> bool | None:
-    import sys
-
-    from charrnn import console as con
-
-    chosen = {"always": True, "never": False}.get(color)
-    if chosen is None and not sys.stdout.isatty():
-        con.info(console, "stdout is not a terminal: no colours (use --color always, -o page.html or --json)")
-        chosen = False
-    return chosen
-
-
 @inspect_group.command()
 @inspect_options("Write a picture: .png or .svg (each property's best |r|, model against control), or "
                  ".html (the heat text of the units shown).")
@@ -201,7 +189,7 @@ def _heat(body: str, rows: list, color: str, console: Any) -> None:
 
     from charrnn import console as con
 
-    con.heat_view(body, rows, sys.stdout, color=use_colour(color, console))
+    con.heat_view(body, rows, sys.stdout, color=common.use_colour(color, console, "-o page.html"))
 
 
 def _cells_table(ranking: Any, control: Any, prop: str | None, top: int) -> None:
