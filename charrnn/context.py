@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.errors import DataError, UsageError
-from charrnn.model import CharRNN, State
+from charrnn.model import CharRNN, State, repeat_stream
 
 DEFAULT_LENGTHS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 DEFAULT_TARGETS = 2000
@@ -87,13 +87,6 @@ def parse_lengths(spec: str) -> tuple[int, ...]:
     return tuple(sorted(lengths))
 
 
-def _rows(state: State, rows: int) -> State:
-    """A state of 1 stream (layers, 1, H) repeated for `rows` streams (layers, rows, H)."""
-    if isinstance(state, tuple):
-        return tuple(s.expand(-1, rows, -1).contiguous() for s in state)  # type: ignore[return-value]
-    return state.expand(-1, rows, -1).contiguous()
-
-
 @torch.inference_mode()
 def start_state(model: CharRNN, boundary_ids: np.ndarray | None = None, rows: int = 1) -> State:
     """Where a reading starts, for `rows` streams: the model's begin state, or with `boundary_ids`
@@ -103,7 +96,7 @@ def start_state(model: CharRNN, boundary_ids: np.ndarray | None = None, rows: in
     state = tuple(s.to(param.dtype) for s in state) if isinstance(state, tuple) else state.to(param.dtype)
     if boundary_ids is not None and len(boundary_ids):
         _, state = model(torch.as_tensor(np.asarray(boundary_ids, dtype=np.int64)[None], device=param.device), state)
-    return _rows(state, rows)
+    return repeat_stream(state, rows)
 
 
 def pick_targets(ids: np.ndarray, first: int, count: int, unk_id: int | None = None) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from charrnn.errors import DataError, UsageError
-from charrnn.model import CharRNN, State
+from charrnn.model import CharRNN, State, select_streams
 from charrnn.stepper import Stepper
 from charrnn.vocab import Vocab
 
@@ -185,13 +185,6 @@ def _start(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray,
     state = warm_up(model, prefix_ids[:-1], state)
     last = torch.tensor([int(prefix_ids[-1])], dtype=torch.int64, device=device)
     return state, lambda rows: last.expand(rows).clone()
-
-
-def _rows(state: State, index: torch.Tensor) -> State:
-    """The streams `index` of a state (layers, B, H) -> (layers, len(index), H)."""
-    if isinstance(state, tuple):
-        return tuple(s.index_select(1, index) for s in state)  # type: ignore[return-value]
-    return state.index_select(1, index)
 
 
 def _put_rows(state: State, rows: list[int], source: State) -> None:
@@ -374,7 +367,7 @@ def beam_search(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray, beam: int,
         if len(finished) >= beam or not keep_rows:
             break
         index = torch.tensor(keep_rows, device=device)
-        state = _rows(state, index)
+        state = select_streams(state, index)
         texts, lps = keep_text, torch.tensor(keep_lp, dtype=torch.float64, device=device)
         logits, state = step(torch.tensor(keep_ids, device=device), state)
         logp = torch.log_softmax(logits.double(), dim=-1)

@@ -267,6 +267,20 @@ def detach_state(state: State) -> State:
     return state.detach()
 
 
+def select_streams(state: State, index: torch.Tensor) -> State:
+    """The streams `index` of a state (layers, B, H) -> (layers, len(index), H); LSTM's (h, c) alike."""
+    if isinstance(state, tuple):
+        return tuple(s.index_select(1, index) for s in state)  # type: ignore[return-value]
+    return state.index_select(1, index)
+
+
+def repeat_stream(state: State, rows: int) -> State:
+    """A state of one stream (layers, 1, H) repeated for `rows` streams (layers, rows, H)."""
+    if isinstance(state, tuple):
+        return tuple(s.expand(-1, rows, -1).contiguous() for s in state)  # type: ignore[return-value]
+    return state.expand(-1, rows, -1).contiguous()
+
+
 def native_bf16(device: torch.device, cpuinfo: str = "/proc/cpuinfo", env: Mapping[str, str] | None = None) -> bool:
     """Whether `device` does bfloat16 arithmetic in hardware: a CUDA GPU that supports it (Ampere and
     later), or a CPU with AVX512-BF16 or AMX (read from the kernel's CPU flags). Elsewhere bfloat16

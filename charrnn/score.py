@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from charrnn.errors import DataError
 from charrnn.evaluate import EvalResult
-from charrnn.model import CharRNN, State
+from charrnn.model import CharRNN, State, repeat_stream
 from charrnn.vocab import Vocab
 
 IGNORE = -100
@@ -94,13 +94,6 @@ class Scorer:
         return self.vocab.encode(self.boundary, unk="map").astype(np.int64)
 
 
-def _expand(state: State, rows: int) -> State:
-    """A state for 1 stream (layers, 1, H) -> the same for `rows` streams (layers, rows, H)."""
-    if isinstance(state, tuple):
-        return tuple(s.expand(-1, rows, -1).contiguous() for s in state)  # type: ignore[return-value]
-    return state.expand(-1, rows, -1).contiguous()
-
-
 @torch.inference_mode()
 def start_state(model: CharRNN, boundary_ids: np.ndarray) -> State:
     """State (for one stream) after reading all but the last boundary character from zero."""
@@ -143,7 +136,7 @@ def score_rows(model: CharRNN, rows: list[np.ndarray], boundary_ids: np.ndarray,
     b = len(rows)
     if width == 0:
         return [RecordScore(0.0, 0, 0) for _ in rows]
-    state = _expand(state0, b)
+    state = repeat_stream(state0, b)
     step = max(1, min(num_steps, MAX_BATCH_LOGITS // (b * model.config.vocab_size)))
     nats = torch.zeros(b, dtype=torch.float64, device=device)
     chars = np.zeros(b, dtype=np.int64)

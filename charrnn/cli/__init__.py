@@ -11,6 +11,7 @@ import click
 from charrnn import __version__
 from charrnn.cli.bptt_cmd import inspect_bptt
 from charrnn.cli.common import ARCH_DEFAULTS, PRESET_NAMES, CharrnnGroup
+from charrnn.cli.complete_cmd import complete
 from charrnn.cli.context_cmd import eval_context
 from charrnn.cli.corpus_cmd import corpus_group
 from charrnn.cli.eval_cmd import eval_group
@@ -32,6 +33,7 @@ def cli() -> None:
     charrnn train corpus.txt -o model.pt        train (or: cat *.txt | charrnn train - -o model.pt)
     charrnn eval perplexity -m model.pt FILE    perplexity and bits per character of held-out text
     charrnn generate -m model.pt --prefix TEXT  sample text, streamed to stdout
+    charrnn complete -m model.pt --prefix TEXT  the likeliest next characters (--words: next words)
     charrnn info -m model.pt                    what a checkpoint holds
     charrnn plot model.pt [other.pt ...]        loss curves, in the terminal or -o curves.png
     charrnn eval score -m model.pt FILE         a score per line (record), streamed: sort -n, awk, --json
@@ -44,7 +46,7 @@ def cli() -> None:
     """
 
 
-for command in (train, eval_group, generate, info_cmd, plot_cmd, corpus_group, inspect_group):
+for command in (train, eval_group, generate, complete, info_cmd, plot_cmd, corpus_group, inspect_group):
     cli.add_command(command)
 eval_group.add_command(eval_context)
 inspect_group.add_command(inspect_bptt)

@@ -1,0 +1,73 @@
+"""`charrnn complete`: the likeliest next characters, or words, after a prefix."""
+
+from __future__ import annotations
+
+import click
+
+from charrnn.cli import common
+from charrnn.cli.common import (
+    IntRange,
+    device_option,
+    encoding_option,
+    json_out,
+    model_option,
+)
+from charrnn.errors import UsageError
+
+MAX_K = 1000
+
+
+@click.command(name="complete")
+@model_option
+@click.option("-p", "--prefix", default=None, help="The text typed so far.")
+@click.option("--prefix-file", type=str, default=None, help="Read the prefix from a file, or `-` for stdin.")
+@encoding_option
+@click.option("-k", "k", default=10, show_default=True, type=IntRange(1, MAX_K),
+              help="How many next characters to list.")
+@click.option("--words", type=IntRange(1, MAX_K), default=None,
+              help="List this many continuations up to the next space or punctuation instead (a beam search).")
+@click.option("--unk", type=click.Choice(["error", "map"]), default="map", show_default=True,
+              help="Characters of the prefix the model does not know: read them as <unk> (map) or fail (error).")
+@device_option
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object: {"prefix", "next": [{"char", "prob"}]}; with --words, "words": '
+                   '[{"word", "prob"}].')
+def complete(model_path: str, prefix: str | None, prefix_file: str | None, encoding: str, k: int, words: int | None,
+             unk: str, device: str, as_json: bool) -> None:
+    """The k likeliest next characters after the prefix, best first, one `prob<TAB>char` line each
+    (the character escaped as `eval score` escapes records: \\n, \\t, \\r, \\0, \\\\).
+
+    --words K lists the K likeliest continuations up to the next word boundary (a space,
+    punctuation, a newline: anything but a letter, a digit or _), each with the probability that
+    the next word is exactly it; an empty one means the word ends here. For a model trained with
+    --partition records the prefix starts a record, so an empty prefix asks how records begin.
+    Probabilities are the model's own; <unk> is never offered.
+
+    \b
+    charrnn complete -m model.pt --prefix "The Time Trav"
+    charrnn complete -m model.pt --prefix "The Time " --words 5 --json
+    """
+    from charrnn.checkpoint import load_model, record_delimiter
+    from charrnn.complete import next_chars, next_words
+    from charrnn.corpora import read_text
+    from charrnn.model import resolve_device
+    from charrnn.records import escape
+
+    if prefix is not None and prefix_file is not None:
+        raise UsageError("give --prefix or --prefix-file, not both")
+    text = prefix or ""
+    if prefix_file is not None:
+        text = read_text(prefix_file, encoding, common.stdin())
+    model, vocab, ckpt = load_model(model_path, resolve_device(device))
+    prefix_ids = vocab.encode(text, unk=unk, where="the prefix")  # type: ignore[arg-type]
+    delimiter = record_delimiter(ckpt)
+    start = vocab.encode(delimiter, unk="map") if delimiter is not None else None
+    if words is not None:
+        guesses, key, field = next_words(model, vocab, prefix_ids, words, start), "words", "word"
+    else:
+        guesses, key, field = next_chars(model, vocab, prefix_ids, k, start), "next", "char"
+    if as_json:
+        json_out({"prefix": text, key: [g.to_dict(field) for g in guesses]})
+        return
+    for g in guesses:
+        click.echo(f"{g.prob:.6f}\t{escape(g.text)}")
