@@ -301,3 +301,12 @@ def use_colour(color: str, console: Any, page: str) -> bool | None:
         con.info(console, f"stdout is not a terminal: no colours (use --color always, {page} or --json)")
         chosen = False
     return chosen
+
+
+def read_prefix(prefix: str | None, prefix_file: str | None, encoding: str) -> str:
+    """The prefix of `generate` and `complete`: --prefix, or the text of --prefix-file (`-`: stdin), or ""."""
+    if prefix_file is None:
+        return prefix or ""
+    from charrnn.corpora import read_text
+
+    return read_text(prefix_file, encoding, stdin())

@@ -49,15 +49,12 @@ def complete(model_path: str, prefix: str | None, prefix_file: str | None, encod
     """
     from charrnn.checkpoint import load_model, record_delimiter
     from charrnn.complete import next_chars, next_words
-    from charrnn.corpora import read_text
     from charrnn.model import resolve_device
     from charrnn.records import escape
 
     if prefix is not None and prefix_file is not None:
         raise UsageError("give --prefix or --prefix-file, not both")
-    text = prefix or ""
-    if prefix_file is not None:
-        text = read_text(prefix_file, encoding, common.stdin())
+    text = common.read_prefix(prefix, prefix_file, encoding)
     model, vocab, ckpt = load_model(model_path, resolve_device(device))
     prefix_ids = vocab.encode(text, unk=unk, where="the prefix")  # type: ignore[arg-type]
     delimiter = record_delimiter(ckpt)

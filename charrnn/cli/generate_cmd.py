@@ -71,7 +71,6 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
     """
     from charrnn import console as con
     from charrnn.checkpoint import load_model, record_delimiter
-    from charrnn.corpora import read_text
     from charrnn.generate import Sampling
     from charrnn.generate import generate as sample
     from charrnn.model import resolve_device
@@ -87,9 +86,7 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
     stops = tuple(unescape(s, "--stop") for s in stop)
     if beam is not None and beam < 1:
         raise UsageError(f"--beam must be >= 1, got {beam}")
-    text = prefix or ""
-    if prefix_file is not None:
-        text = read_text(prefix_file, encoding, common.stdin())
+    text = common.read_prefix(prefix, prefix_file, encoding)
     model, vocab, ckpt = load_model(model_path, resolve_device(device))
     prefix_ids = vocab.encode(text, unk=unk, where="the prefix")  # type: ignore[arg-type]
     delimiter = record_delimiter(ckpt)
