@@ -12,7 +12,9 @@ A checkpoint is a dict of plain data and tensors saved with torch.save:
     charrnn.records) and record_hashes_complete.
 
 It is loaded with torch.load(weights_only=True), which refuses any pickled object other than
-tensors and plain containers, so a hostile file cannot run code.
+tensors and plain containers, so a hostile file cannot run code. `load` also reads a model exported
+as .safetensors (charrnn.safetensors_io), into a dict of the same shape holding the model fields and
+a training summary.
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ def save(payload: dict[str, Any], path: str | os.PathLike) -> None:
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint; every way it can be wrong is a CheckpointError."""
+    """Read and validate a checkpoint, or a model exported as .safetensors (charrnn.safetensors_io reads
+    it into the same dict, checked the same way); every way it can be wrong is a CheckpointError."""
     p = Path(path)
     if not p.exists():
         raise UsageError(f"checkpoint {str(p)!r} does not exist")
@@ -111,29 +114,18 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         raise UsageError(f"checkpoint {str(p)!r} is not a regular file (a pipe or device); save it to a file first")
     try:
         with open(p, "rb") as f:
-            magic = f.read(4)
+            head = f.read(9)
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {str(p)!r}: {e.strerror or e}") from None
     # torch.save writes a zip archive; anything else would go down torch's legacy pickle path.
-    if magic != b"PK\x03\x04":
-        raise CheckpointError(f"{str(p)!r} is not a charrnn checkpoint")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Weights only" in str(e):
-            raise CheckpointError(
-                f"{str(p)!r} contains objects other than tensors and plain data; refusing to load it "
-                "(a charrnn checkpoint never does)"
-            ) from None
-        raise CheckpointError(f"{str(p)!r} is not a charrnn checkpoint") from None
-    except Exception as e:  # torch reports damaged archives with many exception types
-        text = str(e)
-        # It starts like a zip archive (checked above) but has no readable end record: cut short.
-        # (torch reports some truncations as a bare OSError EINVAL.)
-        if isinstance(e, (EOFError, zipfile.BadZipFile)) or "central directory" in text or "EOF" in text \
-                or not zipfile.is_zipfile(p):
-            raise CheckpointError(f"{str(p)!r} is truncated or damaged (not a complete checkpoint)") from None
-        raise CheckpointError(f"{str(p)!r} is not a charrnn checkpoint") from None
+    if head[:4] == b"PK\x03\x04":
+        ckpt = _torch_load(p, map_location)
+    else:
+        from charrnn import safetensors_io
+
+        if not safetensors_io.looks_like(p, head):
+            raise CheckpointError(f"{str(p)!r} is not a charrnn checkpoint")
+        ckpt = safetensors_io.read(p)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{str(p)!r} is not a charrnn checkpoint")
     version = ckpt.get("version")
@@ -154,6 +146,27 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     _check_run_fields(ckpt, repr(str(p)))
     _check_records(ckpt, p)
     return ckpt
+
+
+def _torch_load(p: Path, map_location: str | torch.device) -> Any:
+    """torch.load(weights_only=True) of a file that starts like a zip archive, its failures as CheckpointErrors."""
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Weights only" in str(e):
+            raise CheckpointError(
+                f"{str(p)!r} contains objects other than tensors and plain data; refusing to load it "
+                "(a charrnn checkpoint never does)"
+            ) from None
+        raise CheckpointError(f"{str(p)!r} is not a charrnn checkpoint") from None
+    except Exception as e:  # torch reports damaged archives with many exception types
+        text = str(e)
+        # It starts like a zip archive (checked above) but has no readable end record: cut short.
+        # (torch reports some truncations as a bare OSError EINVAL.)
+        if isinstance(e, (EOFError, zipfile.BadZipFile)) or "central directory" in text or "EOF" in text \
+                or not zipfile.is_zipfile(p):
+            raise CheckpointError(f"{str(p)!r} is truncated or damaged (not a complete checkpoint)") from None
+        raise CheckpointError(f"{str(p)!r} is not a charrnn checkpoint") from None
 
 
 def _check_run_fields(ckpt: dict[str, Any], where: str) -> None:
@@ -240,6 +253,10 @@ def check_resume_fields(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{str(path)!r} is damaged: {what}; it cannot be resumed")
 
+    if ckpt.get("exported_as"):
+        raise CheckpointError(f"{str(path)!r} is an exported model ({ckpt['exported_as']}): it holds no optimizer "
+                              "or position, so it cannot be resumed; resume from its checkpoint, or start a new "
+                              "run from its weights with --init-from")
     for key in ("train_config", "optimizer", "rng", "data"):
         if not isinstance(ckpt.get(key), dict):
             raise bad(f"its {key.replace('_', ' ')} is missing or not a table")

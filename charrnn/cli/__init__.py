@@ -15,6 +15,7 @@ from charrnn.cli.complete_cmd import complete
 from charrnn.cli.context_cmd import eval_context
 from charrnn.cli.corpus_cmd import corpus_group
 from charrnn.cli.eval_cmd import eval_group
+from charrnn.cli.export_cmd import export_cmd
 from charrnn.cli.generate_cmd import generate
 from charrnn.cli.info_cmd import info_cmd
 from charrnn.cli.inspect_cmd import inspect_group
@@ -41,12 +42,13 @@ def cli() -> None:
     charrnn eval context -m model.pt FILE       how much context the model uses (loss by context length)
     charrnn corpus list                         corpora known by name (fetched and verified on first use)
     charrnn inspect cells -m model.pt FILE      what the hidden units track (also: gates, bptt)
+    charrnn export -m model.pt -o model.onnx    the model for onnxruntime (or .safetensors: weights, no pickle)
 
     stdout carries only data; progress and messages go to stderr. `-` means stdin.
     """
 
 
-for command in (train, eval_group, generate, complete, info_cmd, plot_cmd, corpus_group, inspect_group):
+for command in (train, eval_group, generate, complete, info_cmd, plot_cmd, corpus_group, inspect_group, export_cmd):
     cli.add_command(command)
 eval_group.add_command(eval_context)
 inspect_group.add_command(inspect_bptt)

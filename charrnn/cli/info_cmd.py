@@ -25,6 +25,8 @@ def info_cmd(model_path: str, as_json: bool) -> None:
         "epoch": ckpt.get("epoch"), "val_loss": ckpt.get("val_loss"), "best_val_loss": ckpt.get("best_val_loss"),
         "train": ckpt.get("train_config"), "training_chars": (ckpt.get("data") or {}).get("chars"),
         "init_from": ckpt.get("init_from"),
+        # "safetensors" for a model read from an exported file (charrnn.safetensors_io), else None.
+        "exported_as": ckpt.get("exported_as"),
         "history": History.from_checkpoint(ckpt.get("history")).summary() if "history" in ckpt else None,
         "record_hashes": None if ckpt.get("record_hashes") is None else len(ckpt["record_hashes"]),
         # False when the training records outnumbered the cap (records.MAX_RECORD_HASHES): --novel
@@ -50,6 +52,9 @@ def info_cmd(model_path: str, as_json: bool) -> None:
         click.echo(f"records model: delimiter '{escape(delimiter)}', hashes of {kept or 0:,} training records kept"
                    + ("" if summary["record_hashes_complete"] is not False else " (not all: the cap was reached)"))
     h = summary["history"]
+    if summary["exported_as"]:
+        click.echo(f"history: not kept in an exported model ({summary['exported_as']}); its checkpoint has it")
+        return
     if h is None or not (h["train_records"] or h["val_records"]):
         click.echo("history: none recorded")
         return
