@@ -13,6 +13,7 @@ only, as the format requires):
     training         a JSON object: step, epoch, val_loss, best_val_loss, training_chars, init_from and
                      train_config (the training options, the record delimiter among them), for `info`
 
+The file is written here (to_safetensors: no library needed) and read with the safetensors library.
 A file read back becomes the dict `charrnn.checkpoint.load` returns for a checkpoint, so that it goes
 through the same checks (checkpoint.check_model_fields and the rest) and every command that takes a
 model reads it. It is untrusted input: the header is parsed by the safetensors library (offsets,
@@ -45,7 +46,7 @@ def _library() -> Any:
         import safetensors
         import safetensors.torch
     except ImportError:
-        raise MissingDependency("reading or writing .safetensors files needs safetensors: pip install "
+        raise MissingDependency("reading a .safetensors model needs safetensors: pip install "
                                 "'charrnn[export]' (or pip install safetensors)") from None
     return safetensors
 
@@ -71,10 +72,23 @@ def metadata(ckpt: dict[str, Any]) -> dict[str, str]:
 
 
 def to_safetensors(ckpt: dict[str, Any]) -> bytes:
-    """The bytes of a .safetensors file of a loaded (validated) checkpoint, weights in float32."""
-    safetensors = _library()
-    weights = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in ckpt["weights"].items()}
-    return safetensors.torch.save(weights, metadata(ckpt))
+    """The bytes of a .safetensors file of a loaded (validated) checkpoint, weights in float32.
+
+    Written here rather than by the safetensors library, whose header lists the metadata in a random
+    order (a hash map): the same model gives the same bytes, so a file can be checked by its digest.
+    The layout is the format's: the header's length (8 bytes, little-endian), the header (JSON, padded
+    with spaces to a multiple of 8 bytes), then each tensor's bytes in turn, little-endian and row-major.
+    """
+    header: dict[str, Any] = {"__metadata__": metadata(ckpt)}
+    blobs, offset = [], 0
+    for name, t in ckpt["weights"].items():
+        blob = t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, separators=(",", ":")).encode("ascii")
+    text += b" " * (-len(text) % 8)
+    return b"".join([len(text).to_bytes(8, "little"), text, *blobs])
 
 
 def _json(meta: dict[str, str], key: str, where: str) -> Any:

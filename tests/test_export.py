@@ -1,0 +1,398 @@
+"""`charrnn export`: the ONNX graph against torch (every cell, one and two layers, one-hot and embedding
+input, a sequence fed whole and one character at a time), its metadata and dynamic axes; the
+.safetensors round trip (exact: the same weights, logits and generated text) and its checks of a
+hostile file; the command's formats, outputs and bad inputs; the onnxruntime example of docs/export.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from charrnn import __version__, checkpoint
+from charrnn.cli import cli
+from charrnn.errors import CheckpointError, MissingDependency, UsageError
+from charrnn.model import CELLS, CharRNN, ModelConfig
+from charrnn.vocab import Vocab
+
+ort = pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is not installed")
+pytest.importorskip("onnx", reason="the export extra (onnx) is not installed")
+safetensors = pytest.importorskip("safetensors", reason="the export extra (safetensors) is not installed")
+from charrnn import onnx_export  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--hidden", "16", "--embed-dim", "8", "--layers", "1", "-b", "4", "-t", "16", "--max-steps", "6",
+        "--val-every", "3", "--precision", "fp32", "-q"]
+TOL = 1e-5
+
+
+def corpus() -> str:
+    words = "The time traveller smiled and we sat about the fire in the room while he spoke".split()
+    return "\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(9)) for i in range(30)) + "\n"
+
+
+def session(data: bytes | str) -> Any:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def run(*args: Any, input: str | None = None) -> Any:
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
+
+
+def one_line_error(r: Any, code: int, *needles: str) -> None:
+    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
+    assert r.stdout == "" and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+# ONNX: the graph computes what torch computes ---------------------------------------------------------
+
+VOCAB = Vocab.build("abcdefghijklmnopqrstuvwxyz .\n", unk=True)
+
+
+def tiny_model(cell: str, input: str, layers: int, seed: int = 0) -> CharRNN:
+    torch.manual_seed(seed)
+    config = ModelConfig(vocab_size=VOCAB.size, cell=cell, hidden=16, layers=layers, input=input, embed_dim=8,
+                         dropout=0.25 if layers > 1 else 0.0)
+    return CharRNN(config).eval()
+
+
+def as_list(state: Any) -> list[np.ndarray]:
+    return [s.numpy() for s in (state if isinstance(state, tuple) else (state,))]
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("input", ["onehot", "embedding"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_onnx_matches_torch_whole_and_stepwise(cell: str, input: str, layers: int) -> None:
+    model = tiny_model(cell, input, layers)
+    s = session(onnx_export.to_onnx(model, VOCAB))
+    lstm = model.config.base_cell == "lstm"
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, VOCAB.size, (2, 100), generator=g)  # batch 2, time 100: both axes differ from the example
+    start = tuple(0.5 * torch.randn(layers, 2, 16, generator=g) for _ in range(2 if lstm else 1))
+    with torch.no_grad():
+        logits, state = model(ids, start if lstm else start[0])
+    want = [logits.numpy(), *as_list(state)]
+    names = ["h", "c"][: len(start)]
+    whole = s.run(None, {"ids": ids.numpy(), **{n: t.numpy() for n, t in zip(names, start, strict=True)}})
+    assert [o.dtype for o in whole] == [np.float32] * len(want)
+    for got, ref in zip(whole, want, strict=True):
+        assert got.shape == ref.shape and np.abs(got - ref).max() <= TOL
+    carried, steps = [t.numpy() for t in start], []
+    for t in range(ids.shape[1]):  # one character at a time, the state carried from run to run
+        out, *carried = s.run(None, {"ids": ids[:, t : t + 1].numpy(), **dict(zip(names, carried, strict=True))})
+        steps.append(out)
+    for got, ref in zip([np.concatenate(steps, axis=1), *carried], want, strict=True):
+        assert got.shape == ref.shape and np.abs(got - ref).max() <= TOL
+
+
+def test_onnx_metadata_names_and_dynamic_axes() -> None:
+    vocab = Vocab.build('ab "\\\n\u00e9\U0001f600', unk=True)  # quotes, escapes, a newline, beyond the BMP
+    model = CharRNN(ModelConfig(vocab_size=vocab.size, cell="lstm", hidden=8, layers=3, embed_dim=4)).eval()
+    s = session(onnx_export.to_onnx(model, vocab))
+    meta = s.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["vocab"]) == [*vocab.chars, None]
+    assert json.loads(meta["config"]) == model.config.to_dict() and meta["charrnn_version"] == __version__
+    inputs = {i.name: (i.shape, i.type) for i in s.get_inputs()}
+    outputs = {o.name: (o.shape, o.type) for o in s.get_outputs()}
+    assert inputs == {"ids": (["batch", "time"], "tensor(int64)"), "h": ([3, "batch", 8], "tensor(float)"),
+                      "c": ([3, "batch", 8], "tensor(float)")}
+    assert outputs == {"logits": (["batch", "time", vocab.size], "tensor(float)"),
+                       "h_n": ([3, "batch", 8], "tensor(float)"), "c_n": ([3, "batch", 8], "tensor(float)")}
+    gru = CharRNN(ModelConfig(vocab_size=vocab.size, cell="scratch-gru", hidden=8, layers=1)).eval()
+    names = session(onnx_export.to_onnx(gru, vocab))
+    assert [i.name for i in names.get_inputs()] == ["ids", "h"] and [o.name for o in names.get_outputs()] == \
+        ["logits", "h_n"]
+    no_unk = Vocab.build("xyz", unk=False)
+    small = CharRNN(ModelConfig(vocab_size=3, cell="rnn", hidden=4, layers=1)).eval()
+    assert json.loads(session(onnx_export.to_onnx(small, no_unk)).get_modelmeta().custom_metadata_map["vocab"]) \
+        == ["x", "y", "z"]
+
+
+def test_onnx_is_float32_whatever_the_model_holds() -> None:
+    model = tiny_model("gru", "embedding", 1)
+    half = tiny_model("gru", "embedding", 1).to(torch.bfloat16)
+    s = session(onnx_export.to_onnx(half, VOCAB))
+    ids = np.arange(VOCAB.size, dtype=np.int64)[None]
+    logits, h = s.run(None, {"ids": ids, "h": np.zeros((1, 1, 16), np.float32)})
+    with torch.no_grad():
+        want = half.float()(torch.from_numpy(ids))[0].numpy()
+    assert logits.dtype == np.float32 and np.abs(logits - want).max() <= TOL
+    assert np.abs(want - model(torch.from_numpy(ids))[0].detach().numpy()).max() < 0.1  # bf16 rounding only
+
+
+def test_onnx_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model("lstm", "onehot", 1)
+    monkeypatch.setattr(onnx_export, "MAX_WEIGHT_BYTES", 1000)
+    with pytest.raises(UsageError, match="do not fit in one ONNX file"):
+        onnx_export.to_onnx(model, VOCAB)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(MissingDependency, match=re.escape("charrnn[export]")):
+        onnx_export.to_onnx(model, VOCAB)
+
+
+# safetensors: the round trip is exact, a hostile file is refused -------------------------------------------
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("export")
+    (d / "c.txt").write_text(corpus(), encoding="utf-8")
+    for name, extra in (("m", []), ("rec", ["--partition", "records", "--cell", "gru"])):
+        r = run("train", d / "c.txt", "-o", d / f"{name}.pt", *TINY, *extra)
+        assert r.exit_code == 0, r.stderr
+        r = run("export", "-m", d / f"{name}.pt", "-o", d / f"{name}.safetensors")
+        assert r.exit_code == 0, r.stderr
+    return d
+
+
+def test_safetensors_round_trip_is_exact(home: Path) -> None:
+    model, vocab, ckpt = checkpoint.load_model(home / "m.pt")
+    back, back_vocab, back_ckpt = checkpoint.load_model(home / "m.safetensors")
+    assert back.config == model.config and back_vocab == vocab
+    mine, theirs = model.state_dict(), back.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    ids = torch.from_numpy(vocab.encode(corpus()[:200]).astype(np.int64))[None]
+    with torch.no_grad():
+        assert torch.equal(model(ids)[0], back(ids)[0])
+    for key in ("step", "epoch", "val_loss", "best_val_loss", "train_config", "init_from"):
+        assert back_ckpt[key] == ckpt[key], key
+    with safetensors.safe_open(str(home / "m.safetensors"), "pt") as f:
+        assert set(f.keys()) == set(mine) and f.metadata()["format"] == "charrnn"
+        assert json.loads(f.metadata()["vocab"]) == [*vocab.chars, None]
+        assert json.loads(f.metadata()["config"]) == model.config.to_dict()
+
+
+@pytest.mark.parametrize("name", ["m", "rec"])
+def test_safetensors_generates_the_same_text(home: Path, name: str) -> None:
+    outs = [run("generate", "-m", home / f"{name}.{ext}", "--prefix", "the ", "-n", "80", "--seed", "3",
+                "--num-samples", "2", "--json") for ext in ("pt", "safetensors")]
+    assert all(r.exit_code == 0 for r in outs), [r.stderr for r in outs]
+    assert outs[0].stdout == outs[1].stdout and json.loads(outs[0].stdout)["samples"]
+    scores = [run("eval", "perplexity", "-m", home / f"{name}.{ext}", home / "c.txt", "--json")
+              for ext in ("pt", "safetensors")]
+    assert scores[0].exit_code == 0 and scores[0].stdout == scores[1].stdout
+
+
+def test_info_reads_safetensors(home: Path) -> None:
+    pt, st = (json.loads(run("info", "-m", home / f"rec.{ext}", "--json").stdout) for ext in ("pt", "safetensors"))
+    for key in ("model", "parameters", "vocab_size", "step", "epoch", "val_loss", "best_val_loss", "train",
+                "training_chars", "charrnn_version"):
+        assert st[key] == pt[key], key
+    assert st["exported_as"] == "safetensors" and pt["exported_as"] is None and st["history"] is None
+    text = run("info", "-m", home / "rec.safetensors").stdout
+    assert text.startswith("gru 1x16") and "records model: delimiter '\\n'" in text and "not kept" in text
+
+
+def rewrite(src: Path, dst: Path, meta: dict[str, str] | None = None, tensors: dict | None = None) -> Path:
+    """A copy of a .safetensors model with metadata entries replaced (None: removed) or tensors replaced."""
+    with safetensors.safe_open(str(src), "pt") as f:
+        header, weights = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    for key, value in (meta or {}).items():
+        if value is None:
+            header.pop(key, None)
+        else:
+            header[key] = value
+    weights.update(tensors or {})
+    weights = {k: v for k, v in weights.items() if v is not None}
+    dst.write_bytes(safetensors.torch.save(weights, header))
+    return dst
+
+
+def _vocab_meta(src: Path) -> list:
+    with safetensors.safe_open(str(src), "pt") as f:
+        return json.loads(f.metadata()["vocab"])
+
+
+HOSTILE = {
+    "no-charrnn-format": ({"format": None}, None, "not a charrnn model"),
+    "newer-version": ({"version": "7"}, None, "version 7, newer"),
+    "bad-version": ({"version": "one"}, None, "format version"),
+    "config-not-json": ({"config": "{"}, None, "'config' is not valid JSON"),
+    "config-extra-field": ({"config": json.dumps({"vocab_size": 3, "evil": 1})}, None, "model config"),
+    "config-huge": ({"config": json.dumps({"vocab_size": 30, "hidden": 10**9})}, None, "--hidden"),
+    "vocab-missing": ({"vocab": None}, None, "lacks 'vocab'"),
+    "vocab-null-inside": ("null-inside", None, "null (<unk>)"),
+    "vocab-unsorted": ("unsorted", None, "code-point order"),
+    "vocab-two-chars": ("two-chars", None, "not one character"),
+    "counts-short": ({"vocab_counts": "[1]"}, None, "counts"),
+    "training-nan": ({"training": '{"val_loss": NaN}'}, None, "not valid JSON"),
+    "training-step-text": ({"training": '{"step": "8"}'}, None, "step is not a count"),
+    "training-extra": ({"training": '{"evil": 1}'}, None, "training metadata"),
+    "training-settings-nested": ({"training": '{"train_config": {"a": [1]}}'}, None, "training settings"),
+    "records-without-delimiter": ({"training": '{"train_config": {"partition": "records"}}'}, None, "delimiter"),
+    "extra-tensor": (None, {"evil": torch.zeros(2)}, "parameter names"),
+    "missing-tensor": (None, {"head.bias": None}, "parameter names"),
+    "wrong-shape": (None, {"head.bias": torch.zeros(3)}, "head.bias has shape (3,)"),
+    "integer-weights": (None, {"head.bias": "int"}, "floating point"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_safetensors_are_refused(home: Path, tmp_path: Path, case: str) -> None:
+    meta, tensors, needle = HOSTILE[case]
+    src = home / "m.safetensors"
+    if isinstance(meta, str):
+        entries = _vocab_meta(src)
+        chars = entries[:-1]
+        entries = {"null-inside": [chars[0], None, *chars[2:], None],
+                   "unsorted": [chars[1], chars[0], *chars[2:], None], "two-chars": ["ab", *chars[1:], None]}[meta]
+        meta = {"vocab": json.dumps(entries)}
+    if tensors is not None and tensors.get("head.bias") == "int":
+        with safetensors.safe_open(str(src), "pt") as f:
+            tensors = {"head.bias": f.get_tensor("head.bias").to(torch.int32)}
+    bad = rewrite(src, tmp_path / "bad.safetensors", meta, tensors)
+    with pytest.raises(CheckpointError, match=re.escape(needle)):
+        checkpoint.load(bad)
+    for args in (["info", "-m", bad], ["generate", "-m", bad, "-n", "5", "--seed", "1"]):
+        one_line_error(run(*args), 1, needle)
+
+
+def test_damaged_safetensors_files(home: Path, tmp_path: Path) -> None:
+    whole = (home / "m.safetensors").read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole[: len(whole) - 100])
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    for bad in (cut, garbage, empty):
+        one_line_error(run("info", "-m", bad), 1, "truncated or damaged")
+    nameless = tmp_path / "model.bin"  # recognised by its first bytes, whatever its name
+    nameless.write_bytes(whole)
+    assert run("info", "-m", nameless).exit_code == 0
+    nan = rewrite(home / "m.safetensors", tmp_path / "nan.safetensors",
+                  tensors={"head.bias": torch.full((len(_vocab_meta(home / "m.safetensors")),), float("nan"))})
+    one_line_error(run("generate", "-m", nan, "-n", "5", "--seed", "1"), 1, "non-finite weights")
+    one_line_error(run("train", home / "c.txt", "-o", tmp_path / "r.pt", "--resume", home / "m.safetensors"), 1,
+                   "cannot be resumed", "--init-from")
+
+
+def test_missing_safetensors_library_names_the_extra(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    one_line_error(run("info", "-m", home / "m.safetensors"), 1, "charrnn[export]")
+    # Writing needs no library (charrnn writes the format itself): the same bytes as with it.
+    assert run("export", "-m", home / "m.pt", "-o", tmp_path / "x.safetensors").exit_code == 0
+    assert (tmp_path / "x.safetensors").read_bytes() == (home / "m.safetensors").read_bytes()
+
+
+# The command ------------------------------------------------------------------------------------------
+
+def test_export_every_format(home: Path, tmp_path: Path) -> None:
+    for name, fmt in (("a.onnx", "onnx"), ("a.safetensors", "safetensors")):
+        r = run("export", "-m", home / "m.pt", "-o", tmp_path / name)
+        assert r.exit_code == 0 and r.stdout == "", r.stderr
+        assert f"wrote {tmp_path / name}" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        r = run("export", "-m", home / "m.pt", "-o", tmp_path / f"{name}.bin", "--format", fmt, "--json")
+        assert r.exit_code == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out == {"path": str(tmp_path / f"{name}.bin"), "format": fmt,
+                       "bytes": (tmp_path / f"{name}.bin").stat().st_size}
+        assert (tmp_path / name).read_bytes() == (tmp_path / f"{name}.bin").read_bytes()
+    meta = session(str(tmp_path / "a.onnx")).get_modelmeta().custom_metadata_map
+    assert json.loads(meta["config"]) == checkpoint.load(home / "m.pt")["model_config"]
+    r = run("export", "-m", tmp_path / "a.safetensors", "-o", tmp_path / "b.onnx")  # from an exported model too
+    assert r.exit_code == 0, r.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_export_bad_inputs(home: Path, tmp_path: Path) -> None:
+    model = home / "m.pt"
+    before = model.read_bytes()
+    one_line_error(run("export", "-m", model, "-o", tmp_path / "m.html"), 2, ".onnx or .safetensors", "--format")
+    one_line_error(run("export", "-m", model, "-o", tmp_path / "m"), 2, ".onnx or .safetensors")
+    one_line_error(run("export", "-m", model, "-o", tmp_path / "m.onnx", "--format", "safetensors"), 2, "ends in .onnx")
+    one_line_error(run("export", "-m", model, "-o", tmp_path / "m.onnx", "--format", "html"), 2, "--format")
+    one_line_error(run("export", "-m", model, "-o", model, "--format", "onnx"), 2, "is the model (-m)")
+    (tmp_path / "link.onnx").symlink_to(model)
+    one_line_error(run("export", "-m", model, "-o", tmp_path / "link.onnx"), 2, "is the model (-m)")
+    one_line_error(run("export", "-m", model, "-o", tmp_path / "no" / "m.onnx"), 2, "does not exist")
+    one_line_error(run("export", "-m", model, "-o", tmp_path), 2)
+    one_line_error(run("export", "-m", model, "-o", "-", "--format", "onnx"), 2, "not a stream")
+    one_line_error(run("export", "-m", tmp_path / "none.pt", "-o", tmp_path / "m.onnx"), 2, "does not exist")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        try:
+            one_line_error(run("export", "-m", model, "-o", locked / "m.onnx"), 2, "permission denied")
+        finally:
+            locked.chmod(0o700)
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(before[: len(before) // 2])
+    one_line_error(run("export", "-m", damaged, "-o", tmp_path / "d.onnx"), 1, "truncated or damaged")
+    ckpt = torch.load(model, weights_only=True)
+    ckpt["weights"]["head.weight"][0, 0] = float("inf")
+    torch.save(ckpt, tmp_path / "inf.pt")
+    for out in ("i.onnx", "i.safetensors"):
+        one_line_error(run("export", "-m", tmp_path / "inf.pt", "-o", tmp_path / out), 1, "non-finite weights")
+    assert model.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.pt", "inf.pt", "link.onnx"]
+
+
+def test_export_write_failure_is_one_line_and_keeps_the_old_file(home: Path, tmp_path: Path) -> None:
+    """A write that fails half-way (here a file-size limit, as a full disk would) is exit 1, one line; the
+    file that was there stays whole and no temporary file is left."""
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"previous")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    r = subprocess.run([sys.executable, "-m", "charrnn", "export", "-m", str(home / "m.pt"), "-o", str(out)],
+                       capture_output=True, text=True, preexec_fn=limit, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 1 and r.stdout == "", (r.returncode, r.stderr)
+    assert r.stderr.strip().startswith("Error: cannot write") and len(r.stderr.strip().splitlines()) == 1
+    assert out.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_missing_onnx_names_the_extra(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    one_line_error(run("export", "-m", home / "m.pt", "-o", tmp_path / "m.onnx"), 1, "charrnn[export]")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_is_documented_with_every_option() -> None:
+    page = (ROOT / "docs" / "export.md").read_text(encoding="utf-8")
+    for option in ("-m", "--model", "-o", "--output", "--format", "--json", f"opset {onnx_export.OPSET}"):
+        assert option in page, option
+
+
+# The documentation's example: onnxruntime and numpy, no torch --------------------------------------------
+
+def docs_example() -> str:
+    page = (ROOT / "docs" / "export.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", page, flags=re.S | re.M)
+    assert blocks, "docs/export.md has no python example"
+    return blocks[0]
+
+
+def test_docs_onnxruntime_example_runs_without_torch(home: Path, tmp_path: Path) -> None:
+    code = docs_example()
+    assert len(code.strip().splitlines()) <= 20 and "torch" not in code
+    assert run("export", "-m", home / "m.pt", "-o", tmp_path / "model.onnx").exit_code == 0
+    # torch made unimportable: the example must run on onnxruntime and numpy alone.
+    prelude = "import sys\nsys.modules['torch'] = None\n"
+    r = subprocess.run([sys.executable, "-c", prelude + code], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    vocab = checkpoint.load(home / "m.pt")["vocab"]["chars"]
+    text = r.stdout[:-1]  # print's newline
+    assert text.startswith("The ") and len(text) == 4 + 200 and set(text) <= set(vocab) | {"\ufffd"}
