@@ -53,9 +53,14 @@ def load_run(path: str | os.PathLike) -> History:
         raise UsageError(f"{str(p)!r} does not exist")
     if p.is_dir():
         raise UsageError(f"{str(p)!r} is a directory; give a checkpoint or a .log.jsonl file")
+    from charrnn.safetensors_io import looks_like
+
     with open(p, "rb") as f:
-        zipped = f.read(4) == b"PK\x03\x04"
-    if zipped:
+        head = f.read(9)
+    if looks_like(p, head):
+        raise DataError(f"{str(p)!r} is an exported model (safetensors), which keeps no training history; "
+                        "plot its checkpoint")
+    if head[:4] == b"PK\x03\x04":
         ckpt = checkpoint.load(p)
         history = History.from_checkpoint(ckpt.get("history"), where=repr(str(p)))
     else:

@@ -184,6 +184,8 @@ def test_safetensors_generates_the_same_text(home: Path, name: str) -> None:
                 "--num-samples", "2", "--json") for ext in ("pt", "safetensors")]
     assert all(r.exit_code == 0 for r in outs), [r.stderr for r in outs]
     assert outs[0].stdout == outs[1].stdout and json.loads(outs[0].stdout)["samples"]
+    if name == "rec":
+        one_line_error(run("generate", "-m", home / "rec.safetensors", "--novel", "-n", "9"), 2, "use its checkpoint")
     scores = [run("eval", "perplexity", "-m", home / f"{name}.{ext}", home / "c.txt", "--json")
               for ext in ("pt", "safetensors")]
     assert scores[0].exit_code == 0 and scores[0].stdout == scores[1].stdout
@@ -195,6 +197,7 @@ def test_info_reads_safetensors(home: Path) -> None:
                 "training_chars", "charrnn_version"):
         assert st[key] == pt[key], key
     assert st["exported_as"] == "safetensors" and pt["exported_as"] is None and st["history"] is None
+    one_line_error(run("plot", home / "rec.safetensors"), 1, "keeps no training history")
     text = run("info", "-m", home / "rec.safetensors").stdout
     assert text.startswith("gru 1x16") and "records model: delimiter '\\n'" in text and "not kept" in text
 

@@ -157,6 +157,9 @@ def _generate_records(model: Any, vocab: Any, ckpt: dict, text: str, prefix_ids:
     dropped: list[str] = []
     if novel:
         hashes = ckpt.get("record_hashes")
+        if hashes is None and ckpt.get("exported_as"):
+            raise UsageError(f"--novel needs the hashes of the training records, which an exported model "
+                             f"({ckpt['exported_as']}) does not keep: use its checkpoint")
         if hashes is None:
             raise UsageError("--novel needs a model trained with --partition records (this checkpoint keeps no "
                              "hashes of its training records)")
