@@ -48,7 +48,8 @@ def vocab_list(vocab: Vocab) -> list[str | None]:
 
 def metadata(model: CharRNN, vocab: Vocab) -> dict[str, str]:
     """The metadata properties of an exported file."""
-    return {"vocab": json.dumps(vocab_list(vocab), ensure_ascii=False),
+    # ASCII JSON (\u escapes): a vocabulary may hold a lone surrogate, which UTF-8 (protobuf's strings) cannot.
+    return {"vocab": json.dumps(vocab_list(vocab)),
             "config": json.dumps(model.config.to_dict()), "charrnn_version": __version__}
 
 
@@ -63,13 +64,14 @@ class _Graph(nn.Module):
         self.vocab_size = config.vocab_size
         self.embed = copy.deepcopy(model.embed).float() if model.embed is not None else None
         size_in = config.embed_dim if model.embed is not None else config.vocab_size
-        self.rnn = FUSED[config.base_cell](size_in, config.hidden, config.layers, batch_first=True)
+        with torch.random.fork_rng(devices=[]):  # its initial weights, overwritten below, draw from the global RNG
+            self.rnn = FUSED[config.base_cell](size_in, config.hidden, config.layers, batch_first=True)
         with torch.no_grad():
             for k in range(config.layers):
                 for mine, theirs in zip(layer_weights(self.rnn, k), layer_weights(model.rnn, k), strict=True):
                     mine.copy_(theirs.float())
         self.head = copy.deepcopy(model.head).float()
-        self.eval()
+        self.to("cpu").eval()
 
     def forward(self, ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         x = self.embed(ids) if self.embed is not None else one_hot(ids, self.vocab_size)  # (B, T, I)

@@ -26,7 +26,7 @@ from charrnn.model import CELLS, CharRNN, ModelConfig
 from charrnn.vocab import Vocab
 
 ort = pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is not installed")
-pytest.importorskip("onnx", reason="the export extra (onnx) is not installed")
+onnx = pytest.importorskip("onnx", reason="the export extra (onnx) is not installed")
 safetensors = pytest.importorskip("safetensors", reason="the export extra (safetensors) is not installed")
 from charrnn import onnx_export  # noqa: E402
 
@@ -103,9 +103,12 @@ def test_onnx_matches_torch_whole_and_stepwise(cell: str, input: str, layers: in
 
 
 def test_onnx_metadata_names_and_dynamic_axes() -> None:
-    vocab = Vocab.build('ab "\\\n\u00e9\U0001f600', unk=True)  # quotes, escapes, a newline, beyond the BMP
+    # quotes, escapes, a newline, beyond the BMP, a lone surrogate (text read with surrogateescape)
+    vocab = Vocab.build('ab "\\\n\u00e9\U0001f600\udc80', unk=True)
     model = CharRNN(ModelConfig(vocab_size=vocab.size, cell="lstm", hidden=8, layers=3, embed_dim=4)).eval()
-    s = session(onnx_export.to_onnx(model, vocab))
+    data = onnx_export.to_onnx(model, vocab)
+    onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+    s = session(data)
     meta = s.get_modelmeta().custom_metadata_map
     assert json.loads(meta["vocab"]) == [*vocab.chars, None]
     assert json.loads(meta["config"]) == model.config.to_dict() and meta["charrnn_version"] == __version__
@@ -176,6 +179,23 @@ def test_safetensors_round_trip_is_exact(home: Path) -> None:
         assert set(f.keys()) == set(mine) and f.metadata()["format"] == "charrnn"
         assert json.loads(f.metadata()["vocab"]) == [*vocab.chars, None]
         assert json.loads(f.metadata()["config"]) == model.config.to_dict()
+
+
+def test_safetensors_odd_vocabulary_and_half_precision_weights(tmp_path: Path) -> None:
+    from charrnn.safetensors_io import to_safetensors
+
+    vocab = Vocab.build('ab "\\\n\u00e9\U0001f600\udc80', unk=False)
+    model = CharRNN(ModelConfig(vocab_size=vocab.size, cell="scratch-gru", hidden=8, layers=2, input="onehot"))
+    weights = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    ckpt = {"model_config": model.config.to_dict(), "vocab": vocab.to_dict(), "weights": weights}
+    data = to_safetensors(ckpt)
+    assert data == to_safetensors(ckpt)  # the same model, the same bytes
+    (tmp_path / "m.safetensors").write_bytes(data)
+    back, back_vocab, raw = checkpoint.load_model(tmp_path / "m.safetensors")
+    assert back_vocab == vocab and back.config == model.config and raw["step"] is None
+    assert all(torch.equal(back.state_dict()[k], w.float()) for k, w in weights.items())
+    with safetensors.safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
 
 
 @pytest.mark.parametrize("name", ["m", "rec"])
@@ -308,8 +328,14 @@ def test_export_every_format(home: Path, tmp_path: Path) -> None:
         assert out == {"path": str(tmp_path / f"{name}.bin"), "format": fmt,
                        "bytes": (tmp_path / f"{name}.bin").stat().st_size}
         assert (tmp_path / name).read_bytes() == (tmp_path / f"{name}.bin").read_bytes()
-    meta = session(str(tmp_path / "a.onnx")).get_modelmeta().custom_metadata_map
-    assert json.loads(meta["config"]) == checkpoint.load(home / "m.pt")["model_config"]
+    s = session(str(tmp_path / "a.onnx"))
+    assert json.loads(s.get_modelmeta().custom_metadata_map["config"]) == checkpoint.load(home / "m.pt")["model_config"]
+    model, vocab, _ = checkpoint.load_model(home / "m.pt")  # trained weights agree as the random ones do
+    ids = vocab.encode(corpus()[:100]).astype(np.int64)[None]
+    zeros = np.zeros((1, 1, 16), np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(ids))[0].numpy()
+    assert np.abs(s.run(["logits"], {"ids": ids, "h": zeros, "c": zeros})[0] - want).max() <= TOL
     r = run("export", "-m", tmp_path / "a.safetensors", "-o", tmp_path / "b.onnx")  # from an exported model too
     assert r.exit_code == 0, r.stderr
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
