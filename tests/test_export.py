@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from charrnn import __version__, checkpoint
 from charrnn.cli import cli
@@ -27,7 +29,9 @@ from charrnn.vocab import Vocab
 
 ort = pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is not installed")
 onnx = pytest.importorskip("onnx", reason="the export extra (onnx) is not installed")
-safetensors = pytest.importorskip("safetensors", reason="the export extra (safetensors) is not installed")
+pytest.importorskip("safetensors", reason="the export extra (safetensors) is not installed")
+import safetensors.torch  # noqa: E402
+
 from charrnn import onnx_export  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,6 +288,27 @@ def test_hostile_safetensors_are_refused(home: Path, tmp_path: Path, case: str) 
         checkpoint.load(bad)
     for args in (["info", "-m", bad], ["generate", "-m", bad, "-n", "5", "--seed", "1"]):
         one_line_error(run(*args), 1, needle)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+                    | st.text(max_size=4), lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=8)
+FIELDS = ["format", "version", "config", "vocab", "vocab_counts", "training"]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(st.sampled_from(FIELDS), st.none() | st.text(max_size=12) | JSON.map(json.dumps),
+                               min_size=1, max_size=3))
+def test_any_metadata_loads_or_is_one_checkpoint_error(home: Path, tmp_path: Path, changes: dict) -> None:
+    """Whatever a file's metadata holds, the model loads and works, or loading is a CheckpointError."""
+    bad = rewrite(home / "m.safetensors", tmp_path / "fuzz.safetensors", changes)
+    try:
+        model, vocab, ckpt = checkpoint.load_model(bad)
+    except CheckpointError:
+        return
+    model(torch.zeros(1, 3, dtype=torch.long))
+    r = run("info", "-m", bad)
+    assert r.exit_code == 0, r.stderr
 
 
 def test_damaged_safetensors_files(home: Path, tmp_path: Path) -> None:
