@@ -400,6 +400,28 @@ def test_export_bad_inputs(home: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.pt", "inf.pt", "link.onnx"]
 
 
+def test_export_to_an_unwritable_folder(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused before any work when the folder says so (exit 2, as every command's outputs); a folder that
+    refuses the write itself (made read-only meanwhile, or a root-squashed share) is one line, exit 1. Both
+    simulated, so that the test runs as root too."""
+    from charrnn import outputs
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != folder and real_access(path, mode, **kw))
+    one_line_error(run("export", "-m", home / "m.pt", "-o", folder / "m.onnx"), 2, "permission denied")
+    monkeypatch.setattr(os, "access", real_access)
+
+    def refuse(path: Any, suffix: str = ".tmp") -> tuple[int, str]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(outputs, "temp_beside", refuse)
+    one_line_error(run("export", "-m", home / "m.pt", "-o", folder / "m.safetensors"), 1, "cannot write",
+                   "Permission denied")
+    assert list(folder.iterdir()) == []
+
+
 def test_export_write_failure_is_one_line_and_keeps_the_old_file(home: Path, tmp_path: Path) -> None:
     """A write that fails half-way (here a file-size limit, as a full disk would) is exit 1, one line; the
     file that was there stays whole and no temporary file is left."""
