@@ -63,10 +63,10 @@ def choose_format(output: str, fmt: str | None) -> str:
                    "(the weights, readable back by charrnn).")
 @json_option
 def export_cmd(model_path: str, output: str, fmt: str | None, as_json: bool) -> None:
-    """Write the model MODEL in a format other programs read: an ONNX graph (runs in onnxruntime, with the
-    vocabulary and config in its metadata) or a .safetensors file (the weights without pickle; charrnn's
-    own commands read it back with -m). Both are float32 whatever precision the model was trained in, and
-    need `pip install 'charrnn[export]'`.
+    """Write the model (-m) in a format other programs read: an ONNX graph (runs in onnxruntime, with the
+    vocabulary and config in its metadata; needs `pip install 'charrnn[export]'`) or a .safetensors file
+    (the weights without pickle; charrnn's commands read it back with -m). Both hold float32 weights,
+    whatever precision the model was trained in. See docs/export.md.
 
     \b
     charrnn export -m model.pt -o model.onnx
