@@ -1,7 +1,6 @@
-"""`charrnn export`: the ONNX graph against torch (every cell, one and two layers, one-hot and embedding
-input, a sequence fed whole and one character at a time), its metadata and dynamic axes; the
-.safetensors round trip (exact: the same weights, logits and generated text) and its checks of a
-hostile file; the command's formats, outputs and bad inputs; the onnxruntime example of docs/export.md."""
+"""`charrnn export` and the .safetensors models it writes: the round trip (exact: the same weights, logits
+and generated text), the checks of a hostile file, the command's formats, outputs and bad inputs, and the
+onnxruntime example of docs/export.md. The ONNX graph itself is tested in tests/test_onnx_export.py."""
 
 from __future__ import annotations
 
@@ -21,10 +20,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charrnn import __version__, checkpoint
+from charrnn import checkpoint
 from charrnn.cli import cli
-from charrnn.errors import CheckpointError, MissingDependency, UsageError
-from charrnn.model import CELLS, CharRNN, ModelConfig
+from charrnn.errors import CheckpointError
+from charrnn.model import CharRNN, ModelConfig
 from charrnn.vocab import Vocab
 
 ort = pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is not installed")
@@ -62,96 +61,6 @@ def one_line_error(r: Any, code: int, *needles: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
-
-
-# ONNX: the graph computes what torch computes ---------------------------------------------------------
-
-VOCAB = Vocab.build("abcdefghijklmnopqrstuvwxyz .\n", unk=True)
-
-
-def tiny_model(cell: str, input: str, layers: int, seed: int = 0) -> CharRNN:
-    torch.manual_seed(seed)
-    config = ModelConfig(vocab_size=VOCAB.size, cell=cell, hidden=16, layers=layers, input=input, embed_dim=8,
-                         dropout=0.25 if layers > 1 else 0.0)
-    return CharRNN(config).eval()
-
-
-def as_list(state: Any) -> list[np.ndarray]:
-    return [s.numpy() for s in (state if isinstance(state, tuple) else (state,))]
-
-
-@pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("input", ["onehot", "embedding"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_onnx_matches_torch_whole_and_stepwise(cell: str, input: str, layers: int) -> None:
-    model = tiny_model(cell, input, layers)
-    s = session(onnx_export.to_onnx(model, VOCAB))
-    lstm = model.config.base_cell == "lstm"
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, VOCAB.size, (2, 100), generator=g)  # batch 2, time 100: both axes differ from the example
-    start = tuple(0.5 * torch.randn(layers, 2, 16, generator=g) for _ in range(2 if lstm else 1))
-    with torch.no_grad():
-        logits, state = model(ids, start if lstm else start[0])
-    want = [logits.numpy(), *as_list(state)]
-    names = ["h", "c"][: len(start)]
-    whole = s.run(None, {"ids": ids.numpy(), **{n: t.numpy() for n, t in zip(names, start, strict=True)}})
-    assert [o.dtype for o in whole] == [np.float32] * len(want)
-    for got, ref in zip(whole, want, strict=True):
-        assert got.shape == ref.shape and np.abs(got - ref).max() <= TOL
-    carried, steps = [t.numpy() for t in start], []
-    for t in range(ids.shape[1]):  # one character at a time, the state carried from run to run
-        out, *carried = s.run(None, {"ids": ids[:, t : t + 1].numpy(), **dict(zip(names, carried, strict=True))})
-        steps.append(out)
-    for got, ref in zip([np.concatenate(steps, axis=1), *carried], want, strict=True):
-        assert got.shape == ref.shape and np.abs(got - ref).max() <= TOL
-
-
-def test_onnx_metadata_names_and_dynamic_axes() -> None:
-    # quotes, escapes, a newline, beyond the BMP, a lone surrogate (text read with surrogateescape)
-    vocab = Vocab.build('ab "\\\n\u00e9\U0001f600\udc80', unk=True)
-    model = CharRNN(ModelConfig(vocab_size=vocab.size, cell="lstm", hidden=8, layers=3, embed_dim=4)).eval()
-    data = onnx_export.to_onnx(model, vocab)
-    onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
-    s = session(data)
-    meta = s.get_modelmeta().custom_metadata_map
-    assert json.loads(meta["vocab"]) == [*vocab.chars, None]
-    assert json.loads(meta["config"]) == model.config.to_dict() and meta["charrnn_version"] == __version__
-    inputs = {i.name: (i.shape, i.type) for i in s.get_inputs()}
-    outputs = {o.name: (o.shape, o.type) for o in s.get_outputs()}
-    assert inputs == {"ids": (["batch", "time"], "tensor(int64)"), "h": ([3, "batch", 8], "tensor(float)"),
-                      "c": ([3, "batch", 8], "tensor(float)")}
-    assert outputs == {"logits": (["batch", "time", vocab.size], "tensor(float)"),
-                       "h_n": ([3, "batch", 8], "tensor(float)"), "c_n": ([3, "batch", 8], "tensor(float)")}
-    gru = CharRNN(ModelConfig(vocab_size=vocab.size, cell="scratch-gru", hidden=8, layers=1)).eval()
-    names = session(onnx_export.to_onnx(gru, vocab))
-    assert [i.name for i in names.get_inputs()] == ["ids", "h"] and [o.name for o in names.get_outputs()] == \
-        ["logits", "h_n"]
-    no_unk = Vocab.build("xyz", unk=False)
-    small = CharRNN(ModelConfig(vocab_size=3, cell="rnn", hidden=4, layers=1)).eval()
-    assert json.loads(session(onnx_export.to_onnx(small, no_unk)).get_modelmeta().custom_metadata_map["vocab"]) \
-        == ["x", "y", "z"]
-
-
-def test_onnx_is_float32_whatever_the_model_holds() -> None:
-    model = tiny_model("gru", "embedding", 1)
-    half = tiny_model("gru", "embedding", 1).to(torch.bfloat16)
-    s = session(onnx_export.to_onnx(half, VOCAB))
-    ids = np.arange(VOCAB.size, dtype=np.int64)[None]
-    logits, h = s.run(None, {"ids": ids, "h": np.zeros((1, 1, 16), np.float32)})
-    with torch.no_grad():
-        want = half.float()(torch.from_numpy(ids))[0].numpy()
-    assert logits.dtype == np.float32 and np.abs(logits - want).max() <= TOL
-    assert np.abs(want - model(torch.from_numpy(ids))[0].detach().numpy()).max() < 0.1  # bf16 rounding only
-
-
-def test_onnx_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = tiny_model("lstm", "onehot", 1)
-    monkeypatch.setattr(onnx_export, "MAX_WEIGHT_BYTES", 1000)
-    with pytest.raises(UsageError, match="do not fit in one ONNX file"):
-        onnx_export.to_onnx(model, VOCAB)
-    monkeypatch.setitem(sys.modules, "onnx", None)
-    with pytest.raises(MissingDependency, match=re.escape("charrnn[export]")):
-        onnx_export.to_onnx(model, VOCAB)
 
 
 # safetensors: the round trip is exact, a hostile file is refused -------------------------------------------
