@@ -120,6 +120,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     # torch.save writes a zip archive; anything else would go down torch's legacy pickle path.
     if head[:4] == b"PK\x03\x04":
         ckpt = _torch_load(p, map_location)
+        if isinstance(ckpt, dict):  # the mark of a file read by safetensors_io, which a checkpoint cannot claim
+            ckpt.pop("exported_as", None)
     else:
         from charrnn import safetensors_io
 
