@@ -147,10 +147,11 @@ def test_model_card_says_what_the_checkpoint_holds() -> None:
 def test_the_web_assets_are_package_data() -> None:
     tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    patterns = config["tool"]["setuptools"]["package-data"]["charrnn"]
+    assert "charrnn.web" in config["tool"]["setuptools"]["packages"]
+    patterns = config["tool"]["setuptools"]["package-data"]["charrnn.web"]
     for name in ("page.html", "page.css", "model.js", "page.js"):
         assert (ROOT / "charrnn" / "web" / name).is_file()
-        assert any(Path("web", name).match(p) for p in patterns), name
+        assert any(Path(name).match(p) for p in patterns), name
 
 
 # --- in Chromium ----------------------------------------------------------------------------------
