@@ -1,7 +1,7 @@
 "use strict";
 // The page: reads the model from the file's data blocks, samples as `charrnn generate` does, and
 // shows the text as it is made (a chunk of characters per task, so the page paints between them).
-// Test hooks: window.charrnnNext(prefix) and the fragment modes #probe=PREFIX and
+// Test hooks: window.charrnnNext(prefix) and the fragment modes #probe=PREFIX, #bench=STEPS and
 // #generate=LENGTH&seed=S&prefix=P&temperature=T, which write JSON into <pre id="probe">.
 (function () {
   const { Model, softmax, draw, prng } = globalThis.charrnnModel;
@@ -142,19 +142,26 @@
     return crypto.getRandomValues(new Uint32Array(1))[0];
   }
 
-  function onGenerate() {
+  function readControls() {
+    const length = Math.max(1, Math.min(100000, Math.floor(Number($("length").value)) || 500));
+    return { prefix: $("prefix").value, temperature: Number($("temperature").value), length, seed: readSeed() };
+  }
+
+  // A generation with settings {prefix, temperature, length, seed}; `done(stats)` (optional) at its end.
+  function start(settings, done = () => {}) {
     if (running) running.stop = true;
-    const seed = readSeed();
-    const length = Math.max(1, Math.min(100000, Number($("length").value) || 500));
+    const { prefix, temperature, length, seed } = settings;
     const status = $("status");
     status.textContent = `generating (seed ${seed})…`;
     try {
-      generate($("prefix").value, Number($("temperature").value), length, seed, (s) => {
+      generate(prefix, temperature, length, seed, (s) => {
         const rate = (s.end_ms - s.start_ms) / Math.max(1, length);
         status.textContent = `seed ${seed}: ${length} characters, ${rate.toFixed(2)} ms per character`;
+        done(s);
       });
     } catch (e) {
       status.textContent = `Error: ${e.message}`;
+      done({ error: e.message });
     }
   }
 
@@ -171,8 +178,9 @@
   // Whether the stylesheet applied (the CSP let it in): it sets a custom property on the body.
   const styled = () => getComputedStyle(document.body).getPropertyValue("--charrnn-styled").trim() === "1";
 
-  // #probe=P (repeatable): the probabilities after each prefix P; #generate=N&seed=S&prefix=P&
-  // temperature=T: a generation, reported when it ends. Either writes JSON into <pre id="probe">.
+  // #probe=P (repeatable): the probabilities after each prefix P; #bench=N: N steps timed;
+  // #generate=N&seed=S&prefix=P&temperature=T: a generation, reported when it ends. Each writes JSON
+  // into <pre id="probe">.
   function runFragment() {
     const params = new URLSearchParams(location.hash.slice(1));
     const probe = $("probe");
@@ -180,12 +188,21 @@
     try {
       if (params.has("probe")) {
         report({ probes: params.getAll("probe").map((p) => ({ prefix: p, probs: next(p) })) });
+      } else if (params.has("bench")) {
+        // Steps of the model timed in one synchronous run (a generation's timers would let the
+        // browser's virtual time stand in for real time).
+        const n = Number(params.get("bench")), state = model.begin(), t0 = performance.now();
+        for (let i = 0; i < n; i++) model.step(i % meta.counts.length, state);
+        report({ steps: n, ms_per_step: (performance.now() - t0) / n, load_ms: t0 });
       } else if (params.has("generate")) {
-        const prefix = params.get("prefix") || "";
-        const temperature = Number(params.get("temperature") || "1");
-        const seed = Number(params.get("seed") || "0") >>> 0;
-        $("prefix").value = prefix;
-        generate(prefix, temperature, Number(params.get("generate")), seed, report);
+        const settings = { prefix: params.get("prefix") || "", temperature: Number(params.get("temperature") || "1"),
+                           length: Number(params.get("generate")), seed: Number(params.get("seed") || "0") >>> 0 };
+        $("prefix").value = settings.prefix; // shown as if typed (the slider rounds to its steps)
+        $("temperature").value = String(settings.temperature);
+        $("temperature").dispatchEvent(new Event("input"));
+        $("length").value = String(settings.length);
+        $("seed").value = String(settings.seed);
+        start(settings, report);
       }
     } catch (e) {
       report({ error: e.message });
@@ -198,7 +215,7 @@
     const show = () => { tv.textContent = Number(t.value).toFixed(2); };
     t.addEventListener("input", show);
     show();
-    $("generate").addEventListener("click", onGenerate);
+    $("generate").addEventListener("click", () => start(readControls()));
     $("stop").addEventListener("click", () => { if (running) running.stop = true; });
     $("status").textContent = "ready";
     runFragment();
