@@ -32,8 +32,8 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PAT
 TEXT = "the time traveller smiled, and we sat about the fire.\nHe spoke: \"Zebra <b> & 'quotes'\" é\n"
 VOCAB = Vocab.build(TEXT)
 CKPT = {"step": 120, "data": {"chars": 5000}, "val_loss": 1.5, "elapsed": 12.0, "charrnn_version": "0.1.0"}
-# float16 weights against torch's float32 model, for these test models (weights scaled by 3, so
-# up to about 3); measured 2026-12-01: at most 4e-4 here, 1e-4 on a trained 1x256 LSTM (docs/webpage.md).
+# float16 weights against torch's float32 model (docs/webpage.md), measured 2026-12-01: at most 3.7e-4
+# on these test models (weights scaled by 3), 1.8e-4 on a trained 1x256 LSTM; float32: at most 2.3e-7.
 FLOAT16_BOUND = 2e-3
 FLOAT32_BOUND = 1e-4
 
@@ -194,9 +194,9 @@ def test_probabilities_equal_torch(tmp_path: Path, cell: str, layers: int, input
 
 
 @needs_chromium
-@pytest.mark.parametrize(("cell", "input"), [("lstm", "embedding"), ("gru", "onehot")])
-def test_float16_probabilities_within_the_documented_bound(tmp_path: Path, cell: str, input: str) -> None:
-    m = tiny(cell, 2, input)
+@pytest.mark.parametrize(("cell", "layers", "input"), [("rnn", 1, "onehot"), ("lstm", 2, "embedding")])
+def test_float16_probabilities_within_the_documented_bound(tmp_path: Path, cell: str, layers: int, input: str) -> None:
+    m = tiny(cell, layers, input)
     got = probe(write_page(tmp_path / "m.html", m, weights="float16"), PREFIXES, tmp_path / "profile")
     diffs = [np.abs(p - torch_probs(m, prefix)).max() for prefix, p in zip(PREFIXES, got, strict=True)]
     assert max(diffs) < FLOAT16_BOUND
