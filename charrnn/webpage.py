@@ -107,7 +107,7 @@ def model_card(model: CharRNN, vocab: Vocab, ckpt: dict[str, Any], weights: str)
     return card
 
 
-def _json_block(value: Any) -> str:
+def json_block(value: Any) -> str:
     """JSON safe inside a <script> element: no '<' (so no '</script' or '<!--'), ASCII only."""
     return json.dumps(value, ensure_ascii=True, separators=(",", ":")).replace("<", "\\u003c")
 
@@ -128,7 +128,7 @@ def page_html(model: CharRNN, vocab: Vocab, ckpt: dict[str, Any], *, weights: st
     values = {
         "csp": html.escape(content_security_policy([model_js, page_js], [css])),
         "version": html.escape(__version__), "title": html.escape(title), "cell": html.escape(c.base_cell.upper()),
-        "css": css, "meta": _json_block(meta), "weights": data, "model_js": model_js, "page_js": page_js,
+        "css": css, "meta": json_block(meta), "weights": data, "model_js": model_js, "page_js": page_js,
     }
     # One pass: a substituted value is never scanned again (a title may hold "{css}").
     return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], asset("page.html"))

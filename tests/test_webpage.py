@@ -19,11 +19,13 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from charrnn.errors import UsageError
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.vocab import Vocab
-from charrnn.webpage import FLOAT16_MAX, asset, model_card, pack_weights, page_html
+from charrnn.webpage import FLOAT16_MAX, asset, json_block, model_card, pack_weights, page_html
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
@@ -96,6 +98,14 @@ def test_no_network_and_nothing_outside_the_file() -> None:
 def test_title_is_escaped_and_never_substituted() -> None:
     page = page_html(tiny(), VOCAB, CKPT, title="<b>{css}</b> & co")
     assert "&lt;b&gt;{css}&lt;/b&gt; &amp; co" in page and "<b>{css}" not in page
+
+
+@given(st.lists(st.one_of(st.none(), st.text())), st.text())
+def test_data_blocks_hold_any_text_and_cannot_close_early(chars: list[str | None], delimiter: str) -> None:
+    value = {"vocab": chars, "delimiter": delimiter}
+    block = json_block(value)
+    assert "<" not in block and block.isascii()  # no "</script", no "<!--", no U+2028
+    assert json.loads(block) == value
 
 
 def test_size_scales_with_parameters_and_float16_halves_the_weights() -> None:
