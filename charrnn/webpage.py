@@ -32,6 +32,9 @@ from charrnn.model import CharRNN
 from charrnn.vocab import Vocab
 
 WEIGHTS = ("float32", "float16")
+# "auto": float32 weights unless that page would pass this size, then float16 (half the weights).
+# The default preset's page is 3.9 MB in float32 with a 66-character vocabulary (docs/webpage.md).
+AUTO_LIMIT = 5_000_000
 # The largest finite float16; a weight beyond it would become infinite in the page.
 FLOAT16_MAX = 65504.0
 
@@ -63,7 +66,7 @@ def pack_weights(state: dict[str, torch.Tensor], dtype: str) -> tuple[dict[str, 
     """All tensors, flattened one after another into one little-endian array of `dtype`, as base64,
     and a table name -> [offset in numbers, shape]."""
     if dtype not in WEIGHTS:
-        raise UsageError(f"unknown weight type {dtype!r}: choose one of {', '.join(WEIGHTS)}")
+        raise UsageError(f"unknown weight type {dtype!r}: choose one of {', '.join(WEIGHTS)} (or auto)")
     table, parts, offset = {}, [], 0
     for name, t in state.items():
         values = t.detach().to("cpu", torch.float32).numpy().ravel()
@@ -112,10 +115,16 @@ def json_block(value: Any) -> str:
     return json.dumps(value, ensure_ascii=True, separators=(",", ":")).replace("<", "\\u003c")
 
 
-def page_html(model: CharRNN, vocab: Vocab, ckpt: dict[str, Any], *, weights: str = "float32",
+def page_html(model: CharRNN, vocab: Vocab, ckpt: dict[str, Any], *, weights: str = "auto",
               title: str | None = None) -> str:
     """The page of `model` (with its vocabulary and the checkpoint it came from), weights stored as
-    `weights` ("float32" or "float16"); `title` defaults to the cell and size."""
+    `weights`: "float32", "float16", or "auto" (float32 unless that page passes AUTO_LIMIT bytes);
+    `title` defaults to the cell and size."""
+    if weights == "auto":
+        page = page_html(model, vocab, ckpt, weights="float32", title=title)
+        if len(page.encode("utf-8")) <= AUTO_LIMIT:
+            return page
+        weights = "float16"
     c = model.config
     table, data = pack_weights(model.state_dict(), weights)
     title = title if title is not None else f"charrnn: {c.cell} {c.layers}x{c.hidden}"

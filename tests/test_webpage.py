@@ -22,6 +22,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from charrnn import webpage
 from charrnn.errors import UsageError
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.vocab import Vocab
@@ -118,6 +119,16 @@ def test_size_scales_with_parameters_and_float16_halves_the_weights() -> None:
     (s16, p16), (s64, p64) = sizes[16, "float32"], sizes[64, "float32"]
     assert (s64 - s16) == pytest.approx((p64 - p16) * 4 * 4 / 3, rel=0.01)  # base64 of 4 bytes per parameter
     assert (sizes[64, "float32"][0] - sizes[64, "float16"][0]) == pytest.approx(p64 * 2 * 4 / 3, rel=0.01)
+
+
+def test_auto_weights_are_float32_until_the_page_passes_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = tiny(hidden=32)
+    float32, float16 = (page_html(m, VOCAB, CKPT, weights=w) for w in ("float32", "float16"))
+    assert page_html(m, VOCAB, CKPT) == float32  # auto is the default
+    monkeypatch.setattr(webpage, "AUTO_LIMIT", len(float32.encode()))
+    assert page_html(m, VOCAB, CKPT, weights="auto") == float32
+    monkeypatch.setattr(webpage, "AUTO_LIMIT", len(float32.encode()) - 1)
+    assert page_html(m, VOCAB, CKPT, weights="auto") == float16 and "(float16 in this page)" in float16
 
 
 @pytest.mark.parametrize("weights", ["float32", "float16"])
