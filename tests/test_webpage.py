@@ -58,7 +58,7 @@ def write_page(path: Path, m: CharRNN, ckpt: dict[str, Any] | None = None, weigh
 @torch.no_grad()
 def torch_probs(m: CharRNN, prefix: str) -> np.ndarray:
     """softmax of the model's logits after `prefix`, from the zero state: (V,) float64."""
-    logits, _ = m(torch.tensor(VOCAB.encode(prefix), dtype=torch.long)[None])
+    logits, _ = m(torch.tensor(VOCAB.encode(prefix, unk="map"), dtype=torch.long)[None])
     return torch.softmax(logits[0, -1].double(), dim=0).numpy()
 
 
@@ -177,8 +177,10 @@ def test_the_web_assets_are_package_data() -> None:
 
 # --- in Chromium ----------------------------------------------------------------------------------
 
-def browse(page: Path, fragment: str, profile: Path, budget_ms: int | None = None) -> dict[str, Any]:
-    """Load `page#fragment` in headless Chromium and return the JSON the page wrote into <pre id="probe">."""
+def browse(page: Path, fragment: str, profile: Path, budget_ms: int | None = None,
+           error: bool = False) -> dict[str, Any]:
+    """Load `page#fragment` in headless Chromium and return the JSON the page wrote into <pre id="probe">
+    (which must hold an error message if `error`, else none)."""
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}"]
     if budget_ms is not None:  # lets the page's timers (a generation in chunks) run before the DOM is read
         cmd.append(f"--virtual-time-budget={budget_ms}")
@@ -187,7 +189,7 @@ def browse(page: Path, fragment: str, profile: Path, budget_ms: int | None = Non
     found = re.search(r'<pre id="probe"[^>]*>(.*?)</pre>', done.stdout, re.S)
     assert found and found.group(1), f"the page wrote no probe (exit {done.returncode}): {done.stderr[-2000:]}"
     report = json.loads(html.unescape(found.group(1)))
-    assert "error" not in report, report["error"]
+    assert ("error" in report) == error, report.get("error")
     assert report["styled"] and report["violations"] == []  # style and scripts let in by the CSP, nothing refused
     return report
 
@@ -198,7 +200,8 @@ def probe(page: Path, prefixes: list[str], profile: Path) -> list[np.ndarray]:
     return [np.array(r["probs"]) for r in report["probes"]]
 
 
-PREFIXES = ["t", "the time traveller smi", 'He spoke: "Zebra <b> & \'quotes\'" é\nthe fire']
+# The last holds characters the model does not know ("Q", "€"): read as <unk>, as charrnn complete does.
+PREFIXES = ["t", "the time traveller smi", 'He spoke: "Zebra <b> & \'quotes\'" é\nthe fire', "Q€ the"]
 CASES = [("rnn", 1, "onehot"), ("gru", 2, "embedding"), ("lstm", 2, "onehot"), ("lstm", 1, "embedding"),
          ("scratch-rnn", 2, "embedding"), ("scratch-gru", 1, "onehot"), ("scratch-lstm", 2, "embedding")]
 
@@ -222,6 +225,17 @@ def test_float16_probabilities_within_the_documented_bound(tmp_path: Path, cell:
     diffs = [np.abs(p - torch_probs(m, prefix)).max() for prefix, p in zip(PREFIXES, got, strict=True)]
     assert max(diffs) < FLOAT16_BOUND
     assert max(diffs) > 0  # float16 did round the weights: the page is not secretly float32
+
+
+@needs_chromium
+def test_unknown_characters_without_unk_are_an_error_on_the_page(tmp_path: Path) -> None:
+    vocab = Vocab.build(TEXT, unk=False)
+    torch.manual_seed(0)
+    m = CharRNN(ModelConfig(vocab_size=vocab.size, cell="gru", layers=1, hidden=8)).eval()
+    page = tmp_path / "m.html"
+    page.write_text(page_html(m, vocab, CKPT), encoding="utf-8")
+    report = browse(page, "probe=" + quote("Quite"), tmp_path / "profile", error=True)
+    assert report["error"] == 'the model does not know "Q"'
 
 
 def mulberry32(seed: int):

@@ -216,6 +216,9 @@
     t.addEventListener("input", show);
     show();
     $("generate").addEventListener("click", () => start(readControls()));
+    $("prefix").addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) start(readControls()); // Ctrl+Enter generates
+    });
     $("stop").addEventListener("click", () => { if (running) running.stop = true; });
     $("status").textContent = "ready";
     runFragment();
