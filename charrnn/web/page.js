@@ -155,8 +155,7 @@
     status.textContent = `generating (seed ${seed})…`;
     try {
       generate(prefix, temperature, length, seed, (s) => {
-        const rate = (s.end_ms - s.start_ms) / Math.max(1, length);
-        status.textContent = `seed ${seed}: ${length} characters, ${rate.toFixed(2)} ms per character`;
+        status.textContent = `seed ${seed}: ${length} characters`;
         done(s);
       });
     } catch (e) {
