@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium): "
                                                             "the page is not run in a browser")
-TEXT = "the time traveller smiled, and we sat about the fire.\nHe spoke: \"Zebra <b> & 'quotes'\" é\n"
+# Characters a page could trip on: HTML's < & ' ", a two-byte é, and 🙂 outside the BMP (two UTF-16 units in
+# JavaScript, one character to charrnn).
+TEXT = "the time traveller smiled, and we sat about the fire.\nHe spoke: \"Zebra <b> & 'quotes'\" é 🙂\n"
 VOCAB = Vocab.build(TEXT)
 CKPT = {"step": 120, "data": {"chars": 5000}, "val_loss": 1.5, "elapsed": 12.0, "charrnn_version": "0.1.0"}
 # float16 weights against torch's float32 model (docs/webpage.md), measured 2026-12-01: at most 3.7e-4
@@ -201,7 +203,7 @@ def probe(page: Path, prefixes: list[str], profile: Path) -> list[np.ndarray]:
 
 
 # The last holds characters the model does not know ("Q", "€"): read as <unk>, as charrnn complete does.
-PREFIXES = ["t", "the time traveller smi", 'He spoke: "Zebra <b> & \'quotes\'" é\nthe fire', "Q€ the"]
+PREFIXES = ["t", "the time traveller smi", 'He spoke: "Zebra <b> & \'quotes\'" é 🙂\nthe fire', "Q€ the🙂"]
 CASES = [("rnn", 1, "onehot"), ("gru", 2, "embedding"), ("lstm", 2, "onehot"), ("lstm", 1, "embedding"),
          ("scratch-rnn", 2, "embedding"), ("scratch-gru", 1, "onehot"), ("scratch-lstm", 2, "embedding")]
 
