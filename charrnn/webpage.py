@@ -8,7 +8,8 @@ no other script, no eval. The vocabulary, config, model card and (for a records 
 ride along as JSON in a data block (a <script type="application/json">, which is never run).
 
 Test hooks in the page (charrnn/web/page.js): window.charrnnNext(prefix), and the URL fragments
-#probe=PREFIX and #generate=N&seed=S&prefix=P&temperature=T, which write JSON into <pre id="probe">.
+#probe=PREFIX, #bench=N and #generate=N&seed=S&prefix=P&temperature=T, which write JSON into
+<pre id="probe"> (docs/webpage.md).
 """
 
 from __future__ import annotations
