@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := build/demo
 
-.PHONY: install demo test lint bench bench-quick bench-records clean
+.PHONY: install browser demo test lint bench bench-quick bench-records clean
 
 # torch is pinned to the CPU build first, so that the looser `torch>=2.2` in pyproject.toml is
 # already satisfied and pip never pulls the multi-GB CUDA build.
@@ -26,7 +26,14 @@ demo: install
 	$(BIN)/charrnn train pydoc -o $(DEMO)/model.pt --time-budget 100 --val-every 100
 	$(BIN)/charrnn generate -m $(DEMO)/model.best.pt --prefix "The " -n 400 --temperature 0.8 --seed 1
 
-test: install
+# The web page's tests run it in headless Chromium; where none is installed they try Debian's package
+# (as root), and otherwise skip with their reason.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && timeout 600 apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	  echo "chromium is not installed: the browser tests will skip"
+
+test: install browser
 	$(BIN)/ruff check charrnn tests bench
 	$(BIN)/python -m pytest -q
 

@@ -252,7 +252,7 @@ def test_missing_safetensors_library_names_the_extra(home: Path, monkeypatch: py
 # The command ------------------------------------------------------------------------------------------
 
 def test_export_every_format(home: Path, tmp_path: Path) -> None:
-    for name, fmt in (("a.onnx", "onnx"), ("a.safetensors", "safetensors")):
+    for name, fmt in (("a.onnx", "onnx"), ("a.safetensors", "safetensors"), ("a.html", "html")):
         r = run("export", "-m", home / "m.pt", "-o", tmp_path / name)
         assert r.exit_code == 0 and r.stdout == "", r.stderr
         assert f"wrote {tmp_path / name}" in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -262,6 +262,12 @@ def test_export_every_format(home: Path, tmp_path: Path) -> None:
         assert out == {"path": str(tmp_path / f"{name}.bin"), "format": fmt,
                        "bytes": (tmp_path / f"{name}.bin").stat().st_size}
         assert (tmp_path / name).read_bytes() == (tmp_path / f"{name}.bin").read_bytes()
+    page = (tmp_path / "a.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "Content-Security-Policy" in page
+    r = run("export", "-m", home / "m.pt", "-o", tmp_path / "t.html", "--weights", "float16", "--title", "A <b>")
+    assert r.exit_code == 0, r.stderr
+    page16 = (tmp_path / "t.html").read_text(encoding="utf-8")
+    assert "A &lt;b&gt;" in page16 and "A <b>" not in page16 and len(page16) < len(page)
     s = session(str(tmp_path / "a.onnx"))
     assert json.loads(s.get_modelmeta().custom_metadata_map["config"]) == checkpoint.load(home / "m.pt")["model_config"]
     model, vocab, _ = checkpoint.load_model(home / "m.pt")  # trained weights agree as the random ones do
@@ -278,10 +284,15 @@ def test_export_every_format(home: Path, tmp_path: Path) -> None:
 def test_export_bad_inputs(home: Path, tmp_path: Path) -> None:
     model = home / "m.pt"
     before = model.read_bytes()
-    one_line_error(run("export", "-m", model, "-o", tmp_path / "m.html"), 2, ".onnx or .safetensors", "--format")
-    one_line_error(run("export", "-m", model, "-o", tmp_path / "m"), 2, ".onnx or .safetensors")
+    one_line_error(run("export", "-m", model, "-o", tmp_path / "m.txt"), 2, ".onnx, .safetensors or .html", "--format")
+    one_line_error(run("export", "-m", model, "-o", tmp_path / "m"), 2, ".onnx, .safetensors or .html")
     one_line_error(run("export", "-m", model, "-o", tmp_path / "m.onnx", "--format", "safetensors"), 2, "ends in .onnx")
-    one_line_error(run("export", "-m", model, "-o", tmp_path / "m.onnx", "--format", "html"), 2, "--format")
+    one_line_error(run("export", "-m", model, "-o", tmp_path / "m.onnx", "--format", "html"), 2, "ends in .onnx")
+    one_line_error(run("export", "-m", model, "-o", tmp_path / "m.onnx", "--weights", "float16"), 2,
+                   "--weights applies to --format html")
+    one_line_error(run("export", "-m", model, "-o", tmp_path / "m.safetensors", "--title", "x"), 2,
+                   "--title applies to --format html")
+    one_line_error(run("export", "-m", model, "-o", tmp_path / "m.html", "--weights", "float64"), 2, "--weights")
     one_line_error(run("export", "-m", model, "-o", model, "--format", "onnx"), 2, "is the model (-m)")
     (tmp_path / "link.onnx").symlink_to(model)
     one_line_error(run("export", "-m", model, "-o", tmp_path / "link.onnx"), 2, "is the model (-m)")
@@ -303,7 +314,7 @@ def test_export_bad_inputs(home: Path, tmp_path: Path) -> None:
     ckpt = torch.load(model, weights_only=True)
     ckpt["weights"]["head.weight"][0, 0] = float("inf")
     torch.save(ckpt, tmp_path / "inf.pt")
-    for out in ("i.onnx", "i.safetensors"):
+    for out in ("i.onnx", "i.safetensors", "i.html"):
         one_line_error(run("export", "-m", tmp_path / "inf.pt", "-o", tmp_path / out), 1, "non-finite weights")
     assert model.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.pt", "inf.pt", "link.onnx"]
@@ -356,7 +367,8 @@ def test_missing_onnx_names_the_extra(home: Path, tmp_path: Path, monkeypatch: p
 
 def test_export_is_documented_with_every_option() -> None:
     page = (ROOT / "docs" / "export.md").read_text(encoding="utf-8")
-    for option in ("-m", "--model", "-o", "--output", "--format", "--json", f"opset {onnx_export.OPSET}"):
+    for option in ("-m", "--model", "-o", "--output", "--format", "--weights", "--title", "--json",
+                   f"opset {onnx_export.OPSET}"):
         assert option in page, option
 
 
