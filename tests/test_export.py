@@ -393,3 +393,9 @@ def test_docs_onnxruntime_example_runs_without_torch(home: Path, tmp_path: Path)
     vocab = checkpoint.load(home / "m.pt")["vocab"]["chars"]
     text = r.stdout[:-1]  # print's newline
     assert text.startswith("The ") and len(text) == 4 + 200 and set(text) <= set(vocab) | {"\ufffd"}
+
+
+def test_readme_shows_the_tested_example() -> None:
+    """The README's onnxruntime example is the one the test above runs, not a copy drifting apart."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"```python\n{docs_example()}```" in readme
