@@ -57,9 +57,15 @@ def draw(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     also one of positive weight. A few small ops: torch.multinomial costs 3x as much for one row
     and 6x for 64 (measured on CPU), which matters when sampling one character at a time.
     """
+    return draw_with(weights, torch.rand(weights.shape[0], 1, generator=generator, device=weights.device))
+
+
+def draw_with(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """draw() with its uniform numbers given, (B, 1) in [0, 1): for rows whose numbers come from
+    generators of their own (the server's streams, each with its request's seed)."""
     cdf = weights.cumsum(dim=-1)  # (B, V)
     total = cdf[:, -1:].contiguous()  # (B, 1)
-    u = torch.rand(weights.shape[0], 1, generator=generator, device=weights.device).mul_(total)
+    u = uniform * total
     return torch.minimum(torch.searchsorted(cdf, u, right=True), torch.searchsorted(cdf, total))[:, 0]
 
 
