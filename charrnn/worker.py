@@ -68,6 +68,7 @@ class ModelWorker:
         self.thread = threading.Thread(target=self._run, name=f"charrnn-model-{name}", daemon=True)
         self.batches: list[int] = []  # sizes of the last next batches (the tests look), at most 1000
         self.stopping = False
+        self.generating = 0  # jobs in the engine after the last step (read by other threads)
 
     def start(self) -> ModelWorker:
         self.thread.start()
@@ -101,12 +102,18 @@ class ModelWorker:
                 self._answer_next(nexts)
             self.waiting.extend(t for t in tasks if isinstance(t, Job))
             self._start_jobs()
+            self.generating = len(self.engine.jobs)  # before any of their text is sent
             try:
                 self.engine.step()
             except Exception as e:  # noqa: BLE001 - delivered to every job that was running
                 failed, self.engine = self.engine.jobs, Engine(self.model, self.vocab)
                 for job in failed:
                     job.on_done(e)
+            self.generating = len(self.engine.jobs)
+
+    def load(self) -> dict:
+        """What the worker has in hand (for /healthz): generate jobs running, and requests waiting."""
+        return {"generating": self.generating, "waiting": self.inbox.qsize() + len(self.waiting)}
 
     def _take(self) -> list[Any]:
         """What has arrived: blocks for the first task when there is nothing to do, then gathers more for
