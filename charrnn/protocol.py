@@ -11,6 +11,7 @@ the line protocol needs them, HTTP ignores them.
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 from dataclasses import dataclass, fields
@@ -174,6 +175,35 @@ def _type(value: Any) -> str:
     if isinstance(value, str):
         return f"the string {_shown(value)}"
     return {"list": "a list", "dict": "an object"}.get(type(value).__name__, type(value).__name__)
+
+
+def _no_constant(name: str) -> Any:
+    raise RequestError(400, f"malformed JSON: {name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise RequestError(400, f"malformed JSON: the number {text[:40]} is out of range")
+    return value
+
+
+def decode_json(data: bytes, limits: Limits) -> Any:
+    """A request body (or a line of the line protocol) -> its JSON value: UTF-8, at most
+    `limits.max_body_bytes`, strict JSON (no NaN or Infinity), else a RequestError (413 or 400)."""
+    if len(data) > limits.max_body_bytes:
+        raise RequestError(413, f"the request has {len(data):,} bytes, more than the limit of "
+                                f"{limits.max_body_bytes:,} (--max-body-bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(400, f"the request is not UTF-8 (byte {e.start})") from None
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as e:
+        raise RequestError(400, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except (ValueError, RecursionError) as e:  # an integer of too many digits, nesting too deep
+        raise RequestError(400, f"malformed JSON: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def model_name(body: Any) -> str | None:

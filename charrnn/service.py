@@ -150,10 +150,31 @@ def run_next(lm: LoadedModel, req: NextRequest) -> dict:
 
 def stream_generate(lm: LoadedModel, req: GenerateRequest) -> Iterator[tuple[int, str]]:
     """(sample index, text) pieces of the samples as they are made; the pieces of index i, joined,
-    are sample i. Without a stop string, one character of every sample per step; with a stop string
-    (or a records model) each sample whole as it ends, numbered in the order they end; beam search
-    gives its results at the end. The request is checked against the model before this returns
-    (a RequestError here, not on the first piece); closing the iterator stops the generation."""
+    are one sample. Without a stop string, one character of every sample per step; with a stop
+    string (or a records model) the text of each sample as soon as no stop string can begin in it,
+    the samples numbered in the order they begin to be told (with "novel", each whole once it is
+    known to be new); beam search gives its results at the end. The request is checked against
+    the model before this returns (a RequestError here, not at the first piece); closing the
+    iterator stops the generation."""
+    return ((i, piece) for i, piece, _ in _pieces(lm, req))
+
+
+def run_generate(lm: LoadedModel, req: GenerateRequest) -> dict:
+    """{"samples": [...], "seed": ...} (no seed for beam search, which does not sample); the
+    samples are the continuations, each after the prefix when the request asks for "echo". Samples
+    that end at a stop string are listed in the order they end, as `charrnn generate` prints them."""
+    parts: dict[int, list[str]] = {i: [] for i in range(req.num_samples if req.beam is None else 0)}
+    ends: list[int] = []
+    for i, piece, ended in _pieces(lm, req):
+        parts.setdefault(i, []).append(piece)
+        if ended:
+            ends.append(i)
+    samples = ["".join(parts[i]) for i in (ends or sorted(parts))]
+    return {"samples": samples} if req.beam is not None else {"samples": samples, "seed": req.seed}
+
+
+def _pieces(lm: LoadedModel, req: GenerateRequest) -> Iterator[tuple[int, str, bool]]:
+    """(sample index, text, whether that sample ended with it), once the request is checked."""
     ids = _prefix_ids(lm, req.prefix, req.unk)
     stops, min_length = req.stop, req.min_length
     if not stops and lm.delimiter is not None:
@@ -174,23 +195,24 @@ def stream_generate(lm: LoadedModel, req: GenerateRequest) -> Iterator[tuple[int
     return _plain(lm, req, ids, echo)
 
 
-def _plain(lm: LoadedModel, req: GenerateRequest, ids: np.ndarray, echo: str) -> Iterator[tuple[int, str]]:
+def _plain(lm: LoadedModel, req: GenerateRequest, ids: np.ndarray, echo: str) -> Iterator[tuple[int, str, bool]]:
     from charrnn.generate import Sampling, generate
 
     sampling = Sampling(req.temperature, req.top_k, req.top_p, req.greedy)
     if echo:
         for i in range(req.num_samples):
-            yield i, echo
+            yield i, echo, False
     for chars in generate(lm.model, lm.vocab, ids, req.n, sampling, seed=req.seed, num_samples=req.num_samples):
-        yield from enumerate(chars)
+        for i, c in enumerate(chars):
+            yield i, c, False
 
 
 def _records(lm: LoadedModel, req: GenerateRequest, ids: np.ndarray, stops: tuple[str, ...], min_length: int,
-             echo: str) -> Iterator[tuple[int, str]]:
+             echo: str) -> Iterator[tuple[int, str, bool]]:
     """Samples that end at a stop string, or beam search, from the record-start state (as
     `charrnn generate` does: after the model's delimiter, or without a prefix after the first stop
     string when the model knows it)."""
-    from charrnn.generate import Sampling, Stops, beam_search, generate_samples
+    from charrnn.generate import Sampling, Stops, beam_search, stream_samples
     from charrnn.records import contains
 
     vocab = lm.vocab
@@ -209,25 +231,17 @@ def _records(lm: LoadedModel, req: GenerateRequest, ids: np.ndarray, stops: tupl
     if req.beam is not None:
         for i, r in enumerate(beam_search(lm.model, vocab, context, req.beam, req.n, rule,
                                           num_results=req.num_samples, accept=accept)):
-            yield i, echo + r.text
+            yield i, echo + r.text, True
         return
     assert rule is not None
     sampling = Sampling(req.temperature, req.top_k, req.top_p, req.greedy)
-    for i, sample in enumerate(generate_samples(lm.model, vocab, context, rule, sampling, seed=req.seed,
-                                                num_samples=req.num_samples, accept=accept)):
-        yield i, echo + sample
-
-
-def run_generate(lm: LoadedModel, req: GenerateRequest) -> dict:
-    """{"samples": [...], "seed": ...} (no seed for beam search, which does not sample); the
-    samples are the continuations, each after the prefix when the request asks for "echo"."""
-    parts: list[list[str]] = [[] for _ in range(req.num_samples if req.beam is None else 0)]
-    for i, piece in stream_generate(lm, req):
-        while i >= len(parts):
-            parts.append([])
-        parts[i].append(piece)
-    samples = ["".join(p) for p in parts]
-    return {"samples": samples} if req.beam is not None else {"samples": samples, "seed": req.seed}
+    numbers: dict[int, int] = {}  # stream_samples' numbers (the order samples start) -> the order first told
+    for number, piece, ended in stream_samples(lm.model, vocab, context, rule, sampling, seed=req.seed,
+                                               num_samples=req.num_samples, accept=accept):
+        if number not in numbers:
+            numbers[number] = len(numbers)
+            piece = echo + piece
+        yield numbers[number], piece, ended
 
 
 def run_score(lm: LoadedModel, req: ScoreRequest) -> dict:
