@@ -35,7 +35,7 @@ from charrnn.protocol import (
 from charrnn.vocab import Vocab
 
 __all__ = ["Limits", "LoadedModel", "RequestError", "error_status", "handle", "load_models", "models_info",
-           "pick_model", "run_generate", "run_next", "run_score", "stream_generate"]
+           "pick_model", "prefix_ids", "run_generate", "run_next", "run_score", "stream_generate"]
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -128,7 +128,8 @@ def models_info(models: dict[str, LoadedModel]) -> dict:
     return {"models": [lm.info() for lm in models.values()], "default": next(iter(models), None)}
 
 
-def _prefix_ids(lm: LoadedModel, text: str, unk: str) -> np.ndarray:
+def prefix_ids(lm: LoadedModel, text: str, unk: str) -> np.ndarray:
+    """The ids of a request's prefix; characters the model does not know are a 422 under "unk": "error"."""
     try:
         return lm.vocab.encode(text, unk=unk, where='"prefix"')  # type: ignore[arg-type]
     except UnknownCharacterError as e:
@@ -140,7 +141,7 @@ def run_next(lm: LoadedModel, req: NextRequest) -> dict:
     "words", {"prefix", "words": [{"word", "prob"}]}."""
     from charrnn.complete import next_chars, next_words
 
-    ids = _prefix_ids(lm, req.prefix, req.unk)
+    ids = prefix_ids(lm, req.prefix, req.unk)
     if req.words is not None:
         guesses, key, field = next_words(lm.model, lm.vocab, ids, req.words, lm.start_ids), "words", "word"
     else:
@@ -175,7 +176,7 @@ def run_generate(lm: LoadedModel, req: GenerateRequest) -> dict:
 
 def _pieces(lm: LoadedModel, req: GenerateRequest) -> Iterator[tuple[int, str, bool]]:
     """(sample index, text, whether that sample ended with it), once the request is checked."""
-    ids = _prefix_ids(lm, req.prefix, req.unk)
+    ids = prefix_ids(lm, req.prefix, req.unk)
     stops, min_length = req.stop, req.min_length
     if not stops and lm.delimiter is not None:
         stops = (lm.delimiter,)  # a records model generates records

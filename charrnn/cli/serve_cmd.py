@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 from charrnn.cli import common
-from charrnn.cli.common import IntRange, device_option
+from charrnn.cli.common import Finite, IntRange, device_option
 from charrnn.errors import RequestError, UsageError
 from charrnn.protocol import Limits
 
@@ -28,6 +28,28 @@ LIMIT_HELP = {
     "max_records": "Most records of one score request.",
     "max_record_chars": "Longest record of a score request, in characters.",
 }
+
+
+HTTP_OPTIONS = {  # name: (type, default, help); server.ServerOptions has the same fields
+    "batch_wait_ms": (Finite(0, 1000), 2.0, "How long an idle model waits after a request for others to batch with "
+                                            "it, in milliseconds (HTTP)."),
+    "max_queue": (IntRange(min=1), 64, "Requests waiting per model (and for the shared threads) before the server "
+                                       "answers 503 with Retry-After (HTTP)."),
+    "max_streams": (IntRange(min=1), 256, "Samples a model generates side by side; more requests wait in the queue "
+                                          "(HTTP)."),
+    "pool_threads": (IntRange(1, 64), 2, "Threads for score, next with words and generate with stop or beam "
+                                         "(HTTP)."),
+    "max_connections": (IntRange(min=1), 1000, "Open connections at most; more get 503 (HTTP)."),
+    "shutdown_timeout": (Finite(0), 30.0, "Seconds requests in flight get to finish after SIGTERM or Ctrl-C; then "
+                                          "they are cancelled (HTTP)."),
+}
+
+
+def http_options(command: Any) -> Any:
+    for name, (kind, default, text) in reversed(HTTP_OPTIONS.items()):
+        command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=default, show_default=True,
+                               help=text)(command)
+    return command
 
 
 def limit_options(command: Any) -> Any:
@@ -50,9 +72,10 @@ def limit_options(command: Any) -> Any:
               help="Port of the HTTP server (0: any free port).")
 @device_option
 @limit_options
+@http_options
 @click.pass_context
 def serve(ctx: click.Context, model_specs: tuple[str, ...], stdio: bool, host: str, port: int, device: str,
-          **limits: int) -> None:
+          **limits: Any) -> None:
     """Keep models loaded and answer requests: the next characters or words after a prefix (like
     `complete`), generated samples (like `generate`), scores of records (like `eval score`), the
     models loaded. With --stdio, one JSON request per line of stdin and one JSON answer per line of
@@ -66,15 +89,17 @@ def serve(ctx: click.Context, model_specs: tuple[str, ...], stdio: bool, host: s
     """
     from charrnn.service import model_spec
 
+    http = {name: limits.pop(name) for name in HTTP_OPTIONS}
     try:
         limit = Limits(**limits)
     except RequestError as e:
         raise UsageError(str(e)) from None
     specs = [model_spec(text) for text in model_specs]
     if not stdio:
-        _serve_http(specs, device, limit, host, port)
+        _serve_http(specs, device, limit, host, port, http)
         return
-    given = [f"--{name}" for name in ("host", "port") if ctx.get_parameter_source(name) != ParameterSource.DEFAULT]
+    given = [f"--{name.replace('_', '-')}" for name in ("host", "port", *HTTP_OPTIONS)
+             if ctx.get_parameter_source(name) != ParameterSource.DEFAULT]
     if given:
         raise UsageError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for HTTP: not with --stdio")
     stream = common.stdin()
@@ -85,9 +110,17 @@ def serve(ctx: click.Context, model_specs: tuple[str, ...], stdio: bool, host: s
     _serve_stdio(stream, specs, device, limit)
 
 
-def _serve_http(specs: list[tuple[str, str]], device: str, limits: Limits, host: str, port: int) -> None:
-    """The HTTP face (issue 20, section 3)."""
-    raise UsageError("the HTTP server is not available yet: use --stdio")
+def _serve_http(specs: list[tuple[str, str]], device: str, limits: Limits, host: str, port: int,
+                http: dict[str, Any]) -> None:
+    """The HTTP face (charrnn.server; docs/serve-http.md): the start line, one access-log line per
+    request and the closing line on stderr, nothing on stdout; SIGTERM or Ctrl-C end it with exit 0."""
+    from charrnn.model import resolve_device
+    from charrnn.server import ServerOptions, check_dependencies, serve_http
+    from charrnn.service import load_models
+
+    check_dependencies()  # before the models load: a missing extra is said at once
+    models = load_models(specs, resolve_device(device))
+    serve_http(models, limits, ServerOptions(host=host, port=port, **http), lambda line: click.echo(line, err=True))
 
 
 TOO_LONG = object()  # what _lines yields for a line over the limit (skipped, not kept)
