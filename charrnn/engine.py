@@ -71,6 +71,7 @@ class Job:
     on_done: Callable[[list[str] | BaseException], None] = lambda result: None
     on_piece: Callable[[list[str]], None] | None = None
     cancelled: bool = False  # set from any thread: the job leaves at the next step, with no on_done
+    paused: bool = False  # set from any thread: the job's rows keep their state (its reader is behind)
     texts: list[list[str]] = field(default_factory=list)
     made: int = 0  # characters made per sample
     generator: torch.Generator | None = None
@@ -118,20 +119,33 @@ class Engine:
         self.last = torch.cat([self.last, first])
         self.params = None
 
+    @property
+    def moving(self) -> bool:
+        """Whether a step would make anything: some job is running and not paused."""
+        return any(not j.paused for j in self.jobs)
+
     @torch.inference_mode()
     def step(self) -> None:
-        """One character more for every running sample; finished and cancelled jobs leave."""
+        """One character more for every running sample but those of paused jobs, whose rows keep their
+        state, input and generator as they were; finished and cancelled jobs leave."""
         self._drop([j for j in self.jobs if j.cancelled])
-        if not self.jobs:
+        if not self.moving:
             return
-        logits, self.state = self.step_fn(self.last, self.state)  # (R, V)
+        paused = [j.paused for j in self.jobs for _ in range(j.num_samples)]
+        logits, state = self.step_fn(self.last, self.state)  # (R, V)
         uniform = torch.cat([
-            torch.zeros(j.num_samples, 1, device=self.device) if j.sampling.greedy
+            torch.zeros(j.num_samples, 1, device=self.device) if j.sampling.greedy or j.paused
             else torch.rand(j.num_samples, 1, generator=j.generator, device=self.device) for j in self.jobs])
-        self.last = sample_rows(logits, *self._params(), uniform)
-        chars, row = self.vocab.decode(self.last), 0
+        ids = sample_rows(logits, *self._params(), uniform)
+        if any(paused):
+            keep = torch.tensor(paused, device=self.device)  # (R,)
+            state = _where(keep, self.state, state)
+            ids = torch.where(keep, self.last, ids)
+        self.state, self.last = state, ids
+        chars, row = self.vocab.decode(ids), 0
         for job in self.jobs:
-            self._emit(job, chars[row : row + job.num_samples])
+            if not job.paused:
+                self._emit(job, chars[row : row + job.num_samples])
             row += job.num_samples
         done = [j for j in self.jobs if j.made >= j.n]
         self._drop(done)
@@ -169,6 +183,13 @@ class Engine:
         self.state = select_streams(self.state, index)
         self.last = self.last.index_select(0, index)
         self.params = None
+
+
+def _where(rows: torch.Tensor, a: State, b: State) -> State:
+    """Row r of `a` where rows[r], else of `b`: (layers, R, H) each (LSTM's (h, c) alike)."""
+    if isinstance(a, tuple):
+        return tuple(torch.where(rows[None, :, None], x, y) for x, y in zip(a, b, strict=True))  # type: ignore
+    return torch.where(rows[None, :, None], a, b)
 
 
 def _cat(a: State, b: State) -> State:

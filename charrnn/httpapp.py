@@ -4,7 +4,7 @@
     POST /v1/generate   {"prefix", "n", "temperature", ..., "stream"}  -> {"samples": [...], "seed"}
     POST /v1/score      {"records": [...], "end", "delimiter", "model"} -> {"scores": [{"text", "chars", ...}]}
     GET  /v1/models     -> {"models": [...], "default"}
-    GET  /healthz       -> {"status": "ok", "models": {name: {"generating": jobs, "waiting": requests}}}
+    GET  /healthz       -> {"status": "ok", "models": {name: {"generating", "paused", "waiting"}}}
 
 The bodies and answers are those of the line protocol (charrnn.protocol, charrnn.service) without
 "op". Every refusal is a JSON body {"error": "..."} with its status: 400 not JSON, 404 an unknown
@@ -53,6 +53,7 @@ from charrnn.worker import ModelWorker, NextTask, Pool
 
 NDJSON = "application/x-ndjson"
 RETRY_AFTER = "1"  # seconds, with every 503
+PAUSE_AT = 64  # steps of a streamed generation waiting to be sent: its job pauses until they are
 
 
 @dataclass
@@ -220,10 +221,16 @@ class App:
         so that a refusal (422, 503) is still a plain JSON error."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
+        job: Job | None = None
+
+        def arrive(event: tuple) -> None:  # on the loop
+            events.put_nowait(event)
+            if job is not None and events.qsize() >= PAUSE_AT:
+                job.paused = True  # the client reads slower than the model writes: hold its rows
 
         def post(event: tuple) -> None:
             try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
+                loop.call_soon_threadsafe(arrive, event)
             except RuntimeError:  # the loop has closed
                 pass
 
@@ -234,6 +241,9 @@ class App:
 
             def cancel() -> None:
                 job.cancelled = True
+
+            def resume() -> None:
+                job.paused = False
         else:
             pieces = stream_generate(lm, req)  # checked now; iterated on a pool thread
             stopped = False
@@ -251,19 +261,25 @@ class App:
                 nonlocal stopped
                 stopped = True
 
+            def resume() -> None:  # a pool thread's text is at most n x num_samples characters: not held back
+                pass
+
             self.b.pool.submit(work, lambda result: post(("done", result)))
-        return StreamingResponse(_ndjson(events, cancel, None if req.beam is not None else req.seed),
+        return StreamingResponse(_ndjson(events, cancel, resume, None if req.beam is not None else req.seed),
                                  media_type=NDJSON)
 
 
-async def _ndjson(events: asyncio.Queue, cancel: Callable[[], None], seed: int | None) -> AsyncIterator[str]:
+async def _ndjson(events: asyncio.Queue, cancel: Callable[[], None], resume: Callable[[], None],
+                  seed: int | None) -> AsyncIterator[str]:
     """The lines of a streamed generation: whatever has arrived since the last write, one line per sample
-    that grew, then the closing line. Cancelled (the client went away) or not, the generation is stopped."""
+    that grew, then the closing line; resume() once all is taken. Cancelled (the client went away) or not,
+    the generation is stopped at the end."""
     try:
         while True:
             batch = [await events.get()]
             while not events.empty():
                 batch.append(events.get_nowait())
+            resume()
             grown: dict[int, list[str]] = {}
             end: tuple | None = None  # ("done", None, the samples or the exception)
             for event in batch:

@@ -36,6 +36,7 @@ class ServerOptions:
     pool_threads: int = 2  # threads for score, next words and generate with stop strings or beam search
     max_connections: int = 1000  # open connections before a 503
     shutdown_timeout: float = 30.0  # seconds requests in flight get to finish on SIGTERM or Ctrl-C
+    threads: int = 1  # torch's threads within one operation (the server's work is many small operations)
 
 
 def check_dependencies() -> None:
@@ -55,11 +56,21 @@ def _imports() -> tuple[Any, Any]:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """A socket listening on (host, port); port 0 lets the system choose."""
+    """A socket listening on (host, port); port 0 lets the system choose. Made with protocol IPPROTO_TCP,
+    not 0 (socket.create_server's): asyncio turns Nagle's algorithm off only on connections whose socket
+    says TCP, and with it on, every answer on a kept-alive connection waited 40 ms for a delayed ACK."""
+    sock = None
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, backlog=2048)
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             proto=socket.IPPROTO_TCP)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+        return sock
     except OSError as e:
+        if sock is not None:
+            sock.close()
         raise CharrnnError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
@@ -68,8 +79,11 @@ def serve_http(models: dict[str, LoadedModel], limits: Limits, options: ServerOp
     """Serve the models until SIGTERM or Ctrl-C. `log` gets the start line, one line per request and the
     closing line (the CLI writes them to stderr)."""
     uvicorn, httpapp = _imports()
+    import torch
+
     from charrnn.worker import ModelWorker, Pool
 
+    torch.set_num_threads(options.threads)
     sock = listen(options.host, options.port)
     workers = {name: ModelWorker(name, lm.model, lm.vocab, lm.start_ids, max_queue=options.max_queue,
                                  batch_wait=options.batch_wait_ms / 1000, max_rows=options.max_streams).start()

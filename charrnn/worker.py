@@ -39,6 +39,7 @@ from charrnn.vocab import Vocab
 
 Deliver = Callable[[Any], None]  # gets the result, or the exception that stopped the work
 _STOP = object()
+PAUSED_POLL = 0.01  # seconds between looks at paused jobs when nothing else is to be done
 
 
 @dataclass(eq=False)
@@ -112,8 +113,10 @@ class ModelWorker:
             self.generating = len(self.engine.jobs)
 
     def load(self) -> dict:
-        """What the worker has in hand (for /healthz): generate jobs running, and requests waiting."""
-        return {"generating": self.generating, "waiting": self.inbox.qsize() + len(self.waiting)}
+        """What the worker has in hand (for /healthz): generate jobs running, those paused for their reader,
+        and requests waiting."""
+        return {"generating": self.generating, "paused": sum(j.paused for j in self.engine.jobs),
+                "waiting": self.inbox.qsize() + len(self.waiting)}
 
     def _take(self) -> list[Any]:
         """What has arrived: blocks for the first task when there is nothing to do, then gathers more for
@@ -122,8 +125,13 @@ class ModelWorker:
             return []
         tasks: list[Any] = []
         idle = not self.engine.jobs
-        if idle:
-            tasks.append(self.inbox.get())
+        try:
+            if idle:
+                tasks.append(self.inbox.get())
+            elif not self.engine.moving:  # every job waits for its reader: look again soon
+                tasks.append(self.inbox.get(timeout=PAUSED_POLL))
+        except queue.Empty:
+            return tasks
         deadline = time.monotonic() + (self.batch_wait if idle else 0.0)
         try:
             while len(tasks) < self.max_batch and tasks[-1:] != [_STOP]:

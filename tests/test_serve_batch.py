@@ -156,6 +156,25 @@ def test_a_cancelled_job_leaves_without_an_answer_and_the_others_go_on() -> None
     assert done["kept"] == reference(m, "over ", 12, Sampling(), 3, 1)
 
 
+def test_a_paused_job_holds_its_place_and_goes_on_as_if_never_paused() -> None:
+    m = model()
+    done: dict[str, list[str]] = {}
+    slow = Job(ids("the "), 30, Sampling(0.9, top_k=6), seed=8, num_samples=2,
+               on_done=lambda r: done.__setitem__("slow", r))
+    other = Job(ids("we "), 30, seed=9, on_done=lambda r: done.__setitem__("other", r))
+    engine = Engine(m, VOCAB)
+    engine.add(slow)
+    engine.add(other)
+    for i in range(40):
+        slow.paused = 3 <= i < 13  # ten steps held back in the middle
+        made = slow.made
+        engine.step()
+        assert slow.made == (made if slow.paused else made + 1) or "slow" in done
+    assert not engine.moving and not engine.jobs
+    assert done["slow"] == reference(m, "the ", 30, Sampling(0.9, top_k=6), 8, 2)
+    assert done["other"] == reference(m, "we ", 30, Sampling(), 9, 1)
+
+
 def test_nothing_or_one_character_to_make() -> None:
     m = model()
     assert run_alone(m, Job(ids("the"), 0, echo="the", num_samples=2)) == ["the", "the"]

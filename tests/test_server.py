@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ pytest.importorskip("uvicorn")
 
 from charrnn.cli import cli  # noqa: E402
 from charrnn.protocol import Limits, parse_generate, parse_score  # noqa: E402
+from charrnn.server import listen  # noqa: E402
 from charrnn.service import load_models, run_generate, run_score  # noqa: E402
 
 TINY = ["--hidden", "16", "--layers", "1", "-b", "4", "-t", "16", "--val-every", "4", "-q"]
@@ -317,3 +319,16 @@ def test_without_the_extra_one_line_names_it(home: Path, monkeypatch: pytest.Mon
 def test_http_options_are_refused_with_stdio(home: Path) -> None:
     r = CliRunner().invoke(cli, ["serve", "--stdio", "-m", str(home / "m.pt"), "--max-queue", "3"], input="")
     assert r.exit_code == 2 and "--max-queue" in r.stderr
+
+
+def test_a_port_in_use_is_one_line_and_the_socket_says_tcp(home: Path) -> None:
+    taken = listen("127.0.0.1", 0)
+    try:
+        # asyncio turns Nagle's algorithm off only where the socket says TCP (else 40 ms per kept-alive answer).
+        assert taken.proto == socket.IPPROTO_TCP
+        r = CliRunner().invoke(cli, ["serve", "-m", str(home / "m.pt"), "--port", str(taken.getsockname()[1]),
+                                     "--device", "cpu"])
+    finally:
+        taken.close()
+    assert r.exit_code == 1 and r.stdout == ""
+    assert r.stderr.strip().splitlines()[-1].startswith("Error: cannot listen on 127.0.0.1:")

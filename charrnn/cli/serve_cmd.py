@@ -42,6 +42,8 @@ HTTP_OPTIONS = {  # name: (type, default, help); server.ServerOptions has the sa
     "max_connections": (IntRange(min=1), 1000, "Open connections at most; more get 503 (HTTP)."),
     "shutdown_timeout": (Finite(0), 30.0, "Seconds requests in flight get to finish after SIGTERM or Ctrl-C; then "
                                           "they are cancelled (HTTP)."),
+    "threads": (IntRange(1, 1024), 1, "Threads torch may use within one operation; the server's work is many small "
+                                      "operations, which more threads slow down on a busy machine (HTTP)."),
 }
 
 
