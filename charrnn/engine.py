@@ -129,22 +129,24 @@ class Engine:
         """One character more for every running sample but those of paused jobs, whose rows keep their
         state, input and generator as they were; finished and cancelled jobs leave."""
         self._drop([j for j in self.jobs if j.cancelled])
-        if not self.moving:
+        held = [j.paused for j in self.jobs]  # read once: another thread may change them meanwhile
+        if all(held):
             return
-        paused = [j.paused for j in self.jobs for _ in range(j.num_samples)]
         logits, state = self.step_fn(self.last, self.state)  # (R, V)
         uniform = torch.cat([
-            torch.zeros(j.num_samples, 1, device=self.device) if j.sampling.greedy or j.paused
-            else torch.rand(j.num_samples, 1, generator=j.generator, device=self.device) for j in self.jobs])
+            torch.zeros(j.num_samples, 1, device=self.device) if j.sampling.greedy or hold
+            else torch.rand(j.num_samples, 1, generator=j.generator, device=self.device)
+            for j, hold in zip(self.jobs, held, strict=True)])
         ids = sample_rows(logits, *self._params(), uniform)
-        if any(paused):
-            keep = torch.tensor(paused, device=self.device)  # (R,)
+        if any(held):
+            keep = torch.tensor([hold for j, hold in zip(self.jobs, held, strict=True) for _ in range(j.num_samples)],
+                                device=self.device)  # (R,)
             state = _where(keep, self.state, state)
             ids = torch.where(keep, self.last, ids)
         self.state, self.last = state, ids
         chars, row = self.vocab.decode(ids), 0
-        for job in self.jobs:
-            if not job.paused:
+        for job, hold in zip(self.jobs, held, strict=True):
+            if not hold:
                 self._emit(job, chars[row : row + job.num_samples])
             row += job.num_samples
         done = [j for j in self.jobs if j.made >= j.n]

@@ -303,11 +303,14 @@ async def _ndjson(events: asyncio.Queue, cancel: Callable[[], None], resume: Cal
         cancel()
 
 
-class AccessLog:
-    """ASGI middleware: one line per request, `client "METHOD /path" status milliseconds`, through `log`."""
+class Front:
+    """ASGI middleware in front of the application: at most `max_requests` requests in progress (more get
+    a JSON 503 with Retry-After), and one access-log line per request through `log`:
+    `client "METHOD /path" status milliseconds`."""
 
-    def __init__(self, app: Any, log: Callable[[str], None]) -> None:
-        self.app, self.log = app, log
+    def __init__(self, app: Any, log: Callable[[str], None], max_requests: int) -> None:
+        self.app, self.log, self.max_requests = app, log, max_requests
+        self.in_progress = 0
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -321,14 +324,21 @@ class AccessLog:
                 status = str(message["status"])
             await send(message)
 
+        self.in_progress += 1
         try:
-            await self.app(scope, receive, send_and_note)
+            if self.in_progress > self.max_requests:
+                busy = RequestError(503, f"the server has {self.max_requests:,} requests in progress "
+                                         "(--max-requests); try again shortly")
+                await error_response(busy)(scope, receive, send_and_note)
+            else:
+                await self.app(scope, receive, send_and_note)
         finally:
+            self.in_progress -= 1
             host, port = scope.get("client") or ("-", 0)
             self.log(f'{host}:{port} "{scope["method"]} {scope["path"][:200]}" {status} '
                      f"{(time.perf_counter() - start) * 1000:.1f} ms")
 
 
-def build_app(backend: Backend, log: Callable[[str], None]) -> Any:
-    """The ASGI application: the routes, behind the access log."""
-    return AccessLog(App(backend).starlette(), log)
+def build_app(backend: Backend, log: Callable[[str], None], max_requests: int = 1000) -> Any:
+    """The ASGI application: the routes, behind the request limit and the access log."""
+    return Front(App(backend).starlette(), log, max_requests)

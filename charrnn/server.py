@@ -34,7 +34,7 @@ class ServerOptions:
     max_queue: int = 64  # requests waiting per model (and in the shared pool) before a 503
     max_streams: int = 256  # generate streams a model advances together
     pool_threads: int = 2  # threads for score, next words and generate with stop strings or beam search
-    max_connections: int = 1000  # open connections before a 503
+    max_requests: int = 1000  # requests in progress at once before a 503
     shutdown_timeout: float = 30.0  # seconds requests in flight get to finish on SIGTERM or Ctrl-C
     threads: int = 1  # torch's threads within one operation (the server's work is many small operations)
 
@@ -89,9 +89,8 @@ def serve_http(models: dict[str, LoadedModel], limits: Limits, options: ServerOp
                                  batch_wait=options.batch_wait_ms / 1000, max_rows=options.max_streams).start()
                for name, lm in models.items()}
     pool = Pool(options.pool_threads, options.max_queue)
-    app = httpapp.build_app(httpapp.Backend(models, workers, pool, limits), log)
+    app = httpapp.build_app(httpapp.Backend(models, workers, pool, limits), log, options.max_requests)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
-                            limit_concurrency=options.max_connections,
                             timeout_graceful_shutdown=options.shutdown_timeout)
     server = _graceful(uvicorn)(config)
     host, port = sock.getsockname()[:2]

@@ -80,8 +80,15 @@ class Server:
         assert self.proc.stdout is not None
         return code, self.proc.stdout.read()
 
-    def access(self, needle: str) -> list[str]:
-        return [line for line in self.lines if f'"{needle}"' in line]
+    def access(self, needle: str, at_least: int = 1, timeout: float = 30) -> list[str]:
+        """The access-log lines of `needle` ("POST /v1/next"), once there are `at_least` of them (a line is
+        written after its answer has gone, so it may come a moment after the client has the answer)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in self.lines if f'"{needle}"' in line]
+            if len(found) >= at_least or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -277,6 +284,24 @@ def test_a_full_queue_is_503_with_retry_after(home: Path) -> None:
     assert code == 0 and out == b""
 
 
+def test_requests_past_max_requests_are_503(home: Path) -> None:
+    s = Server("-m", str(home / "m.pt"), "--max-requests", "1", "--max-n", "10000000")
+    try:
+        with s.client.stream("POST", "/v1/generate", content=json.dumps({"n": 5_000_000, "stream": True})) as r:
+            lines = r.iter_lines()
+            next(lines)  # one request in progress
+            busy = s.client.get("/healthz")
+            error(busy, 503, "--max-requests")
+            assert busy.headers["retry-after"] == "1"
+        deadline = time.monotonic() + 60
+        while s.client.get("/healthz").status_code == 503:  # until the stream's end is seen
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        code, out = s.stop()
+    assert code == 0 and out == b""
+
+
 def test_sigterm_lets_requests_in_flight_finish_and_exits_0(home: Path) -> None:
     s = Server("-m", str(home / "m.pt"), "--max-n", "10000000", "--shutdown-timeout", "120")
     body = {"prefix": "the ", "n": 20_000, "seed": 5}
@@ -305,7 +330,7 @@ def test_sigterm_lets_requests_in_flight_finish_and_exits_0(home: Path) -> None:
     assert len(streamed) == 20_000
     assert code == 0 and out == b"", "".join(s.lines)
     assert s.lines[-1].strip() == "stopped"
-    assert len(s.access("POST /v1/generate")) == 2
+    assert len(s.access("POST /v1/generate", 2)) == 2
 
 
 def test_without_the_extra_one_line_names_it(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,7 +39,8 @@ HTTP_OPTIONS = {  # name: (type, default, help); server.ServerOptions has the sa
                                           "(HTTP)."),
     "pool_threads": (IntRange(1, 64), 2, "Threads for score, next with words and generate with stop or beam "
                                          "(HTTP)."),
-    "max_connections": (IntRange(min=1), 1000, "Open connections at most; more get 503 (HTTP)."),
+    "max_requests": (IntRange(min=1), 1000, "Requests in progress at once (streams included); more get 503 with "
+                                          "Retry-After (HTTP)."),
     "shutdown_timeout": (Finite(0), 30.0, "Seconds requests in flight get to finish after SIGTERM or Ctrl-C; then "
                                           "they are cancelled (HTTP)."),
     "threads": (IntRange(1, 1024), 1, "Threads torch may use within one operation; the server's work is many small "
