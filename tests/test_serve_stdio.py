@@ -210,3 +210,20 @@ def test_the_coproc_and_python_examples_of_the_docs_run(home: Path, tmp_path: Pa
     else:  # the next characters, then a sample of 40 characters (newlines among them)
         first, sample = r.stdout.split("\n", 1)
         assert first.startswith("[{'char': ") and len(sample) == 40 + 1
+
+
+def test_a_second_signal_stops_a_request_in_hand(home: Path) -> None:
+    p = serve(home)
+    try:
+        assert "next" in ask(p, {"op": "next", "k": 1})
+        p.stdin.write(b'{"op": "generate", "n": 10000, "num_samples": 16}\n')  # type: ignore[union-attr]
+        p.stdin.flush()  # type: ignore[union-attr]
+        assert p.stdout.read(100).startswith(b'{"samples": ["')  # type: ignore[union-attr]
+        # Its answer (160 kB) fills the pipe, which nobody reads: it is stuck writing, until told twice.
+        p.send_signal(signal.SIGTERM)
+        p.send_signal(signal.SIGINT)
+        code = p.wait(timeout=60)
+    finally:
+        p.kill()
+    err = p.stderr.read().decode().strip().splitlines()  # type: ignore[union-attr]
+    assert code == 1 and err[-1] == "Error: stopped by a second signal before the request in hand was answered"
