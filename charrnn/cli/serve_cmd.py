@@ -108,8 +108,9 @@ def _lines(stream: Any, max_bytes: int) -> Any:
         yield TOO_LONG
 
 
-class _Stop(Exception):
-    """SIGTERM or SIGINT while waiting for a request (or a second one while answering)."""
+class _Stop(BaseException):
+    """SIGTERM or SIGINT while waiting for a request (or a second one while answering). A
+    BaseException, like KeyboardInterrupt, so that no request's `except Exception` takes it."""
 
 
 def _serve_stdio(stream: Any, specs: list[tuple[str, str]], device: str, limits: Limits) -> None:
