@@ -34,8 +34,8 @@ from charrnn.protocol import (
 )
 from charrnn.vocab import Vocab
 
-__all__ = ["Limits", "LoadedModel", "RequestError", "error_status", "handle", "load_models", "models_info",
-           "pick_model", "prefix_ids", "run_generate", "run_next", "run_score", "stream_generate"]
+__all__ = ["Limits", "LoadedModel", "RequestError", "error_status", "handle", "load_models", "model_spec",
+           "models_info", "pick_model", "prefix_ids", "run_generate", "run_next", "run_score", "stream_generate"]
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 

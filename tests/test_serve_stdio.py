@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +25,8 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("serve")
-    (d / "c.txt").write_text("the time traveller smiled and we sat about the fire\n" * 20, encoding="utf-8")
+    text = "the time traveller smiled and we sat about the fire\nThe Time Traveller. We sat about.\n"
+    (d / "c.txt").write_text(text * 12, encoding="utf-8")
     (d / "names.txt").write_text("\n".join(["alice", "bob", "carol", "dave"] * 15) + "\n", encoding="utf-8")
     runner = CliRunner()
     r = runner.invoke(cli, ["train", str(d / "c.txt"), "-o", str(d / "m.pt"), *TINY, "--max-steps", "20"])
@@ -177,3 +180,50 @@ def test_a_signal_during_a_request_lets_it_finish(home: Path) -> None:
     if out:  # the request it had begun is answered whole
         answer = json.loads(out)
         assert answer["id"] == "long" and [len(s) for s in answer["samples"]] == [5000] * 8
+
+
+def doc_blocks(info: str) -> list[str]:
+    """The fenced blocks of docs/serve.md with this info string."""
+    text = (ROOT / "docs" / "serve.md").read_text(encoding="utf-8")
+    return re.findall(rf"^```{info}\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+
+
+@pytest.mark.parametrize(("info", "runner"), [("bash", "bash"), ("python", sys.executable)])
+def test_the_coproc_and_python_examples_of_the_docs_run(home: Path, tmp_path: Path, info: str, runner: str) -> None:
+    """docs/serve.md's bash and python blocks (not run by tests/test_examples.py: they are not `sh`), as
+    written, with `charrnn` on PATH and model.pt in the folder."""
+    blocks = doc_blocks(info)
+    assert len(blocks) == 1
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "charrnn").write_text(f"#!/bin/sh\nexec '{sys.executable}' -m charrnn \"$@\"\n", encoding="utf-8")
+    (bin_dir / "charrnn").chmod(0o755)
+    shutil.copy(home / "m.pt", tmp_path / "model.pt")
+    (tmp_path / "example").write_text(blocks[0], encoding="utf-8")
+    env = {**ENV, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    r = subprocess.run([runner, "example"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    if info == "bash":
+        lines = r.stdout.splitlines()
+        assert [json.loads(line)["prefix"] for line in lines] == ["The Time Trav", "We sat about the fi"]
+    else:  # the next characters, then a sample of 40 characters (newlines among them)
+        first, sample = r.stdout.split("\n", 1)
+        assert first.startswith("[{'char': ") and len(sample) == 40 + 1
+
+
+def test_a_second_signal_stops_a_request_in_hand(home: Path) -> None:
+    p = serve(home)
+    try:
+        assert "next" in ask(p, {"op": "next", "k": 1})
+        p.stdin.write(b'{"op": "generate", "n": 10000, "num_samples": 16}\n')  # type: ignore[union-attr]
+        p.stdin.flush()  # type: ignore[union-attr]
+        assert p.stdout.read(100).startswith(b'{"samples": ["')  # type: ignore[union-attr]
+        # Its answer (160 kB) fills the pipe, which nobody reads: it is stuck writing, until told twice.
+        p.send_signal(signal.SIGTERM)
+        p.send_signal(signal.SIGINT)
+        code = p.wait(timeout=60)
+    finally:
+        p.kill()
+    err = p.stderr.read().decode().strip().splitlines()  # type: ignore[union-attr]
+    assert code == 1 and err[-1] == "Error: stopped by a second signal before the request in hand was answered"

@@ -14,7 +14,7 @@ from click.core import ParameterSource
 
 from charrnn.cli import common
 from charrnn.cli.common import Finite, IntRange, device_option
-from charrnn.errors import RequestError, UsageError
+from charrnn.errors import CharrnnError, RequestError, UsageError
 from charrnn.protocol import Limits
 
 LIMIT_HELP = {
@@ -144,8 +144,9 @@ def _lines(stream: Any, max_bytes: int) -> Any:
         yield TOO_LONG
 
 
-class _Stop(Exception):
-    """SIGTERM or SIGINT while waiting for a request."""
+class _Stop(BaseException):
+    """SIGTERM or SIGINT while waiting for a request (or a second one while answering). A
+    BaseException, like KeyboardInterrupt, so that no request's `except Exception` takes it."""
 
 
 def _serve_stdio(stream: Any, specs: list[tuple[str, str]], device: str, limits: Limits) -> None:
@@ -160,8 +161,8 @@ def _serve_stdio(stream: Any, specs: list[tuple[str, str]], device: str, limits:
     state = {"waiting": False, "stop": False}
 
     def on_signal(signum: int, frame: Any) -> None:
-        state["stop"] = True
-        if state["waiting"]:  # idle in a read: leave it now; else after the answer
+        again, state["stop"] = state["stop"], True
+        if state["waiting"] or again:  # idle in a read: leave it now; else after the answer, unless told twice
             raise _Stop
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -189,5 +190,14 @@ def _serve_stdio(stream: Any, specs: list[tuple[str, str]], device: str, limits:
             out.write(common.json_line(answer) + "\n")
             out.flush()
     except _Stop:
-        pass
+        if not state["waiting"]:  # told twice: the answer in hand (perhaps half written) is dropped
+            common.silence_fd(_fileno(out))
+            raise CharrnnError("stopped by a second signal before the request in hand was answered") from None
+
+
+def _fileno(stream: Any) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
 
