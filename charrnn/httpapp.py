@@ -53,6 +53,7 @@ from charrnn.worker import ModelWorker, NextTask, Pool
 
 NDJSON = "application/x-ndjson"
 RETRY_AFTER = "1"  # seconds, with every 503
+CLIENT_GONE = 499
 PAUSE_AT = 64  # steps of a streamed generation waiting to be sent: its job pauses until they are
 
 
@@ -128,6 +129,12 @@ async def _unless_gone(request: Request, future: asyncio.Future, cancel: Callabl
         cancel()
         return None
     return future.result()
+
+
+def _gone() -> Response:
+    """The answer to a client that has gone: nobody reads it; 499 ("client closed request", as nginx
+    logs it) says so in the access log."""
+    return Response(status_code=CLIENT_GONE)
 
 
 def _plain(lm: LoadedModel, req: GenerateRequest) -> bool:
@@ -206,11 +213,11 @@ class App:
             job = self._job(lm, req, on_done=deliver)
             self.b.workers[lm.name].submit(job)
             samples = await _unless_gone(request, future, lambda: setattr(job, "cancelled", True))
-            return JSONResponse({"samples": samples, "seed": req.seed}) if samples is not None else Response()
+            return JSONResponse({"samples": samples, "seed": req.seed}) if samples is not None else _gone()
         stream_generate(lm, req).close()  # its checks, here, before any work is queued
         self.b.pool.submit(lambda: run_generate(lm, req), deliver)
         answer = await _unless_gone(request, future, lambda: None)  # a pool task runs to its end
-        return JSONResponse(answer) if answer is not None else Response()
+        return JSONResponse(answer) if answer is not None else _gone()
 
     def _job(self, lm: LoadedModel, req: GenerateRequest, **callbacks: Any) -> Job:
         return Job(prefix_ids(lm, req.prefix, req.unk), req.n, Sampling(req.temperature, req.top_k, req.top_p,
@@ -281,7 +288,7 @@ async def _ndjson(events: asyncio.Queue, cancel: Callable[[], None], resume: Cal
                 batch.append(events.get_nowait())
             resume()
             grown: dict[int, list[str]] = {}
-            end: tuple | None = None  # ("done", None, the samples or the exception)
+            end: tuple | None = None  # ("done", the samples or the exception that stopped them)
             for event in batch:
                 if event[0] == "pieces":  # one piece per sample
                     for i, piece in enumerate(event[1]):

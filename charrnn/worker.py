@@ -89,7 +89,10 @@ class ModelWorker:
         self.stopping = True
         for job in self.engine.jobs + list(self.waiting):
             job.cancelled = True
-        self.inbox.put(_STOP)
+        try:
+            self.inbox.put(_STOP, timeout=timeout)
+        except queue.Full:  # the thread is not taking anything any more: it is a daemon, left behind
+            return
         self.thread.join(timeout)
 
     def _run(self) -> None:

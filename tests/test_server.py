@@ -260,6 +260,10 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation(server: Server) ->
     with pytest.raises(httpx.ReadTimeout):  # not streamed: a client that gives up stops it too
         server.client.post("/v1/generate", json={"n": 5_000_000}, timeout=0.5)
     wait_until_idle(server)
+    deadline = time.monotonic() + 30
+    while not any('"POST /v1/generate" 499 ' in line for line in server.lines):  # logged as gone
+        assert time.monotonic() < deadline, "".join(server.lines[-5:])
+        time.sleep(0.02)
     assert post(server, "/v1/next", {"prefix": "the"}).status_code == 200  # the server goes on
 
 
