@@ -31,7 +31,7 @@ class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     batch_wait_ms: float = 2.0  # how long an idle model's worker waits for more requests to batch with the first
-    max_queue: int = 64  # requests waiting per model (and in the shared pool) before a 503
+    max_queue: int = 256  # requests waiting per model (and in the shared pool) before a 503
     max_streams: int = 256  # generate streams a model advances together
     pool_threads: int = 2  # threads for score, next words and generate with stop strings or beam search
     max_requests: int = 1000  # requests in progress at once before a 503

@@ -60,7 +60,7 @@ class ModelWorker:
     """One model's batched work (next and plain generate) on a thread of its own; see the module docstring."""
 
     def __init__(self, name: str, model: CharRNN, vocab: Vocab, start_ids: np.ndarray | None, *,
-                 max_queue: int = 64, batch_wait: float = 0.002, max_batch: int = 64, max_rows: int = 256) -> None:
+                 max_queue: int = 256, batch_wait: float = 0.002, max_batch: int = 64, max_rows: int = 256) -> None:
         self.name, self.model, self.vocab, self.start_ids = name, model, vocab, start_ids
         self.batch_wait, self.max_batch, self.max_rows = batch_wait, max_batch, max_rows
         self.inbox: queue.Queue = queue.Queue(maxsize=max_queue)
@@ -172,7 +172,7 @@ class ModelWorker:
 class Pool:
     """A few threads for the work that does not batch, with at most `max_queue` tasks waiting."""
 
-    def __init__(self, workers: int = 2, max_queue: int = 64) -> None:
+    def __init__(self, workers: int = 2, max_queue: int = 256) -> None:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="charrnn-pool")
         self.slots = threading.BoundedSemaphore(workers + max_queue)
         self.stopping = False

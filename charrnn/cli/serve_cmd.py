@@ -33,7 +33,7 @@ LIMIT_HELP = {
 HTTP_OPTIONS = {  # name: (type, default, help); server.ServerOptions has the same fields
     "batch_wait_ms": (Finite(0, 1000), 2.0, "How long an idle model waits after a request for others to batch with "
                                             "it, in milliseconds (HTTP)."),
-    "max_queue": (IntRange(min=1), 64, "Requests waiting per model (and for the shared threads) before the server "
+    "max_queue": (IntRange(min=1), 256, "Requests waiting per model (and for the shared threads) before the server "
                                        "answers 503 with Retry-After (HTTP)."),
     "max_streams": (IntRange(min=1), 256, "Samples a model generates side by side; more requests wait in the queue "
                                           "(HTTP)."),
