@@ -20,12 +20,13 @@ text's character frequencies (what `generate` draws a first character from).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from charrnn.generate import warm_up
+from charrnn.generate import MAX_WARM_UP_LOGITS, WARM_UP_STEPS, warm_up
 from charrnn.model import CharRNN, State, select_streams
 from charrnn.stepper import Stepper
 from charrnn.vocab import Vocab
@@ -73,9 +74,61 @@ def next_chars(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray, k: int = 10
                start_ids: np.ndarray | None = None) -> list[Guess]:
     """The k likeliest next characters after the prefix, best first (fewer where fewer are possible)."""
     _, _, logp = after_prefix(model, vocab, prefix_ids, start_ids)
+    return _top(logp, vocab, k)
+
+
+def _top(logp: torch.Tensor, vocab: Vocab, k: int) -> list[Guess]:
     values, ids = torch.topk(logp, min(k, len(vocab.chars)))
     return [Guess(vocab.chars[i], math.exp(v)) for v, i in zip(values.tolist(), ids.tolist(), strict=True)
             if v > -math.inf]
+
+
+@torch.inference_mode()
+def next_logprobs(model: CharRNN, vocab: Vocab, prefixes: Sequence[np.ndarray], start_ids: np.ndarray | None = None,
+                  max_logits: int | None = None) -> torch.Tensor:
+    """The next character's log-probabilities after each of several prefixes, (B, V) float64 with <unk> at
+    -inf, from one batched forward pass: the prefixes (after `start_ids`) are right-padded to the longest
+    and each row's logits are taken at its own last position. Exact for a recurrent model, whose output at
+    a position never depends on what follows it. Read a window at a time (at most `max_logits` logits per
+    call, default generate.MAX_WARM_UP_LOGITS); rows leave the batch once their prefix is read."""
+    device = next(model.parameters()).device
+    limit = max_logits if max_logits is not None else MAX_WARM_UP_LOGITS
+    seqs = [np.concatenate([start_ids, p]) if start_ids is not None else np.asarray(p) for p in prefixes]
+    out = torch.empty(len(seqs), vocab.size, dtype=torch.float64, device=device)
+    counts = torch.tensor([*vocab.counts] + [0] * (vocab.size - len(vocab.chars)), dtype=torch.float64,
+                          device=device)
+    # Longest first, so that the rows still reading are always the first `active` ones.
+    order = sorted((i for i, s in enumerate(seqs) if len(s)), key=lambda i: -len(seqs[i]))
+    for i in set(range(len(seqs))) - set(order):  # nothing to condition on: the training text's frequencies
+        out[i] = counts.log() - counts.sum().log()
+    if order:
+        lengths = [len(seqs[i]) for i in order]
+        ids = np.zeros((len(order), lengths[0]), dtype=np.int64)  # (B, L), padded with id 0 after each prefix
+        for row, i in enumerate(order):
+            ids[row, : lengths[row]] = seqs[i]
+        state, start, active = model.begin_state(len(order), device), 0, len(order)
+        while active:
+            window = max(1, min(WARM_UP_STEPS, limit // (active * model.config.vocab_size)))
+            x = torch.as_tensor(ids[:active, start : start + window], device=device)  # (active, w)
+            logits, state = model(x, state)  # (active, w, V)
+            for row in range(active):
+                if start <= lengths[row] - 1 < start + window:
+                    out[order[row]] = torch.log_softmax(logits[row, lengths[row] - 1 - start].double(), dim=0)
+            start += window
+            while active and lengths[active - 1] <= start:
+                active -= 1
+            state = select_streams(state, torch.arange(active, device=device))
+    if vocab.unk_id is not None:
+        out[:, vocab.unk_id] = -math.inf
+    return out
+
+
+def next_chars_batch(model: CharRNN, vocab: Vocab, prefixes: Sequence[np.ndarray], ks: Sequence[int],
+                     start_ids: np.ndarray | None = None) -> list[list[Guess]]:
+    """next_chars for several prefixes at once (one batched pass, next_logprobs): the ks[i] likeliest next
+    characters after prefixes[i], best first."""
+    logp = next_logprobs(model, vocab, prefixes, start_ids)
+    return [_top(row, vocab, k) for row, k in zip(logp, ks, strict=True)]
 
 
 @torch.inference_mode()

@@ -60,3 +60,13 @@ class MissingDependency(CharrnnError):
 
 class PeerLost(TrainingError):
     """Another process of a distributed run stopped (it died, or its connection broke)."""
+
+
+class RequestError(CharrnnError):
+    """A request to a served model (`charrnn serve`) that cannot be answered as asked. `status` is the
+    HTTP status that says why: 400 malformed (not JSON, not an object, no op), 404 an unknown model,
+    413 too large (the body, the prefix, the records), 422 a field of the wrong type or value."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(" ".join(message.split()))  # one line, whatever the message quotes
+        self.status = status

@@ -57,9 +57,15 @@ def draw(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     also one of positive weight. A few small ops: torch.multinomial costs 3x as much for one row
     and 6x for 64 (measured on CPU), which matters when sampling one character at a time.
     """
+    return draw_with(weights, torch.rand(weights.shape[0], 1, generator=generator, device=weights.device))
+
+
+def draw_with(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """draw() with its uniform numbers given, (B, 1) in [0, 1): for rows whose numbers come from
+    generators of their own (the server's streams, each with its request's seed)."""
     cdf = weights.cumsum(dim=-1)  # (B, V)
     total = cdf[:, -1:].contiguous()  # (B, 1)
-    u = torch.rand(weights.shape[0], 1, generator=generator, device=weights.device).mul_(total)
+    u = uniform * total
     return torch.minimum(torch.searchsorted(cdf, u, right=True), torch.searchsorted(cdf, total))[:, 0]
 
 
@@ -150,6 +156,17 @@ class Stops:
         table = {c: i for i, c in enumerate(vocab.chars)}
         return [table[s] for s in self.strings if len(s) == 1 and s in table]
 
+    def pending(self, text: str) -> int:
+        """How many characters at the end of `text` may still become a stop string (the longest end
+        of `text` that begins one): what a stream holds back until the next characters decide."""
+        held = 0
+        for s in self.strings:
+            for n in range(min(len(s) - 1, len(text)), held, -1):
+                if text.endswith(s[:n]):
+                    held = n
+                    break
+        return held
+
     def ended(self, text: str) -> str | None:
         """The sample `text` without its stop string if it has ended now, else None."""
         for s in self.strings:
@@ -194,7 +211,6 @@ def _put_rows(state: State, rows: list[int], source: State) -> None:
         dst[:, rows] = src
 
 
-@torch.inference_mode()
 def generate_samples(
     model: CharRNN,
     vocab: Vocab,
@@ -215,6 +231,36 @@ def generate_samples(
     the prefix's state. A sample that `accept` refuses is dropped (`on_rejected` is told) and drawn
     again; after `max_rejected` refusals (default 100 per sample asked, at least 1000) a DataError.
     """
+    parts: dict[int, list[str]] = {}
+    for number, piece, ended in stream_samples(model, vocab, prefix_ids, stops, sampling, seed, num_samples,
+                                               parallel=parallel, accept=accept, max_rejected=max_rejected,
+                                               on_rejected=on_rejected):
+        parts.setdefault(number, []).append(piece)
+        if ended:
+            yield "".join(parts.pop(number))
+
+
+@torch.inference_mode()
+def stream_samples(
+    model: CharRNN,
+    vocab: Vocab,
+    prefix_ids: np.ndarray,
+    stops: Stops,
+    sampling: Sampling = Sampling(),
+    seed: int = 0,
+    num_samples: int = 1,
+    *,
+    parallel: int = 64,
+    accept: Callable[[str], bool] | None = None,
+    max_rejected: int | None = None,
+    on_rejected: Callable[[str], None] | None = None,
+) -> Iterator[tuple[int, str, bool]]:
+    """The samples of `generate_samples` as they grow: (sample number, new text, whether the sample
+    ended with it). A sample's pieces joined are the sample; samples are numbered 0, 1, ... in the
+    order they start. The characters that may still turn out to begin a stop string are held back
+    until the next ones decide (Stops.pending). With `accept`, a sample is told only whole, when it
+    has ended and been accepted (a dropped one is never shown), numbered in the order accepted.
+    """
     if num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {num_samples}")
     device = next(model.parameters()).device
@@ -227,6 +273,7 @@ def generate_samples(
     last = first(rows)
     drawn_first = len(prefix_ids) == 0  # the first input is then the sample's first character
     texts = list(vocab.decode(last)) if drawn_first else [""] * rows
+    numbers, sent = list(range(rows)), [0] * rows  # each row's sample number; its characters already told
     banned_stops = stops.single_char_ids(vocab)
     limit = max_rejected if max_rejected is not None else max(1000, 100 * num_samples)
     done, started, rejected = 0, rows, 0
@@ -246,10 +293,14 @@ def generate_samples(
             texts[i] += chars[i]
             sample = stops.ended(texts[i])
             if sample is None:
+                safe = len(texts[i]) - stops.pending(texts[i])
+                if accept is None and safe > sent[i]:
+                    yield numbers[i], texts[i][sent[i] : safe], False
+                    sent[i] = safe
                 continue
             if accept is None or accept(sample):
+                yield (numbers[i] if accept is None else done), sample[sent[i] :], True
                 done += 1
-                yield sample
             else:
                 rejected += 1
                 if on_rejected is not None:
@@ -258,6 +309,7 @@ def generate_samples(
                     raise DataError(f"gave up after dropping {rejected} samples that copy training records "
                                     f"({done} of {num_samples} novel samples found)")
             if started < num_samples + rejected:
+                numbers[i], sent[i] = started, 0
                 started += 1
                 restart.append(i)
             else:

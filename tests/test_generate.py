@@ -208,7 +208,7 @@ def test_greedy_samples_are_identical(vocab: Vocab) -> None:
 # --- records: stop strings, novelty, beam search ------------------------------------------------
 
 from charrnn.errors import DataError  # noqa: E402
-from charrnn.generate import Stops, beam_search, generate_samples  # noqa: E402
+from charrnn.generate import Stops, beam_search, generate_samples, stream_samples  # noqa: E402
 
 
 def test_stops_validation() -> None:
@@ -253,6 +253,33 @@ def test_novel_rejects_and_redraws(vocab: Vocab) -> None:
     with pytest.raises(DataError, match="gave up"):
         list(generate_samples(model, vocab, vocab.encode("a"), stops, seed=0, num_samples=2,
                               accept=lambda s: False, max_rejected=5))
+
+
+def test_stops_pending_is_the_longest_end_that_begins_a_stop() -> None:
+    stops = Stops(("\n", "the end", "ab"), max_length=50)
+    assert [stops.pending(t) for t in ["", "x", "xa", "the e", "the en", "a th", "xt", "the end"]] == [
+        0, 0, 1, 5, 6, 2, 1, 0]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.text("ab ", min_size=1, max_size=3), min_size=1, max_size=2), st.integers(0, 3),
+       st.integers(1, 4), st.integers(0, 5), st.booleans())
+def test_streamed_samples_are_the_samples_told_as_they_grow(stop: list[str], min_length: int, parallel: int,
+                                                            seed: int, prefix: bool) -> None:
+    vocab = Vocab.build(TEXT)
+    model = make_model(vocab, seed=2)
+    stops = Stops(tuple(stop), max_length=12, min_length=min_length)
+    ids = vocab.encode("a b" if prefix else "")
+    samples = list(generate_samples(model, vocab, ids, stops, seed=seed, num_samples=5, parallel=parallel))
+    pieces = list(stream_samples(model, vocab, ids, stops, seed=seed, num_samples=5, parallel=parallel))
+    assert sorted(n for n, _, ended in pieces if ended) == list(range(5))  # each sample ends once
+    told = {n: "".join(p for m, p, _ in pieces if m == n) for n in range(5)}
+    ends = [n for n, _, ended in pieces if ended]
+    assert [told[n] for n in ends] == samples  # in the order they end, whole: nothing of a stop string told
+    assert all(p for _, p, ended in pieces if not ended)
+    with_accept = list(stream_samples(model, vocab, ids, stops, seed=seed, num_samples=5, parallel=parallel,
+                                      accept=lambda s: True))
+    assert with_accept == [(k, s, True) for k, s in enumerate(samples)]  # told only whole
 
 
 def brute_force_best(model: CharRNN, vocab: Vocab, prefix: str, length: int) -> tuple[str, float]:

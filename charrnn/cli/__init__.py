@@ -20,6 +20,7 @@ from charrnn.cli.generate_cmd import generate
 from charrnn.cli.info_cmd import info_cmd
 from charrnn.cli.inspect_cmd import inspect_group
 from charrnn.cli.plot_cmd import plot_cmd
+from charrnn.cli.serve_cmd import serve
 from charrnn.cli.train_cmd import train
 
 __all__ = ["ARCH_DEFAULTS", "PRESET_NAMES", "cli", "main"]
@@ -35,6 +36,7 @@ def cli() -> None:
     charrnn eval perplexity -m model.pt FILE    perplexity and bits per character of held-out text
     charrnn generate -m model.pt --prefix TEXT  sample text, streamed to stdout
     charrnn complete -m model.pt --prefix TEXT  the likeliest next characters (--words: next words)
+    charrnn serve --stdio -m model.pt           keep a model loaded: JSON requests in, answers out
     charrnn info -m model.pt                    what a checkpoint holds
     charrnn plot model.pt [other.pt ...]        loss curves, in the terminal or -o curves.png
     charrnn eval score -m model.pt FILE         a score per line (record), streamed: sort -n, awk, --json
@@ -48,7 +50,8 @@ def cli() -> None:
     """
 
 
-for command in (train, eval_group, generate, complete, info_cmd, plot_cmd, corpus_group, inspect_group, export_cmd):
+for command in (train, eval_group, generate, complete, serve, info_cmd, plot_cmd, corpus_group, inspect_group,
+                export_cmd):
     cli.add_command(command)
 eval_group.add_command(eval_context)
 inspect_group.add_command(inspect_bptt)

@@ -1,0 +1,351 @@
+"""The HTTP face of `charrnn serve`: a Starlette application over the loaded models.
+
+    POST /v1/next       {"prefix", "k", "words", "unk", "model"}       -> {"prefix", "next": [{"char", "prob"}]}
+    POST /v1/generate   {"prefix", "n", "temperature", ..., "stream"}  -> {"samples": [...], "seed"}
+    POST /v1/score      {"records": [...], "end", "delimiter", "model"} -> {"scores": [{"text", "chars", ...}]}
+    GET  /v1/models     -> {"models": [...], "default"}
+    GET  /healthz       -> {"status": "ok", "models": {name: {"generating", "paused", "waiting"}}}
+
+The bodies and answers are those of the line protocol (charrnn.protocol, charrnn.service) without
+"op". Every refusal is a JSON body {"error": "..."} with its status: 400 not JSON, 404 an unknown
+model or path, 405 a wrong method, 413 too large, 422 a wrong field, 503 too busy (with Retry-After).
+
+With "stream": true, /v1/generate answers NDJSON (application/x-ndjson), one object per line as the
+text is made: {"sample": i, "text": "..."} (the texts of sample i, joined, are the sample), then
+{"done": true, "seed": S} last (no seed for beam search), or {"error": "..."} if the generation
+fails after it began. A client that goes away stops its generation, streamed or not.
+
+No model work runs on the event loop: `next` (characters) and plain `generate` go to the model's
+ModelWorker (batched), the rest to the shared Pool (charrnn.worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from charrnn.engine import Job
+from charrnn.errors import RequestError
+from charrnn.generate import Sampling
+from charrnn.protocol import GenerateRequest, Limits, decode_json, parse_generate, parse_next, parse_score
+from charrnn.service import (
+    LoadedModel,
+    error_status,
+    models_info,
+    pick_model,
+    prefix_ids,
+    run_generate,
+    run_next,
+    run_score,
+    stream_generate,
+)
+from charrnn.worker import ModelWorker, NextTask, Pool
+
+NDJSON = "application/x-ndjson"
+RETRY_AFTER = "1"  # seconds, with every 503
+CLIENT_GONE = 499
+PAUSE_AT = 64  # steps of a streamed generation waiting to be sent: its job pauses until they are
+
+
+@dataclass
+class Backend:
+    """What the routes answer from: the models, their workers, the shared pool and the limits."""
+
+    models: dict[str, LoadedModel]
+    workers: dict[str, ModelWorker]
+    pool: Pool
+    limits: Limits
+
+
+def error_response(e: BaseException) -> JSONResponse:
+    """{"error": ...} with the status of `e`; a 503 says when to retry, and a 413 closes the connection (the
+    rest of a body too large is not read, so the connection cannot carry another request)."""
+    status, message = error_status(e)
+    headers = {"Retry-After": RETRY_AFTER} if status == 503 else {"Connection": "close"} if status == 413 else None
+    return JSONResponse({"error": message}, status, headers=headers)
+
+
+def _channel() -> tuple[asyncio.Future, Callable[[Any], None]]:
+    """A future of the event loop and a function that settles it from any thread (a result, or an exception)."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result: Any) -> None:
+        if not future.done():
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    def deliver(result: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(settle, result)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+    return future, deliver
+
+
+async def _read_json(request: Request, limits: Limits) -> Any:
+    """The body as JSON (protocol.decode_json: strict, UTF-8): 413 past the limit, found before reading
+    when Content-Length says so, else as soon as the body passes it; 400 not JSON."""
+    limit = limits.max_body_bytes
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise RequestError(413, f"the body has {int(length):,} bytes, more than the limit of {limit:,} "
+                                "(--max-body-bytes)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(413, f"the body has more than the limit of {limit:,} bytes (--max-body-bytes)")
+    return decode_json(bytes(body), limits)
+
+
+async def _until_disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body has been read: what comes next is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_gone(request: Request, future: asyncio.Future, cancel: Callable[[], None]) -> Any:
+    """The future's result, or, when the client goes away first, cancel() and an empty response's None."""
+    watcher = asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait({future, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not future.done():
+        cancel()
+        return None
+    return future.result()
+
+
+def _gone() -> Response:
+    """The answer to a client that has gone: nobody reads it; 499 ("client closed request", as nginx
+    logs it) says so in the access log."""
+    return Response(status_code=CLIENT_GONE)
+
+
+def _plain(lm: LoadedModel, req: GenerateRequest) -> bool:
+    """Whether the engine can run this generation: no stop strings, beam search, --novel or records model."""
+    return (req.beam is None and not req.stop and not req.novel and not req.min_length and lm.delimiter is None)
+
+
+class App:
+    """The routes over one Backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.b = backend
+
+    def starlette(self) -> Starlette:
+        routes = [Route("/v1/next", self._guard(self.next), methods=["POST"]),
+                  Route("/v1/generate", self._guard(self.generate), methods=["POST"]),
+                  Route("/v1/score", self._guard(self.score), methods=["POST"]),
+                  Route("/v1/models", self._guard(self.models), methods=["GET"]),
+                  Route("/healthz", self._guard(self.healthz), methods=["GET"])]
+        return Starlette(routes=routes, exception_handlers={HTTPException: self._http_error})
+
+    @staticmethod
+    async def _http_error(request: Request, e: Exception) -> Response:
+        assert isinstance(e, HTTPException)
+        message = {404: f"no such path {request.url.path[:100]!r}: POST /v1/next, /v1/generate, /v1/score, "
+                        "GET /v1/models, /healthz",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
+        return JSONResponse({"error": message}, e.status_code, headers=e.headers)
+
+    @staticmethod
+    def _guard(route: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def guarded(request: Request) -> Response:
+            try:
+                return await route(request)
+            except Exception as e:  # noqa: BLE001 - every failure of a request is its JSON answer
+                return error_response(e)
+        return guarded
+
+    async def _in_pool(self, work: Callable[[], Any]) -> Any:
+        future, deliver = _channel()
+        self.b.pool.submit(work, deliver)
+        return await future
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "models": {name: w.load() for name, w in self.b.workers.items()}})
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse(models_info(self.b.models))
+
+    async def next(self, request: Request) -> Response:
+        req = parse_next(await _read_json(request, self.b.limits), self.b.limits)
+        lm = pick_model(self.b.models, req.model)
+        if req.words is not None:  # a beam per request: the pool
+            return JSONResponse(await self._in_pool(lambda: run_next(lm, req)))
+        future, deliver = _channel()
+        task = NextTask(prefix_ids(lm, req.prefix, req.unk), req.k, deliver)
+        self.b.workers[lm.name].submit(task)
+        try:
+            guesses = await future
+        finally:
+            task.cancelled = True  # no-op once answered; drops it from the batch if this request was cancelled
+        return JSONResponse({"prefix": req.prefix, "next": [g.to_dict("char") for g in guesses]})
+
+    async def score(self, request: Request) -> Response:
+        req = parse_score(await _read_json(request, self.b.limits), self.b.limits)
+        lm = pick_model(self.b.models, req.model)
+        return JSONResponse(await self._in_pool(lambda: run_score(lm, req)))
+
+    async def generate(self, request: Request) -> Response:
+        req = parse_generate(await _read_json(request, self.b.limits), self.b.limits)
+        lm = pick_model(self.b.models, req.model)
+        if req.stream:
+            return self._stream(lm, req)
+        future, deliver = _channel()
+        if _plain(lm, req):
+            job = self._job(lm, req, on_done=deliver)
+            self.b.workers[lm.name].submit(job)
+            samples = await _unless_gone(request, future, lambda: setattr(job, "cancelled", True))
+            return JSONResponse({"samples": samples, "seed": req.seed}) if samples is not None else _gone()
+        stream_generate(lm, req).close()  # its checks, here, before any work is queued
+        self.b.pool.submit(lambda: run_generate(lm, req), deliver)
+        answer = await _unless_gone(request, future, lambda: None)  # a pool task runs to its end
+        return JSONResponse(answer) if answer is not None else _gone()
+
+    def _job(self, lm: LoadedModel, req: GenerateRequest, **callbacks: Any) -> Job:
+        return Job(prefix_ids(lm, req.prefix, req.unk), req.n, Sampling(req.temperature, req.top_k, req.top_p,
+                   req.greedy), req.seed, req.num_samples, req.prefix if req.echo else "", **callbacks)
+
+    def _stream(self, lm: LoadedModel, req: GenerateRequest) -> Response:
+        """The NDJSON answer of a streamed generation; the work is queued before the first byte is sent,
+        so that a refusal (422, 503) is still a plain JSON error."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        job: Job | None = None
+
+        def arrive(event: tuple) -> None:  # on the loop
+            events.put_nowait(event)
+            if job is not None and events.qsize() >= PAUSE_AT:
+                job.paused = True  # the client reads slower than the model writes: hold its rows
+
+        def post(event: tuple) -> None:
+            try:
+                loop.call_soon_threadsafe(arrive, event)
+            except RuntimeError:  # the loop has closed
+                pass
+
+        if _plain(lm, req):
+            job = self._job(lm, req, on_piece=lambda pieces: post(("pieces", pieces)),
+                            on_done=lambda result: post(("done", result)))
+            self.b.workers[lm.name].submit(job)
+
+            def cancel() -> None:
+                job.cancelled = True
+
+            def resume() -> None:
+                job.paused = False
+        else:
+            pieces = stream_generate(lm, req)  # checked now; iterated on a pool thread
+            stopped = False
+
+            def work() -> None:
+                try:
+                    for i, piece in pieces:
+                        if stopped:
+                            break
+                        post(("piece", i, piece))
+                finally:
+                    pieces.close()
+
+            def cancel() -> None:
+                nonlocal stopped
+                stopped = True
+
+            def resume() -> None:  # a pool thread's text is at most n x num_samples characters: not held back
+                pass
+
+            self.b.pool.submit(work, lambda result: post(("done", result)))
+        return StreamingResponse(_ndjson(events, cancel, resume, None if req.beam is not None else req.seed),
+                                 media_type=NDJSON)
+
+
+async def _ndjson(events: asyncio.Queue, cancel: Callable[[], None], resume: Callable[[], None],
+                  seed: int | None) -> AsyncIterator[str]:
+    """The lines of a streamed generation: whatever has arrived since the last write, one line per sample
+    that grew, then the closing line; resume() once all is taken. Cancelled (the client went away) or not,
+    the generation is stopped at the end."""
+    try:
+        while True:
+            batch = [await events.get()]
+            while not events.empty():
+                batch.append(events.get_nowait())
+            resume()
+            grown: dict[int, list[str]] = {}
+            end: tuple | None = None  # ("done", the samples or the exception that stopped them)
+            for event in batch:
+                if event[0] == "pieces":  # one piece per sample
+                    for i, piece in enumerate(event[1]):
+                        grown.setdefault(i, []).append(piece)
+                elif event[0] == "piece":  # (sample index, piece)
+                    grown.setdefault(event[1], []).append(event[2])
+                else:
+                    end = event
+            lines = [json.dumps({"sample": i, "text": "".join(p)}, ensure_ascii=False) + "\n" for i, p in grown.items()]
+            if end is not None:
+                failure = end[1] if isinstance(end[1], BaseException) else None
+                closing = {"error": error_status(failure)[1]} if failure is not None else \
+                    {"done": True, **({"seed": seed} if seed is not None else {})}
+                lines.append(json.dumps(closing) + "\n")
+            yield "".join(lines)
+            if end is not None:
+                return
+    finally:
+        cancel()
+
+
+class Front:
+    """ASGI middleware in front of the application: at most `max_requests` requests in progress (more get
+    a JSON 503 with Retry-After), and one access-log line per request through `log`:
+    `client "METHOD /path" status milliseconds`."""
+
+    def __init__(self, app: Any, log: Callable[[str], None], max_requests: int) -> None:
+        self.app, self.log, self.max_requests = app, log, max_requests
+        self.in_progress = 0
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), "-"
+
+        async def send_and_note(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = str(message["status"])
+            await send(message)
+
+        self.in_progress += 1
+        try:
+            if self.in_progress > self.max_requests:
+                busy = RequestError(503, f"the server has {self.max_requests:,} requests in progress "
+                                         "(--max-requests); try again shortly")
+                await error_response(busy)(scope, receive, send_and_note)
+            else:
+                await self.app(scope, receive, send_and_note)
+        finally:
+            self.in_progress -= 1
+            host, port = scope.get("client") or ("-", 0)
+            self.log(f'{host}:{port} "{scope["method"]} {scope["path"][:200]}" {status} '
+                     f"{(time.perf_counter() - start) * 1000:.1f} ms")
+
+
+def build_app(backend: Backend, log: Callable[[str], None], max_requests: int = 1000) -> Any:
+    """The ASGI application: the routes, behind the request limit and the access log."""
+    return Front(App(backend).starlette(), log, max_requests)

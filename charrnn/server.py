@@ -1,0 +1,124 @@
+"""`charrnn serve` over HTTP: the models' workers, the application (charrnn.httpapp) and uvicorn.
+
+Starlette and uvicorn are the optional extra `charrnn[serve]`, imported only here and in httpapp,
+only when a server starts; without them, a one-line MissingDependency. The listening socket is bound
+here before the server starts, so that `--port 0` can report the port the system chose. SIGTERM and
+SIGINT (Ctrl-C) stop the server gracefully: it stops accepting, lets the requests in flight finish
+for at most `shutdown_timeout` seconds (then cancels them), stops the workers and returns, so that
+the command exits 0. A second Ctrl-C cancels at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from charrnn.errors import CharrnnError, MissingDependency
+from charrnn.protocol import Limits
+from charrnn.service import LoadedModel
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How the server runs (the limits of one request are protocol.Limits)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    batch_wait_ms: float = 2.0  # how long an idle model's worker waits for more requests to batch with the first
+    max_queue: int = 256  # requests waiting per model (and in the shared pool) before a 503
+    max_streams: int = 256  # generate streams a model advances together
+    pool_threads: int = 2  # threads for score, next words and generate with stop strings or beam search
+    max_requests: int = 1000  # requests in progress at once before a 503
+    shutdown_timeout: float = 30.0  # seconds requests in flight get to finish on SIGTERM or Ctrl-C
+    threads: int = 1  # torch's threads within one operation (the server's work is many small operations)
+
+
+def check_dependencies() -> None:
+    """A one-line MissingDependency when the extra `charrnn[serve]` is not installed."""
+    _imports()
+
+
+def _imports() -> tuple[Any, Any]:
+    try:
+        import uvicorn
+
+        from charrnn import httpapp
+    except ImportError as e:
+        raise MissingDependency(f"charrnn serve over HTTP needs starlette and uvicorn ({e.name} is missing): "
+                                "pip install 'charrnn[serve]' (or use --stdio)") from None
+    return uvicorn, httpapp
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on (host, port); port 0 lets the system choose. Made with protocol IPPROTO_TCP,
+    not 0 (socket.create_server's): asyncio turns Nagle's algorithm off only on connections whose socket
+    says TCP, and with it on, every answer on a kept-alive connection waited 40 ms for a delayed ACK."""
+    sock = None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             proto=socket.IPPROTO_TCP)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+        return sock
+    except OSError as e:
+        if sock is not None:
+            sock.close()
+        raise CharrnnError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def serve_http(models: dict[str, LoadedModel], limits: Limits, options: ServerOptions,
+               log: Callable[[str], None]) -> None:
+    """Serve the models until SIGTERM or Ctrl-C. `log` gets the start line, one line per request and the
+    closing line (the CLI writes them to stderr)."""
+    uvicorn, httpapp = _imports()
+    import torch
+
+    from charrnn.worker import ModelWorker, Pool
+
+    torch.set_num_threads(options.threads)
+    sock = listen(options.host, options.port)
+    workers = {name: ModelWorker(name, lm.model, lm.vocab, lm.start_ids, max_queue=options.max_queue,
+                                 batch_wait=options.batch_wait_ms / 1000, max_rows=options.max_streams).start()
+               for name, lm in models.items()}
+    pool = Pool(options.pool_threads, options.max_queue)
+    app = httpapp.build_app(httpapp.Backend(models, workers, pool, limits), log, options.max_requests)
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
+                            timeout_graceful_shutdown=options.shutdown_timeout)
+    server = _graceful(uvicorn)(config)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    log(f"serving {', '.join(models)} on http://{shown}:{port} (Ctrl-C or SIGTERM to stop)")
+    try:
+        server.run(sockets=[sock])
+    finally:
+        pool.stopping = True
+        for worker in workers.values():
+            worker.stop(timeout=options.shutdown_timeout)
+        pool.stop()
+        sock.close()
+    log("stopped")
+
+
+def _graceful(uvicorn: Any) -> type:
+    """uvicorn's Server, but a signal ends it without being raised again afterwards (uvicorn re-raises it
+    once shut down, so that the process would die of it): the command exits 0."""
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server

@@ -1,0 +1,302 @@
+"""Models kept loaded, answering requests: the core of `charrnn serve`, on stdin/stdout (the line
+protocol, `handle`) or over HTTP (charrnn.server, which calls the run_* functions itself).
+
+Requests are parsed and checked by charrnn.protocol; here they run on a LoadedModel through the
+same code as the commands they mirror, so an answer is what the command prints with --json:
+`next` is `charrnn complete`, `generate` is `charrnn generate` (records models, stop strings,
+--novel and --beam included), `score` is `charrnn eval score`. Nothing here keeps state between
+requests, and the models are only read (inference mode): several threads may run requests at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from charrnn.errors import CharrnnError, RequestError, UnknownCharacterError, UsageError
+from charrnn.model import CharRNN
+from charrnn.protocol import (
+    GenerateRequest,
+    Limits,
+    NextRequest,
+    ScoreRequest,
+    parse_generate,
+    parse_models,
+    parse_next,
+    parse_score,
+)
+from charrnn.vocab import Vocab
+
+__all__ = ["Limits", "LoadedModel", "RequestError", "error_status", "handle", "load_models", "model_spec",
+           "models_info", "pick_model", "prefix_ids", "run_generate", "run_next", "run_score", "stream_generate"]
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A model loaded once for many requests, with what its requests need from the checkpoint."""
+
+    name: str
+    model: CharRNN  # in eval mode, on its device
+    vocab: Vocab
+    delimiter: str | None  # a records model's delimiter (its record-start state), else None
+    start_ids: np.ndarray | None  # the delimiter's ids, read before a prefix (`complete`)
+    record_hashes: np.ndarray | None  # sorted hashes of the training records (--novel), if kept
+    summary: dict  # what `info()` reports
+
+    def info(self) -> dict:
+        """What `models` reports of this model: its name, architecture, vocabulary and training."""
+        return dict(self.summary)
+
+
+def _finite(x: Any) -> Any:
+    return x if not isinstance(x, float) or math.isfinite(x) else None
+
+
+def _summary(name: str, model: CharRNN, vocab: Vocab, ckpt: dict, delimiter: str | None) -> dict:
+    from charrnn.history import History
+
+    cfg = model.config
+    train = ckpt.get("train_config") if isinstance(ckpt.get("train_config"), dict) else {}
+    seconds = History.from_checkpoint(ckpt.get("history")).summary()["seconds"] if "history" in ckpt else None
+    return {
+        "name": name, "cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden, "input": cfg.input,
+        "embed_dim": cfg.embed_dim if cfg.input == "embedding" else None,
+        "vocab_size": len(vocab.chars) + int(vocab.unk_id is not None), "parameters": model.num_parameters(),
+        "records_delimiter": delimiter,
+        "training": {"step": ckpt.get("step"), "epoch": ckpt.get("epoch"), "val_loss": _finite(ckpt.get("val_loss")),
+                     "best_val_loss": _finite(ckpt.get("best_val_loss")),
+                     "chars": (ckpt.get("data") or {}).get("chars"), "seconds": _finite(seconds),
+                     "precision": train.get("precision"), "init_from": ckpt.get("init_from")},
+    }
+
+
+def model_spec(text: str) -> tuple[str, str]:
+    """`-m NAME=PATH` or `-m PATH` -> (name, path); the name of a bare path is its file's stem. A
+    NAME= part is read as a name only when the whole text is not itself an existing file."""
+    head, sep, tail = text.partition("=")
+    if sep and NAME.fullmatch(head) and tail and not Path(text).exists():
+        return head, tail
+    stem = Path(text).stem
+    if not NAME.fullmatch(stem):
+        raise UsageError(f"-m {text!r}: its file name does not make a model name (letters, digits, _ . -): "
+                         "give one with -m NAME=PATH")
+    return stem, text
+
+
+def load_models(specs: list[tuple[str, str]], device: torch.device | str = "cpu") -> dict[str, LoadedModel]:
+    """(name, path) pairs -> the loaded models by name, in the order given (the first is the default).
+    Each checkpoint goes through charrnn.checkpoint.load_model (validated, weights only); its
+    weights and optimizer state are not kept beyond the model."""
+    from charrnn.checkpoint import load_model, record_delimiter
+
+    if not specs:
+        raise UsageError("give at least one model with -m PATH or -m NAME=PATH")
+    models: dict[str, LoadedModel] = {}
+    for name, path in specs:
+        if name in models:
+            raise UsageError(f"two models are named {name!r}: give each its own name with -m NAME=PATH")
+        model, vocab, ckpt = load_model(path, device)
+        delimiter = record_delimiter(ckpt)
+        start = vocab.encode(delimiter, unk="map") if delimiter is not None else None
+        hashes = ckpt.get("record_hashes")
+        models[name] = LoadedModel(name, model, vocab, delimiter, start,
+                                   None if hashes is None else hashes.numpy(),
+                                   _summary(name, model, vocab, ckpt, delimiter))
+    return models
+
+
+def pick_model(models: dict[str, LoadedModel], name: str | None) -> LoadedModel:
+    """The model a request names, or the default (the first loaded) when it names none."""
+    if name is None:
+        return next(iter(models.values()))
+    if name not in models:
+        shown = name if len(name) <= 40 else name[:40] + "..."
+        raise RequestError(404, f"unknown model {shown!r}: loaded are {', '.join(models)}")
+    return models[name]
+
+
+def models_info(models: dict[str, LoadedModel]) -> dict:
+    return {"models": [lm.info() for lm in models.values()], "default": next(iter(models), None)}
+
+
+def prefix_ids(lm: LoadedModel, text: str, unk: str) -> np.ndarray:
+    """The ids of a request's prefix; characters the model does not know are a 422 under "unk": "error"."""
+    try:
+        return lm.vocab.encode(text, unk=unk, where='"prefix"')  # type: ignore[arg-type]
+    except UnknownCharacterError as e:
+        raise RequestError(422, str(e).replace("use --unk map", 'use "unk": "map"')) from None
+
+
+def run_next(lm: LoadedModel, req: NextRequest) -> dict:
+    """The answer of `charrnn complete --json`: {"prefix", "next": [{"char", "prob"}]}, or with
+    "words", {"prefix", "words": [{"word", "prob"}]}."""
+    from charrnn.complete import next_chars, next_words
+
+    ids = prefix_ids(lm, req.prefix, req.unk)
+    if req.words is not None:
+        guesses, key, field = next_words(lm.model, lm.vocab, ids, req.words, lm.start_ids), "words", "word"
+    else:
+        guesses, key, field = next_chars(lm.model, lm.vocab, ids, req.k, lm.start_ids), "next", "char"
+    return {"prefix": req.prefix, key: [g.to_dict(field) for g in guesses]}
+
+
+def stream_generate(lm: LoadedModel, req: GenerateRequest) -> Iterator[tuple[int, str]]:
+    """(sample index, text) pieces of the samples as they are made; the pieces of index i, joined,
+    are one sample. Without a stop string, one character of every sample per step; with a stop
+    string (or a records model) the text of each sample as soon as no stop string can begin in it,
+    the samples numbered in the order they begin to be told (with "novel", each whole once it is
+    known to be new); beam search gives its results at the end. The request is checked against
+    the model before this returns (a RequestError here, not at the first piece); closing the
+    iterator stops the generation."""
+    return ((i, piece) for i, piece, _ in _pieces(lm, req))
+
+
+def run_generate(lm: LoadedModel, req: GenerateRequest) -> dict:
+    """{"samples": [...], "seed": ...} (no seed for beam search, which does not sample); the
+    samples are the continuations, each after the prefix when the request asks for "echo". Samples
+    that end at a stop string are listed in the order they end, as `charrnn generate` prints them."""
+    parts: dict[int, list[str]] = {i: [] for i in range(req.num_samples if req.beam is None else 0)}
+    ends: list[int] = []
+    for i, piece, ended in _pieces(lm, req):
+        parts.setdefault(i, []).append(piece)
+        if ended:
+            ends.append(i)
+    samples = ["".join(parts[i]) for i in (ends or sorted(parts))]
+    return {"samples": samples} if req.beam is not None else {"samples": samples, "seed": req.seed}
+
+
+def _pieces(lm: LoadedModel, req: GenerateRequest) -> Iterator[tuple[int, str, bool]]:
+    """(sample index, text, whether that sample ended with it), once the request is checked."""
+    ids = prefix_ids(lm, req.prefix, req.unk)
+    stops, min_length = req.stop, req.min_length
+    if not stops and lm.delimiter is not None:
+        stops = (lm.delimiter,)  # a records model generates records
+        if min_length is None and req.n >= 1:
+            min_length = 1  # it never saw an empty record
+        if req.n < 1 and req.beam is None:
+            raise RequestError(422, '"n" must be >= 1 for a model trained with --partition records (it generates '
+                                    'records, each at most n characters), got 0')
+    if min_length and not stops:
+        raise RequestError(422, '"min_length" needs "stop" (or a model trained with --partition records)')
+    if req.novel and (not stops or lm.record_hashes is None):
+        raise RequestError(422, '"novel" needs a model trained with --partition records (one that keeps the '
+                                'hashes of its training records)')
+    echo = req.prefix if req.echo else ""
+    if stops or req.beam is not None:
+        return _records(lm, req, ids, stops, min_length or 0, echo)
+    return _plain(lm, req, ids, echo)
+
+
+def _plain(lm: LoadedModel, req: GenerateRequest, ids: np.ndarray, echo: str) -> Iterator[tuple[int, str, bool]]:
+    from charrnn.generate import Sampling, generate
+
+    sampling = Sampling(req.temperature, req.top_k, req.top_p, req.greedy)
+    if echo:
+        for i in range(req.num_samples):
+            yield i, echo, False
+    for chars in generate(lm.model, lm.vocab, ids, req.n, sampling, seed=req.seed, num_samples=req.num_samples):
+        for i, c in enumerate(chars):
+            yield i, c, False
+
+
+def _records(lm: LoadedModel, req: GenerateRequest, ids: np.ndarray, stops: tuple[str, ...], min_length: int,
+             echo: str) -> Iterator[tuple[int, str, bool]]:
+    """Samples that end at a stop string, or beam search, from the record-start state (as
+    `charrnn generate` does: after the model's delimiter, or without a prefix after the first stop
+    string when the model knows it)."""
+    from charrnn.generate import Sampling, Stops, beam_search, stream_samples
+    from charrnn.records import contains
+
+    vocab = lm.vocab
+    start = lm.delimiter
+    if start is None and not req.prefix and stops and all(c in vocab.chars for c in stops[0]):
+        start = stops[0]
+    context = np.concatenate([vocab.encode(start), ids]) if start else ids
+    rule = Stops(stops, max_length=req.n, min_length=min_length) if stops else None
+    accept: Callable[[str], bool] | None = None
+    if req.novel:
+        known = lm.record_hashes
+
+        def accept(sample: str) -> bool:
+            return not contains(known, req.prefix + sample)  # type: ignore[arg-type]
+
+    if req.beam is not None:
+        for i, r in enumerate(beam_search(lm.model, vocab, context, req.beam, req.n, rule,
+                                          num_results=req.num_samples, accept=accept)):
+            yield i, echo + r.text, True
+        return
+    assert rule is not None
+    sampling = Sampling(req.temperature, req.top_k, req.top_p, req.greedy)
+    numbers: dict[int, int] = {}  # stream_samples' numbers (the order samples start) -> the order first told
+    for number, piece, ended in stream_samples(lm.model, vocab, context, rule, sampling, seed=req.seed,
+                                               num_samples=req.num_samples, accept=accept):
+        if number not in numbers:
+            numbers[number] = len(numbers)
+            piece = echo + piece
+        yield numbers[number], piece, ended
+
+
+def run_score(lm: LoadedModel, req: ScoreRequest) -> dict:
+    """{"scores": [...]}, one object per record as `charrnn eval score --json` prints it."""
+    from charrnn.score import Scorer, score_texts
+
+    boundary = lm.delimiter or req.delimiter or "\n"
+    scores = score_texts(Scorer(lm.model, lm.vocab, boundary), list(req.records), end=req.end)
+    return {"scores": [{"text": r, **{k: _finite(v) for k, v in s.to_dict().items()}}
+                       for r, s in zip(req.records, scores, strict=True)]}
+
+
+def error_status(e: BaseException) -> tuple[int, str]:
+    """(HTTP status, one-line message) of anything a request raised."""
+    if isinstance(e, RequestError):
+        return e.status, str(e)
+    if isinstance(e, CharrnnError):  # a request the core refuses (a usage or data error)
+        return 422, " ".join(str(e).split())
+    text = (str(e).splitlines() or [""])[0]
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and ("allocate" in text or "out of memory" in text)):
+        return 503, f"out of memory ({text or 'a memory allocation failed'}); ask for less"
+    return 500, f"internal error: {type(e).__name__}: {text}"[:500]
+
+
+OPS = ("next", "generate", "score", "models")
+_RUN: dict[str, tuple[Callable[[Any, Limits], Any], Callable[[LoadedModel, Any], dict]]] = {
+    "next": (parse_next, run_next), "generate": (parse_generate, run_generate), "score": (parse_score, run_score)}
+
+
+def _answer(request: Any, models: dict[str, LoadedModel], limits: Limits) -> dict:
+    if not isinstance(request, dict):
+        raise RequestError(400, f"a request must be a JSON object, got {type(request).__name__}")
+    op = request.get("op")
+    if op not in OPS:
+        shown = "missing" if "op" not in request else f"{str(op)[:40]!r}" if isinstance(op, str) else "not a string"
+        raise RequestError(400, f'"op" is {shown}: one of {", ".join(OPS)}')
+    if op == "models":
+        parse_models(request, limits)
+        return models_info(models)
+    parse, run = _RUN[op]
+    req = parse(request, limits)
+    if getattr(req, "stream", False):
+        raise RequestError(422, '"stream" is for HTTP: the line protocol answers each request with one line')
+    return run(pick_model(models, req.model), req)
+
+
+def handle(request: Any, models: dict[str, LoadedModel], limits: Limits | None = None) -> dict:
+    """The answer to one request of the line protocol (a decoded JSON value): the op's answer, or
+    {"error": "..."}; an "id" in the request is copied into the answer. Never raises (but for
+    KeyboardInterrupt and SystemExit)."""
+    try:
+        answer = _answer(request, models, limits or Limits())
+    except Exception as e:  # every failure of one request is that request's answer
+        answer = {"error": error_status(e)[1]}
+    if isinstance(request, dict) and "id" in request:
+        answer = {"id": request["id"], **answer}
+    return answer
