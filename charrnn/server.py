@@ -11,6 +11,7 @@ the command exits 0. A second Ctrl-C cancels at once.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -93,6 +94,7 @@ def serve_http(models: dict[str, LoadedModel], limits: Limits, options: ServerOp
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
                             timeout_graceful_shutdown=options.shutdown_timeout)
     server = _graceful(uvicorn)(config)
+    _one_line_logs(log)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     log(f"serving {', '.join(models)} on http://{shown}:{port} (Ctrl-C or SIGTERM to stop)")
@@ -105,6 +107,26 @@ def serve_http(models: dict[str, LoadedModel], limits: Limits, options: ServerOp
         pool.stop()
         sock.close()
     log("stopped")
+
+
+def _one_line_logs(log: Callable[[str], None]) -> None:
+    """uvicorn's warnings and errors (a request cancelled when the shutdown's bound passes, an error of
+    the server itself) as one line each through `log`, the exception's first line in place of a
+    traceback (stderr keeps one line per event)."""
+
+    class OneLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage().strip()
+            error = record.exc_info[1] if record.exc_info else None
+            if error is not None:
+                detail = (str(error).splitlines() or [""])[0]
+                message = f"{message}: {type(error).__name__}" + (f": {detail}" if detail else "")
+            log(message)
+
+    logger = logging.getLogger("uvicorn")
+    logger.handlers = [OneLine(logging.WARNING)]
+    logger.propagate = False
+    logger.setLevel(logging.WARNING)
 
 
 def _graceful(uvicorn: Any) -> type:

@@ -183,8 +183,9 @@ def test_a_signal_during_a_request_lets_it_finish(home: Path) -> None:
 
 
 def doc_blocks(info: str) -> list[str]:
-    """The fenced blocks of docs/serve.md with this info string."""
-    text = (ROOT / "docs" / "serve.md").read_text(encoding="utf-8")
+    """The fenced blocks of docs/serve.md's line-protocol part with this info string (the HTTP part's
+    examples need a server: tests/test_server.py runs them)."""
+    text = (ROOT / "docs" / "serve.md").read_text(encoding="utf-8").split("\n## HTTP\n")[0]
     return re.findall(rf"^```{info}\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
 
 

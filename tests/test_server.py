@@ -5,6 +5,7 @@ limits, or that stop the server, start their own."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -337,6 +338,31 @@ def test_sigterm_lets_requests_in_flight_finish_and_exits_0(home: Path) -> None:
     assert len(s.access("POST /v1/generate", 2)) == 2
 
 
+def test_requests_past_the_shutdown_bound_are_cancelled_in_one_line_each(home: Path) -> None:
+    """A request still running when --shutdown-timeout passes is cancelled: exit 0 all the same, and
+    stderr says so in single lines, never a traceback."""
+    s = Server("-m", str(home / "m.pt"), "--max-n", "100000000", "--shutdown-timeout", "0.5")
+    results: dict[str, Any] = {}
+
+    def endless() -> None:
+        with httpx.Client(base_url=s.url, timeout=120) as c:
+            results["r"] = c.post("/v1/generate", json={"prefix": "the ", "n": 50_000_000})
+
+    worker = threading.Thread(target=endless)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while s.client.get("/healthz").json()["models"]["m"]["generating"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    s.proc.send_signal(signal.SIGTERM)
+    code, out = s.stop(None, timeout=120)
+    worker.join(120)
+    err = "".join(s.lines)
+    assert code == 0 and out == b"", err
+    assert "Traceback" not in err and "CancelledError" in err and s.lines[-1].strip() == "stopped"
+    assert all(line.strip() and not line.startswith((" ", "\t")) for line in s.lines), err
+    assert results["r"].status_code == 500
+
+
 def test_without_the_extra_one_line_names_it(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
     r = CliRunner().invoke(cli, ["serve", "-m", str(home / "m.pt")])
@@ -361,3 +387,34 @@ def test_a_port_in_use_is_one_line_and_the_socket_says_tcp(home: Path) -> None:
         taken.close()
     assert r.exit_code == 1 and r.stdout == ""
     assert r.stderr.strip().splitlines()[-1].startswith("Error: cannot listen on 127.0.0.1:")
+
+
+def http_doc_blocks(info: str) -> list[str]:
+    """The fenced blocks of docs/serve.md's HTTP part with this info string."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "serve.md").read_text(encoding="utf-8")
+    part = page.split("\n## HTTP\n")[1].split("\n## ")[0]
+    return re.findall(rf"^```{info}\n(.*?)^```", part, flags=re.MULTILINE | re.DOTALL)
+
+
+def test_the_curl_and_python_examples_of_the_docs_run(server: Server, tmp_path: Path) -> None:
+    """docs/serve.md's HTTP examples, as written but for the port, against the running server: every curl
+    line answers its JSON (no error), and the Python client prints the streamed text."""
+    hostport = server.url.removeprefix("http://")
+
+    def lower(block: str) -> str:  # the test model knows no capitals
+        return block.replace("The Time Trav", "the time trav").replace('"The ', '"the ')
+
+    curls = [lower(b.replace("localhost:8000", hostport)) for b in http_doc_blocks("bash") if "curl" in b]
+    assert len(curls) == 2
+    for block in curls:
+        for line in block.strip().splitlines():
+            r = subprocess.run(["bash", "-c", f"set -o pipefail; {line}"], capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, (line, r.stderr)
+            answers = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+            assert answers and not any("error" in a for a in answers), (line, r.stdout[:300])
+            if '"stream": true' in line:
+                assert answers[-1]["done"] is True and "".join(a.get("text", "") for a in answers[:-1])
+    (python,) = [b for b in http_doc_blocks("python") if "httpx" in b]
+    code = lower(python.replace("http://127.0.0.1:8000", server.url))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0 and len(r.stdout) == 2000, (r.stderr, len(r.stdout))
