@@ -189,11 +189,17 @@ def doc_blocks(info: str) -> list[str]:
     return re.findall(rf"^```{info}\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
 
 
-@pytest.mark.parametrize(("info", "runner"), [("bash", "bash"), ("python", sys.executable)])
+def readme_coproc() -> list[str]:
+    """README.md's coproc example."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return [b for b in re.findall(r"^```bash\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL) if "coproc" in b]
+
+
+@pytest.mark.parametrize(("info", "runner"), [("bash", "bash"), ("python", sys.executable), ("readme", "bash")])
 def test_the_coproc_and_python_examples_of_the_docs_run(home: Path, tmp_path: Path, info: str, runner: str) -> None:
-    """docs/serve.md's bash and python blocks (not run by tests/test_examples.py: they are not `sh`), as
-    written, with `charrnn` on PATH and model.pt in the folder."""
-    blocks = doc_blocks(info)
+    """docs/serve.md's bash and python blocks and README.md's coproc block (not run by
+    tests/test_examples.py: they are not `sh`), as written, with `charrnn` on PATH and model.pt in the folder."""
+    blocks = readme_coproc() if info == "readme" else doc_blocks(info)
     assert len(blocks) == 1
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -205,7 +211,10 @@ def test_the_coproc_and_python_examples_of_the_docs_run(home: Path, tmp_path: Pa
     r = subprocess.run([runner, "example"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
-    if info == "bash":
+    if info == "readme":
+        (answer,) = r.stdout.splitlines()
+        assert [len(x) for x in json.loads(answer)["samples"]] == [100]
+    elif info == "bash":
         lines = r.stdout.splitlines()
         assert [json.loads(line)["prefix"] for line in lines] == ["The Time Trav", "We sat about the fi"]
     else:  # the next characters, then a sample of 40 characters (newlines among them)

@@ -418,3 +418,19 @@ def test_the_curl_and_python_examples_of_the_docs_run(server: Server, tmp_path: 
     code = lower(python.replace("http://127.0.0.1:8000", server.url))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0 and len(r.stdout) == 2000, (r.stderr, len(r.stdout))
+
+
+def test_the_readme_curl_lines_run(server: Server) -> None:
+    """README.md's HTTP example, its curl lines against the running server (the lines that start and stop
+    a server are the fixture's work here)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"^```bash\n(.*?)^```", readme, flags=re.MULTILINE | re.DOTALL) if "curl" in b]
+    lines = [line.replace("localhost:8000", server.url.removeprefix("http://")) for line in block.splitlines()]
+    assert any(line.startswith("charrnn serve -m model.pt") for line in lines) and lines[-1].startswith("kill %1")
+    curls = [line.split("  #")[0].replace("The Time Trav", "the time trav").replace('"The ', '"the ')
+             for line in lines if line.startswith("curl")]
+    assert len(curls) == 4
+    for line in curls:
+        r = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=120)
+        answers = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+        assert r.returncode == 0 and answers and not any("error" in a for a in answers), (line, r.stdout[:300])
