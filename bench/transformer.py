@@ -1,7 +1,7 @@
 """A transformer baseline: a small causal GPT trained on the same 90% of a text for the same wall-clock budget as
 `charrnn train`, and scored on the same last 10%.
 
-    python bench/transformer.py [TEXT] [--config NAME | --all] [--seconds 150] [--seed 0] [--json]
+    python bench/transformer.py [TEXT] [--config NAME | --all] [--seconds 150] [--seed 0] [--threads N] [--json]
 
 TEXT defaults to ../shared/corpora/tinyshakespeare.txt. The split is charrnn's: the vocabulary of the whole
 text (charrnn.vocab.Vocab.build, <unk> included), the last 10% held out (charrnn.data.split_train_val with
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -68,8 +69,8 @@ class GPTConfig:
 # blocks, larger batches) and spend them on width or depth, each about 1.2M parameters.
 CONFIGS = {c.name: c for c in (
     GPTConfig("nanogpt-cpu", n_layer=4, n_head=4, n_embd=128, block=64, batch=12, lr=1e-3),
-    GPTConfig("wide", n_layer=4, n_head=4, n_embd=160, block=128, batch=32, lr=2e-3),
-    GPTConfig("deep", n_layer=6, n_head=4, n_embd=128, block=128, batch=32, lr=2e-3),
+    GPTConfig("wide", n_layer=4, n_head=4, n_embd=160, block=128, batch=16, lr=2e-3),
+    GPTConfig("deep", n_layer=6, n_head=4, n_embd=128, block=128, batch=16, lr=2e-3),
 )}
 BEST = "deep"  # the best of CONFIGS at 150 s, what bench/run.py trains by default
 
@@ -300,6 +301,45 @@ def describe(r: dict) -> str:
             f"validation {r['val_nats_per_char']:.4f} nats/char")
 
 
+# ---- the benchmark's row group (bench/run.py) ---------------------------------------------------------------
+
+
+def bench_baseline(text: Path, seconds: float, every: bool, device: str = "cpu", tiny: bool = False) -> dict:
+    """This script in a fresh process, as charrnn's quality run is one: BEST (or with `every`, all CONFIGS) for
+    `seconds` each on TEXT. {"seconds", "configs": [row, ...], "best": row}."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), str(text), "--seconds", f"{seconds:g}", "--device", device,
+           "--json", *(["--all"] if every else ["--config", BEST]), *(["--tiny"] if tiny else [])]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}: {p.stderr.strip()[-2000:]}")
+    lines = [json.loads(x) for x in p.stdout.splitlines() if x.strip()]
+    return {"seconds": seconds, "configs": lines[:-1], "best": lines[-1]}
+
+
+def baseline_markdown(b: dict, quality: dict | None) -> list[str]:
+    """The row group: charrnn's validation after the same budget, the baseline's best, their difference, and with
+    more than one configuration each configuration's own row."""
+    best, n = b["best"], len(b["configs"])
+    lines = [f"| tinyshakespeare, {b['seconds']:g} s of training, last 10% held out | parameters | steps | chars/s "
+             "| validation, nats/char |", "| --- | ---: | ---: | ---: | ---: |"]
+    if quality is not None:
+        lines.append(f"| charrnn, `charrnn train` with its defaults | | {quality['steps']} | "
+                     f"{quality['chars_per_s']:,} | {quality['val_nats_per_char']:.4f} |")
+
+    def row(r: dict, label: str) -> str:
+        return (f"| {label}: {r['name']} ({r['n_layer']} layers x {r['n_embd']}, {r['n_head']} heads, block "
+                f"{r['block']}, batch {r['batch']}, lr {r['lr']:g}, {r['precision']}) | {r['parameters']:,} | "
+                f"{r['steps']} | {r['chars_per_s']:,} | {r['val_nats_per_char']:.4f} |")
+
+    lines.append(row(best, f"transformer baseline (best of {n} configuration{'s' * (n > 1)})"))
+    if quality is not None:
+        diff = best["val_nats_per_char"] - quality["val_nats_per_char"]
+        lines.append(f"| difference, baseline minus charrnn (positive: charrnn is better) | | | | {diff:+.4f} |")
+    if n > 1:
+        lines += [row(r, "configuration") for r in b["configs"]]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("text", nargs="?", default=str(ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"))
@@ -309,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=150.0, help="wall-clock training budget per configuration")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--stride", type=int, default=None, help="scoring stride (default: a quarter block)")
     ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # checks the script: a 1x32 model
     ap.add_argument("--json", action="store_true", help="one JSON object per configuration, then the best's")
@@ -317,6 +358,10 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--seconds must be > 0, got {args.seconds}")
     if args.stride is not None and args.stride < 1:
         ap.error(f"--stride must be >= 1, got {args.stride}")
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     names = sorted(CONFIGS) if args.all else [args.config]
 
     def log(msg: str) -> None:

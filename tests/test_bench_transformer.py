@@ -169,3 +169,22 @@ def test_command_trains_and_scores_end_to_end(tmp_path: Path, capsys: pytest.Cap
     assert row["val_chars"] == val - 1  # every held-out character after the first, once
     assert row["steps"] >= 1 and math.isfinite(row["val_nats_per_char"]) and row["parameters"] > 0
     assert row["precision"] in ("fp32", "bf16")
+
+
+def test_benchmark_row_group(tmp_path: Path) -> None:
+    """bench/run.py's row group: the script in its own process, then charrnn's and the baseline's losses and the
+    difference."""
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question.\n" * 60, encoding="utf-8")
+    b = tf.bench_baseline(text, 0.3, every=False, tiny=True)
+    assert [r["name"] for r in b["configs"]] == [tf.BEST] and b["best"]["name"] == tf.BEST
+    quality = {"steps": 7, "chars_per_s": 1234, "val_nats_per_char": 1.25}
+    lines = tf.baseline_markdown(b, quality)
+    assert lines[2].startswith("| charrnn") and lines[2].endswith("| 1.2500 |")
+    assert "transformer baseline (best of 1 configuration)" in lines[3]
+    diff = b["best"]["val_nats_per_char"] - 1.25
+    assert lines[4].endswith(f"| {diff:+.4f} |")
+    assert len(lines) == 5
+    two = {**b, "configs": [b["best"], {**b["best"], "name": "other", "val_nats_per_char": 9.0}]}
+    lines = tf.baseline_markdown(two, None)
+    assert "best of 2 configurations" in lines[2] and len(lines) == 5 and "other" in lines[4]
