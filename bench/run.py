@@ -4,10 +4,11 @@ and a table of targets met or not.
 
     python bench/run.py [--quick | --full] [--device cpu] [--out bench/results] [--no-scale]
 
-About 15 minutes on a 2-core CPU by default, 3 with --quick; the default and --full (about 35 minutes)
+About 12 minutes on a 2-core CPU by default, 2 with --quick; the default and --full (about 25 minutes)
 time every configuration twice, interleaved (charrnn, reference, reference, charrnn), --full longer.
-The transformer baseline (bench/transformer.py) trains its best known configuration for the quality run's
-budget (150 s, 30 s with --quick), and with --full every configuration in turn.
+The transformer baseline (bench/transformer.py) adds the training of its best known configuration for the quality
+run's budget, then its scoring: about 3 minutes by default, 1 with --quick; --full trains every configuration in
+turn (about 12 minutes).
 Writes results.json and results.md into --out and prints the markdown. Corpora come from --shared
 (../shared/corpora): tinyshakespeare when present (the quality run is skipped without it), else the
 built-in pydoc corpus.
@@ -279,8 +280,10 @@ def bench_quality(corpus_file: Path, budget: float, device: str, tmp: Path) -> d
     r = run_measured(cli("train", str(corpus_file), "-o", str(tmp / "q.pt"), "--time-budget", f"{budget:g}",
                          "--json", "-q", "--device", device), tmp)
     s = json.loads(r["stdout"].strip().splitlines()[-1])
-    return {"seconds": budget, "steps": s["steps"], "val_nats_per_char": round(s["val_loss"], 4),
-            "val_bits_per_char": round(s["val_bits_per_char"], 4), "chars_per_s": round(s["chars_per_second"])}
+    parameters = load_model(tmp / "q.pt", torch.device("cpu"))[0].num_parameters()
+    return {"seconds": budget, "steps": s["steps"], "parameters": parameters,
+            "val_nats_per_char": round(s["val_loss"], 4), "val_bits_per_char": round(s["val_bits_per_char"], 4),
+            "chars_per_s": round(s["chars_per_second"])}
 
 
 def bench_precision_curves(corpus_file: Path, steps: int, device: str, tmp: Path) -> dict:

@@ -178,9 +178,9 @@ def test_benchmark_row_group(tmp_path: Path) -> None:
     text.write_text("to be or not to be, that is the question.\n" * 60, encoding="utf-8")
     b = tf.bench_baseline(text, 0.3, every=False, tiny=True)
     assert [r["name"] for r in b["configs"]] == [tf.BEST] and b["best"]["name"] == tf.BEST
-    quality = {"steps": 7, "chars_per_s": 1234, "val_nats_per_char": 1.25}
+    quality = {"steps": 7, "parameters": 720834, "chars_per_s": 1234, "val_nats_per_char": 1.25}
     lines = tf.baseline_markdown(b, quality)
-    assert lines[2].startswith("| charrnn") and lines[2].endswith("| 1.2500 |")
+    assert lines[2].startswith("| charrnn") and lines[2].endswith("| 720,834 | 7 | 1,234 | 1.2500 |")
     assert "transformer baseline (best of 1 configuration)" in lines[3]
     diff = b["best"]["val_nats_per_char"] - 1.25
     assert lines[4].endswith(f"| {diff:+.4f} |")
