@@ -6,6 +6,9 @@ and a table of targets met or not.
 
 About 12 minutes on a 2-core CPU by default, 2 with --quick; the default and --full (about 25 minutes)
 time every configuration twice, interleaved (charrnn, reference, reference, charrnn), --full longer.
+The transformer baseline (bench/transformer.py) adds the training of its best known configuration for the quality
+run's budget, then its scoring: about 3 minutes by default, 1 with --quick; --full trains every configuration in
+turn (about 12 minutes).
 Writes results.json and results.md into --out and prints the markdown. Corpora come from --shared
 (../shared/corpora): tinyshakespeare when present (the quality run is skipped without it), else the
 built-in pydoc corpus.
@@ -37,6 +40,7 @@ if str(BENCH) not in sys.path:
 from flops import input_width, matmul_limit, sync, train_flops_per_char  # noqa: E402
 from measure import run_measured  # noqa: E402
 from reference import reference_throughput  # noqa: E402
+from transformer import baseline_markdown, bench_baseline  # noqa: E402
 
 from charrnn.callbacks import Callbacks  # noqa: E402
 from charrnn.checkpoint import load_model  # noqa: E402
@@ -67,13 +71,15 @@ class Plan:
     text_chars: int | None = None  # cut the corpus (smoke tests)
     curve_steps: int = 300  # steps of the default model in fp32 and in bf16 from the same start
     ptb_seconds: float | None = None  # the PTB-char run (--full only: 20 minutes)
+    baseline_all: bool = False  # the transformer baseline: every configuration (--full), else the best known
 
 
 def plan_for(mode: str) -> Plan:
     every = [(c, h, i) for h in (256, 512) for c in CELLS for i in ("embedding", "onehot")]
     short = [(c, h, "embedding") for h in (256, 512) for c in FUSED] + [("scratch-rnn", 256, "embedding")]
     if mode == "full":
-        return Plan(15, 2, every, 1.0, 1_000_000, [1_000_000, 10_000_000], (5000, 1000), 150, ptb_seconds=1200)
+        return Plan(15, 2, every, 1.0, 1_000_000, [1_000_000, 10_000_000], (5000, 1000), 150, ptb_seconds=1200,
+                    baseline_all=True)
     if mode == "quick":
         return Plan(3, 1, short, 0.15, 200_000, [100_000, 1_000_000], (500, 200), 30, curve_steps=60)
     if mode == "smoke":  # every code path in about a minute: numbers mean nothing
@@ -274,8 +280,10 @@ def bench_quality(corpus_file: Path, budget: float, device: str, tmp: Path) -> d
     r = run_measured(cli("train", str(corpus_file), "-o", str(tmp / "q.pt"), "--time-budget", f"{budget:g}",
                          "--json", "-q", "--device", device), tmp)
     s = json.loads(r["stdout"].strip().splitlines()[-1])
-    return {"seconds": budget, "steps": s["steps"], "val_nats_per_char": round(s["val_loss"], 4),
-            "val_bits_per_char": round(s["val_bits_per_char"], 4), "chars_per_s": round(s["chars_per_second"])}
+    parameters = load_model(tmp / "q.pt", torch.device("cpu"))[0].num_parameters()
+    return {"seconds": budget, "steps": s["steps"], "parameters": parameters,
+            "val_nats_per_char": round(s["val_loss"], 4), "val_bits_per_char": round(s["val_bits_per_char"], 4),
+            "chars_per_s": round(s["chars_per_second"])}
 
 
 def bench_precision_curves(corpus_file: Path, steps: int, device: str, tmp: Path) -> dict:
@@ -324,6 +332,17 @@ def bench_finetune(shared: Path, tmp: Path, plan: Plan, device: str) -> dict | N
                             base_note=f"the quality run's ({plan.quality_seconds:g} s of the defaults)")
     except Exception as e:  # a failure there (a missing corpus) must not lose the rest of the run
         log(f"fine-tuning benchmark skipped: {type(e).__name__}: {e}")
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def run_baseline(text: Path, plan: Plan, device: str) -> dict:
+    """bench/transformer.py on the quality run's text and budget (a tiny model in smoke tests)."""
+    log(f"transformer baseline: {'every configuration' if plan.baseline_all else 'the best known configuration'}, "
+        f"{plan.quality_seconds:g} s each")
+    try:
+        return bench_baseline(text, plan.quality_seconds, plan.baseline_all, device, tiny=plan.text_chars is not None)
+    except Exception as e:  # a failure there must not lose the rest of the run
+        log(f"transformer baseline skipped: {type(e).__name__}: {e}")
         return {"error": f"{type(e).__name__}: {e}"}
 
 
@@ -440,8 +459,9 @@ def main() -> None:
             log(f"quality: {plan.quality_seconds:g} s of default training")
             results["quality"] = bench_quality(corpus_file if plan.text_chars else shakespeare, plan.quality_seconds,
                                                args.device, tmp)
+            results["baseline"] = run_baseline(corpus_file if plan.text_chars else shakespeare, plan, args.device)
         else:
-            log("quality skipped: no tinyshakespeare in --shared")
+            log("quality and transformer baseline skipped: no tinyshakespeare in --shared")
         log(f"precision: {plan.curve_steps} steps of the defaults in fp32 and in bf16")
         results["precision_curves"] = bench_precision_curves(corpus_file, plan.curve_steps, args.device, tmp)
         save()
@@ -518,6 +538,11 @@ def targets(r: dict) -> list[dict]:
         v = q["val_nats_per_char"]
         add("validation <= 1.45 nats/char after 150 s of default training (moonshot 1.40)", v,
             f"{v:.4f} after {q['seconds']:g} s", v <= 1.45 if q["seconds"] == 150 else None)
+    b = r.get("baseline", {})
+    if "quality" in r and "best" in b:
+        diff = b["best"]["val_nats_per_char"] - r["quality"]["val_nats_per_char"]
+        add(f"charrnn >= 0.15 nats/char better than the transformer baseline's best ({b['best']['name']}), same budget",
+            diff, f"{diff:+.4f}", diff >= 0.15 if b["seconds"] == 150 else None)
     if "precision_curves" in r:
         c = r["precision_curves"]
         add(f"bf16 validation within 0.02 nats/char of fp32 at equal steps ({c['steps']} steps)", c["val_difference"],
@@ -615,6 +640,10 @@ def to_markdown(r: dict) -> str:
                   f"{p['epochs']} epochs): valid / test bits/char | {p['valid_bits_per_char']} / "
                   f"{p['test_bits_per_char']} |"]
 
+    if "best" in r.get("baseline", {}):
+        lines += ["", *baseline_markdown(r["baseline"], r.get("quality"))]
+    elif "baseline" in r:
+        lines += ["", f"Transformer baseline failed: {r['baseline']['error']}"]
     lines += ["", "| target | measured | |", "| --- | ---: | --- |"]
     lines += [f"| {t['target']} | {t['shown']} | {_fmt_met(t['met'])} |" for t in r["targets"]]
     if r.get("finetune", {}).get("markdown"):
