@@ -43,8 +43,8 @@ from charrnn.evaluate import IGNORE, EvalResult
 from charrnn.model import CharRNN, detach_state
 
 # Chosen by a grid on tinyshakespeare's validation part: docs/eval.md, "Dynamic evaluation".
-DEFAULT_LR = 1e-4
-DEFAULT_DECAY = 1e-3
+DEFAULT_LR = 1e-3
+DEFAULT_DECAY = 1e-2
 DEFAULT_SEGMENT = 20
 DEFAULT_EPS = 2e-5
 STATS_MAX_CHARS = 100_000  # of a stats text: one forward and backward pass per segment, at one stream

@@ -43,9 +43,9 @@ def eval_group() -> None:
               help="Also report dynamic evaluation: the model adapts to the text as it reads it (Krause et al. "
                    "2017), a figure of its own beside the static one.")
 @click.option("--dynamic-lr", type=Finite(0), default=None,
-              help="Step size of dynamic evaluation (default 1e-4; 0: no adaptation).")
+              help="Step size of dynamic evaluation (default 1e-3; 0: no adaptation).")
 @click.option("--dynamic-decay", type=Finite(0, 1), default=None,
-              help="Pull towards the trained weights at each step of dynamic evaluation (default 1e-3).")
+              help="Pull towards the trained weights at each step of dynamic evaluation (default 1e-2).")
 @click.option("--dynamic-segment", type=positive_int(), default=None,
               help="Characters scored between two steps of dynamic evaluation (default 20).")
 @click.option("--dynamic-eps", type=Finite(0, low_open=True), default=None,
