@@ -146,7 +146,9 @@ def _segments(model: CharRNN, ids: np.ndarray, segment: int,
         yield losses, scored
 
 
-def _grads(loss_sum: torch.Tensor, scored: int, params: list[torch.Tensor], device: torch.device):
+def _grads(loss_sum: torch.Tensor, scored: int, params: list[torch.Tensor],
+           device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Gradients of the mean loss of `scored` targets whose losses sum to `loss_sum`."""
     no_cudnn = torch.backends.cudnn.flags(enabled=False) if device.type == "cuda" else nullcontext()
     with no_cudnn:
         return torch.autograd.grad(loss_sum / scored, params)
