@@ -8,7 +8,7 @@ gradient statistics gathered causally (the default) and, with --stats-chars, fro
 Held-out texts: for ptb-char its official valid and test parts; for a plain file the last 10% (what
 `charrnn train` validates on), its first half as validation and its second half as test.
 
-    python bench/dynamic.py --corpus ../shared/corpora/tinyshakespeare.txt --grid
+    python bench/dynamic.py --grid
     python bench/dynamic.py --corpus ptb-char --model ptb.best.pt --test-chars 0
 """
 
@@ -18,6 +18,7 @@ import argparse
 import datetime
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,8 @@ from charrnn.checkpoint import load_model
 from charrnn.corpora import catalog_entry, part_of, source_parts
 from charrnn.dynamic import DEFAULT_DECAY, DEFAULT_LR, DEFAULT_SEGMENT, DynamicConfig, collect_stats, dynamic_evaluate
 from charrnn.evaluate import evaluate
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"  # the catalog corpora, when present
 
 
 def texts(corpus: str, vocab) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,7 +77,7 @@ def floats(text: str) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default="../shared/corpora/tinyshakespeare.txt")
+    parser.add_argument("--corpus", default=str(SHARED / "tinyshakespeare.txt"))
     parser.add_argument("--model", help="a checkpoint trained on --corpus (else one is trained)")
     parser.add_argument("--train-seconds", type=float, default=300.0)
     parser.add_argument("--hidden", type=int, default=256)
@@ -91,6 +94,8 @@ def main() -> None:
                         help="also score with statistics from this many training characters (0: not)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if SHARED.is_dir():  # ptb-char and the other catalog corpora from there, not downloaded
+        os.environ.setdefault("CHARRNN_CORPORA", str(SHARED))
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.model) if args.model else train(args.corpus, args.train_seconds, args.hidden,
