@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -212,15 +212,12 @@ def dynamic_evaluate(
     config: DynamicConfig | None = None,
     unk_id: int | None = None,
     stats: GradStats | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     """Mean nats per scored character of `model` on `ids` under dynamic evaluation (`dynamic_losses`)."""
     if len(ids) < 2:
         raise DataError("need at least 2 characters to measure perplexity")
-    total, scored, seen, n_pairs = 0.0, 0, 0, len(ids) - 1
+    total, scored, seen = 0.0, 0, 0
     for losses, mask in dynamic_losses(model, ids, config=config, unk_id=unk_id, stats=stats):
         total += float(losses.sum())
         scored, seen = scored + int(mask.sum()), seen + len(mask)
-        if on_progress is not None:
-            on_progress(seen, n_pairs)
     return EvalResult.from_sums(total, scored, seen - scored)
