@@ -9,6 +9,7 @@ import click
 
 from charrnn.cli import common
 from charrnn.cli.common import (
+    Finite,
     device_option,
     encoding_option,
     json_line,
@@ -31,17 +32,31 @@ def eval_group() -> None:
 @encoding_option
 @click.option("--unk", type=click.Choice(["map", "error"]), default="map", show_default=True,
               help="Characters the model does not know: skip them as targets (map) or fail (error).")
-@click.option("--streams", default=64, type=positive_int(), show_default=True,
+@click.option("--streams", default=None, type=positive_int(),
               help="Score the text as this many contiguous pieces side by side, each carrying its own state "
-                   "(faster); 1 scores it as one sequence.")
+                   "(faster); 1 scores it as one sequence.  [default: 64; 1 with --dynamic]")
 @click.option("-t", "--num-steps", default=256, type=positive_int(), show_default=True,
               help="Characters per forward call.")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default=None,
               help="Score this official part of a catalog corpus with splits (ptb-char).")
+@click.option("--dynamic", is_flag=True,
+              help="Also report dynamic evaluation: the model adapts to the text as it reads it (Krause et al. "
+                   "2017), a figure of its own beside the static one.")
+@click.option("--dynamic-lr", type=Finite(0), default=None,
+              help="Step size of dynamic evaluation (default 1e-3; 0: no adaptation).")
+@click.option("--dynamic-decay", type=Finite(0, 1), default=None,
+              help="Pull towards the trained weights at each step of dynamic evaluation (default 1e-2).")
+@click.option("--dynamic-segment", type=positive_int(), default=None,
+              help="Characters scored between two steps of dynamic evaluation (default 20).")
+@click.option("--dynamic-eps", type=Finite(0, low_open=True), default=None,
+              help="Added to the RMS gradient in the step of dynamic evaluation (default 2e-5).")
+@click.option("--dynamic-stats", type=click.Path(dir_okay=False), default=None,
+              help="Take dynamic evaluation's gradient statistics from this text (the training text; its first "
+                   "100,000 characters) instead of gathering them on TEXT as it is read.")
 @device_option
 @json_option
-def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int, num_steps: int,
-               split: str | None, device: str, as_json: bool) -> None:
+def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int | None, num_steps: int,
+               split: str | None, device: str, as_json: bool, **dynamic: Any) -> None:
     """Perplexity and bits per character of MODEL on TEXT (a file, `-` for stdin, `pydoc` or a
     catalog corpus name; for one with official splits, choose the part with --split).
 
@@ -55,6 +70,9 @@ def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int
     from charrnn.evaluate import UNKNOWN_WARN_SHARE, evaluate
     from charrnn.model import resolve_device
 
+    settings = _dynamic_settings(dynamic)
+    stats_parts = _stats_parts(settings)  # before any work: a missing stats file fails at once
+    streams = streams if streams is not None else (1 if settings is not None else 64)
     if streams < 1 or num_steps < 1:
         raise UsageError("--streams and --num-steps must be >= 1")
     entry = catalog_entry(text)
@@ -71,12 +89,69 @@ def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int
         con.info(con.make_console(), f"warning: {result.unknown:,} of {result.chars + result.unknown:,} characters "
                                      f"({result.unknown_share:.1%}) are unknown to the model and were not scored: "
                                      "the result describes the rest of the text only")
+    lines = (f"perplexity {result.perplexity:.4f}\nnats/char {result.nats_per_char:.4f}\n"
+             f"bits/char {result.bits_per_char:.4f}\nchars {result.chars}\nunknown {result.unknown}")
+    out = result.to_dict()
+    if settings is not None:
+        dyn = _run_dynamic(model, vocab, ids, settings, stats_parts, encoding)
+        out["dynamic"] = dyn
+        lines += (f"\ndynamic perplexity {dyn['perplexity']:.4f}\ndynamic nats/char {dyn['nats_per_char']:.4f}\n"
+                  f"dynamic bits/char {dyn['bits_per_char']:.4f}")
     if as_json:
-        json_out(result.to_dict())
+        json_out(out)
     else:
-        click.echo(f"perplexity {result.perplexity:.4f}\nnats/char {result.nats_per_char:.4f}\n"
-                   f"bits/char {result.bits_per_char:.4f}\nchars {result.chars}\nunknown {result.unknown}")
+        click.echo(lines)
 
+
+def _dynamic_settings(options: dict[str, Any]) -> dict[str, Any] | None:
+    """The --dynamic-* options (None for those not given) when --dynamic is on, else None; a usage
+    error for a --dynamic-* option without --dynamic."""
+    on = options.pop("dynamic")
+    given = [f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None]
+    if not on:
+        if given:
+            raise UsageError(f"{given[0]} applies to dynamic evaluation: add --dynamic")
+        return None
+    return options
+
+
+def _stats_parts(settings: dict[str, Any] | None) -> list[Any] | None:
+    """The parts of the --dynamic-stats text: a file, or a catalog corpus (its train part when it has
+    official splits); None when not given."""
+    from charrnn.corpora import catalog_entry, part_of, source_parts
+
+    source = settings.get("dynamic_stats") if settings is not None else None
+    if source is None:
+        return None
+    if source == "-":
+        raise UsageError("--dynamic-stats must be a file or a corpus name, not standard input")
+    entry = catalog_entry(source)
+    if entry is not None and entry.has_splits:
+        return [part_of(source, "train")]
+    return source_parts(source)
+
+
+def _run_dynamic(model: Any, vocab: Any, ids: Any, settings: dict[str, Any], stats_parts: list[Any] | None,
+                 encoding: str) -> dict[str, Any]:
+    """Dynamic evaluation of MODEL on `ids` under the --dynamic-* settings: its result and settings."""
+    from charrnn import console as con
+    from charrnn import dynamic as dy
+    from charrnn.cache import encode_corpus
+
+    config = dy.DynamicConfig(
+        lr=dy.DEFAULT_LR if settings["dynamic_lr"] is None else settings["dynamic_lr"],
+        decay=dy.DEFAULT_DECAY if settings["dynamic_decay"] is None else settings["dynamic_decay"],
+        segment=settings["dynamic_segment"] or dy.DEFAULT_SEGMENT,
+        eps=dy.DEFAULT_EPS if settings["dynamic_eps"] is None else settings["dynamic_eps"])
+    stats = None
+    if stats_parts is not None:
+        stats_ids = encode_corpus(stats_parts, encoding, vocab=vocab, unk="map", where="the --dynamic-stats text",
+                                  cache=False).ids
+        stats = dy.collect_stats(model, stats_ids, segment=config.segment, unk_id=vocab.unk_id)
+    con.info(con.make_console(), f"dynamic evaluation: {len(ids) - 1:,} characters, a step every {config.segment}")
+    result = dy.dynamic_evaluate(model, ids, config=config, unk_id=vocab.unk_id, stats=stats)
+    return {**result.to_dict(), **config.to_dict(),
+            "stats": "causal" if stats is None else settings["dynamic_stats"]}
 
 DEFAULT_SHOW_CHARS = 10_000
 
