@@ -120,6 +120,8 @@ class ThreadChooser:
         self.chosen_at = 0
         self.next_gap = self.gap
         self.reason = "start"
+        if self.adaptive and self.warmup <= 0:
+            self._start_trial("start")
 
     @property
     def adaptive(self) -> bool:
