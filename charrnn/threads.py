@@ -9,7 +9,10 @@ A ThreadChooser times the units of work a consumer already does (a training step
 evaluation, a batch of records, a few generated characters) and picks the thread count that does
 them fastest per character:
 
-1. warm-up: the first `warmup` units are not timed into anything (lazy allocations, optimizer state);
+1. warm-up: the first `warmup` units run with the fewest threads and are not timed into anything (lazy
+   allocations, optimizer state). The fewest, because the two ways of being wrong are not alike: too few
+   threads is at most as slow as the ratio of the counts, too many on a busy machine can be ten times
+   slower (each operator waits at a barrier for a thread whose core is taken);
 2. trial: the candidates take one unit each in turn, ascending; after each round a candidate whose
    median time per character is more than `abandon` times the best one's is dropped, so a clear
    loser costs one unit; after `trial_units` rounds the lowest median wins;
@@ -17,7 +20,9 @@ them fastest per character:
 4. watch: when the median of the last `window` units drifts more than `drift` from the baseline
    (either way: a neighbour started or stopped), and at least `gap` units have passed since the
    last trial, the trial runs again. A trial that confirms the same count doubles `gap` (up to
-   MAX_GAP), so that a noisy machine does not keep paying for trials; a changed count resets it.
+   MAX_GAP), so that a noisy machine does not keep paying for trials; a changed count resets it. A
+   trial costs about r - 1 units when the loser is r times slower, so the gap is also at least
+   (r - 1) / `retrial_share` units: trials take at most that share of the time.
 
 An explicit count (`--threads`, or OMP_NUM_THREADS in the environment) and any device but the CPU
 make a fixed chooser: it sets nothing adaptive and measures nothing. The interface is callback-free
@@ -28,6 +33,7 @@ overhead is two perf_counter calls per unit and torch.set_num_threads (0.1 us) a
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import statistics
 import time
@@ -100,6 +106,7 @@ class ThreadChooser:
     window: int = 5
     drift: float = 0.3
     gap: int = 16
+    retrial_share: float = 0.05
     min_unit_seconds: float = 0.02  # tiny units (a generated character) are pooled up to this much time
     clock: Callable[[], float] = time.perf_counter
     set_threads: Callable[[int], None] = torch.set_num_threads
@@ -129,6 +136,8 @@ class ThreadChooser:
 
     def before(self) -> None:
         """A unit of work starts."""
+        if self.phase == "warmup" and self.units == 0:
+            self._use(self.options[0])
         self.started = self.clock()
 
     def after(self, chars: int) -> Choice | None:
@@ -202,8 +211,10 @@ class ThreadChooser:
         measured = {n: statistics.median(s) for n, s in self.samples.items() if s}
         chosen = min(self.alive, key=lambda n: measured[n])
         previous = self.choices[-1].threads if self.choices else None
-        self.next_gap = min(MAX_GAP, self.next_gap * 2) if chosen == previous else self.gap
         choice = Choice(chosen, measured, self.reason, self.units)
+        doubled = self.next_gap * 2 if chosen == previous else self.gap
+        worst = max(choice.slower().values(), default=1.0)
+        self.next_gap = min(MAX_GAP, max(doubled, math.ceil((worst - 1) / self.retrial_share)))
         self.choices.append(choice)
         self._use(chosen)
         self.phase, self.chosen_at = "settle", self.units

@@ -50,6 +50,7 @@ class Machine:
         """Do `units` units; the thread count each one ran with."""
         used = []
         for _ in range(units):
+            chooser.before()
             used.append(chooser.threads)
             factor = 1 + self.rng.uniform(-self.noise, self.noise)
             chooser.observe(self.speed[chooser.threads] * chars * factor, chars)
@@ -82,7 +83,7 @@ def test_close_candidates_run_every_round_and_the_lower_median_wins() -> None:
     machine = Machine({1: 1.0, 2: 1.1})
     chooser = machine.chooser(trial_units=3)
     used = machine.run(chooser, 7)  # warm-up, then three rounds of (1, 2)
-    assert used == [2, 1, 2, 1, 2, 1, 2] and chooser.threads == 1
+    assert used == [1, 1, 2, 1, 2, 1, 2] and chooser.threads == 1  # the warm-up with the fewest
     assert chooser.choices[0].seconds_per_char == {1: pytest.approx(1.0), 2: pytest.approx(1.1)}
 
 
@@ -129,14 +130,27 @@ def test_no_trial_before_the_gap() -> None:
 
 
 def test_no_flapping_on_a_noisy_machine() -> None:
-    """Timings that jump by 2x at random: trials confirm the same count, and each doubles the gap before the
+    """Timings that jump by 4x at random: trials confirm the same count, and each doubles the gap before the
     next, so that a noisy machine pays for few trials."""
     machine = Machine({1: 1.0, 2: 3.0}, noise=0.6)
-    chooser = machine.chooser(gap=16)
+    chooser = machine.chooser(gap=16, retrial_share=1.0)  # the doubling alone
     machine.run(chooser, 3000)
     assert all(c.threads == 1 for c in chooser.choices)
     gaps = np.diff([c.unit for c in chooser.choices])
     assert len(chooser.choices) <= 10 and all(b >= a for a, b in zip(gaps, gaps[1:], strict=False))
+
+
+def test_a_costly_loser_is_tried_seldom() -> None:
+    """A loser 10x slower costs 9 units a trial: trials wait at least 9 / retrial_share units."""
+    machine = Machine({1: 1.0, 2: 10.0})
+    chooser = machine.chooser(gap=16, retrial_share=0.05)
+    machine.run(chooser, 20)
+    assert chooser.next_gap == 180
+    machine.speed = {1: 2.0, 2: 20.0}
+    machine.run(chooser, 150)
+    assert len(chooser.choices) == 1
+    machine.run(chooser, 50)
+    assert len(chooser.choices) == 2 and chooser.choices[1].unit >= chooser.choices[0].unit + 180
 
 
 @given(speed=st.tuples(st.floats(0.1, 10), st.floats(0.1, 10), st.floats(0.1, 10)),
@@ -171,6 +185,14 @@ def test_before_and_after_time_with_the_clock() -> None:
         chooser.after(10)
     assert chooser.choices[0].seconds_per_char == {1: 0.1, 2: 0.3}
     assert chooser.after(10) is None  # no unit started
+
+
+def test_the_warm_up_runs_with_the_fewest_threads() -> None:
+    calls: list[int] = []
+    chooser = th.ThreadChooser((1, 2, 4), set_threads=calls.append)
+    assert chooser.threads == 4 and calls == []  # nothing changes before the work starts
+    chooser.before()
+    assert chooser.threads == 1 and calls == [1]
 
 
 def test_a_fixed_chooser_sets_nothing_and_measures_nothing() -> None:
