@@ -121,8 +121,11 @@ def evaluate_sums(
     model.eval()
     state = model.begin_state(len(mine), device)
     try:
-        for start in range(0, length, num_steps):
-            pos = rows + np.arange(start, min(start + num_steps, length))[None, :]  # (S', T) pair index
+        start = 0
+        while start < length:
+            # Shorter windows while the threads are tried (the state is carried: the same result).
+            end = min(start + (threads.unit_size(num_steps) if threads is not None else num_steps), length)
+            pos = rows + np.arange(start, end)[None, :]  # (S', T) pair index
             valid = pos < n_pairs  # the last stream may be shorter: its tail is padding
             safe = np.minimum(pos, n_pairs - 1)
             x = np.asarray(ids[safe], dtype=np.int64)
@@ -142,7 +145,8 @@ def evaluate_sums(
             if threads is not None:
                 threads.after(x.size)
             if on_progress is not None:
-                on_progress(min(start + num_steps, length) * len(mine), length * len(mine))
+                on_progress(end * len(mine), length * len(mine))
+            start = end
     finally:
         model.train(was_training)
     return total.item(), scored, unknown

@@ -144,8 +144,10 @@ def score_rows(model: CharRNN, rows: list[np.ndarray], boundary_ids: np.ndarray,
     nats = torch.zeros(b, dtype=torch.float64, device=device)
     chars = np.zeros(b, dtype=np.int64)
     unknown = np.zeros(b, dtype=np.int64)
-    for start in range(0, width, step):
-        w = min(step, width - start)
+    start = 0
+    while start < width:
+        # Shorter windows while the threads are tried (the state is carried: the same scores).
+        w = min(threads.unit_size(step) if threads is not None else step, width - start)
         x = np.full((b, w), int(last[0]), dtype=np.int64)  # (B, w); padding reads the boundary, ignored
         y = np.full((b, w), IGNORE, dtype=np.int64)
         for i, r in enumerate(rows):
@@ -165,6 +167,7 @@ def score_rows(model: CharRNN, rows: list[np.ndarray], boundary_ids: np.ndarray,
         nats += loss.view(b, w).double().sum(dim=1)
         if threads is not None:
             threads.after(b * w)  # the work is the padded window, scored or not
+        start += w
     totals = nats.cpu().tolist()
     return [RecordScore(totals[i], int(chars[i]), int(unknown[i])) for i in range(b)]
 

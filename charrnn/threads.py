@@ -48,6 +48,7 @@ from charrnn.errors import UsageError
 MAX_THREADS = 1024  # --threads above this is a mistake, not a machine
 MAX_GAP = 4096  # units between trials, at most, after trials that keep confirming the same count
 MAX_CANDIDATES = 3
+TRIAL_CUT = 8  # see ThreadChooser.unit_size
 
 
 def env_threads(env: Mapping[str, str] | None = None) -> int | None:
@@ -133,6 +134,12 @@ class ThreadChooser:
     @property
     def adaptive(self) -> bool:
         return self.phase != "fixed"
+
+    def unit_size(self, size: int) -> int:
+        """How much of `size` (a window's columns) a consumer that can cut its work finer should do as one
+        unit now: an eighth while the candidates are being tried, so that a unit run with a count that
+        proves ten times slower costs little; all of it otherwise."""
+        return max(1, size // TRIAL_CUT) if self.phase in ("warmup", "trial") else size
 
     def before(self) -> None:
         """A unit of work starts."""

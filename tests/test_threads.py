@@ -329,3 +329,38 @@ def test_omp_num_threads_means_no_trial(trained: tuple[Path, Path], tmp_path: Pa
     r = run("train", str(corpus), "-o", str(tmp_path / "m.pt"), *TINY[:-1], "--json")
     assert r.exit_code == 0, r.stderr
     assert "threads:" not in r.stderr and json.loads(r.stdout)["threads"] == 2 and torch.get_num_threads() == 2
+
+
+def test_consumers_cut_their_windows_finer_while_trying() -> None:
+    chooser = th.ThreadChooser((1, 2), set_threads=lambda n: None)
+    assert chooser.unit_size(256) == 32 and chooser.unit_size(4) == 1
+    Machine({1: 1.0, 2: 3.0}).run(chooser, 3)  # warm-up, one unit each: 2 dropped, 1 chosen
+    assert chooser.choices and chooser.unit_size(256) == 256
+    assert th.fixed(2).unit_size(256) == 256
+
+
+def test_eval_and_score_give_the_same_result_with_a_chooser() -> None:
+    """The shorter windows of a trial carry the state: the result is the one without a chooser."""
+    from charrnn.evaluate import evaluate
+    from charrnn.model import CharRNN
+    from charrnn.score import Scorer, score_texts
+
+    torch.manual_seed(0)
+    text = "the time traveller smiled and we sat about the fire\n" * 30
+    vocab = Vocab.build(text)
+    model = CharRNN(ModelConfig(vocab_size=vocab.size, hidden=8))
+    ids = vocab.encode(text)
+    sizes: list[int] = []
+    chooser = th.ThreadChooser((1, 2), set_threads=lambda n: None, min_unit_seconds=0.0)
+    chooser.observe = lambda seconds, chars: sizes.append(chars)  # type: ignore[method-assign]
+    plain = evaluate(model, ids, streams=4, num_steps=64)
+    timed = evaluate(model, ids, streams=4, num_steps=64, threads=chooser)
+    assert timed.chars == plain.chars and timed.nats_per_char == pytest.approx(plain.nats_per_char, rel=1e-6)
+    length = -(-(len(ids) - 1) // 4)  # steps of each of the 4 streams
+    assert max(sizes) == 4 * 8 and len(sizes) == -(-length // 8)  # (still trying) windows of an eighth of 64
+    records = text.splitlines()[:7] + ["a much longer record " * 20]
+    scorer = Scorer(model, vocab, "\n")
+    sizes.clear()
+    timed_scores = score_texts(scorer, records, num_steps=64, threads=chooser)
+    assert [s.nats for s in timed_scores] == pytest.approx([s.nats for s in score_texts(scorer, records, num_steps=64)])
+    assert max(sizes) <= 8 * 8  # rows x an eighth of 64 columns
