@@ -12,7 +12,7 @@ or, with --neighbour matmul, a one-thread torch matmul loop; it runs through the
 Speeds are characters per second of the work itself: training's own figure (time inside the steps), and
 for eval and score the time of the scoring call in the child (the model already loaded). The target of
 issue 22: adaptive >= 0.9x the better fixed count beside the neighbour, and unchanged (>= 0.95x the default)
-when quiet. The times above are those of a 2-vCPU AMD EPYC with nothing else running (2026-12-01):
+when quiet. The times above are those of a 2-vCPU AMD EPYC whose load average was near 0 before the run (2026-12-01):
 the whole run, 9 minutes, gave adaptive/best fixed 0.95 (train), 1.01 (eval), 0.97 (score) beside a busy
 loop, and adaptive/default 1.01, 0.95, 0.95 when quiet (the quiet ratios are within the run-to-run noise
 of 5%). The machine must be otherwise idle: every other process is a neighbour too.
