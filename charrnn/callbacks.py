@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from charrnn.evaluate import EvalResult
+    from charrnn.threads import Choice
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class Callbacks:
     def on_validate(self, step: int, result: EvalResult, improved: bool) -> None: ...
 
     def on_save(self, path: str, reason: str) -> None: ...
+
+    def on_threads(self, choice: Choice) -> None:
+        """The CPU thread count was chosen by timing the steps (charrnn.threads)."""
 
     def stop_requested(self) -> int | None:
         """Checked before every step: an exit code (130 for SIGINT, 143 for SIGTERM) asks the run to

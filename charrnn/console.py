@@ -29,6 +29,7 @@ from charrnn.evaluate import EvalResult
 from charrnn.heattext import LEGEND, HeatRow, lines
 from charrnn.heattext import colour as heat_colour
 from charrnn.surprise import MAX_BITS, STOPS, Surprise, colour, dark, hex_colour, visible
+from charrnn.threads import Choice
 
 
 def make_console(quiet: bool = False) -> Console:
@@ -89,6 +90,7 @@ class TrainConsole(Callbacks):
         self.bar: Progress | None = None
         self.task: Any = None
         self.stop_code: int | None = None  # set by the CLI's signal handlers
+        self.threads: int | None = None  # the last thread count said
 
     def stop_requested(self) -> int | None:
         return self.stop_code
@@ -126,6 +128,12 @@ class TrainConsole(Callbacks):
         line = (f"step {step}: validation loss {result.nats_per_char:.4f} nats/char, perplexity "
                 f"{result.perplexity:.3f}, {result.bits_per_char:.4f} bits/char{mark}")
         (self.bar.console if self.bar is not None else self.console).print(line, markup=False)
+
+    def on_threads(self, choice: Choice) -> None:
+        # A trial that confirms the count in use is not news; the first choice and a change are.
+        if choice.threads != self.threads:
+            (self.bar.console if self.bar is not None else self.console).print(choice.describe(), markup=False)
+        self.threads = choice.threads
 
     def on_save(self, path: str, reason: str) -> None:
         if reason == "interrupted":

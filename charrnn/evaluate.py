@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from charrnn.errors import DataError
 from charrnn.model import CharRNN
+from charrnn.threads import ThreadChooser
 
 IGNORE = -100
 MAX_WINDOW_LOGITS = 1 << 24  # elements of one window's logits: 64 MB of float32
@@ -74,14 +75,15 @@ def evaluate(
     streams: int = 64,
     num_steps: int = 256,
     on_progress: Callable[[int, int], None] | None = None,
+    threads: ThreadChooser | None = None,
 ) -> EvalResult:
     """Token-weighted mean cross-entropy of `model` on the id sequence `ids` (shape (n,)).
 
     Memory is O(streams * num_steps * vocab), at most about MAX_WINDOW_LOGITS floats, whatever the
-    length of the text.
+    length of the text. `threads` times each window to choose the CPU threads (charrnn.threads).
     """
     return EvalResult.from_sums(*evaluate_sums(model, ids, unk_id=unk_id, streams=streams, num_steps=num_steps,
-                                               on_progress=on_progress))
+                                               on_progress=on_progress, threads=threads))
 
 
 @torch.inference_mode()
@@ -94,6 +96,7 @@ def evaluate_sums(
     num_steps: int = 256,
     on_progress: Callable[[int, int], None] | None = None,
     shard: tuple[int, int] = (0, 1),
+    threads: ThreadChooser | None = None,
 ) -> tuple[float, int, int]:
     """(summed nats, characters scored, <unk> targets skipped) of `evaluate`, over the streams of
     `shard` = (rank, world_size) only: the streams are dealt out in contiguous blocks, each cut
@@ -118,8 +121,11 @@ def evaluate_sums(
     model.eval()
     state = model.begin_state(len(mine), device)
     try:
-        for start in range(0, length, num_steps):
-            pos = rows + np.arange(start, min(start + num_steps, length))[None, :]  # (S', T) pair index
+        start = 0
+        while start < length:
+            # Shorter windows while the threads are tried (the state is carried: the same result).
+            end = min(start + (threads.unit_size(num_steps) if threads is not None else num_steps), length)
+            pos = rows + np.arange(start, end)[None, :]  # (S', T) pair index
             valid = pos < n_pairs  # the last stream may be shorter: its tail is padding
             safe = np.minimum(pos, n_pairs - 1)
             x = np.asarray(ids[safe], dtype=np.int64)
@@ -130,12 +136,17 @@ def evaluate_sums(
                 valid &= ~is_unk
             y[~valid] = IGNORE
             scored += int(valid.sum())
+            if threads is not None:
+                threads.before()
             logits, state = model(torch.from_numpy(x).to(device), state)
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                      torch.from_numpy(y).to(device).reshape(-1),
                                      ignore_index=IGNORE, reduction="sum")
+            if threads is not None:
+                threads.after(x.size)
             if on_progress is not None:
-                on_progress(min(start + num_steps, length) * len(mine), length * len(mine))
+                on_progress(end * len(mine), length * len(mine))
+            start = end
     finally:
         model.train(was_training)
     return total.item(), scored, unknown

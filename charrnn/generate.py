@@ -20,6 +20,7 @@ import torch
 from charrnn.errors import DataError, UsageError
 from charrnn.model import CharRNN, State, select_streams
 from charrnn.stepper import Stepper
+from charrnn.threads import ThreadChooser
 from charrnn.vocab import Vocab
 
 MAX_WARM_UP_LOGITS = 1 << 24  # logits of one warm-up call, window x vocabulary floats (64 MB of float32)
@@ -102,8 +103,10 @@ def generate(
     sampling: Sampling = Sampling(),
     seed: int = 0,
     num_samples: int = 1,
+    threads: ThreadChooser | None = None,
 ) -> Iterator[list[str]]:
-    """Yield, `length` times, a list of `num_samples` new characters (one per sample)."""
+    """Yield, `length` times, a list of `num_samples` new characters (one per sample). `threads` times
+    the steps (pooled into units of a few milliseconds) to choose the CPU threads (charrnn.threads)."""
     if length < 0:
         raise UsageError(f"--length must be >= 0, got {length}")
     if num_samples < 1:
@@ -124,8 +127,12 @@ def generate(
         remaining -= 1
     step = Stepper(model, banned=(vocab.unk_id,))  # never emit <unk>
     for _ in range(remaining):
+        if threads is not None:
+            threads.before()
         logits, state = step(last, state)  # (B, V)
         last = next_ids(logits, sampling, generator)
+        if threads is not None:
+            threads.after(num_samples)
         yield list(vocab.decode(last))
 
 
@@ -224,17 +231,19 @@ def generate_samples(
     accept: Callable[[str], bool] | None = None,
     max_rejected: int | None = None,
     on_rejected: Callable[[str], None] | None = None,
+    threads: ThreadChooser | None = None,
 ) -> Iterator[str]:
     """Yield `num_samples` samples (without their stop string), each as soon as it ends.
 
     Up to `parallel` samples are drawn side by side; a stream that ends starts the next sample from
     the prefix's state. A sample that `accept` refuses is dropped (`on_rejected` is told) and drawn
     again; after `max_rejected` refusals (default 100 per sample asked, at least 1000) a DataError.
+    `threads` times the steps to choose the CPU threads, as in `generate`.
     """
     parts: dict[int, list[str]] = {}
     for number, piece, ended in stream_samples(model, vocab, prefix_ids, stops, sampling, seed, num_samples,
                                                parallel=parallel, accept=accept, max_rejected=max_rejected,
-                                               on_rejected=on_rejected):
+                                               on_rejected=on_rejected, threads=threads):
         parts.setdefault(number, []).append(piece)
         if ended:
             yield "".join(parts.pop(number))
@@ -254,6 +263,7 @@ def stream_samples(
     accept: Callable[[str], bool] | None = None,
     max_rejected: int | None = None,
     on_rejected: Callable[[str], None] | None = None,
+    threads: ThreadChooser | None = None,
 ) -> Iterator[tuple[int, str, bool]]:
     """The samples of `generate_samples` as they grow: (sample number, new text, whether the sample
     ended with it). A sample's pieces joined are the sample; samples are numbered 0, 1, ... in the
@@ -280,11 +290,15 @@ def stream_samples(
     active = [True] * rows
     step = Stepper(model, banned=(vocab.unk_id,))  # never emit <unk>
     while done < num_samples:
+        if threads is not None:
+            threads.before()
         logits, state = step(last, state)  # (rows, V)
         short = [i for i in range(rows) if len(texts[i]) < stops.min_length]
         if banned_stops and short:
             logits[torch.tensor(short, device=device)[:, None], torch.tensor(banned_stops, device=device)] = -math.inf
         last = next_ids(logits, sampling, generator)
+        if threads is not None:
+            threads.after(rows)
         chars = vocab.decode(last)
         restart = []
         for i in range(rows):

@@ -3,7 +3,8 @@
 Two kinds of record, each a flat dict of numbers:
 
     train  step, epoch, loss (mean training loss since the last report, nats/char), lr,
-           chars_per_second, elapsed (seconds of the whole run), chars (characters trained on)
+           chars_per_second, elapsed (seconds of the whole run), chars (characters trained on),
+           grad_norm, grad_norm_max, clipped (see gradstats), threads (CPU threads in use, charrnn.threads)
     val    step, loss (validation nats/char), elapsed, chars
 
 In the checkpoint the history is stored by columns, one float64 tensor per field
@@ -29,12 +30,12 @@ from charrnn.outputs import write_atomic
 
 FIELDS: dict[str, tuple[str, ...]] = {
     "train": ("step", "epoch", "loss", "lr", "chars_per_second", "elapsed", "chars", "grad_norm", "grad_norm_max",
-              "clipped"),
+              "clipped", "threads"),
     "val": ("step", "loss", "elapsed", "chars"),
 }
-INTEGER_FIELDS = frozenset({"step", "epoch", "chars"})
+INTEGER_FIELDS = frozenset({"step", "epoch", "chars", "threads"})
 # Fields that runs before them did not record: an older checkpoint or log reads them as NaN.
-LATER_FIELDS = frozenset({"grad_norm", "grad_norm_max", "clipped"})
+LATER_FIELDS = frozenset({"grad_norm", "grad_norm_max", "clipped", "threads"})
 # Fields that may be NaN (null in the log): a diverged loss, a gradient norm that overflowed,
 # or one that was not recorded.
 NULLABLE = frozenset({"loss"}) | LATER_FIELDS

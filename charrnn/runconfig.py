@@ -110,6 +110,7 @@ class TrainResult:
     steps_this_run: int = 0
     precision: str = "fp32"  # of the forward pass: fp32 or bf16 (what --precision auto chose)
     stop_reason: str = "steps"  # STOP_REASONS
+    threads: int | None = None  # CPU threads in use at the end (charrnn.threads)
 
     @property
     def val_perplexity(self) -> float | None:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from charrnn.errors import DataError
 from charrnn.evaluate import EvalResult
 from charrnn.model import CharRNN, State, repeat_stream
+from charrnn.threads import ThreadChooser
 from charrnn.vocab import Vocab
 
 IGNORE = -100
@@ -118,12 +119,14 @@ def _span(parts: tuple[np.ndarray, ...], lo: int, hi: int) -> np.ndarray:
 
 @torch.inference_mode()
 def score_rows(model: CharRNN, rows: list[np.ndarray], boundary_ids: np.ndarray, *, end: bool = True,
-               unk_id: int | None = None, num_steps: int = 256, state0: State | None = None) -> list[RecordScore]:
+               unk_id: int | None = None, num_steps: int = 256, state0: State | None = None,
+               threads: ThreadChooser | None = None) -> list[RecordScore]:
     """Scores of the id arrays `rows` (one record each), scored side by side as one padded batch.
 
     Row r reads full_r = boundary[-1] + record (+ boundary): inputs full_r[:-1], targets full_r[1:].
     The (B, w) inputs and targets of a window are cut from the rows when the window comes, so
-    memory is the rows in their own dtype plus one window, however long a record is.
+    memory is the rows in their own dtype plus one window, however long a record is. `threads` times
+    each window to choose the CPU threads (charrnn.threads).
     """
     if not rows:
         return []
@@ -141,8 +144,10 @@ def score_rows(model: CharRNN, rows: list[np.ndarray], boundary_ids: np.ndarray,
     nats = torch.zeros(b, dtype=torch.float64, device=device)
     chars = np.zeros(b, dtype=np.int64)
     unknown = np.zeros(b, dtype=np.int64)
-    for start in range(0, width, step):
-        w = min(step, width - start)
+    start = 0
+    while start < width:
+        # Shorter windows while the threads are tried (the state is carried: the same scores).
+        w = min(threads.unit_size(step) if threads is not None else step, width - start)
         x = np.full((b, w), int(last[0]), dtype=np.int64)  # (B, w); padding reads the boundary, ignored
         y = np.full((b, w), IGNORE, dtype=np.int64)
         for i, r in enumerate(rows):
@@ -154,10 +159,15 @@ def score_rows(model: CharRNN, rows: list[np.ndarray], boundary_ids: np.ndarray,
             unknown += is_unk.sum(axis=1)
             y[is_unk] = IGNORE
         chars += (y != IGNORE).sum(axis=1)
+        if threads is not None:
+            threads.before()
         logits, state = model(torch.from_numpy(x).to(device), state)  # (B, w, V)
         loss = F.cross_entropy(logits.reshape(b * w, -1).float(), torch.from_numpy(y).to(device).reshape(-1),
                                ignore_index=IGNORE, reduction="none")  # (B * w,), 0 where ignored
         nats += loss.view(b, w).double().sum(dim=1)
+        if threads is not None:
+            threads.after(b * w)  # the work is the padded window, scored or not
+        start += w
     totals = nats.cpu().tolist()
     return [RecordScore(totals[i], int(chars[i]), int(unknown[i])) for i in range(b)]
 
@@ -176,7 +186,7 @@ def _batches(lengths: np.ndarray, max_rows: int, max_chars: int) -> Iterator[np.
 
 
 def score_texts(scorer: Scorer, texts: list[str], *, end: bool = True, num_steps: int = 256,
-                max_rows: int = MAX_ROWS) -> list[RecordScore]:
+                max_rows: int = MAX_ROWS, threads: ThreadChooser | None = None) -> list[RecordScore]:
     """Scores of `texts` (records), in the order given, computed in length-bucketed batches."""
     if not texts:
         return []
@@ -191,14 +201,15 @@ def score_texts(scorer: Scorer, texts: list[str], *, end: bool = True, num_steps
     out: list[RecordScore | None] = [None] * len(texts)
     for group in _batches(lengths, max_rows, max_rows * 256):
         scores = score_rows(scorer.model, [rows[i] for i in group], boundary, end=end, unk_id=vocab.unk_id,
-                            num_steps=num_steps, state0=state0)
+                            num_steps=num_steps, state0=state0, threads=threads)
         for i, s in zip(group.tolist(), scores, strict=True):
             out[i] = s
     return out  # type: ignore[return-value]
 
 
 def score_stream(scorers: list[Scorer], record_lists: Iterable[list[str]], *, end: bool = True,
-                 window: int = 4096, num_steps: int = 256) -> Iterator[list[tuple[str, list[RecordScore]]]]:
+                 window: int = 4096, num_steps: int = 256,
+                 threads: ThreadChooser | None = None) -> Iterator[list[tuple[str, list[RecordScore]]]]:
     """Lists of (record, one score per scorer) for every record of the stream, in input order, a
     list per window (a point to flush the output).
 
@@ -209,7 +220,7 @@ def score_stream(scorers: list[Scorer], record_lists: Iterable[list[str]], *, en
     for records in record_lists:
         for i in range(0, len(records), window):
             part = records[i : i + window]
-            per_model = [score_texts(s, part, end=end, num_steps=num_steps) for s in scorers]
+            per_model = [score_texts(s, part, end=end, num_steps=num_steps, threads=threads) for s in scorers]
             yield list(zip(part, map(list, zip(*per_model, strict=True)), strict=True))
 
 

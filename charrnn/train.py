@@ -60,6 +60,7 @@ from charrnn.runconfig import (
 )
 from charrnn.runstate import RunState, restore, rng_states
 from charrnn.runstate import payload as runstate_payload
+from charrnn.threads import ThreadChooser, fixed
 from charrnn.vocab import Vocab
 
 
@@ -109,6 +110,7 @@ def train(
     init_from: dict[str, Any] | None = None,
     init_from_path: str | None = None,
     group: dd.Group = dd.SINGLE,
+    threads: ThreadChooser | None = None,
 ) -> TrainResult:
     """Train a model on `train_ids`, validating on `val_ids`, writing checkpoints to `out`.
 
@@ -117,10 +119,12 @@ def train(
     checkpoint to fine-tune: its architecture and weights (grown to `vocab`), everything else new.
     With a `group` of several processes (torchrun), call this in every process, inside
     `distributed.session`: each trains on its share of every minibatch and only rank 0 writes the
-    checkpoints and the log.
+    checkpoints and the log. `threads` chooses the CPU threads by timing the steps (charrnn.threads);
+    without it the count is left as it is.
     """
     return Trainer(train_ids, val_ids, vocab, model_config, config, out, device=device, callbacks=callbacks,
-                   resume=resume, init_from=init_from, init_from_path=init_from_path, group=group).run()
+                   resume=resume, init_from=init_from, init_from_path=init_from_path, group=group,
+                   threads=threads).run()
 
 
 class Trainer:
@@ -130,10 +134,11 @@ class Trainer:
                  config: TrainConfig, out: str | Path, *, device: torch.device | str = "cpu",
                  callbacks: Callbacks | None = None, resume: dict[str, Any] | None = None,
                  init_from: dict[str, Any] | None = None, init_from_path: str | None = None,
-                 group: dd.Group = dd.SINGLE) -> None:
+                 group: dd.Group = dd.SINGLE, threads: ThreadChooser | None = None) -> None:
         if resume is not None and init_from is not None:
             raise UsageError("--resume continues a run and --init-from starts a new one from a model: give one")
         self.cb = callbacks or Callbacks()
+        self.threads = threads if threads is not None else fixed()
         self.device = torch.device(device)
         self.group = group
         # Links are followed: the files these resolve to are what the run replaces (charrnn.outputs).
@@ -271,7 +276,7 @@ class Trainer:
     def record_train(self, loss: float, lr: float) -> None:
         st = self.state
         self.record("train", step=st.step, epoch=st.epoch, loss=loss, lr=lr, chars_per_second=self.chars_per_second(),
-                    elapsed=self.elapsed(), chars=st.chars_seen, **self.grads.take())
+                    elapsed=self.elapsed(), chars=st.chars_seen, threads=self.threads.threads, **self.grads.take())
 
     def record(self, kind: str, **values: float) -> None:
         """Add a history record and append it to the live log."""
@@ -369,6 +374,7 @@ class Trainer:
                 if reason is not None:
                     break
                 t_step = time.perf_counter()
+                self.threads.before()
                 lr = config.lr * lr_factor(config.schedule, fraction)
                 loss_sum += self.step(e, i, batch, lr)
                 loss_count += 1
@@ -381,6 +387,9 @@ class Trainer:
                     loss_sum.zero_()
                     loss_count = 0
                 self.train_time += time.perf_counter() - t_step
+                choice = self.threads.after(batch.targets)
+                if choice is not None:
+                    cb.on_threads(choice)
                 if report:
                     self.record_train(train_loss, lr)
                     cb.on_step(Progress(st.step, st.epoch, train_loss, lr, self.elapsed(), self.chars_per_second(),
@@ -441,6 +450,7 @@ class Trainer:
             chars_per_second=self.chars_per_second(), train_loss=train_loss, val_loss=st.val_loss,
             checkpoint=str(self.out), best_checkpoint=str(self.saved["best"]) if "best" in self.saved else None,
             steps_this_run=st.step - first_step, precision=self.config.precision, stop_reason=reason,
+            threads=self.threads.threads,
         )
 
     def mean_over_processes(self, value: float) -> float:

@@ -21,7 +21,8 @@ def sample() -> History:
     h = History()
     for step in (10, 20, 30):
         h.add("train", step=step, epoch=0, loss=3.0 - step / 20, lr=1e-3, chars_per_second=5000.0,
-              elapsed=step / 10, chars=step * 64, grad_norm=0.5, grad_norm_max=1.5, clipped=0.25)
+              elapsed=step / 10, chars=step * 64, grad_norm=0.5, grad_norm_max=1.5, clipped=0.25,
+              threads=2)
     h.add("val", step=20, loss=2.5, elapsed=2.1, chars=1280)
     h.add("val", step=30, loss=2.6, elapsed=3.1, chars=1920)
     return h

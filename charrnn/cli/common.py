@@ -242,6 +242,14 @@ def positive_int() -> click.IntRange:
     return IntRange(min=1)
 
 
+# charrnn.threads.MAX_THREADS (kept here: no torch at import); a test keeps them equal.
+MAX_THREADS = 1024
+threads_option = click.option(
+    "--threads", type=IntRange(1, MAX_THREADS), default=None,
+    help="CPU threads for the model's operators (default: chosen by timing the first units of work with 1 and "
+         "with torch's default, and again when the speed drifts; OMP_NUM_THREADS, when set, fixes it too).")
+
+
 # Seeds reach numpy's SeedSequence (non-negative only) and torch.manual_seed (at most 2**64 - 1).
 SEED = IntRange(0, 2**63 - 1)
 

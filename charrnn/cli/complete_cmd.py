@@ -11,6 +11,7 @@ from charrnn.cli.common import (
     encoding_option,
     json_out,
     model_option,
+    threads_option,
 )
 from charrnn.errors import UsageError
 
@@ -29,11 +30,12 @@ MAX_K = 1000
 @click.option("--unk", type=click.Choice(["error", "map"]), default="map", show_default=True,
               help="Characters of the prefix the model does not know: read them as <unk> (map) or fail (error).")
 @device_option
+@threads_option
 @click.option("--json", "as_json", is_flag=True,
               help='One JSON object: {"prefix", "next": [{"char", "prob"}]}; with --words, "words": '
                    '[{"word", "prob"}].')
 def complete(model_path: str, prefix: str | None, prefix_file: str | None, encoding: str, k: int, words: int | None,
-             unk: str, device: str, as_json: bool) -> None:
+             unk: str, device: str, threads: int | None, as_json: bool) -> None:
     """The k likeliest next characters after the prefix, best first, one `prob<TAB>char` line each
     (the character escaped as `eval score` escapes records: \\n, \\t, \\r, \\0, \\\\).
 
@@ -51,11 +53,14 @@ def complete(model_path: str, prefix: str | None, prefix_file: str | None, encod
     from charrnn.complete import next_chars, next_words
     from charrnn.model import resolve_device
     from charrnn.records import escape
+    from charrnn.threads import make_chooser
 
     if prefix is not None and prefix_file is not None:
         raise UsageError("give --prefix or --prefix-file, not both")
     text = common.read_prefix(prefix, prefix_file, encoding)
-    model, vocab, ckpt = load_model(model_path, resolve_device(device))
+    dev = resolve_device(device)
+    make_chooser(threads, dev)  # --threads sets the count; a few steps are too few to time
+    model, vocab, ckpt = load_model(model_path, dev)
     prefix_ids = vocab.encode(text, unk=unk, where="the prefix")  # type: ignore[arg-type]
     delimiter = record_delimiter(ckpt)
     start = vocab.encode(delimiter, unk="map") if delimiter is not None else None

@@ -17,6 +17,7 @@ from charrnn.cli.common import (
     json_out,
     model_option,
     positive_int,
+    threads_option,
 )
 from charrnn.errors import UsageError
 
@@ -54,14 +55,15 @@ def eval_group() -> None:
               help="Take dynamic evaluation's gradient statistics from this text (the training text; its first "
                    "100,000 characters) instead of gathering them on TEXT as it is read.")
 @device_option
+@threads_option
 @json_option
 def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int | None, num_steps: int,
-               split: str | None, device: str, as_json: bool, **dynamic: Any) -> None:
+               split: str | None, device: str, threads: int | None, as_json: bool, **dynamic: Any) -> None:
     """Perplexity and bits per character of MODEL on TEXT (a file, `-` for stdin, `pydoc` or a
     catalog corpus name; for one with official splits, choose the part with --split).
 
     Every character after the first is predicted from all before it; perplexity is
-    exp(mean cross-entropy in nats), bits/char = nats / ln 2.
+    exp(mean cross-entropy in nats), bits/char = nats / ln 2. --json also gives the CPU threads used.
     """
     from charrnn import console as con
     from charrnn.cache import encode_corpus
@@ -69,6 +71,7 @@ def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int
     from charrnn.corpora import catalog_entry, part_of, source_parts
     from charrnn.evaluate import UNKNOWN_WARN_SHARE, evaluate
     from charrnn.model import resolve_device
+    from charrnn.threads import make_chooser
 
     settings = _dynamic_settings(dynamic)
     stats_parts = _stats_parts(settings)  # before any work: a missing stats file fails at once
@@ -78,20 +81,22 @@ def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int
     entry = catalog_entry(text)
     if split is None and entry is not None and entry.has_splits:
         raise UsageError(f"{text} has official splits: choose the part to score with --split test, valid or train")
-    model, vocab, _ = load_model(model_path, resolve_device(device))
+    dev = resolve_device(device)
+    chooser = make_chooser(threads, dev)
+    model, vocab, _ = load_model(model_path, dev)
     fetching = con.DownloadConsole(con.make_console())
     parts = [part_of(text, split, callbacks=fetching)] if split is not None else source_parts(text, common.stdin(),
                                                                                               callbacks=fetching)
     # Streamed and encoded chunk by chunk: memory is the ids (1 to 4 bytes per character), not the text.
     ids = encode_corpus(parts, encoding, vocab=vocab, unk=unk, where="the text", cache=False).ids  # type: ignore[arg-type]
-    result = evaluate(model, ids, unk_id=vocab.unk_id, streams=streams, num_steps=num_steps)
+    result = evaluate(model, ids, unk_id=vocab.unk_id, streams=streams, num_steps=num_steps, threads=chooser)
     if result.unknown_share > UNKNOWN_WARN_SHARE:
         con.info(con.make_console(), f"warning: {result.unknown:,} of {result.chars + result.unknown:,} characters "
                                      f"({result.unknown_share:.1%}) are unknown to the model and were not scored: "
                                      "the result describes the rest of the text only")
     lines = (f"perplexity {result.perplexity:.4f}\nnats/char {result.nats_per_char:.4f}\n"
              f"bits/char {result.bits_per_char:.4f}\nchars {result.chars}\nunknown {result.unknown}")
-    out = result.to_dict()
+    out = {**result.to_dict(), "threads": chooser.threads}
     if settings is not None:
         dyn = _run_dynamic(model, vocab, ids, settings, stats_parts, encoding)
         out["dynamic"] = dyn
@@ -234,9 +239,10 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
 @click.option("--no-end", is_flag=True, help="Do not score the delimiter after each record.")
 @click.option("--header", is_flag=True, help="Start the text output with a line naming the columns.")
 @device_option
+@threads_option
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per record.")
 def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str | None, no_end: bool,
-          header: bool, device: str, as_json: bool) -> None:
+          header: bool, device: str, threads: int | None, as_json: bool) -> None:
     """Score every record (line) of TEXT (a file or `-` for stdin) with each MODEL: one output line
     per record, in input order, streamed (an endless stdin works, in bounded memory).
 
@@ -262,10 +268,12 @@ def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str
     from charrnn.model import resolve_device
     from charrnn.records import byte_chunks, split_records, unescape
     from charrnn.score import Scorer, score_stream
+    from charrnn.threads import make_chooser
 
     paths = list(model_paths)
     _refuse_repeated_models(paths)
     dev = resolve_device(device)
+    chooser = make_chooser(threads, dev)
     loaded = [load_model(path, dev) for path in paths]
     trained = {record_delimiter(ckpt) for _, _, ckpt in loaded} - {None}
     if delimiter is not None:
@@ -284,7 +292,7 @@ def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str
     writer = _ScoreWriter(out, paths, as_json, con.make_console())
     if header and not as_json:
         writer.header()
-    for window in score_stream(scorers, records, end=not no_end):
+    for window in score_stream(scorers, records, end=not no_end, threads=chooser):
         writer.write(window)
         out.flush()  # a window is what one read brought: answer a slow stream as it comes
     writer.finish()

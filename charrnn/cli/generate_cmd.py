@@ -20,6 +20,7 @@ from charrnn.cli.common import (
     json_out,
     model_option,
     positive_int,
+    threads_option,
 )
 from charrnn.errors import UsageError
 
@@ -56,12 +57,13 @@ from charrnn.errors import UsageError
                    "log-probability per character; --temperature other than 1, --top-k, --top-p below 1 and "
                    "--greedy do not apply; with --novel, training records are skipped).")
 @device_option
+@threads_option
 @json_option
 @click.pass_context
 def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_file: str | None, encoding: str,
              length: int, temperature: float, top_k: int | None, top_p: float | None, greedy: bool, seed: int | None,
              num_samples: int, no_echo: bool, unk: str, stop: tuple[str, ...], min_length: int, novel: bool,
-             beam: int | None, device: str, as_json: bool) -> None:
+             beam: int | None, device: str, threads: int | None, as_json: bool) -> None:
     """Generate text from MODEL, streamed to stdout as it is sampled.
 
     With --num-samples N > 1 the samples are generated together and printed one after another,
@@ -75,6 +77,7 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
     from charrnn.generate import generate as sample
     from charrnn.model import resolve_device
     from charrnn.records import unescape
+    from charrnn.threads import make_chooser
 
     if prefix is not None and prefix_file is not None:
         raise UsageError("give --prefix or --prefix-file, not both")
@@ -87,7 +90,9 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
     if beam is not None and beam < 1:
         raise UsageError(f"--beam must be >= 1, got {beam}")
     text = common.read_prefix(prefix, prefix_file, encoding)
-    model, vocab, ckpt = load_model(model_path, resolve_device(device))
+    dev = resolve_device(device)
+    chooser = make_chooser(threads, dev)
+    model, vocab, ckpt = load_model(model_path, dev)
     prefix_ids = vocab.encode(text, unk=unk, where="the prefix")  # type: ignore[arg-type]
     delimiter = record_delimiter(ckpt)
     if not stops and delimiter is not None:
@@ -104,18 +109,19 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
                              f"records, each at most -n characters), got {length}")
         _generate_records(model, vocab, ckpt, text, prefix_ids, stops, length=length, min_length=min_length,
                           sampling=sampling, seed=seed, num_samples=num_samples, echo=not no_echo, novel=novel,
-                          beam=beam, as_json=as_json)
+                          beam=beam, as_json=as_json, threads=chooser)
         return
     if seed is None:
         seed = secrets.randbelow(2**31)
         con.info(con.make_console(), f"seed {seed}")
-    stream = sample(model, vocab, prefix_ids, length, sampling, seed=seed, num_samples=num_samples)
+    stream = sample(model, vocab, prefix_ids, length, sampling, seed=seed, num_samples=num_samples, threads=chooser)
     echo = "" if no_echo else text
     if as_json or num_samples > 1:
         texts = ["".join(chars) for chars in zip(*stream, strict=True)] if length else [""] * num_samples
         texts = [echo + t for t in texts]
         if as_json:
-            json_out({"samples": texts, "seed": seed} if num_samples > 1 else {"text": texts[0], "seed": seed})
+            json_out({**({"samples": texts} if num_samples > 1 else {"text": texts[0]}), "seed": seed,
+                      "threads": chooser.threads})
         else:
             click.echo("\n\n".join(texts))
         return
@@ -132,7 +138,7 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
 
 def _generate_records(model: Any, vocab: Any, ckpt: dict, text: str, prefix_ids: Any, stops: tuple[str, ...], *,
                       length: int, min_length: int, sampling: Any, seed: int | None, num_samples: int, echo: bool,
-                      novel: bool, beam: int | None, as_json: bool) -> None:
+                      novel: bool, beam: int | None, as_json: bool, threads: Any = None) -> None:
     """Records: samples that end at a stop string, one per line as each ends; or beam search.
 
     A sample begins from the record-start state: after the model's delimiter for a records model,
@@ -193,7 +199,7 @@ def _generate_records(model: Any, vocab: Any, ckpt: dict, text: str, prefix_ids:
         seed = secrets.randbelow(2**31)
         con.info(console, f"seed {seed}")
     samples = generate_samples(model, vocab, context, stop_rule, sampling, seed=seed, num_samples=num_samples,
-                               accept=accept, on_rejected=dropped.append)
+                               accept=accept, on_rejected=dropped.append, threads=threads)
     if as_json:
         texts = [shown + s for s in samples]
         json_out({"samples": texts, "seed": seed, **({"dropped": len(dropped)} if novel else {})})

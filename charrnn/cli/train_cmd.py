@@ -32,6 +32,7 @@ from charrnn.cli.common import (
     json_out,
     num,
     positive_int,
+    threads_option,
 )
 from charrnn.cli.train_from import check_architecture, fine_tune_vocab, resume_options
 from charrnn.errors import CharrnnError, Interrupted, PeerLost, UsageError
@@ -123,6 +124,7 @@ def without_nproc(argv: list[str]) -> list[str]:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="bf16: the forward pass in bfloat16 autocast (weights, optimizer and loss stay fp32); "
                    "auto: bf16 where the device has native bfloat16 (AVX512-BF16/AMX CPUs, recent GPUs), else fp32.")
+@threads_option
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--nproc", type=int, default=None,
@@ -197,6 +199,7 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     from charrnn.model import ModelConfig, resolve_device
     from charrnn.outputs import check_output, run_files
     from charrnn.runconfig import PRESETS, TrainConfig
+    from charrnn.threads import fixed, make_chooser
     from charrnn.train import train as run_training
     from charrnn.vocab import Vocab
 
@@ -206,6 +209,7 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
         return ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, None)
 
     opts["input"] = input_
+    threads = opts.pop("threads")
     preset_values = PRESETS[preset] if preset is not None else {}
 
     def chosen(name: str) -> bool:
@@ -247,7 +251,7 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
         if dev.type == "cpu":
             import torch
 
-            torch.set_num_threads(dd.cpu_threads(group))
+            torch.set_num_threads(threads or dd.cpu_threads(group))  # --threads wins over the process's share
     entry = catalog_entry(sources[0]) if len(sources) == 1 else None
     official = entry is not None and entry.has_splits
     if official and given("val_fraction"):
@@ -325,9 +329,11 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
         opts["precision"] = _auto_precision(dev, console)
     config = TrainConfig(val_fraction=val_fraction, val_max_chars=val_max_chars,
                          **{n: opts[n] for n in train_names})
+    # Several processes have their share of the cores (distributed.cpu_threads): not chosen again here.
+    chooser = fixed() if group.active else make_chooser(threads, dev)
     _run(group, dev, console, notices, as_json, lambda callbacks: run_training(
         train_ids, val_ids, vocab, model_config, config, out, device=dev, callbacks=callbacks, resume=ckpt,
-        init_from=base, init_from_path=init_from, group=group))
+        init_from=base, init_from_path=init_from, group=group, threads=chooser))
 
 
 def _run(group: Group, dev: Any, console: Any, notices: Any, as_json: bool, training: Any) -> None:
