@@ -233,7 +233,7 @@ def test_cli_json_keeps_static_and_adds_dynamic(model_path: Path, tmp_path: Path
     r = run("eval", "perplexity", "-m", str(model_path), str(held), "--dynamic", "--json", "--dynamic-segment", "7")
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
-    assert set(out) == {"perplexity", "nats_per_char", "bits_per_char", "chars", "unknown", "dynamic"}
+    assert set(out) == {"perplexity", "nats_per_char", "bits_per_char", "chars", "unknown", "threads", "dynamic"}
     dyn = out["dynamic"]
     assert set(dyn) == {"perplexity", "nats_per_char", "bits_per_char", "chars", "unknown", "lr", "decay",
                         "segment", "eps", "stats"}
