@@ -73,7 +73,7 @@ CONFIGS = {c.name: c for c in (
     GPTConfig("wide", n_layer=4, n_head=4, n_embd=160, block=128, batch=16, lr=2e-3),
     GPTConfig("deep", n_layer=6, n_head=4, n_embd=128, block=128, batch=16, lr=2e-3),
 )}
-BEST = "long"  # what bench/run.py trains by default: the best of `--all` at 150 s on the benchmark's machine
+BEST = "nanogpt-cpu"  # what bench/run.py trains by default: the best of `--all` at 150 s (AMD EPYC, 2026-12-01)
 
 
 # ---- the model ----------------------------------------------------------------------------------------------
