@@ -4,6 +4,8 @@ around them: the options, the lines in and out, the signals."""
 
 from __future__ import annotations
 
+import os
+import select
 import signal
 import sys
 from dataclasses import fields
@@ -187,12 +189,29 @@ def _serve_stdio(stream: Any, specs: list[tuple[str, str]], device: str, limits:
                     answer = handle(decode_json(line, limits), models, limits)
                 except RequestError as e:
                     answer = {"error": str(e)}
-            out.write(common.json_line(answer) + "\n")
-            out.flush()
+            _write(out, common.json_line(answer) + "\n")
     except _Stop:
         if not state["waiting"]:  # told twice: the answer in hand (perhaps half written) is dropped
             common.silence_fd(_fileno(out))
             raise CharrnnError("stopped by a second signal before the request in hand was answered") from None
+
+
+def _write(out: Any, text: str) -> None:
+    """Write an answer whole. To a file descriptor, in pieces as the reader takes them, waiting at most
+    0.1 s at a time, so that Python gets control back while a reader that does not read keeps the pipe
+    full: a signal that arrives while its handler for another runs is otherwise left pending, with the
+    process blocked in write() (a second Ctrl-C would then be lost)."""
+    fd = _fileno(out)
+    if fd is None:  # not a real file (tests' captured streams)
+        out.write(text)
+        out.flush()
+        return
+    out.flush()
+    # json_line has escaped what the encoding lacks; a piece of PIPE_BUF bytes never blocks once writable.
+    view = memoryview(text.encode(getattr(out, "encoding", None) or "utf-8", "backslashreplace"))
+    while view:
+        if select.select([], [fd], [], 0.1)[1]:
+            view = view[os.write(fd, view[:select.PIPE_BUF]):]
 
 
 def _fileno(stream: Any) -> int | None:
