@@ -41,15 +41,10 @@ MAX_WEIGHT_BYTES = 2**31 - 2**24
 FUSED = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
 
-def vocab_list(vocab: Vocab) -> list[str | None]:
-    """The character of each id, None (JSON null) for <unk>: what `vocab` metadata holds."""
-    return [*vocab.chars, *([None] if vocab.unk else [])]
-
-
 def metadata(model: CharRNN, vocab: Vocab) -> dict[str, str]:
     """The metadata properties of an exported file."""
     # ASCII JSON (\u escapes): a vocabulary may hold a lone surrogate, which UTF-8 (protobuf's strings) cannot.
-    return {"vocab": json.dumps(vocab_list(vocab)),
+    return {"vocab": json.dumps(vocab.id_chars()),
             "config": json.dumps(model.config.to_dict()), "charrnn_version": __version__}
 
 

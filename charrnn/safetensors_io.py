@@ -33,6 +33,7 @@ import torch
 from charrnn import __version__
 from charrnn.errors import CheckpointError, MissingDependency, UsageError
 from charrnn.model import ModelConfig, parameter_shapes
+from charrnn.vocab import Vocab
 
 SUFFIX = ".safetensors"
 FORMAT = "charrnn"
@@ -60,14 +61,14 @@ def looks_like(path: Path, head: bytes) -> bool:
 def metadata(ckpt: dict[str, Any]) -> dict[str, str]:
     """The header metadata of a loaded (validated) checkpoint. JSON is ASCII with \\u escapes, so a
     vocabulary holding any code point (a lone surrogate too) survives every reader."""
-    vocab = ckpt["vocab"]
+    vocab = Vocab.from_dict(ckpt["vocab"])
     training = {"step": ckpt.get("step"), "epoch": ckpt.get("epoch"), "val_loss": ckpt.get("val_loss"),
                 "best_val_loss": ckpt.get("best_val_loss"), "training_chars": (ckpt.get("data") or {}).get("chars"),
                 "init_from": ckpt.get("init_from"), "train_config": ckpt.get("train_config")}
     return {"format": FORMAT, "version": str(VERSION), "charrnn_version": __version__,
             "config": json.dumps(ckpt["model_config"]),
-            "vocab": json.dumps([*vocab["chars"], *([None] if vocab["unk"] else [])]),
-            "vocab_counts": json.dumps(list(vocab["counts"])),
+            "vocab": json.dumps(vocab.id_chars()),
+            "vocab_counts": json.dumps(list(vocab.counts)),
             "training": json.dumps(training, allow_nan=False)}
 
 

@@ -172,6 +172,10 @@ class Vocab:
         ids = [index[c] for c in self.chars] + ([grown.unk_id] if self.unk else [])
         return np.array(ids, dtype=np.int64)
 
+    def id_chars(self) -> list[str | None]:
+        """The character of each id, None for <unk>: the vocabulary as exported files hold it (JSON null)."""
+        return [*self.chars, *([None] if self.unk else [])]
+
     def to_dict(self) -> dict:
         """Plain data for the checkpoint (strings and ints only: safe under weights_only)."""
         return {"chars": list(self.chars), "counts": list(self.counts), "unk": self.unk}

@@ -131,7 +131,7 @@ def page_html(model: CharRNN, vocab: Vocab, ckpt: dict[str, Any], *, weights: st
     title = title if title is not None else f"charrnn: {c.cell} {c.layers}x{c.hidden}"
     meta = {
         "config": c.to_dict(), "dtype": weights, "tensors": table,
-        "vocab": list(vocab.chars) + ([None] if vocab.unk else []), "counts": list(vocab.counts),
+        "vocab": vocab.id_chars(), "counts": list(vocab.counts),
         "delimiter": record_delimiter(ckpt), "card": model_card(model, vocab, ckpt, weights),
     }
     css, model_js, page_js = asset("page.css"), asset("model.js"), asset("page.js")
