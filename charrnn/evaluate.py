@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from charrnn.errors import DataError
 from charrnn.model import CharRNN
-from charrnn.threads import ThreadChooser
+from charrnn.threads import ThreadChooser, fixed
 
 IGNORE = -100
 MAX_WINDOW_LOGITS = 1 << 24  # elements of one window's logits: 64 MB of float32
@@ -115,6 +115,7 @@ def evaluate_sums(
     if len(mine) == 0:
         return 0.0, 0, 0
     rows = mine[:, None] * length  # (S', 1)
+    threads = threads if threads is not None else fixed()  # times nothing it acts on
     total = torch.zeros((), dtype=torch.float64, device=device)
     scored = unknown = 0
     was_training = model.training
@@ -124,7 +125,7 @@ def evaluate_sums(
         start = 0
         while start < length:
             # Shorter windows while the threads are tried (the state is carried: the same result).
-            end = min(start + (threads.unit_size(num_steps) if threads is not None else num_steps), length)
+            end = min(start + (threads.unit_size(num_steps)), length)
             pos = rows + np.arange(start, end)[None, :]  # (S', T) pair index
             valid = pos < n_pairs  # the last stream may be shorter: its tail is padding
             safe = np.minimum(pos, n_pairs - 1)
@@ -136,14 +137,12 @@ def evaluate_sums(
                 valid &= ~is_unk
             y[~valid] = IGNORE
             scored += int(valid.sum())
-            if threads is not None:
-                threads.before()
+            threads.before()
             logits, state = model(torch.from_numpy(x).to(device), state)
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                      torch.from_numpy(y).to(device).reshape(-1),
                                      ignore_index=IGNORE, reduction="sum")
-            if threads is not None:
-                threads.after(x.size)
+            threads.after(x.size)
             if on_progress is not None:
                 on_progress(end * len(mine), length * len(mine))
             start = end

@@ -20,7 +20,7 @@ import torch
 from charrnn.errors import DataError, UsageError
 from charrnn.model import CharRNN, State, select_streams
 from charrnn.stepper import Stepper
-from charrnn.threads import ThreadChooser
+from charrnn.threads import ThreadChooser, fixed
 from charrnn.vocab import Vocab
 
 MAX_WARM_UP_LOGITS = 1 << 24  # logits of one warm-up call, window x vocabulary floats (64 MB of float32)
@@ -111,6 +111,7 @@ def generate(
         raise UsageError(f"--length must be >= 0, got {length}")
     if num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {num_samples}")
+    threads = threads if threads is not None else fixed()  # times nothing it acts on
     device = next(model.parameters()).device
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -127,12 +128,10 @@ def generate(
         remaining -= 1
     step = Stepper(model, banned=(vocab.unk_id,))  # never emit <unk>
     for _ in range(remaining):
-        if threads is not None:
-            threads.before()
+        threads.before()
         logits, state = step(last, state)  # (B, V)
         last = next_ids(logits, sampling, generator)
-        if threads is not None:
-            threads.after(num_samples)
+        threads.after(num_samples)
         yield list(vocab.decode(last))
 
 
@@ -273,6 +272,7 @@ def stream_samples(
     """
     if num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {num_samples}")
+    threads = threads if threads is not None else fixed()  # times nothing it acts on
     device = next(model.parameters()).device
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -290,15 +290,13 @@ def stream_samples(
     active = [True] * rows
     step = Stepper(model, banned=(vocab.unk_id,))  # never emit <unk>
     while done < num_samples:
-        if threads is not None:
-            threads.before()
+        threads.before()
         logits, state = step(last, state)  # (rows, V)
         short = [i for i in range(rows) if len(texts[i]) < stops.min_length]
         if banned_stops and short:
             logits[torch.tensor(short, device=device)[:, None], torch.tensor(banned_stops, device=device)] = -math.inf
         last = next_ids(logits, sampling, generator)
-        if threads is not None:
-            threads.after(rows)
+        threads.after(rows)
         chars = vocab.decode(last)
         restart = []
         for i in range(rows):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from charrnn.errors import DataError
 from charrnn.evaluate import EvalResult
 from charrnn.model import CharRNN, State, repeat_stream
-from charrnn.threads import ThreadChooser
+from charrnn.threads import ThreadChooser, fixed
 from charrnn.vocab import Vocab
 
 IGNORE = -100
@@ -130,6 +130,7 @@ def score_rows(model: CharRNN, rows: list[np.ndarray], boundary_ids: np.ndarray,
     """
     if not rows:
         return []
+    threads = threads if threads is not None else fixed()  # times nothing it acts on
     device = next(model.parameters()).device
     if state0 is None:
         state0 = start_state(model, boundary_ids)
@@ -147,7 +148,7 @@ def score_rows(model: CharRNN, rows: list[np.ndarray], boundary_ids: np.ndarray,
     start = 0
     while start < width:
         # Shorter windows while the threads are tried (the state is carried: the same scores).
-        w = min(threads.unit_size(step) if threads is not None else step, width - start)
+        w = min(threads.unit_size(step), width - start)
         x = np.full((b, w), int(last[0]), dtype=np.int64)  # (B, w); padding reads the boundary, ignored
         y = np.full((b, w), IGNORE, dtype=np.int64)
         for i, r in enumerate(rows):
@@ -159,14 +160,12 @@ def score_rows(model: CharRNN, rows: list[np.ndarray], boundary_ids: np.ndarray,
             unknown += is_unk.sum(axis=1)
             y[is_unk] = IGNORE
         chars += (y != IGNORE).sum(axis=1)
-        if threads is not None:
-            threads.before()
+        threads.before()
         logits, state = model(torch.from_numpy(x).to(device), state)  # (B, w, V)
         loss = F.cross_entropy(logits.reshape(b * w, -1).float(), torch.from_numpy(y).to(device).reshape(-1),
                                ignore_index=IGNORE, reduction="none")  # (B * w,), 0 where ignored
         nats += loss.view(b, w).double().sum(dim=1)
-        if threads is not None:
-            threads.after(b * w)  # the work is the padded window, scored or not
+        threads.after(b * w)  # the work is the padded window, scored or not
         start += w
     totals = nats.cpu().tolist()
     return [RecordScore(totals[i], int(chars[i]), int(unknown[i])) for i in range(b)]
