@@ -15,29 +15,13 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from charrnn.errors import CharrnnError, MissingDependency
-from charrnn.protocol import Limits
+from charrnn.protocol import Limits, ServerOptions
 from charrnn.service import LoadedModel
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-@dataclass(frozen=True)
-class ServerOptions:
-    """How the server runs (the limits of one request are protocol.Limits)."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    batch_wait_ms: float = 2.0  # how long an idle model's worker waits for more requests to batch with the first
-    max_queue: int = 256  # requests waiting per model (and in the shared pool) before a 503
-    max_streams: int = 256  # generate streams a model advances together
-    pool_threads: int = 2  # threads for score, next words and generate with stop strings or beam search
-    max_requests: int = 1000  # requests in progress at once before a 503
-    shutdown_timeout: float = 30.0  # seconds requests in flight get to finish on SIGTERM or Ctrl-C
-    threads: int = 1  # torch's threads within one operation (the server's work is many small operations)
 
 
 def check_dependencies() -> None:

@@ -17,7 +17,7 @@ from click.core import ParameterSource
 from charrnn.cli import common
 from charrnn.cli.common import Finite, IntRange, device_option
 from charrnn.errors import CharrnnError, RequestError, UsageError
-from charrnn.protocol import Limits
+from charrnn.protocol import Limits, ServerOptions
 
 LIMIT_HELP = {
     "max_body_bytes": "Longest request in bytes: an HTTP body, or a line with --stdio.",
@@ -32,28 +32,28 @@ LIMIT_HELP = {
 }
 
 
-HTTP_OPTIONS = {  # name: (type, default, help); server.ServerOptions has the same fields
-    "batch_wait_ms": (Finite(0, 1000), 2.0, "How long an idle model waits after a request for others to batch with "
-                                            "it, in milliseconds (HTTP)."),
-    "max_queue": (IntRange(min=1), 256, "Requests waiting per model (and for the shared threads) before the server "
-                                       "answers 503 with Retry-After (HTTP)."),
-    "max_streams": (IntRange(min=1), 256, "Samples a model generates side by side; more requests wait in the queue "
-                                          "(HTTP)."),
-    "pool_threads": (IntRange(1, 64), 2, "Threads for score, next with words and generate with stop or beam "
-                                         "(HTTP)."),
-    "max_requests": (IntRange(min=1), 1000, "Requests in progress at once (streams included); more get 503 with "
-                                          "Retry-After (HTTP)."),
-    "shutdown_timeout": (Finite(0), 30.0, "Seconds requests in flight get to finish after SIGTERM or Ctrl-C; then "
-                                          "they are cancelled (HTTP)."),
-    "threads": (IntRange(1, 1024), 1, "Threads torch may use within one operation; the server's work is many small "
-                                      "operations, which more threads slow down on a busy machine (HTTP)."),
+HTTP_OPTIONS = {  # name: (type, help); the defaults are protocol.ServerOptions's
+    "batch_wait_ms": (Finite(0, 1000), "How long an idle model waits after a request for others to batch with it, "
+                                       "in milliseconds (HTTP)."),
+    "max_queue": (IntRange(min=1), "Requests waiting per model (and for the shared threads) before the server "
+                                   "answers 503 with Retry-After (HTTP)."),
+    "max_streams": (IntRange(min=1), "Samples a model generates side by side; more requests wait in the queue "
+                                     "(HTTP)."),
+    "pool_threads": (IntRange(1, 64), "Threads for score, next with words and generate with stop or beam (HTTP)."),
+    "max_requests": (IntRange(min=1), "Requests in progress at once (streams included); more get 503 with "
+                                      "Retry-After (HTTP)."),
+    "shutdown_timeout": (Finite(0), "Seconds requests in flight get to finish after SIGTERM or Ctrl-C; then they "
+                                    "are cancelled (HTTP)."),
+    "threads": (IntRange(1, 1024), "Threads torch may use within one operation; the server's work is many small "
+                                   "operations, which more threads slow down on a busy machine (HTTP)."),
 }
 
 
 def http_options(command: Any) -> Any:
-    for name, (kind, default, text) in reversed(HTTP_OPTIONS.items()):
-        command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=default, show_default=True,
-                               help=text)(command)
+    defaults = ServerOptions()
+    for name, (kind, text) in reversed(HTTP_OPTIONS.items()):
+        command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=getattr(defaults, name),
+                               show_default=True, help=text)(command)
     return command
 
 
@@ -71,9 +71,9 @@ def limit_options(command: Any) -> Any:
                    "(the first is the default).")
 @click.option("--stdio", is_flag=True,
               help="Answer JSON requests on stdin, one per line, with one JSON line each on stdout, until stdin ends.")
-@click.option("--host", default="127.0.0.1", show_default=True,
+@click.option("--host", default=ServerOptions.host, show_default=True,
               help="Address the HTTP server binds (0.0.0.0: every interface; think first).")
-@click.option("--port", default=8000, type=IntRange(0, 65535), show_default=True,
+@click.option("--port", default=ServerOptions.port, type=IntRange(0, 65535), show_default=True,
               help="Port of the HTTP server (0: any free port).")
 @device_option
 @limit_options
@@ -120,7 +120,7 @@ def _serve_http(specs: list[tuple[str, str]], device: str, limits: Limits, host:
     """The HTTP face (charrnn.server; docs/serve.md): the start line, one access-log line per
     request and the closing line on stderr, nothing on stdout; SIGTERM or Ctrl-C end it with exit 0."""
     from charrnn.model import resolve_device
-    from charrnn.server import ServerOptions, check_dependencies, serve_http
+    from charrnn.server import check_dependencies, serve_http
     from charrnn.service import load_models
 
     check_dependencies()  # before the models load: a missing extra is said at once
