@@ -48,6 +48,14 @@ def is_boundary(c: str) -> bool:
     return not (c.isalnum() or c == "_")
 
 
+def frequency_logprobs(vocab: Vocab, device: torch.device) -> torch.Tensor:
+    """The first character's log-probabilities when there is nothing to condition on: the training
+    text's character frequencies, (V,) float64 (<unk>, never counted, at -inf)."""
+    counts = torch.tensor([*vocab.counts] + [0] * (vocab.size - len(vocab.chars)), dtype=torch.float64,
+                          device=device)
+    return counts.log() - counts.sum().log()
+
+
 @torch.inference_mode()
 def after_prefix(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray,
                  start_ids: np.ndarray | None = None) -> tuple[Stepper, State, torch.Tensor]:
@@ -58,9 +66,7 @@ def after_prefix(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray,
     step = Stepper(model)
     state = model.begin_state(1, device)
     if len(ids) == 0:
-        counts = torch.tensor([*vocab.counts] + [0] * (vocab.size - len(vocab.chars)), dtype=torch.float64,
-                              device=device)
-        logp = counts.log() - counts.sum().log()
+        logp = frequency_logprobs(vocab, device)
     else:
         state = warm_up(model, ids[:-1], state)
         logits, state = step(torch.tensor([int(ids[-1])], device=device), state)  # (1, V)
@@ -95,12 +101,10 @@ def next_logprobs(model: CharRNN, vocab: Vocab, prefixes: Sequence[np.ndarray], 
     limit = max_logits if max_logits is not None else MAX_WARM_UP_LOGITS
     seqs = [np.concatenate([start_ids, p]) if start_ids is not None else np.asarray(p) for p in prefixes]
     out = torch.empty(len(seqs), vocab.size, dtype=torch.float64, device=device)
-    counts = torch.tensor([*vocab.counts] + [0] * (vocab.size - len(vocab.chars)), dtype=torch.float64,
-                          device=device)
     # Longest first, so that the rows still reading are always the first `active` ones.
     order = sorted((i for i, s in enumerate(seqs) if len(s)), key=lambda i: -len(seqs[i]))
     for i in set(range(len(seqs))) - set(order):  # nothing to condition on: the training text's frequencies
-        out[i] = counts.log() - counts.sum().log()
+        out[i] = frequency_logprobs(vocab, device)
     if order:
         lengths = [len(seqs[i]) for i in order]
         ids = np.zeros((len(order), lengths[0]), dtype=np.int64)  # (B, L), padded with id 0 after each prefix
