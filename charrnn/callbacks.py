@@ -33,7 +33,12 @@ class Callbacks:
 
     def on_step(self, progress: Progress) -> None: ...
 
-    def on_validate(self, step: int, result: EvalResult, improved: bool) -> None: ...
+    def on_validate(self, step: int, result: EvalResult, improved: bool) -> None:
+        """A validation of the weights the checkpoints hold from now on (with --average, the better of two)."""
+
+    def on_average(self, step: int, raw: EvalResult, average: EvalResult, kind: str, kept: bool) -> None:
+        """With --average, just before on_validate: the raw and the averaged (`kind`) weights' results, and
+        whether the checkpoints now hold the averaged ones (`kept`)."""
 
     def on_save(self, path: str, reason: str) -> None: ...
 

@@ -7,7 +7,10 @@ A checkpoint is a dict of plain data and tensors saved with torch.save:
     rng (torch CPU generator state), hidden (carried state or None), data (size and sha256 of
     the encoded training text), history (the loss curve: charrnn.history), stale_validations
     (validations since the best, for --patience), init_from (the checkpoint a fine-tuned run
-    started from, or None). The last three are absent from older checkpoints. With
+    started from, or None), weights_from ("raw", or "ema"/"tail" when `weights` holds the averaged weights
+    of --average), average (the running average's state, charrnn.averaging, or None) and, when weights_from
+    is not "raw", training_weights (the raw weights a resumed run goes on training). The last six are absent
+    from older checkpoints. With
     `--partition records` also record_hashes (sorted int64 hashes of the training records, see
     charrnn.records) and record_hashes_complete.
 
@@ -28,6 +31,7 @@ from typing import Any
 
 import torch
 
+from charrnn.averaging import AVERAGES, check_state, check_weights
 from charrnn.errors import CheckpointError, UsageError
 from charrnn.history import History
 from charrnn.model import CharRNN, ModelConfig, parameter_shapes
@@ -179,6 +183,27 @@ def _check_run_fields(ckpt: dict[str, Any], where: str) -> None:
         raise CheckpointError(f"{where} is damaged: stale_validations is not a count")
     if not isinstance(ckpt.get("init_from"), (str, type(None))):
         raise CheckpointError(f"{where} is damaged: init_from is not a path")
+    _check_average(ckpt, where)
+
+
+def _check_average(ckpt: dict[str, Any], where: str) -> None:
+    """The fields of weight averaging (absent from checkpoints older than it): which weights `weights`
+    holds, the raw ones beside them when those are the average, and the average's state."""
+    shapes = parameter_shapes(ModelConfig.from_dict(ckpt["model_config"]))
+    weights_from = ckpt.get("weights_from", "raw")
+    try:
+        if weights_from not in ("raw", *AVERAGES[1:]):
+            raise CheckpointError(f"weights_from {weights_from!r} is not raw, ema or tail")
+        if "training_weights" in ckpt:
+            check_weights(ckpt["training_weights"], shapes, "its training weights")
+        if ckpt.get("average") is not None:
+            check_state(ckpt["average"], shapes)
+        if weights_from != "raw" and not ("training_weights" in ckpt and isinstance(ckpt.get("average"), dict)
+                                          and ckpt["average"]["kind"] == weights_from):
+            raise CheckpointError(f"it holds {weights_from} weights without the training weights and the "
+                                  "average behind them")
+    except CheckpointError as e:
+        raise CheckpointError(f"{where} is damaged: {e}") from None
 
 
 def _is_int(x: Any) -> bool:

@@ -87,6 +87,7 @@ class TrainConsole(Callbacks):
         self.notices = notices if notices is not None else console
         self.live = console.is_terminal and not console.quiet
         self.val = "-"
+        self.average_note = ""  # from on_average, for the validation line that follows
         self.bar: Progress | None = None
         self.task: Any = None
         self.stop_code: int | None = None  # set by the CLI's signal handlers
@@ -122,11 +123,17 @@ class TrainConsole(Callbacks):
             self.console.print(f"step {p.step} epoch {p.epoch} {stats} elapsed {_eta(p.elapsed)} ETA {eta}",
                                markup=False)
 
+    def on_average(self, step: int, raw: EvalResult, average: EvalResult, kind: str, kept: bool) -> None:
+        # Said with the validation line that follows: both results, and which the checkpoints hold.
+        self.average_note = (f" (raw weights {raw.nats_per_char:.4f}, {kind} average {average.nats_per_char:.4f}: "
+                             f"kept {kind if kept else 'raw'})")
+
     def on_validate(self, step: int, result: EvalResult, improved: bool) -> None:
         self.val = f"{result.perplexity:.2f}"
         mark = " (best)" if improved else ""
         line = (f"step {step}: validation loss {result.nats_per_char:.4f} nats/char, perplexity "
-                f"{result.perplexity:.3f}, {result.bits_per_char:.4f} bits/char{mark}")
+                f"{result.perplexity:.3f}, {result.bits_per_char:.4f} bits/char{self.average_note}{mark}")
+        self.average_note = ""
         (self.bar.console if self.bar is not None else self.console).print(line, markup=False)
 
     def on_threads(self, choice: Choice) -> None:

@@ -5,7 +5,8 @@ Two kinds of record, each a flat dict of numbers:
     train  step, epoch, loss (mean training loss since the last report, nats/char), lr,
            chars_per_second, elapsed (seconds of the whole run), chars (characters trained on),
            grad_norm, grad_norm_max, clipped (see gradstats), threads (CPU threads in use, charrnn.threads)
-    val    step, loss (validation nats/char), elapsed, chars
+    val    step, loss (validation nats/char of the weights the checkpoints hold), elapsed, chars, raw_loss
+           and average_loss (of the raw and the averaged weights, with --average: charrnn.averaging)
 
 In the checkpoint the history is stored by columns, one float64 tensor per field
 (`{"train": {"step": tensor, ...}, "val": {...}}`): compact, and safe under weights_only loading.
@@ -31,11 +32,11 @@ from charrnn.outputs import write_atomic
 FIELDS: dict[str, tuple[str, ...]] = {
     "train": ("step", "epoch", "loss", "lr", "chars_per_second", "elapsed", "chars", "grad_norm", "grad_norm_max",
               "clipped", "threads"),
-    "val": ("step", "loss", "elapsed", "chars"),
+    "val": ("step", "loss", "elapsed", "chars", "raw_loss", "average_loss"),
 }
 INTEGER_FIELDS = frozenset({"step", "epoch", "chars", "threads"})
 # Fields that runs before them did not record: an older checkpoint or log reads them as NaN.
-LATER_FIELDS = frozenset({"grad_norm", "grad_norm_max", "clipped", "threads"})
+LATER_FIELDS = frozenset({"grad_norm", "grad_norm_max", "clipped", "threads", "raw_loss", "average_loss"})
 # Fields that may be NaN (null in the log): a diverged loss, a gradient norm that overflowed,
 # or one that was not recorded.
 NULLABLE = frozenset({"loss"}) | LATER_FIELDS
@@ -46,7 +47,7 @@ NULLABLE = frozenset({"loss"}) | LATER_FIELDS
 MAX_VALUE = 2.0**53
 MAX_LOSS = 1e6
 LIMITS = {"step": MAX_VALUE, "epoch": MAX_VALUE, "chars": MAX_VALUE, "elapsed": MAX_VALUE, "loss": MAX_LOSS,
-          "clipped": 1.0}
+          "raw_loss": MAX_LOSS, "average_loss": MAX_LOSS, "clipped": 1.0}
 
 
 def _number(name: str, value: Any) -> int | float:
@@ -56,7 +57,9 @@ def _number(name: str, value: Any) -> int | float:
         raise ValueError(f"{name} is not a number")
     x = float(value) if not isinstance(value, int) or abs(value) <= MAX_VALUE else math.inf
     if math.isnan(x) and name in NULLABLE:
-        return x
+        # Always the one NaN object: records then compare equal field by field (lists compare by
+        # identity before ==), whether they came from a run, a log or a checkpoint.
+        return math.nan
     limit = LIMITS.get(name, sys.float_info.max)
     if not 0 <= x <= limit:  # NaN and infinity fail too
         raise ValueError(f"{name} {value!r} is out of range (0 to {limit:g})")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from charrnn.averaging import DEFAULT_EMA_DECAY, DEFAULT_TAIL, check_settings
 from charrnn.cache import ids_digest
 from charrnn.data import partition
 from charrnn.errors import UsageError
@@ -62,9 +63,13 @@ class TrainConfig:
     log_every: int = 10
     precision: str = "fp32"  # bf16: autocast the forward pass to bfloat16 (weights stay fp32); the CLI resolves auto
     delimiter: str = "\n"  # what ends a record (used by --partition records)
+    average: str = "none"  # weights averaged during training (charrnn.averaging): none, ema or tail
+    ema_decay: float = DEFAULT_EMA_DECAY
+    average_tail: float = DEFAULT_TAIL
 
     def __post_init__(self) -> None:
         partition(self.partition)
+        check_settings(self.average, self.ema_decay, self.average_tail)
         if not self.delimiter:
             raise UsageError("--delimiter must not be empty")
         if self.precision not in PRECISIONS:
@@ -111,6 +116,11 @@ class TrainResult:
     precision: str = "fp32"  # of the forward pass: fp32 or bf16 (what --precision auto chose)
     stop_reason: str = "steps"  # STOP_REASONS
     threads: int | None = None  # CPU threads in use at the end (charrnn.threads)
+    # Which weights the checkpoints hold (the better at the last validation): "raw", or the average's
+    # kind; and the two validation losses behind that choice (None without averaging).
+    weights_from: str = "raw"
+    raw_val_loss: float | None = None
+    average_val_loss: float | None = None
 
     @property
     def val_perplexity(self) -> float | None:

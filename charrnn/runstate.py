@@ -11,6 +11,7 @@ import torch
 
 from charrnn import __version__, checkpoint
 from charrnn import distributed as dd
+from charrnn.averaging import WeightAverage
 from charrnn.history import History
 from charrnn.model import CharRNN, ModelConfig, State
 from charrnn.runconfig import TrainConfig
@@ -33,6 +34,8 @@ class RunState:
     # a step must not save the draws of that unfinished step.
     rng: dict[str, torch.Tensor] | None = None
     stale: int = 0  # validations since the best one (for --patience)
+    # Which weights the checkpoints hold: "raw", or the average's kind when it validated better last time.
+    weights_from: str = "raw"
     history: History = field(default_factory=History)
 
 
@@ -52,6 +55,7 @@ class Run(Protocol):
     fingerprint: dict[str, Any]
     init_from_path: str | None
     record_hashes: dict[str, Any] | None
+    average: WeightAverage | None
 
     def elapsed(self) -> float: ...
 
@@ -60,7 +64,13 @@ def restore(self: Run, resume: dict[str, Any]) -> None:
     """Set a new Trainer's model, optimizer and RunState from checkpoint `resume` (validated by
     checkpoint.load and check_resume_fields)."""
     config, st = self.config, self.state
-    self.model.load_state_dict(resume["weights"])
+    # The weights that were training: a checkpoint that holds the averaged ones keeps them beside.
+    training = resume.get("training_weights")
+    self.model.load_state_dict(resume["weights"] if training is None else training)
+    saved_average = resume.get("average")
+    if self.average is not None and saved_average is not None and saved_average["kind"] == self.average.kind:
+        self.average.load(saved_average, self.device)
+        st.weights_from = resume.get("weights_from", "raw")
     if resume["train_config"]["optimizer"] == config.optimizer:
         self.optimizer.load_state_dict(resume["optimizer"])
     st.step, st.epoch, st.batch_in_epoch = resume["step"], resume["epoch"], resume["batch_in_epoch"]
@@ -116,16 +126,24 @@ def payload(self: Run) -> dict[str, Any] | None:
         if hidden is not None:  # rows of every process, in rank order: the state of the whole minibatch
             hidden = (tuple(torch.cat([h[j] for h in hiddens], dim=1) for j in range(len(hidden)))
                       if isinstance(hidden, tuple) else torch.cat(hiddens, dim=1))
+    weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+    average = self.average
+    averaged: dict[str, Any] = {"weights_from": "raw", "average": None if average is None else average.state()}
+    if average is not None and average.ready and st.weights_from != "raw":
+        # The averaged weights validated better last time: they are the model; the raw ones go on training.
+        averaged.update(weights_from=st.weights_from, training_weights=weights)
+        weights = average.weights_for(weights)
     return {
         "format": checkpoint.FORMAT, "version": checkpoint.VERSION, "charrnn_version": __version__,
         "model_config": self.model_config.to_dict(), "train_config": self.config.to_dict(),
-        "vocab": self.vocab.to_dict(), "weights": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+        "vocab": self.vocab.to_dict(), "weights": weights,
         "optimizer": self.optimizer.state_dict(), "step": st.step, "epoch": st.epoch,
         "batch_in_epoch": st.batch_in_epoch, "best_val_loss": None if math.isinf(st.best_val) else st.best_val,
         "val_loss": st.val_loss, "seed": self.config.seed, "elapsed": self.elapsed(),
         "chars_seen": st.chars_seen, "rng": st.rng, "hidden": hidden, "data": self.fingerprint,
         "history": st.history.to_checkpoint(), "stale_validations": st.stale, "init_from": self.init_from_path,
         **(self.record_hashes or {}),
+        **averaged,
         **extra,
     }
 

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from charrnn import checkpoint
 from charrnn import distributed as dd
+from charrnn.averaging import WeightAverage
 from charrnn.callbacks import Callbacks, Progress
 from charrnn.data import (
     Batch,
@@ -183,6 +184,9 @@ class Trainer:
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, config.weight_decay,
                                         self.device)
         self.state = RunState()
+        # The running average of the weights (--average), validated beside them.
+        self.average = WeightAverage(config.average, config.ema_decay, config.average_tail) \
+            if config.average != "none" else None
         if group.active and resume is None:
             # Same initial weights everywhere (seeded above), but each process its own dropout masks.
             torch.manual_seed(config.seed + 1_000_003 * group.rank)
@@ -247,7 +251,35 @@ class Trainer:
                             f"try a lower learning rate (--lr {self.config.lr / 10:g}){kept}")
 
     def validate(self) -> None:
-        st, group = self.state, self.group
+        """Score the held-out text with the raw weights, and with the average when there is one; the better
+        is what the checkpoints hold from now on (RunState.weights_from) and what counts for the best."""
+        st = self.state
+        raw = self.score_held_out()
+        average = None
+        if self.average is not None and self.average.ready:
+            with self.average.applied(self.model):
+                average = self.score_held_out()
+        use_average = average is not None and average.nats_per_char < raw.nats_per_char
+        result = average if use_average and average is not None else raw
+        st.weights_from = self.average.kind if use_average and self.average is not None else "raw"
+        st.val_loss = result.nats_per_char
+        if math.isfinite(st.val_loss) and not finite_loss(st.val_loss):  # diverged, as a training loss would
+            self.non_finite(st.step, st.val_loss)
+        improved = st.val_loss < st.best_val
+        st.stale = 0 if improved else st.stale + 1
+        self.record("val", step=st.step, loss=st.val_loss, elapsed=self.elapsed(), chars=st.chars_seen,
+                    raw_loss=raw.nats_per_char if self.average is not None else math.nan,
+                    average_loss=average.nats_per_char if average is not None else math.nan)
+        if average is not None:
+            self.cb.on_average(st.step, raw, average, self.average.kind, use_average)
+        self.cb.on_validate(st.step, result, improved)
+        if improved:
+            st.best_val = st.val_loss
+            self.save(self.best_out, "best")
+
+    def score_held_out(self) -> EvalResult:
+        """The model as it stands on the held-out text (the same result in every process)."""
+        group = self.group
         if self.val_records is not None and self.delimiter_ids is not None:
             # Whole held-out records, scored in full by every process (the same result everywhere).
             from charrnn.score import evaluate_records
@@ -262,16 +294,7 @@ class Trainer:
             result = EvalResult.from_sums(total, int(scored), int(unknown))
         else:
             result = evaluate(self.model, self.val_ids, unk_id=self.vocab.unk_id, streams=self.config.eval_streams)
-        st.val_loss = result.nats_per_char
-        if math.isfinite(st.val_loss) and not finite_loss(st.val_loss):  # diverged, as a training loss would
-            self.non_finite(st.step, st.val_loss)
-        improved = st.val_loss < st.best_val
-        st.stale = 0 if improved else st.stale + 1
-        self.record("val", step=st.step, loss=st.val_loss, elapsed=self.elapsed(), chars=st.chars_seen)
-        self.cb.on_validate(st.step, result, improved)
-        if improved:
-            st.best_val = st.val_loss
-            self.save(self.best_out, "best")
+        return result
 
     def record_train(self, loss: float, lr: float) -> None:
         st = self.state
@@ -325,6 +348,8 @@ class Trainer:
         # after an interruption must describe a finished step).
         st.hidden = detach_state(new_state) if batch.carry_state else None
         st.step, st.epoch, st.batch_in_epoch = st.step + 1, e, i + 1
+        if self.average is not None:
+            self.average.update(self.model, self.fraction(e, i + 1))
         st.rng = rng_states(device)
         # Characters of the whole minibatch: this process's share times the processes (exact for
         # sequential and random, whose shares are equal; an estimate for records, whose padding varies).
@@ -450,8 +475,15 @@ class Trainer:
             chars_per_second=self.chars_per_second(), train_loss=train_loss, val_loss=st.val_loss,
             checkpoint=str(self.out), best_checkpoint=str(self.saved["best"]) if "best" in self.saved else None,
             steps_this_run=st.step - first_step, precision=self.config.precision, stop_reason=reason,
-            threads=self.threads.threads,
+            threads=self.threads.threads, weights_from=st.weights_from,
+            **self.validation_pair(),
         )
+
+    def validation_pair(self) -> dict[str, float | None]:
+        """The last validation's raw and averaged losses (None without averaging, or before the average starts)."""
+        last = self.state.history.val[-1] if self.state.history.val else {}
+        pair = {"raw_val_loss": last.get("raw_loss", math.nan), "average_val_loss": last.get("average_loss", math.nan)}
+        return {k: v if v is not None and math.isfinite(v) else None for k, v in pair.items()}
 
     def mean_over_processes(self, value: float) -> float:
         """The mean of a per-process value (the training loss of each process's rows)."""

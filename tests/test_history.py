@@ -119,7 +119,8 @@ def test_read_log_skips_other_kinds_and_a_torn_last_line(tmp_path: Path) -> None
     p = tmp_path / "x.log.jsonl"
     p.write_text('{"kind": "note", "text": "hi"}\n{"kind": "val", "step": 5, "loss": 2.0, "elapsed": 1, '
                  '"chars": 10}\n{"kind": "val", "st')
-    assert read_log(p).val == [{"step": 5, "loss": 2.0, "elapsed": 1.0, "chars": 10}]
+    assert read_log(p).val == [{"step": 5, "loss": 2.0, "elapsed": 1.0, "chars": 10, "raw_loss": math.nan,
+                                "average_loss": math.nan}]
 
 
 @settings(max_examples=40, deadline=None)

@@ -25,6 +25,8 @@ def info_cmd(model_path: str, as_json: bool) -> None:
         "epoch": ckpt.get("epoch"), "val_loss": ckpt.get("val_loss"), "best_val_loss": ckpt.get("best_val_loss"),
         "train": ckpt.get("train_config"), "training_chars": (ckpt.get("data") or {}).get("chars"),
         "init_from": ckpt.get("init_from"),
+        # "raw", or "ema"/"tail": the weights are the average kept during training (--average).
+        "weights_from": ckpt.get("weights_from", "raw"),
         # "safetensors" for a model read from an exported file (charrnn.safetensors_io), else None.
         "exported_as": ckpt.get("exported_as"),
         "history": History.from_checkpoint(ckpt.get("history")).summary() if "history" in ckpt else None,
@@ -46,6 +48,9 @@ def info_cmd(model_path: str, as_json: bool) -> None:
                f"in {precision}")
     if summary["init_from"]:
         click.echo(f"fine-tuned from {summary['init_from']}")
+    if summary["weights_from"] != "raw":
+        click.echo(f"weights: the {summary['weights_from']} average of the training weights (--average), which "
+                   "validated better than the raw ones")
     delimiter = record_delimiter(ckpt)
     if delimiter is not None:
         kept = summary["record_hashes"]

@@ -17,6 +17,8 @@ from charrnn.cli import common
 from charrnn.cli.common import (
     ARCH_DEFAULTS,
     CELLS,
+    DEFAULT_EMA_DECAY,
+    DEFAULT_TAIL,
     DEFAULT_TIME_BUDGET,
     DEFAULT_VAL_MAX_CHARS,
     MAX_LAYERS,
@@ -110,6 +112,13 @@ def without_nproc(argv: list[str]) -> list[str]:
               help="cosine decays the learning rate to 10% over the run.")
 @click.option("--clip", default=1.0, type=Finite(0), show_default=True,
               help="Clip gradients to this global L2 norm (0: off).")
+@click.option("--average", type=click.Choice(["none", "ema", "tail"]), default="none", show_default=True,
+              help="Average the weights during training, validate the average beside them and keep the better: "
+                   "ema (an exponential moving average) or tail (the mean over the last --average-tail of the run).")
+@click.option("--ema-decay", default=DEFAULT_EMA_DECAY, type=Finite(0, 1, low_open=True, high_open=True),
+              show_default=True, help="With --average ema: the weight of the average so far at each step.")
+@click.option("--average-tail", default=DEFAULT_TAIL, type=Finite(0, 1, low_open=True), show_default=True,
+              help="With --average tail: the last share of the run averaged.")
 @click.option("--epochs", type=positive_int(), help="Stop after this many passes over the text.")
 @click.option("--max-steps", type=positive_int(), help="Stop after this many minibatches.")
 @click.option("--time-budget", type=Finite(0, low_open=True),

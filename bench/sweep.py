@@ -1,0 +1,122 @@
+"""The quality sweep behind the defaults (issue 22, 2): configurations of `charrnn train`, each given the
+number of steps it makes in a budget of seconds on a quiet machine, so that results do not depend on what
+else the machine is doing.
+
+    python bench/sweep.py measure                 # quiet machine: each configuration's two-thread speed
+    python bench/sweep.py run --seeds 0 1 2 --only 1x384 1x512
+
+`measure` trains each configuration for --measure-steps steps with two threads and keeps its chars/s
+(bench/results/sweep-speed.json). `run` trains each for budget x speed x (1 - 7% for validation) characters'
+worth of steps, two runs at a time with one thread each, and appends one JSON line per run to
+bench/results/sweep.jsonl. Precision is what auto picks unless a configuration says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from measure import cpu_name
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+SHARED = ROOT.parent / "shared" / "corpora"
+VALIDATION_SHARE = 0.07  # of a clocked run's time goes to validation (every 200 steps, the last 10%)
+
+# name -> options after `charrnn train CORPUS`; anything not given is the CLI's default.
+CONFIGS: dict[str, list[str]] = {
+    "1x384": [],
+    "1x384-b16": ["-b", "16"],
+    "1x384-ema": ["--average", "ema"],
+    "1x448": ["--hidden", "448"],
+    "1x512": ["--hidden", "512"],
+    "1x512-lr4": ["--hidden", "512", "--lr", "4e-3"],
+    "1x512-ema": ["--hidden", "512", "--average", "ema"],
+    "1x512-d1": ["--hidden", "512", "--dropout", "0.1"],
+    "1x512-wd": ["--hidden", "512", "--optimizer", "adamw", "--weight-decay", "0.1"],
+    "1x640": ["--hidden", "640", "--lr", "4e-3"],
+    "1x640-d2": ["--hidden", "640", "--lr", "4e-3", "--dropout", "0.2"],
+    "1x768-d2": ["--hidden", "768", "--lr", "3e-3", "--dropout", "0.2"],
+    "2x384-d1": ["--layers", "2", "--dropout", "0.1"],
+}
+
+
+def option(opts: list[str], name: str, default: int) -> int:
+    return int(opts[opts.index(name) + 1]) if name in opts else default
+
+
+def train(corpus: Path, opts: list[str], out: Path, extra: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), "-o", str(out), "--json", "-q", *opts, *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()[-500:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def measure(names: list[str], corpus: Path, steps: int) -> None:
+    path = RESULTS / "sweep-speed.json"
+    speeds = json.loads(path.read_text()) if path.exists() else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            s = train(corpus, CONFIGS[name], Path(tmp) / "m.pt",
+                      ["--max-steps", str(steps), "--threads", "2", "--val-every", str(10 * steps)])
+            speeds[name] = s["chars_per_second"]
+            print(f"{name}: {s['chars_per_second']:.0f} chars/s", file=sys.stderr)
+    path.write_text(json.dumps(speeds, indent=1) + "\n")
+
+
+def run(names: list[str], seeds: list[int], corpus: Path, budget: float, jobs: int) -> None:
+    speeds = json.loads((RESULTS / "sweep-speed.json").read_text())
+    plan = [(n, s) for n in names for s in seeds]
+
+    def one(item: tuple[str, int]) -> None:
+        name, seed = item
+        opts = CONFIGS[name]
+        chars_per_step = option(opts, "-b", 32) * option(opts, "-t", 64)
+        # --average validates twice (the raw and the averaged weights): twice the time on validation.
+        share = VALIDATION_SHARE * (2 if "--average" in opts else 1)
+        steps = round(budget * speeds[name.removesuffix("-ema")] * (1 - share) / chars_per_step)
+        with tempfile.TemporaryDirectory() as tmp:
+            s = train(corpus, opts, Path(tmp) / "m.pt",
+                      ["--max-steps", str(steps), "--seed", str(seed), "--threads", "1"])
+        row = {"name": name, "options": opts, "seed": seed, "steps": steps, "budget_s": budget,
+               "speed_chars_per_s": speeds[name], "train_loss": round(s["train_loss"], 4),
+               "val_nats_per_char": round(s["val_loss"], 4), "precision": s.get("precision"),
+               "averaged": s.get("averaged"), "raw_val_nats_per_char": s.get("raw_val_loss"),
+               "machine": cpu_name(), "date": datetime.date.today().isoformat()}
+        with (RESULTS / "sweep.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), file=sys.stderr)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(one, plan))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["measure", "run"])
+    p.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="these configurations (default: all)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--corpus", type=Path, default=SHARED / "tinyshakespeare.txt")
+    p.add_argument("--budget", type=float, default=150.0, help="seconds of quiet-machine training to match")
+    p.add_argument("--measure-steps", type=int, default=120)
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    args = p.parse_args()
+    if not args.corpus.is_file():
+        sys.exit(f"Error: {args.corpus} not found (the shared corpora are needed)")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    names = args.only or list(CONFIGS)
+    if args.what == "measure":
+        measure(names, args.corpus, args.measure_steps)
+    else:
+        run(names, args.seeds, args.corpus, args.budget, args.jobs)
+
+
+if __name__ == "__main__":
+    main()
