@@ -34,10 +34,13 @@ CONFIGS: dict[str, list[str]] = {
     "1x384": [],
     "1x384-b16": ["-b", "16"],
     "1x384-ema": ["--average", "ema"],
+    "1x384-ema999": ["--average", "ema", "--ema-decay", "0.999"],
+    "1x384-tail": ["--average", "tail"],
     "1x448": ["--hidden", "448"],
     "1x512": ["--hidden", "512"],
     "1x512-lr4": ["--hidden", "512", "--lr", "4e-3"],
     "1x512-ema": ["--hidden", "512", "--average", "ema"],
+    "1x512-tail": ["--hidden", "512", "--average", "tail"],
     "1x512-d1": ["--hidden", "512", "--dropout", "0.1"],
     "1x512-wd": ["--hidden", "512", "--optimizer", "adamw", "--weight-decay", "0.1"],
     "1x640": ["--hidden", "640", "--lr", "4e-3"],
@@ -81,12 +84,13 @@ def run(names: list[str], seeds: list[int], corpus: Path, budget: float, jobs: i
         chars_per_step = option(opts, "-b", 32) * option(opts, "-t", 64)
         # --average validates twice (the raw and the averaged weights): twice the time on validation.
         share = VALIDATION_SHARE * (2 if "--average" in opts else 1)
-        steps = round(budget * speeds[name.removesuffix("-ema")] * (1 - share) / chars_per_step)
+        speed = speeds.get(name) or speeds[name.split("-")[0]]  # averaging costs no speed: the width's own
+        steps = round(budget * speed * (1 - share) / chars_per_step)
         with tempfile.TemporaryDirectory() as tmp:
             s = train(corpus, opts, Path(tmp) / "m.pt",
                       ["--max-steps", str(steps), "--seed", str(seed), "--threads", "1"])
         row = {"name": name, "options": opts, "seed": seed, "steps": steps, "budget_s": budget,
-               "speed_chars_per_s": speeds[name], "train_loss": round(s["train_loss"], 4),
+               "speed_chars_per_s": speed, "train_loss": round(s["train_loss"], 4),
                "val_nats_per_char": round(s["val_loss"], 4), "precision": s.get("precision"),
                "averaged": s.get("averaged"), "raw_val_nats_per_char": s.get("raw_val_loss"),
                "machine": cpu_name(), "date": datetime.date.today().isoformat()}
