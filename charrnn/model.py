@@ -1,6 +1,8 @@
 """The character-level recurrent network.
 
 CharRNN = input encoder (one-hot or embedding) -> recurrent layers -> dropout -> linear head.
+Two more regularisers act in training only and keep the fused kernels: embedding dropout (whole
+characters dropped from a minibatch's input) and weight drop (DropConnect on the recurrent matrices).
 The recurrent layers are torch's fused modules (cuDNN on GPU) for `rnn|gru|lstm`, or, for
 `scratch-rnn|scratch-gru|scratch-lstm`, a loop over time steps written from the cell equations.
 Both use torch's parameter names and layouts (weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k},
@@ -47,6 +49,8 @@ class ModelConfig:
     dropout: float = 0.0
     input: str = "embedding"
     embed_dim: int = 64  # width of the embedding table; unused with one-hot input
+    weight_drop: float = 0.0  # DropConnect on W_hh, one mask per minibatch (training only)
+    embed_dropout: float = 0.0  # whole characters dropped from a minibatch's input (training only)
 
     def __post_init__(self) -> None:
         if not isinstance(self.cell, str) or self.cell not in CELLS:
@@ -58,9 +62,10 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
                 raise UsageError(f"--{name.replace('_', '-')} must be an integer from 1 to {high}, got {value!r}")
-        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) \
-                or not 0.0 <= self.dropout < 1.0:
-            raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "weight_drop", "embed_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+                raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
 
     @property
     def base_cell(self) -> str:
@@ -186,7 +191,22 @@ class CharRNN(nn.Module):
         """Ids (B, T) and state -> logits (B, T, V) and the state after the last step."""
         if state is None:
             state = self.begin_state(x.shape[0], x.device)
-        out, state = self.rnn(self.encode(x), state)
+        inputs = self.encode(x)  # (B, T, I)
+        if self.training and self.config.embed_dropout:
+            # Embedding dropout (Gal & Ghahramani 2016): a character is dropped from the whole minibatch,
+            # wherever it occurs: one keep/drop draw per vocabulary entry, (V,), scaled to keep the mean.
+            p = self.config.embed_dropout
+            keep = torch.empty(self.config.vocab_size, device=x.device).bernoulli_(1 - p) / (1 - p)
+            inputs = inputs * keep[x.long()].unsqueeze(-1).to(inputs.dtype)
+        if self.training and self.config.weight_drop:
+            # Weight drop (DropConnect on W_hh, as in AWD-LSTM): one mask per minibatch on the recurrent
+            # matrices themselves, so that the fused kernel still runs the whole sequence; the gradient
+            # reaches the parameters through the mask.
+            dropped = {f"weight_hh_l{k}": F.dropout(getattr(self.rnn, f"weight_hh_l{k}"), self.config.weight_drop)
+                       for k in range(self.config.layers)}
+            out, state = torch.func.functional_call(self.rnn, dropped, (inputs, state))
+        else:
+            out, state = self.rnn(inputs, state)
         return self.head(self.drop(out)), state
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:

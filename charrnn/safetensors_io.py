@@ -7,7 +7,8 @@ only, as the format requires):
     format           "charrnn"
     version          "1", the layout of this metadata
     charrnn_version  the writing charrnn's version
-    config           the model config as JSON (cell, vocab_size, hidden, layers, dropout, input, embed_dim)
+    config           the model config as JSON (cell, vocab_size, hidden, layers, dropout, input, embed_dim,
+                     weight_drop, embed_dropout)
     vocab            a JSON list: the character of each id, null for <unk> (the ONNX file's `vocab`)
     vocab_counts     a JSON list: how often each character occurred in the training text
     training         a JSON object: step, epoch, val_loss, best_val_loss, training_chars, init_from and

@@ -1,5 +1,6 @@
 """Weight averaging (--average ema / tail): the average itself, the trainer's choice between it and the
-raw weights, what the checkpoint holds, exact resume, damaged fields and the CLI's options."""
+raw weights, what the checkpoint holds, exact resume, damaged fields and the CLI's options; and the CLI
+of the two regularisers beside it (--weight-drop, --embed-dropout; their arithmetic is in test_model)."""
 
 from __future__ import annotations
 
@@ -288,7 +289,9 @@ def test_damaged_average_fields_are_one_line_errors(averaged: Path, tmp_path: Pa
 @pytest.mark.parametrize(("args", "says"), [(["--average", "mean"], "--average"),
                                             (["--ema-decay", "1"], "--ema-decay"),
                                             (["--ema-decay", "nan"], "--ema-decay"),
-                                            (["--average-tail", "0"], "--average-tail")])
+                                            (["--average-tail", "0"], "--average-tail"),
+                                            (["--weight-drop", "1"], "--weight-drop"),
+                                            (["--embed-dropout", "-0.1"], "--embed-dropout")])
 def test_bad_options_are_usage_errors(averaged: Path, args: list[str], says: str) -> None:
     r = run_cli("train", "c.txt", "-o", "x.pt", "--max-steps", "1", *args, cwd=averaged)
     assert r.returncode == 2 and r.stdout == "" and not (averaged / "x.pt").exists()
@@ -311,3 +314,14 @@ def test_info_says_the_weights_are_averaged(tmp_path: Path, small, average_wins)
     assert r.returncode == 0 and "weights: the ema average" in r.stdout
     r = run_cli("info", "-m", "m.pt", "--json", cwd=tmp_path)
     assert json.loads(r.stdout)["weights_from"] == "ema"
+
+
+def test_weight_drop_and_embed_dropout_train_and_are_kept(averaged: Path) -> None:
+    r = run_cli("train", "c.txt", "-o", "r.pt", "--hidden", "16", "--max-steps", "6", "--weight-drop", "0.3",
+                "--embed-dropout", "0.1", "--precision", "fp32", "-q", cwd=averaged)
+    assert r.returncode == 0, r.stderr
+    config = checkpoint.load(averaged / "r.pt")["model_config"]
+    assert (config["weight_drop"], config["embed_dropout"]) == (0.3, 0.1)
+    r = run_cli("train", "c.txt", "-o", "r.pt", "--resume", "r.pt", "--max-steps", "8", "--weight-drop", "0.2",
+                cwd=averaged)
+    assert r.returncode == 2 and "--weight-drop 0.2 differs from the checkpoint's 0.3" in r.stderr

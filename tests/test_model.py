@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from dataclasses import replace
 
 import pytest
 import torch
@@ -333,3 +334,62 @@ def test_grow_vocab_rejects_bad_maps() -> None:
     for bad, size in (([0, 1], 4), ([0, 0, 1], 4), ([0, 1, 4], 4), ([0, 1, 2], 2)):
         with pytest.raises(ValueError):
             grow_vocab(model, bad, size)
+
+
+# ---- weight drop and embedding dropout ----------------------------------------------------------------
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "scratch-lstm"])
+def test_weight_drop_is_dropconnect_on_the_recurrent_matrices(cell: str) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=7, cell=cell, hidden=6, layers=2, embed_dim=4, weight_drop=0.5)
+    model = CharRNN(config).train()
+    x = torch.randint(0, 7, (3, 5))
+    torch.manual_seed(1)
+    logits, _ = model(x)
+    # the same masks drawn by hand: dropout of each W_hh in layer order, from the same generator state
+    plain = CharRNN(replace(config, weight_drop=0.0)).train()
+    plain.load_state_dict(model.state_dict())
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for k in range(2):
+            w = getattr(plain.rnn, f"weight_hh_l{k}")
+            w.copy_(torch.nn.functional.dropout(w, 0.5))
+    torch.testing.assert_close(logits, plain(x)[0])
+    logits.sum().backward()
+    grad = model.rnn.weight_hh_l0.grad
+    dropped = plain.rnn.weight_hh_l0 == 0
+    assert bool((grad[dropped] == 0).all()) and bool((grad[~dropped] != 0).any())
+    # in eval mode it is the plain model
+    model.eval()
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(x)[0], plain.eval()(x)[0])
+
+
+@pytest.mark.parametrize("input_", ["embedding", "onehot"])
+def test_embed_dropout_drops_whole_characters(input_: str) -> None:
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=5, hidden=4, embed_dim=3, input=input_, embed_dropout=0.5)).train()
+    seen = {}
+    model.rnn.register_forward_hook(lambda m, args, out: seen.update(inputs=args[0]))
+    x = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4] * 4])
+    model(x)
+    plain = model.encode(x)  # (1, T, I)
+    ratio = seen["inputs"] / plain.where(plain != 0, torch.ones_like(plain))
+    for c in range(5):
+        where = x[0] == c
+        values = seen["inputs"][0, where]
+        kept = bool((values != 0).any())
+        # a character is dropped everywhere or kept (scaled by 2) everywhere
+        assert bool((values == 0).all()) or bool(torch.allclose(ratio[0, where][plain[0, where] != 0],
+                                                                  torch.tensor(2.0)))
+        assert kept or bool((values == 0).all())
+    model.eval()
+    model(x)
+    assert torch.equal(seen["inputs"], plain)
+
+
+def test_regularisers_are_checked() -> None:
+    for name in ("weight_drop", "embed_dropout"):
+        for bad in (1.0, -0.1, True, "0.1"):
+            with pytest.raises(UsageError, match=name.replace("_", "-")):
+                ModelConfig(vocab_size=3, **{name: bad})

@@ -22,7 +22,8 @@ import click
 from charrnn.errors import CharrnnError, UsageError
 
 CELLS = ["rnn", "gru", "lstm", "scratch-rnn", "scratch-gru", "scratch-lstm"]
-ARCH_DEFAULTS = {"cell": "lstm", "layers": 1, "hidden": 384, "dropout": 0.0, "input": "embedding", "embed_dim": 64}
+ARCH_DEFAULTS = {"cell": "lstm", "layers": 1, "hidden": 384, "dropout": 0.0, "input": "embedding", "embed_dim": 64,
+                 "weight_drop": 0.0, "embed_dropout": 0.0}
 DEFAULT_TIME_BUDGET = 300.0
 DEFAULT_VAL_MAX_CHARS = 250_000
 ONEHOT_WARN_VOCAB = 1024

@@ -90,7 +90,12 @@ def without_nproc(argv: list[str]) -> list[str]:
 @click.option("--layers", default=ARCH_DEFAULTS["layers"], type=IntRange(1, MAX_LAYERS), show_default=True)
 @click.option("--hidden", default=ARCH_DEFAULTS["hidden"], type=IntRange(1, MAX_WIDTH), show_default=True,
               help="Hidden units per layer.")
-@click.option("--dropout", default=ARCH_DEFAULTS["dropout"], type=Finite(0, 1, high_open=True), show_default=True)
+@click.option("--dropout", default=ARCH_DEFAULTS["dropout"], type=Finite(0, 1, high_open=True), show_default=True,
+              help="Dropout between layers and before the output layer.")
+@click.option("--weight-drop", default=ARCH_DEFAULTS["weight_drop"], type=Finite(0, 1, high_open=True),
+              show_default=True, help="DropConnect on the recurrent weight matrices, one mask per minibatch.")
+@click.option("--embed-dropout", default=ARCH_DEFAULTS["embed_dropout"], type=Finite(0, 1, high_open=True),
+              show_default=True, help="Drop whole characters from a minibatch's input (per vocabulary entry).")
 @click.option("--input", "input_", type=click.Choice(["onehot", "embedding"]), default=ARCH_DEFAULTS["input"],
               show_default=True, help="One-hot vectors, or the equivalent lookup in a learned table.")
 @click.option("--embed-dim", default=ARCH_DEFAULTS["embed_dim"], type=IntRange(1, MAX_WIDTH), show_default=True,

@@ -16,6 +16,10 @@ from charrnn.errors import CheckpointError, UsageError
 def check_architecture(opts: dict[str, Any], chosen: Any, names: list[str], saved: dict[str, Any], why: str) -> None:
     """Refuse an architecture option given on the command line (directly or by --preset) that differs
     from the checkpoint's `saved` model config; `why` ends the message."""
+    from charrnn.model import ModelConfig
+
+    # A field added after the checkpoint was written has its default there (weight_drop, embed_dropout).
+    saved = {**{f.name: f.default for f in dataclasses.fields(ModelConfig)}, **saved}
     for name in names:
         if chosen(name) and opts[name] != saved.get(name):
             raise UsageError(f"--{name.replace('_', '-')} {opts[name]} differs from the checkpoint's "
