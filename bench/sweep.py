@@ -47,6 +47,9 @@ CONFIGS: dict[str, list[str]] = {
     "1x640-d2": ["--hidden", "640", "--lr", "4e-3", "--dropout", "0.2"],
     "1x768-d2": ["--hidden", "768", "--lr", "3e-3", "--dropout", "0.2"],
     "2x384-d1": ["--layers", "2", "--dropout", "0.1"],
+    "1x512-wdrop": ["--hidden", "512", "--weight-drop", "0.2"],
+    "1x512-edrop": ["--hidden", "512", "--embed-dropout", "0.1"],
+    "1x640-wdrop-ema": ["--hidden", "640", "--lr", "4e-3", "--weight-drop", "0.25", "--average", "ema"],
 }
 
 
