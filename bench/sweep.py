@@ -6,7 +6,7 @@ else the machine is doing.
     python bench/sweep.py run --seeds 0 1 2 --only 1x384 1x512
 
 `measure` trains each configuration for --measure-steps steps with two threads and keeps its chars/s
-(bench/results/sweep-speed.json). `run` trains each for budget x speed x (1 - 7% for validation) characters'
+(bench/results/sweep-speed.json). `run` trains each for budget x speed x (1 - --validation-share) characters'
 worth of steps, two runs at a time with one thread each, and appends one JSON line per run to
 bench/results/sweep.jsonl. Precision is what auto picks unless a configuration says otherwise.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from measure import cpu_name
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SHARED = ROOT.parent / "shared" / "corpora"
-VALIDATION_SHARE = 0.07  # of a clocked run's time goes to validation (every 200 steps, the last 10%)
+ENV = {**os.environ, "CHARRNN_CORPORA": str(SHARED)}  # catalog corpora (ptb-char) from the shared folder
 
 # name -> options after `charrnn train CORPUS`; anything not given is the CLI's default.
 CONFIGS: dict[str, list[str]] = {
@@ -57,15 +58,29 @@ def option(opts: list[str], name: str, default: int) -> int:
     return int(opts[opts.index(name) + 1]) if name in opts else default
 
 
-def train(corpus: Path, opts: list[str], out: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), "-o", str(out), "--json", "-q", *opts, *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+def train(corpus: str, opts: list[str], out: Path, extra: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "charrnn", "train", corpus, "-o", str(out), "--json", "-q", *opts, *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV)
     if r.returncode:
         raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()[-500:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def measure(names: list[str], corpus: Path, steps: int) -> None:
+def evaluate_test(corpus: str, model: Path, dynamic: bool) -> dict:
+    """The model on its corpus's official test part: static bits/char, and dynamic with --dynamic."""
+    cmd = [sys.executable, "-m", "charrnn", "eval", "perplexity", "-m", str(model), corpus, "--split", "test",
+           "--json", "--threads", "1", *(["--dynamic"] if dynamic else [])]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV)
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()[-500:]}")
+    e = json.loads(r.stdout)
+    out = {"test_bits_per_char": round(e["bits_per_char"], 4)}
+    if dynamic:
+        out["dynamic_test_bits_per_char"] = round(e["dynamic"]["bits_per_char"], 4)
+    return out
+
+
+def measure(names: list[str], corpus: str, steps: int) -> None:
     path = RESULTS / "sweep-speed.json"
     speeds = json.loads(path.read_text()) if path.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +92,7 @@ def measure(names: list[str], corpus: Path, steps: int) -> None:
     path.write_text(json.dumps(speeds, indent=1) + "\n")
 
 
-def run(names: list[str], seeds: list[int], corpus: Path, budget: float, jobs: int) -> None:
+def run(names: list[str], seeds: list[int], corpus: str, budget: float, jobs: int, args: argparse.Namespace) -> None:
     speeds = json.loads((RESULTS / "sweep-speed.json").read_text())
     plan = [(n, s) for n in names for s in seeds]
 
@@ -85,18 +100,22 @@ def run(names: list[str], seeds: list[int], corpus: Path, budget: float, jobs: i
         name, seed = item
         opts = CONFIGS[name]
         chars_per_step = option(opts, "-b", 32) * option(opts, "-t", 64)
-        # --average validates twice (the raw and the averaged weights): twice the time on validation.
-        share = VALIDATION_SHARE * (2 if "--average" in opts else 1)
+        share = args.validation_share
         speed = speeds.get(name) or speeds[name.split("-")[0]]  # averaging costs no speed: the width's own
         steps = round(budget * speed * (1 - share) / chars_per_step)
         with tempfile.TemporaryDirectory() as tmp:
-            s = train(corpus, opts, Path(tmp) / "m.pt",
-                      ["--max-steps", str(steps), "--seed", str(seed), "--threads", "1"])
-        row = {"name": name, "options": opts, "seed": seed, "steps": steps, "budget_s": budget,
-               "speed_chars_per_s": speed, "train_loss": round(s["train_loss"], 4),
-               "val_nats_per_char": round(s["val_loss"], 4), "precision": s.get("precision"),
-               "averaged": s.get("averaged"), "raw_val_nats_per_char": s.get("raw_val_loss"),
-               "machine": cpu_name(), "date": datetime.date.today().isoformat()}
+            folder = args.keep or Path(tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            out = folder / f"{name}-{seed}.pt"
+            s = train(corpus, opts, out, ["--max-steps", str(steps), "--seed", str(seed), "--threads", "1"])
+            best = out.with_name(out.stem + ".best.pt")
+            test = evaluate_test(corpus, best if best.exists() else out, args.dynamic) if args.test else {}
+        row = {"name": name, "corpus": corpus, "options": opts, "seed": seed, "steps": steps, "budget_s": budget,
+               "validation_share": share, "speed_chars_per_s": speed, "train_loss": round(s["train_loss"], 4),
+               "val_nats_per_char": round(s["val_loss"], 4), "val_bits_per_char": round(s["val_bits_per_char"], 4),
+               "precision": s.get("precision"), "weights_from": s.get("weights_from"),
+               "raw_val_nats_per_char": s.get("raw_val_loss"), "average_val_nats_per_char": s.get("average_val_loss"),
+               **test, "machine": cpu_name(), "date": datetime.date.today().isoformat()}
         with (RESULTS / "sweep.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), file=sys.stderr)
@@ -110,19 +129,24 @@ def main() -> None:
     p.add_argument("what", choices=["measure", "run"])
     p.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="these configurations (default: all)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--corpus", type=Path, default=SHARED / "tinyshakespeare.txt")
+    p.add_argument("--corpus", default=str(SHARED / "tinyshakespeare.txt"), help="a file, or a catalog corpus name")
     p.add_argument("--budget", type=float, default=150.0, help="seconds of quiet-machine training to match")
     p.add_argument("--measure-steps", type=int, default=120)
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    p.add_argument("--validation-share", type=float, default=0.10,
+                   help="of a clocked run's time that goes to validation (train's --val-share caps it at 10%%)")
+    p.add_argument("--keep", type=Path, help="keep the models in this folder")
+    p.add_argument("--test", action="store_true", help="score the best checkpoint on the corpus's test part")
+    p.add_argument("--dynamic", action="store_true", help="with --test: dynamic evaluation too")
     args = p.parse_args()
-    if not args.corpus.is_file():
+    if not (Path(args.corpus).is_file() or (SHARED / args.corpus).is_dir()):
         sys.exit(f"Error: {args.corpus} not found (the shared corpora are needed)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     names = args.only or list(CONFIGS)
     if args.what == "measure":
         measure(names, args.corpus, args.measure_steps)
     else:
-        run(names, args.seeds, args.corpus, args.budget, args.jobs)
+        run(names, args.seeds, args.corpus, args.budget, args.jobs, args)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ class TrainConfig:
     max_steps: int | None = None
     time_budget: float | None = None
     val_every: int = 200
+    # At most this share of the time goes to validation: a validation due by val_every waits for the next
+    # multiple once the last one took more than val_share of the time since (1: every val_every steps).
+    val_share: float = 1.0
     save_every: int | None = None  # None: save the last checkpoint at every validation
     patience: int | None = None  # stop after this many validations without a new best
     val_fraction: float = 0.1  # recorded; the split itself is made by the caller
@@ -70,6 +73,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         partition(self.partition)
         check_settings(self.average, self.ema_decay, self.average_tail)
+        if isinstance(self.val_share, bool) or not isinstance(self.val_share, (int, float)) \
+                or not 0.0 < self.val_share <= 1.0:
+            raise UsageError(f"--val-share must be in (0, 1], got {self.val_share}")
         if not self.delimiter:
             raise UsageError("--delimiter must not be empty")
         if self.precision not in PRECISIONS:

@@ -209,6 +209,8 @@ class Trainer:
             self.record_hashes = None
         self.start_time = time.perf_counter()
         self.train_time = 0.0  # seconds inside steps in this process (for chars/s)
+        # Seconds the last validation took, and seconds of steps since (for config.val_share).
+        self.val_seconds, self.train_since_val = 0.0, 0.0
         self.chars_this_run = 0
         self.log: LiveLog | None = None  # the live log, open while run() runs
         self.grads = GradStats(self.device)  # gradient norms since the last report
@@ -253,6 +255,13 @@ class Trainer:
     def validate(self) -> None:
         """Score the held-out text with the raw weights, and with the average when there is one; the better
         is what the checkpoints hold from now on (RunState.weights_from) and what counts for the best."""
+        started = time.perf_counter()
+        try:
+            self._validate()
+        finally:
+            self.val_seconds, self.train_since_val = time.perf_counter() - started, 0.0
+
+    def _validate(self) -> None:
         st = self.state
         raw = self.score_held_out()
         average = None
@@ -411,7 +420,9 @@ class Trainer:
                         self.non_finite(st.step, train_loss)
                     loss_sum.zero_()
                     loss_count = 0
-                self.train_time += time.perf_counter() - t_step
+                step_seconds = time.perf_counter() - t_step
+                self.train_time += step_seconds
+                self.train_since_val += step_seconds
                 choice = self.threads.after(batch.targets)
                 if choice is not None:
                     cb.on_threads(choice)
@@ -419,7 +430,7 @@ class Trainer:
                     self.record_train(train_loss, lr)
                     cb.on_step(Progress(st.step, st.epoch, train_loss, lr, self.elapsed(), self.chars_per_second(),
                                         self.fraction(st.epoch, st.batch_in_epoch)))
-                if self.can_validate and st.step % config.val_every == 0:
+                if self.validation_due():
                     self.validate()
                     last_val_step = st.step
                 if st.step % save_every == 0 or self.out_of_patience():
@@ -463,6 +474,18 @@ class Trainer:
         if budget_spent:
             return "budget"
         return None
+
+    def validation_due(self) -> bool:
+        """At every val_every-th step, unless the last validation took more than val_share of the time
+        since: then at a later multiple (a big held-out text must not eat a short run's budget)."""
+        config = self.config
+        if not self.can_validate or self.state.step % config.val_every:
+            return False
+        if config.val_share >= 1.0:
+            return True
+        # Rank 0's clock decides for every process (a collective: all must validate together).
+        val_seconds, train_since = dd.agree(self.group, None, (self.val_seconds, self.train_since_val), self.device)[1]
+        return val_seconds * (1 - config.val_share) <= config.val_share * train_since
 
     def out_of_patience(self) -> bool:
         return self.config.patience is not None and self.state.stale >= self.config.patience

@@ -49,7 +49,8 @@ def new_text(tmp_path: Path) -> Path:
 
 def test_train_writes_the_live_log_and_stop_reason(tmp_path: Path, new_text: Path) -> None:
     out = tmp_path / "m.pt"
-    r = run("train", str(new_text), "-o", str(out), *TINY, "--max-steps", "20", "--json")
+    # --val-share 1: every --val-every steps, however long validation takes against these tiny steps
+    r = run("train", str(new_text), "-o", str(out), *TINY, "--max-steps", "20", "--json", "--val-share", "1")
     assert r.exit_code == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["stop_reason"] == "steps"

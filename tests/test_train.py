@@ -664,3 +664,40 @@ def test_bf16_training_curve_agrees_with_fp32(tmp_path: Path) -> None:
     assert fp32[-1] < 0.75 * fp32[0] and bf16[-1] < 0.75 * bf16[0]
     assert np.all(np.abs(bf16 - fp32) <= noise + 0.02), (fp32, bf16, other)
     assert abs(val_bf16 - val_fp32) <= abs(val_other - val_fp32) + 0.02, (val_fp32, val_bf16, val_other)
+
+
+def test_validation_waits_while_it_would_take_more_than_its_share(tmp_path: Path, small) -> None:
+    vocab, ids = small
+    trainer = train_module.Trainer(ids[:300], ids[300:], vocab, tiny_model_config(vocab),
+                                   tiny_config(val_every=4, val_share=0.2), tmp_path / "m.pt")
+    trainer.state.step = 8
+    assert trainer.validation_due()  # no validation yet: nothing to wait for
+    trainer.val_seconds, trainer.train_since_val = 1.0, 3.9  # 1 s of validation needs 4 s of training at 20%
+    assert not trainer.validation_due()
+    trainer.train_since_val = 4.0
+    assert trainer.validation_due()
+    trainer.state.step = 9  # not a multiple of --val-every
+    assert not trainer.validation_due()
+    with pytest.raises(UsageError, match="--val-share"):
+        tiny_config(val_share=0.0)
+
+
+def test_a_slow_validation_is_postponed_in_a_run(tmp_path: Path, small, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation that takes 10x a step's time with a 50% share: after the first, the next waits about ten
+    steps (the multiples of --val-every in between are skipped)."""
+    import time as time_module
+
+    vocab, ids = small
+    real = train_module.Trainer.score_held_out
+
+    def slow(self):
+        time_module.sleep(0.05)
+        return real(self)
+
+    monkeypatch.setattr(train_module.Trainer, "score_held_out", slow)
+    rec = Recorder()
+    train(ids[:300], ids[300:], vocab, tiny_model_config(vocab), tiny_config(val_every=1, val_share=0.5,
+                                                                           max_steps=12), tmp_path / "m.pt",
+          callbacks=rec)
+    steps = [s for s, _, _ in rec.validations]
+    assert steps[0] == 1 and steps[-1] == 12 and len(steps) < 12

@@ -129,6 +129,9 @@ def without_nproc(argv: list[str]) -> list[str]:
 @click.option("--time-budget", type=Finite(0, low_open=True),
               help=f"Stop after this many seconds (default {DEFAULT_TIME_BUDGET:g} when no stopping rule is given).")
 @click.option("--val-every", default=200, type=positive_int(), show_default=True, help="Validate every N steps.")
+@click.option("--val-share", default=0.1, type=Finite(0, 1, low_open=True), show_default=True,
+              help="At most this share of the time goes to validation: a validation due by --val-every waits "
+                   "for a later one while the last took longer than that (1: every --val-every steps).")
 @click.option("--save-every", type=positive_int(),
               help="Save the checkpoint every N steps (default: at each validation).")
 @click.option("--patience", type=positive_int(),
