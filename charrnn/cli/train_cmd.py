@@ -277,6 +277,11 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     check_writes([p.path for p in [*train_parts, *(valid_parts or [])] if p.path is not None])  # catalog files now
     if preflight:
         return
+    if not resume:  # a resumed run takes the checkpoint's precision unless one is given (resume_options)
+        if opts["precision"] == "auto":
+            opts["precision"] = _auto_precision(dev, console)
+        if preset in (None, "small") and not init_from:
+            _small_for_precision(opts, given, console)
 
     arch_names = list(ARCH_DEFAULTS)
     internal = ("val_fraction", "val_max_chars", "eval_streams", "log_every")
@@ -378,6 +383,21 @@ def _run(group: Group, dev: Any, console: Any, notices: Any, as_json: bool, trai
         con.info(notices, f"nothing to do: the stopping rule is already reached at step {result.steps} "
                           f"({result.seconds:.1f} s trained); raise --max-steps, --epochs or --time-budget to go on")
     _summary(result, as_json)
+
+
+def _small_for_precision(opts: dict[str, Any], given: Any, console: Any) -> None:
+    """The small model (the default) as tuned for the precision the run uses: where it is bf16, the options
+    of runconfig.SMALL_BF16 that were not given on the command line, said on stderr."""
+    from charrnn import console as con
+    from charrnn.runconfig import SMALL_BF16
+
+    if opts["precision"] != "bf16":
+        return
+    changed = {name: value for name, value in SMALL_BF16.items() if not given(name)}
+    opts.update(changed)
+    if changed:
+        con.info(console, "the small model for bf16: " + ", ".join(
+            f"--{name.replace('_', '-')} {value}" for name, value in changed.items()))
 
 
 def _auto_precision(dev: Any, console: Any) -> str:
