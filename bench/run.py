@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,7 @@ from charrnn.data import split_train_val  # noqa: E402
 from charrnn.evaluate import evaluate  # noqa: E402
 from charrnn.generate import Sampling, generate  # noqa: E402
 from charrnn.model import ModelConfig, resolve_precision  # noqa: E402
-from charrnn.runconfig import TrainConfig  # noqa: E402
+from charrnn.runconfig import PRESETS, SMALL_BF16, TrainConfig  # noqa: E402
 from charrnn.train import train  # noqa: E402
 from charrnn.vocab import Vocab  # noqa: E402
 
@@ -308,13 +308,16 @@ def bench_dynamic(model: Path, text: list[str], device: str, tmp: Path, env: dic
 
 
 def bench_precision_curves(corpus_file: Path, steps: int, device: str, tmp: Path) -> dict:
-    """`charrnn train` with its defaults for `steps` steps from the same start in fp32 and in bf16 (the last 10%
-    held out): the validation losses at equal steps, and each precision's training speed."""
+    """`charrnn train` with its (fp32) defaults for `steps` steps from the same start in fp32 and in bf16 (the last
+    10% held out): the validation losses at equal steps, and each precision's training speed. The same model in
+    both: the options that bf16 changes (runconfig.SMALL_BF16) are given their fp32 values."""
+    defaults = {**{f.name: f.default for f in fields(TrainConfig)}, **PRESETS["small"]}
+    same_model = [a for k in SMALL_BF16 for a in (f"--{k.replace('_', '-')}", str(defaults[k]))]
     rows = {}
     for precision in ("fp32", "bf16"):
         r = run_measured(cli("train", str(corpus_file), "-o", str(tmp / f"curve-{precision}.pt"), "--max-steps",
-                             str(steps), "--precision", precision, "--seed", "0", "--json", "-q", "--device", device),
-                         tmp)
+                             str(steps), "--precision", precision, "--seed", "0", "--json", "-q", "--device", device,
+                             *same_model), tmp)
         s = json.loads(r["stdout"].strip().splitlines()[-1])
         rows[precision] = {"val_nats_per_char": round(s["val_loss"], 4), "train_loss": round(s["train_loss"], 4),
                            "chars_per_s": round(s["chars_per_second"])}

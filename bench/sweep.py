@@ -52,6 +52,7 @@ CONFIGS: dict[str, list[str]] = {
     "1x512-edrop": ["--hidden", "512", "--embed-dropout", "0.1"],
     "1x640-wdrop-ema": ["--hidden", "640", "--lr", "4e-3", "--weight-drop", "0.25", "--average", "ema"],
     # --average ema validates the raw weights too, and does not change them: each of these is two rows.
+    "1x384-fp32-ema": ["--precision", "fp32", "--average", "ema"],
     "1x512-wd-ema": ["--hidden", "512", "--optimizer", "adamw", "--weight-decay", "0.1", "--average", "ema"],
     "1x512-wd-d1-ema": ["--hidden", "512", "--optimizer", "adamw", "--weight-decay", "0.1", "--dropout", "0.1",
                         "--average", "ema"],
