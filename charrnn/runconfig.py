@@ -174,3 +174,13 @@ def make_optimizer(name: str, params: Any, lr: float, weight_decay: float,
 def data_fingerprint(ids: np.ndarray, chunk: int = 1 << 24) -> dict[str, Any]:
     """Length and SHA-256 of the training ids (what a resume checks the text against)."""
     return {"chars": int(len(ids)), "sha256": ids_digest(ids, chunk)}
+
+
+# A loss past this many nats per character is divergence, treated like a non-finite one: a model that
+# predicts uniformly over all of Unicode scores ln(1.1M) = 14, and exp() of the loss overflows at 709.
+DIVERGED_NATS = 1000.0
+
+
+def finite_loss(value: float) -> bool:
+    """Whether a training loss is usable: finite and not diverged (see DIVERGED_NATS)."""
+    return math.isfinite(value) and value < DIVERGED_NATS

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from charrnn import checkpoint
+from charrnn import checkpoint, validation
 from charrnn import distributed as dd
 from charrnn.averaging import WeightAverage
 from charrnn.callbacks import Callbacks, Progress
@@ -45,7 +45,7 @@ from charrnn.data import (
     shard,
 )
 from charrnn.errors import DataError, Interrupted, Terminated, TrainingError, UsageError
-from charrnn.evaluate import EvalResult, evaluate, evaluate_sums
+from charrnn.evaluate import EvalResult
 from charrnn.finetune import start_model
 from charrnn.gradstats import GradStats, total_norm
 from charrnn.history import LiveLog
@@ -56,6 +56,7 @@ from charrnn.runconfig import (
     TrainConfig,
     TrainResult,
     data_fingerprint,
+    finite_loss,
     lr_factor,
     make_optimizer,
 )
@@ -253,57 +254,11 @@ class Trainer:
                             f"try a lower learning rate (--lr {self.config.lr / 10:g}){kept}")
 
     def validate(self) -> None:
-        """Score the held-out text with the raw weights, and with the average when there is one; the better
-        is what the checkpoints hold from now on (RunState.weights_from) and what counts for the best."""
-        started = time.perf_counter()
-        try:
-            self._validate()
-        finally:
-            self.val_seconds, self.train_since_val = time.perf_counter() - started, 0.0
-
-    def _validate(self) -> None:
-        st = self.state
-        raw = self.score_held_out()
-        average = None
-        if self.average is not None and self.average.ready:
-            with self.average.applied(self.model):
-                average = self.score_held_out()
-        use_average = average is not None and average.nats_per_char < raw.nats_per_char
-        result = average if use_average and average is not None else raw
-        st.weights_from = self.average.kind if use_average and self.average is not None else "raw"
-        st.val_loss = result.nats_per_char
-        if math.isfinite(st.val_loss) and not finite_loss(st.val_loss):  # diverged, as a training loss would
-            self.non_finite(st.step, st.val_loss)
-        improved = st.val_loss < st.best_val
-        st.stale = 0 if improved else st.stale + 1
-        self.record("val", step=st.step, loss=st.val_loss, elapsed=self.elapsed(), chars=st.chars_seen,
-                    raw_loss=raw.nats_per_char if self.average is not None else math.nan,
-                    average_loss=average.nats_per_char if average is not None else math.nan)
-        if average is not None:
-            self.cb.on_average(st.step, raw, average, self.average.kind, use_average)
-        self.cb.on_validate(st.step, result, improved)
-        if improved:
-            st.best_val = st.val_loss
-            self.save(self.best_out, "best")
+        validation.validate(self)
 
     def score_held_out(self) -> EvalResult:
         """The model as it stands on the held-out text (the same result in every process)."""
-        group = self.group
-        if self.val_records is not None and self.delimiter_ids is not None:
-            # Whole held-out records, scored in full by every process (the same result everywhere).
-            from charrnn.score import evaluate_records
-
-            starts, lengths = self.val_records
-            result = evaluate_records(self.model, self.val_ids, starts[lengths > 0], lengths[lengths > 0],
-                                      self.delimiter_ids, unk_id=self.vocab.unk_id)
-        elif group.active:  # each process scores its block of the streams; the sums make one result
-            sums = evaluate_sums(self.model, self.val_ids, unk_id=self.vocab.unk_id, streams=self.config.eval_streams,
-                                 shard=(group.rank, group.world_size))
-            total, scored, unknown = dd.all_sum(group, sums, self.device)
-            result = EvalResult.from_sums(total, int(scored), int(unknown))
-        else:
-            result = evaluate(self.model, self.val_ids, unk_id=self.vocab.unk_id, streams=self.config.eval_streams)
-        return result
+        return validation.score(self)
 
     def record_train(self, loss: float, lr: float) -> None:
         st = self.state
@@ -430,7 +385,7 @@ class Trainer:
                     self.record_train(train_loss, lr)
                     cb.on_step(Progress(st.step, st.epoch, train_loss, lr, self.elapsed(), self.chars_per_second(),
                                         self.fraction(st.epoch, st.batch_in_epoch)))
-                if self.validation_due():
+                if validation.due(self):
                     self.validate()
                     last_val_step = st.step
                 if st.step % save_every == 0 or self.out_of_patience():
@@ -475,18 +430,6 @@ class Trainer:
             return "budget"
         return None
 
-    def validation_due(self) -> bool:
-        """At every val_every-th step, unless the last validation took more than val_share of the time
-        since: then at a later multiple (a big held-out text must not eat a short run's budget)."""
-        config = self.config
-        if not self.can_validate or self.state.step % config.val_every:
-            return False
-        if config.val_share >= 1.0:
-            return True
-        # Rank 0's clock decides for every process (a collective: all must validate together).
-        val_seconds, train_since = dd.agree(self.group, None, (self.val_seconds, self.train_since_val), self.device)[1]
-        return val_seconds * (1 - config.val_share) <= config.val_share * train_since
-
     def out_of_patience(self) -> bool:
         return self.config.patience is not None and self.state.stale >= self.config.patience
 
@@ -499,14 +442,8 @@ class Trainer:
             checkpoint=str(self.out), best_checkpoint=str(self.saved["best"]) if "best" in self.saved else None,
             steps_this_run=st.step - first_step, precision=self.config.precision, stop_reason=reason,
             threads=self.threads.threads, weights_from=st.weights_from,
-            **self.validation_pair(),
+            **validation.last_pair(st.history),
         )
-
-    def validation_pair(self) -> dict[str, float | None]:
-        """The last validation's raw and averaged losses (None without averaging, or before the average starts)."""
-        last = self.state.history.val[-1] if self.state.history.val else {}
-        pair = {"raw_val_loss": last.get("raw_loss", math.nan), "average_val_loss": last.get("average_loss", math.nan)}
-        return {k: v if v is not None and math.isfinite(v) else None for k, v in pair.items()}
 
     def mean_over_processes(self, value: float) -> float:
         """The mean of a per-process value (the training loss of each process's rows)."""
@@ -514,13 +451,3 @@ class Trainer:
 
     def chars_per_second(self) -> float:
         return self.chars_this_run / max(self.train_time, 1e-9)
-
-
-# A loss past this many nats per character is divergence, treated like a non-finite one: a model that
-# predicts uniformly over all of Unicode scores ln(1.1M) = 14, and exp() of the loss overflows at 709.
-DIVERGED_NATS = 1000.0
-
-
-def finite_loss(value: float) -> bool:
-    """Whether a training loss is usable: finite and not diverged (see DIVERGED_NATS)."""
-    return math.isfinite(value) and value < DIVERGED_NATS

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn import checkpoint
+from charrnn import checkpoint, validation
 from charrnn import train as train_module
 from charrnn.callbacks import Callbacks, Progress
 from charrnn.corpora import builtin_text
@@ -496,7 +496,7 @@ def test_patience_stops_after_n_validations_without_improvement(tmp_path: Path, 
     def fake_evaluate(*args, **kwargs) -> EvalResult:
         return EvalResult(nats_per_char=next(losses), chars=10, unknown=0)
 
-    monkeypatch.setattr(train_module, "evaluate", fake_evaluate)
+    monkeypatch.setattr(validation, "evaluate", fake_evaluate)
     out = tmp_path / "m.pt"
     rec = Recorder()
     result = train(ids[:300], ids[300:], vocab, tiny_model_config(vocab),
@@ -671,13 +671,13 @@ def test_validation_waits_while_it_would_take_more_than_its_share(tmp_path: Path
     trainer = train_module.Trainer(ids[:300], ids[300:], vocab, tiny_model_config(vocab),
                                    tiny_config(val_every=4, val_share=0.2), tmp_path / "m.pt")
     trainer.state.step = 8
-    assert trainer.validation_due()  # no validation yet: nothing to wait for
+    assert validation.due(trainer)  # no validation yet: nothing to wait for
     trainer.val_seconds, trainer.train_since_val = 1.0, 3.9  # 1 s of validation needs 4 s of training at 20%
-    assert not trainer.validation_due()
+    assert not validation.due(trainer)
     trainer.train_since_val = 4.0
-    assert trainer.validation_due()
+    assert validation.due(trainer)
     trainer.state.step = 9  # not a multiple of --val-every
-    assert not trainer.validation_due()
+    assert not validation.due(trainer)
     with pytest.raises(UsageError, match="--val-share"):
         tiny_config(val_share=0.0)
 
