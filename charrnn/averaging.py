@@ -4,7 +4,7 @@ Izmailov et al. 2018's SWA).
 
 SGD's iterates jitter around a minimum at the scale of the learning rate; their average sits nearer its
 centre than any one of them, and often validates better at no extra cost in steps. The trainer
-validates the average beside the raw weights and keeps whichever is better (charrnn.train); the raw
+validates the average beside the raw weights and keeps whichever is better (charrnn.validation); the raw
 weights go on training either way, and a checkpoint holds both, and the average's state, so that a
 resumed run continues exactly.
 
