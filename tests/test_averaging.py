@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from charrnn import checkpoint
 from charrnn import train as train_module
 from charrnn.averaging import WeightAverage, check_settings, check_state
+from charrnn.cli.common import AVERAGES as CLI_AVERAGES
 from charrnn.cli.common import DEFAULT_EMA_DECAY as CLI_EMA_DECAY
 from charrnn.cli.common import DEFAULT_TAIL as CLI_TAIL
 from charrnn.corpora import builtin_text
@@ -61,6 +62,7 @@ def test_cli_defaults_equal_the_modules() -> None:
     from charrnn import averaging
 
     assert (CLI_EMA_DECAY, CLI_TAIL) == (averaging.DEFAULT_EMA_DECAY, averaging.DEFAULT_TAIL)
+    assert tuple(CLI_AVERAGES) == averaging.AVERAGES
 
 
 def test_ema_follows_its_formula_with_the_warm_up() -> None:

@@ -30,7 +30,9 @@ ONEHOT_WARN_VOCAB = 1024
 # charrnn.model.MAX_LAYERS / MAX_WIDTH (kept here: no torch at import); a test keeps them equal.
 MAX_LAYERS = 64
 MAX_WIDTH = 65536
-# charrnn.averaging.DEFAULT_EMA_DECAY / DEFAULT_TAIL (kept here: no torch at import); a test keeps them equal.
+# charrnn.averaging.AVERAGES / DEFAULT_EMA_DECAY / DEFAULT_TAIL (kept here: no torch at import); a test keeps
+# them equal.
+AVERAGES = ["none", "ema", "tail"]
 DEFAULT_EMA_DECAY = 0.998
 DEFAULT_TAIL = 0.25
 PRESET_NAMES = ["tiny", "small", "medium", "large"]  # charrnn.runconfig.PRESETS (kept here: no torch at import)

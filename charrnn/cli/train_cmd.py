@@ -16,6 +16,7 @@ from click.core import ParameterSource
 from charrnn.cli import common
 from charrnn.cli.common import (
     ARCH_DEFAULTS,
+    AVERAGES,
     CELLS,
     DEFAULT_EMA_DECAY,
     DEFAULT_TAIL,
@@ -118,7 +119,7 @@ def without_nproc(argv: list[str]) -> list[str]:
               help="cosine decays the learning rate to 10% over the run.")
 @click.option("--clip", default=1.0, type=Finite(0), show_default=True,
               help="Clip gradients to this global L2 norm (0: off).")
-@click.option("--average", type=click.Choice(["none", "ema", "tail"]), default="none", show_default=True,
+@click.option("--average", type=click.Choice(AVERAGES), default="none", show_default=True,
               help="Average the weights during training, validate the average beside them and keep the better: "
                    "ema (an exponential moving average) or tail (the mean over the last --average-tail of the run).")
 @click.option("--ema-decay", default=DEFAULT_EMA_DECAY, type=Finite(0, 1, low_open=True, high_open=True),
