@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 from dataclasses import dataclass, fields
 from typing import Any
@@ -22,6 +23,8 @@ from charrnn.errors import RequestError
 SEED_MAX = 2**63 - 1  # as `charrnn generate --seed`
 UNK = ("error", "map")
 ENVELOPE = ("op", "id")
+MAX_DIGITS = 100  # of a JSON integer (seeds take 19): a longer one is refused before Python converts it
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -109,19 +112,19 @@ class _Body:
 
     def __init__(self, body: Any, op: str, allowed: tuple[str, ...]) -> None:
         if not isinstance(body, dict):
-            raise RequestError(400, f"a {op} request must be a JSON object, got {type(body).__name__}")
+            raise RequestError(400, f"a {op} request must be a JSON object, got {json_kind(body)}")
         self.body, self.op = body, op
         unknown = [k for k in body if k not in allowed and k not in ENVELOPE]
         if unknown:
-            raise RequestError(422, f"unknown field {_shown(unknown[0])} in a {op} request "
-                                    f"(known: {', '.join(allowed)})")
+            known = f"its fields are {', '.join(allowed)}" if allowed else "it takes no field but \"op\" and \"id\""
+            raise RequestError(422, f"unknown field {_shown(unknown[0])} in a {op} request ({known})")
 
     def text(self, key: str, default: str | None, limit: int | None = None) -> str | None:
         value = self.body.get(key, default)
         if value is None and default is None:
             return None
         if not isinstance(value, str):
-            raise RequestError(422, f'"{key}" must be a string, got {_type(value)}')
+            raise RequestError(422, f'"{key}" must be a string, got {json_kind(value)}')
         if limit is not None and len(value) > limit:
             raise RequestError(413, f'"{key}" has {len(value):,} characters, more than the limit of {limit:,}')
         return value
@@ -134,7 +137,7 @@ class _Body:
         if value is None and default is None:
             return None
         if not isinstance(value, int) or isinstance(value, bool):
-            raise RequestError(422, f'"{key}" must be an integer, got {_type(value)}')
+            raise RequestError(422, f'"{key}" must be an integer, got {json_kind(value)}')
         if not low <= value <= high:
             cap = f" (the server's limit, {limit_flag})" if limit_flag and value > high else ""
             raise RequestError(422, f'"{key}" must be an integer from {low} to {high:,}{cap}, got {value}')
@@ -145,7 +148,7 @@ class _Body:
         if value is None and (key not in self.body or default is None):
             return None
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise RequestError(422, f'"{key}" must be a finite number, got {_type(value)}')
+            raise RequestError(422, f'"{key}" must be a finite number, got {json_kind(value)}')
         if value < low or value > high or (low_open and value == low):
             where = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
             raise RequestError(422, f'"{key}" must be in {where}, got {value:g}')
@@ -154,7 +157,7 @@ class _Body:
     def flag(self, key: str, default: bool) -> bool:
         value = self.body.get(key, default)
         if not isinstance(value, bool):
-            raise RequestError(422, f'"{key}" must be true or false, got {_type(value)}')
+            raise RequestError(422, f'"{key}" must be true or false, got {json_kind(value)}')
         return value
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
@@ -168,9 +171,12 @@ class _Body:
         value = self.body.get(key, [])
         if one_allowed and isinstance(value, str):
             value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            what = "a string or a list of strings" if one_allowed else "a list of strings"
-            raise RequestError(422, f'"{key}" must be {what}, got {_type(value)}')
+        what = "a string or an array of strings" if one_allowed else "an array of strings"
+        if not isinstance(value, list):
+            raise RequestError(422, f'"{key}" must be {what}, got {json_kind(value)}')
+        for i, v in enumerate(value):
+            if not isinstance(v, str):
+                raise RequestError(422, f'"{key}" must be {what}, got {json_kind(v)} at [{i}]')
         if len(value) > max_items:
             raise RequestError(413, f'"{key}" has {len(value):,} items, more than the limit of {max_items:,}')
         for i, v in enumerate(value):
@@ -180,21 +186,30 @@ class _Body:
         return tuple(value)
 
 
-def _type(value: Any) -> str:
+def json_kind(value: Any) -> str:
     """What a wrong value is, in JSON's words, for a message."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value) if not isinstance(value, float) or math.isfinite(value) else "a non-finite number"
+    if isinstance(value, int):
+        return repr(value) if abs(value) < 10**20 else f"a number of {len(str(abs(value)))} digits"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else "a non-finite number"
     if isinstance(value, str):
         return f"the string {_shown(value)}"
-    return {"list": "a list", "dict": "an object"}.get(type(value).__name__, type(value).__name__)
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def _no_constant(name: str) -> Any:
     raise RequestError(400, f"malformed JSON: {name} is not a JSON number")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise RequestError(400, f"malformed JSON: a number of {len(text.lstrip('-')):,} digits (no field takes more "
+                                f"than {MAX_DIGITS})")
+    return int(text)
 
 
 def _finite_float(text: str) -> float:
@@ -215,11 +230,41 @@ def decode_json(data: bytes, limits: Limits) -> Any:
     except UnicodeDecodeError as e:
         raise RequestError(400, f"the request is not UTF-8 (byte {e.start})") from None
     try:
-        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int)
     except json.JSONDecodeError as e:
         raise RequestError(400, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except (ValueError, RecursionError) as e:  # an integer of too many digits, nesting too deep
-        raise RequestError(400, f"malformed JSON: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except RecursionError:
+        raise RequestError(400, "malformed JSON: arrays or objects nested too deeply") from None
+    _refuse_lone_surrogates(value)
+    return value
+
+
+def _refuse_lone_surrogates(value: Any) -> None:
+    """A 400 for a string (or key) holding half of a UTF-16 surrogate pair alone ("\\ud800"): valid JSON,
+    but not a character; no model knows it and no answer could carry it as UTF-8. Walked with a stack,
+    since a body may nest as deep as the JSON decoder allows."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            for key, v in item.items():
+                _check_text(key, f"the key {where}{_shown(key)}")
+                stack.append((v, f"{where}{_quoted(key)}" if not where else f"{where}[{_quoted(key)}]"))
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+        elif isinstance(item, str):
+            _check_text(item, where or "the request")
+
+
+def _quoted(key: str) -> str:
+    return json.dumps(key if len(key) <= 40 else key[:40] + "...", ensure_ascii=True)
+
+
+def _check_text(text: str, where: str) -> None:
+    found = SURROGATE.search(text)
+    if found:
+        raise RequestError(400, f"{where} holds \\u{ord(found.group()):04x} alone, half of a UTF-16 surrogate pair: "
+                                "not a character (send the pair, or the character as UTF-8)")
 
 
 def model_name(body: Any) -> str | None:
@@ -227,7 +272,7 @@ def model_name(body: Any) -> str | None:
     if not isinstance(body, dict) or body.get("model") is None:
         return None
     if not isinstance(body["model"], str):
-        raise RequestError(422, f'"model" must be a string, got {_type(body["model"])}')
+        raise RequestError(422, f'"model" must be a string, got {json_kind(body["model"])}')
     return body["model"]
 
 

@@ -27,6 +27,7 @@ from charrnn.protocol import (
     Limits,
     NextRequest,
     ScoreRequest,
+    json_kind,
     parse_generate,
     parse_models,
     parse_next,
@@ -274,7 +275,7 @@ _RUN: dict[str, tuple[Callable[[Any, Limits], Any], Callable[[LoadedModel, Any],
 
 def _answer(request: Any, models: dict[str, LoadedModel], limits: Limits) -> dict:
     if not isinstance(request, dict):
-        raise RequestError(400, f"a request must be a JSON object, got {type(request).__name__}")
+        raise RequestError(400, f"a request must be a JSON object, got {json_kind(request)}")
     op = request.get("op")
     if op not in OPS:
         shown = "missing" if "op" not in request else f"{str(op)[:40]!r}" if isinstance(op, str) else "not a string"

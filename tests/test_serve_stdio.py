@@ -84,7 +84,10 @@ def test_bad_lines_get_an_error_and_the_process_goes_on(home: Path) -> None:
     p = serve(home, "--max-body-bytes", "200")
     try:
         assert ask(p, "not json")["error"].startswith("malformed JSON")
-        assert ask(p, "[1, 2]") == {"error": "a request must be a JSON object, got list"}
+        assert ask(p, "[1, 2]") == {"error": "a request must be a JSON object, got an array"}
+        assert ask(p, '{"op": "next", "prefix": "\\ud800", "id": 1}') == {  # refused as it is decoded: no id
+            "error": '"prefix" holds \\ud800 alone, half of a UTF-16 surrogate pair: not a character (send '
+                              'the pair, or the character as UTF-8)'}
         assert ask(p, '{"op": "next", "k": NaN}') == {"error": "malformed JSON: NaN is not a JSON number"}
         assert ask(p, '{"op": "next", "k": 1e999}')["error"].startswith("malformed JSON: the number 1e999")
         assert ask(p, "{" * 100) != {}
@@ -148,13 +151,24 @@ def test_closed_streams_and_bad_options_are_one_line_errors(home: Path) -> None:
         assert r.stderr.strip().splitlines()[-1].startswith(needle), (cmd, r.stderr)
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_a_full_stdout_is_one_line_error(home: Path) -> None:
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "charrnn", "serve", "--stdio", "-m", str(home / "m.pt")], env=ENV,
+                           input=b'{"op": "models"}\n{"op": "models"}\n', stdout=full, stderr=subprocess.PIPE,
+                           timeout=120)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == "Error: cannot write the answers to standard output: No space left on device"
+
+
 def test_empty_input_ends_at_once(home: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "charrnn", "serve", "--stdio", "-m", str(home / "m.pt")], env=ENV,
                        input=b"", capture_output=True, timeout=120)
     assert r.returncode == 0 and r.stdout == b""
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_while_idle_ends_it_with_exit_0(home: Path, sig: int) -> None:
     p = serve(home)
     try:

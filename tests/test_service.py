@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from charrnn.cli import cli
 from charrnn.errors import RequestError, UsageError
-from charrnn.protocol import Limits, parse_generate, parse_next, parse_score
+from charrnn.protocol import Limits, decode_json, parse_generate, parse_next, parse_score
 from charrnn.service import (
     error_status,
     handle,
@@ -212,7 +212,7 @@ LIMITS = Limits(max_prefix_chars=10, max_n=50, max_num_samples=4, max_beam=3, ma
     (parse_generate, {"seed": 2**63}, 422, '"seed"'),
     (parse_generate, {"num_samples": 5}, 422, "--max-num-samples"),
     (parse_generate, {"stop": ""}, 422, "empty string"),
-    (parse_generate, {"stop": ["a", 1]}, 422, '"stop" must be a string or a list of strings'),
+    (parse_generate, {"stop": ["a", 1]}, 422, '"stop" must be a string or an array of strings, got 1 at [1]'),
     (parse_generate, {"stop": ["a", "b", "c"]}, 413, '"stop" has 3 items'),
     (parse_generate, {"n": 5, "min_length": 6}, 422, '"min_length" must be an integer from 0 to 5'),
     (parse_generate, {"greedy": 1}, 422, '"greedy" must be true or false'),
@@ -222,8 +222,10 @@ LIMITS = Limits(max_prefix_chars=10, max_n=50, max_num_samples=4, max_beam=3, ma
     (parse_generate, {"beam": 2, "stream": True}, 422, '"stream" does not apply'),
     (parse_generate, {"stop": "x", "n": 0}, 422, '"n" must be >= 1'),
     (parse_score, {}, 422, '"records" is missing'),
-    (parse_score, {"records": "abc"}, 422, '"records" must be a list of strings'),
-    (parse_score, {"records": ["a", None]}, 422, '"records" must be a list of strings'),
+    (parse_score, {"records": "abc"}, 422, '"records" must be an array of strings'),
+    (parse_score, {"records": ["a", None]}, 422, '"records" must be an array of strings, got null at [1]'),
+    (parse_score, {"records": [["a"]]}, 422, '"records" must be an array of strings, got an array at [0]'),
+    (parse_next, [1], 400, "a next request must be a JSON object, got an array"),
     (parse_score, {"records": ["a"] * 4}, 413, '"records" has 4 items'),
     (parse_score, {"records": ["a", "x" * 9]}, 413, '"records"[1] has 9 characters'),
     (parse_score, {"records": [], "end": "no"}, 422, '"end" must be true or false'),
@@ -236,11 +238,14 @@ def test_every_bad_field_is_refused_by_name(parse: Any, body: Any, status: int, 
 
 
 @pytest.mark.parametrize(("request_", "needle"), [
-    ("next", "a request must be a JSON object, got str"),
+    ("next", "a request must be a JSON object, got the string 'next'"),
+    ([], "a request must be a JSON object, got an array"),
+    (None, "a request must be a JSON object, got null"),
     ({}, '"op" is missing'),
     ({"op": 3}, '"op" is not a string'),
     ({"op": "Next"}, "\"op\" is 'Next': one of next, generate, score, models"),
-    ({"op": "models", "x": 1}, "unknown field 'x' in a models request"),
+    ({"op": "models", "x": 1}, "unknown field 'x' in a models request (it takes no field but \"op\" and \"id\")"),
+    ({"op": "next", "x": 1}, "unknown field 'x' in a next request (its fields are prefix, k, words, unk, model)"),
     ({"op": "generate", "stream": True}, '"stream" is for HTTP'),
     ({"op": "generate", "prefix": "Z\nQ"}, "not in the model's vocabulary"),
     ({"op": "generate", "min_length": 2, "n": 5}, '"min_length" needs "stop"'),
@@ -340,3 +345,22 @@ def test_any_request_gets_an_answer_or_one_error_line(models: dict, request_: An
         assert set(body) in [set(k) for k in KEYS[request_["op"]]]
     assert ("id" in answer) == (isinstance(request_, dict) and "id" in request_)
     json.dumps(body, allow_nan=False)
+
+
+@pytest.mark.parametrize(("line", "needle"), [
+    ('{"op": "next", "prefix": "a\\ud800"}', '"prefix" holds \\ud800 alone'),
+    ('{"op": "score", "records": ["ok", "\\udc00b"]}', '"records"[1] holds \\udc00 alone'),
+    ('{"op": "models", "id": {"a": ["\\ud800"]}}', '"id"["a"][0] holds \\ud800 alone'),
+    ('{"op": "models", "\\ud800": 1}', "the key '\\ud800' holds \\ud800 alone"),
+    ('{"op": "next", "k": 1' + "0" * 200 + "}", "a number of 201 digits (no field takes more than 100)"),
+    ('{"op": "next", "k": 1' + "0" * 5000 + "}", "a number of 5,001 digits"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_bodies_that_no_answer_could_carry_are_refused_in_plain_words(line: str, needle: str) -> None:
+    """A lone surrogate is valid JSON but no character (the HTTP answer could not be encoded: a 500), and
+    Python's own words ("Exceeds the limit", "maximum recursion depth") are not the client's."""
+    with pytest.raises(RequestError) as e:
+        decode_json(line.encode(), Limits())
+    assert e.value.status == 400 and needle in str(e.value), str(e.value)
+    assert "sys." not in str(e.value) and "recursion" not in str(e.value)
+    assert decode_json(b'{"prefix": "\\ud83d\\ude00"}', Limits()) == {"prefix": "\U0001f600"}  # a pair is fine

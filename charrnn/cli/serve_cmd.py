@@ -167,7 +167,7 @@ def _serve_stdio(stream: Any, specs: list[tuple[str, str]], device: str, limits:
         if state["waiting"] or again:  # idle in a read: leave it now; else after the answer, unless told twice
             raise _Stop
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
     con.info(con.make_console(), f"serving {', '.join(models)} on stdin/stdout: one JSON request per line")
     out = sys.stdout
@@ -189,7 +189,13 @@ def _serve_stdio(stream: Any, specs: list[tuple[str, str]], device: str, limits:
                     answer = handle(decode_json(line, limits), models, limits)
                 except RequestError as e:
                     answer = {"error": str(e)}
-            _write(out, common.json_line(answer) + "\n")
+            try:
+                _write(out, common.json_line(answer) + "\n")
+            except BrokenPipeError:
+                raise  # the reader went away: the CLI stops quietly
+            except OSError as e:  # a full disk (`> /dev/full`), an I/O error: nothing more can be answered
+                common.silence_fd(_fileno(out))
+                raise CharrnnError(f"cannot write the answers to standard output: {e.strerror or e}") from None
     except _Stop:
         if not state["waiting"]:  # told twice: the answer in hand (perhaps half written) is dropped
             common.silence_fd(_fileno(out))
