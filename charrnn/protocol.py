@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from charrnn.errors import RequestError
+from charrnn.genplan import GenerateOptions
 
 SEED_MAX = 2**63 - 1  # as `charrnn generate --seed`
 UNK = ("error", "map")
@@ -75,21 +76,11 @@ class NextRequest:
 
 
 @dataclass(frozen=True)
-class GenerateRequest:
-    prefix: str = ""
-    n: int = 500  # characters per sample (with a stop string: at most)
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    greedy: bool = False
+class GenerateRequest(GenerateOptions):
+    """The options of `charrnn generate` (charrnn.genplan), and how the answer is given."""
+
     seed: int = 0  # parse_generate draws one when the body has none
-    num_samples: int = 1
-    stop: tuple[str, ...] = ()
-    min_length: int | None = None  # None: 0, or 1 for a records model (as `charrnn generate`)
-    beam: int | None = None
-    novel: bool = False
     echo: bool = False  # put the prefix in front of each sample (`charrnn generate` does by default)
-    unk: str = "error"  # as `charrnn generate`
     stream: bool = False  # HTTP only: the characters as they are made
     model: str | None = None
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from charrnn.errors import CharrnnError, RequestError, UnknownCharacterError, UsageError
+from charrnn.genplan import GenerationPlan, RecordsInfo, plan
 from charrnn.model import CharRNN
 from charrnn.protocol import (
     GenerateRequest,
@@ -165,85 +166,42 @@ def run_generate(lm: LoadedModel, req: GenerateRequest) -> dict:
     """{"samples": [...], "seed": ...} (no seed for beam search, which does not sample); the
     samples are the continuations, each after the prefix when the request asks for "echo". Samples
     that end at a stop string are listed in the order they end, as `charrnn generate` prints them."""
-    parts: dict[int, list[str]] = {i: [] for i in range(req.num_samples if req.beam is None else 0)}
-    ends: list[int] = []
-    for i, piece, ended in _pieces(lm, req):
-        parts.setdefault(i, []).append(piece)
-        if ended:
-            ends.append(i)
-    samples = ["".join(parts[i]) for i in (ends or sorted(parts))]
+    job = generation_plan(lm, req)
+    echo = req.prefix if req.echo else ""
+    samples = [echo + s for s in job.samples()]
     return {"samples": samples} if req.beam is not None else {"samples": samples, "seed": req.seed}
 
 
+def generation_plan(lm: LoadedModel, req: GenerateRequest) -> GenerationPlan:
+    """The request's generation on `lm` (charrnn.genplan), checked: a RequestError (422) for what does not apply."""
+
+    try:
+        return plan(lm.model, lm.vocab, RecordsInfo(lm.delimiter, lm.record_hashes), req,
+                    name=lambda field: f'"{field}"', where='"prefix"')
+    except UnknownCharacterError as e:
+        raise RequestError(422, str(e).replace("use --unk map", 'use "unk": "map"')) from None
+    except UsageError as e:
+        raise RequestError(422, str(e)) from None
+
+
 def _pieces(lm: LoadedModel, req: GenerateRequest) -> Iterator[tuple[int, str, bool]]:
-    """(sample index, text, whether that sample ended with it), once the request is checked."""
-    ids = prefix_ids(lm, req.prefix, req.unk)
-    stops, min_length = req.stop, req.min_length
-    if not stops and lm.delimiter is not None:
-        stops = (lm.delimiter,)  # a records model generates records
-        if min_length is None and req.n >= 1:
-            min_length = 1  # it never saw an empty record
-        if req.n < 1 and req.beam is None:
-            raise RequestError(422, '"n" must be >= 1 for a model trained with --partition records (it generates '
-                                    'records, each at most n characters), got 0')
-    if min_length and not stops:
-        raise RequestError(422, '"min_length" needs "stop" (or a model trained with --partition records)')
-    if req.novel and (not stops or lm.record_hashes is None):
-        raise RequestError(422, '"novel" needs a model trained with --partition records (one that keeps the '
-                                'hashes of its training records)')
-    echo = req.prefix if req.echo else ""
-    if stops or req.beam is not None:
-        return _records(lm, req, ids, stops, min_length or 0, echo)
-    return _plain(lm, req, ids, echo)
+    """(sample index, text, whether that sample ended with it), the request checked before the first."""
+    job = generation_plan(lm, req)
+    return _echoed(job, req.prefix if req.echo else "")
 
 
-def _plain(lm: LoadedModel, req: GenerateRequest, ids: np.ndarray, echo: str) -> Iterator[tuple[int, str, bool]]:
-    from charrnn.generate import Sampling, generate
-
-    sampling = Sampling(req.temperature, req.top_k, req.top_p, req.greedy)
-    if echo:
-        for i in range(req.num_samples):
+def _echoed(job: GenerationPlan, echo: str) -> Iterator[tuple[int, str, bool]]:
+    """The plan's pieces, `echo` in front of each sample's first (alone, for plain samples of no characters)."""
+    told: set[int] = set()
+    if echo and job.kind == "plain":
+        for i in range(job.options.num_samples):
+            told.add(i)
             yield i, echo, False
-    for chars in generate(lm.model, lm.vocab, ids, req.n, sampling, seed=req.seed, num_samples=req.num_samples):
-        for i, c in enumerate(chars):
-            yield i, c, False
-
-
-def _records(lm: LoadedModel, req: GenerateRequest, ids: np.ndarray, stops: tuple[str, ...], min_length: int,
-             echo: str) -> Iterator[tuple[int, str, bool]]:
-    """Samples that end at a stop string, or beam search, from the record-start state (as
-    `charrnn generate` does: after the model's delimiter, or without a prefix after the first stop
-    string when the model knows it)."""
-    from charrnn.generate import Sampling, Stops, beam_search, stream_samples
-    from charrnn.records import contains
-
-    vocab = lm.vocab
-    start = lm.delimiter
-    if start is None and not req.prefix and stops and all(c in vocab.chars for c in stops[0]):
-        start = stops[0]
-    context = np.concatenate([vocab.encode(start), ids]) if start else ids
-    rule = Stops(stops, max_length=req.n, min_length=min_length) if stops else None
-    accept: Callable[[str], bool] | None = None
-    if req.novel:
-        known = lm.record_hashes
-
-        def accept(sample: str) -> bool:
-            return not contains(known, req.prefix + sample)  # type: ignore[arg-type]
-
-    if req.beam is not None:
-        for i, r in enumerate(beam_search(lm.model, vocab, context, req.beam, req.n, rule,
-                                          num_results=req.num_samples, accept=accept)):
-            yield i, echo + r.text, True
-        return
-    assert rule is not None
-    sampling = Sampling(req.temperature, req.top_k, req.top_p, req.greedy)
-    numbers: dict[int, int] = {}  # stream_samples' numbers (the order samples start) -> the order first told
-    for number, piece, ended in stream_samples(lm.model, vocab, context, rule, sampling, seed=req.seed,
-                                               num_samples=req.num_samples, accept=accept):
-        if number not in numbers:
-            numbers[number] = len(numbers)
+    for i, piece, ended in job.pieces():
+        if i not in told:
+            told.add(i)
             piece = echo + piece
-        yield numbers[number], piece, ended
+        yield i, piece, ended
 
 
 def run_score(lm: LoadedModel, req: ScoreRequest) -> dict:
