@@ -1,6 +1,63 @@
 """charrnn: character-level language modelling with recurrent networks.
 
-Importing the package is cheap on purpose (no torch): `charrnn --help` must answer fast.
+    import charrnn
+    model = charrnn.load("model.pt")
+    print(model.generate("The ", n=200, seed=1)[0])
+
+Importing the package is cheap on purpose (no torch): `charrnn --help` must answer fast. The public
+names are loaded on first use (PEP 562): `charrnn.load` imports torch, `import charrnn` does not.
+See docs/python-api.md.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+# Each public name -> the module it lives in (imported when the name is first used).
+_HOMES = {
+    "load": "charrnn.api", "Model": "charrnn.api", "CellReport": "charrnn.api",
+    "TrainResult": "charrnn.runconfig",
+    "Callbacks": "charrnn.callbacks", "Progress": "charrnn.callbacks",
+    "EvalResult": "charrnn.evaluate",
+    "CharrnnError": "charrnn.errors", "UsageError": "charrnn.errors", "DataError": "charrnn.errors",
+    "UnknownCharacterError": "charrnn.errors", "CheckpointError": "charrnn.errors",
+    "TrainingError": "charrnn.errors", "Interrupted": "charrnn.errors", "MissingDependency": "charrnn.errors",
+}
+
+__all__ = [  # written out (tests/test_api.py holds it equal to _HOMES and pins it)
+    "Callbacks", "CellReport", "CharrnnError", "CheckpointError", "DataError", "EvalResult",
+    "Interrupted", "MissingDependency", "Model", "Progress", "TrainResult", "TrainingError", "UnknownCharacterError",
+    "UsageError", "__version__", "load",
+]
+
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from charrnn.api import CellReport, Model, load
+    from charrnn.callbacks import Callbacks, Progress
+    from charrnn.errors import (
+        CharrnnError,
+        CheckpointError,
+        DataError,
+        Interrupted,
+        MissingDependency,
+        TrainingError,
+        UnknownCharacterError,
+        UsageError,
+    )
+    from charrnn.evaluate import EvalResult
+    from charrnn.runconfig import TrainResult
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'charrnn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # once: the next lookup does not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})

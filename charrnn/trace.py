@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from charrnn.errors import DataError
 from charrnn.model import CharRNN, State
 from charrnn.stepper import Stepper, gru_update, lstm_update
+from charrnn.vocab import Vocab
 
 GATE_NAMES = {"lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update", "new"), "rnn": ()}
 TANH_GATES = frozenset({"cell", "new"})  # the others are sigmoids, in (0, 1)
@@ -109,3 +111,21 @@ def _split(cell: str, act: torch.Tensor | None) -> dict[str, np.ndarray]:
         return {}
     names = GATE_NAMES[cell]
     return {name: a.cpu().numpy() for name, a in zip(names, act.chunk(len(names), dim=1), strict=True)}
+
+
+def analysis_ids(body: str, vocab: Vocab) -> tuple[np.ndarray, int]:
+    """(the ids of `body` as `eval perplexity` reads it, <unk> for unknown characters, (T,) int64; how many
+    are unknown) for the analyses; a DataError for an empty text or one the model knows no character of."""
+    if not body:
+        raise DataError("the text is empty: nothing to inspect")
+    unknown = vocab.unknown_chars(body)
+    if unknown and vocab.unk_id is None:
+        shown = ", ".join(repr(c) for c in unknown[:10])
+        raise DataError(f"the text has {len(unknown)} character(s) the model does not know and the model has no "
+                        f"<unk> to read them as: {shown}")
+    ids = vocab.encode(body, unk="map", where="the text")
+    n_unknown = int((ids == vocab.unk_id).sum()) if unknown else 0
+    if n_unknown == len(ids):
+        raise DataError(f"none of the text's {len(ids):,} characters is known to the model: nothing to inspect "
+                        "(is it the text the model was trained on, and the right --encoding?)")
+    return np.asarray(ids, dtype=np.int64), n_unknown

@@ -2,64 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, NamedTuple
-
 import click
 
 from charrnn.cli.common import json_option, json_out, model_option
-from charrnn.errors import UsageError
-
-
-class Format(NamedTuple):
-    suffix: str  # the file name ending that chooses this format
-    write: Any  # (model, vocab, checkpoint dict, **options) -> the file's bytes; imports its library when called
-    what: str  # for the summary line
-    options: tuple[str, ...] = ()  # the options of this format alone
-
-
-def _onnx(model: Any, vocab: Any, ckpt: dict, **_: Any) -> bytes:
-    from charrnn.onnx_export import to_onnx
-
-    return to_onnx(model, vocab)
-
-
-def _safetensors(model: Any, vocab: Any, ckpt: dict, **_: Any) -> bytes:
-    from charrnn.safetensors_io import to_safetensors
-
-    return to_safetensors(ckpt)
-
-
-def _html(model: Any, vocab: Any, ckpt: dict, *, weights: str | None, title: str | None, **_: Any) -> bytes:
-    from charrnn.webpage import page_html
-
-    return page_html(model, vocab, ckpt, weights=weights or "auto", title=title).encode("utf-8")
-
-
-# Every format `export` writes, by its --format name. A new format is one entry here.
-FORMATS: dict[str, Format] = {
-    "onnx": Format(".onnx", _onnx, "ONNX graph"),
-    "safetensors": Format(".safetensors", _safetensors, "safetensors weights"),
-    "html": Format(".html", _html, "web page", ("weights", "title")),
-}
-
-
-def choose_format(output: str, fmt: str | None) -> str:
-    """The format to write: --format, else the output name's ending; a UsageError when neither says, or
-    when they disagree (a .onnx file holding safetensors would mislead every reader)."""
-    suffix = Path(output).suffix.lower()
-    by_name = next((name for name, f in FORMATS.items() if f.suffix == suffix), None)
-    if fmt is not None:
-        if by_name is not None and by_name != fmt:
-            raise UsageError(f"output {output!r} ends in {suffix} but --format is {fmt}; give a name ending in "
-                             f"{FORMATS[fmt].suffix} or leave out --format")
-        return fmt
-    if by_name is None:
-        *others, last = [f.suffix for f in FORMATS.values()]
-        endings = f"{', '.join(others)} or {last}" if others else last
-        raise UsageError(f"cannot tell which format to write to {output!r}: use a name ending in {endings}, "
-                         f"or give --format {'|'.join(FORMATS)}")
-    return by_name
+from charrnn.exporting import FORMATS
 
 
 @click.command(name="export")
@@ -90,19 +36,11 @@ def export_cmd(model_path: str, output: str, fmt: str | None, weights: str | Non
     charrnn export -m model.pt -o model.html
     """
     from charrnn import console as con
-    from charrnn.checkpoint import load_model
-    from charrnn.outputs import check_output, write_atomic
+    from charrnn.exporting import export
 
-    chosen = choose_format(output, fmt)
-    options = {"weights": weights, "title": title}
-    for name, value in options.items():
-        if value is not None and name not in FORMATS[chosen].options:
-            raise UsageError(f"--{name} applies to --format html, not {chosen}")
-    check_output(output, [(model_path, "the model (-m)")])
-    model, vocab, ckpt = load_model(model_path, "cpu")
-    data = FORMATS[chosen].write(model, vocab, ckpt, **options)
-    write_atomic(output, data)
+    given = {name: value for name, value in {"weights": weights, "title": title}.items() if value is not None}
+    written = export(model_path, output, fmt, **given)
     if as_json:
-        json_out({"path": output, "format": chosen, "bytes": len(data)})
+        json_out(written)
     else:
-        con.info(con.make_console(), f"wrote {output}: {FORMATS[chosen].what}, {len(data):,} bytes")
+        con.info(con.make_console(), f"wrote {output}: {FORMATS[written['format']].what}, {written['bytes']:,} bytes")

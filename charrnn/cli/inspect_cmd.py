@@ -9,7 +9,6 @@ import click
 
 from charrnn.cli import common
 from charrnn.cli.common import SEED, device_option, encoding_option, json_line, model_option, positive_int
-from charrnn.errors import DataError
 
 DEFAULT_MAX_CHARS = 10_000  # enough for stable correlations; memory is a few (T, H) float32 arrays per layer
 FEW_CHARS = 200  # below this, cells warns that its correlations are mostly noise
@@ -43,29 +42,17 @@ def inspect_options(picture_help: str) -> Callable[[Callable], Callable]:
 
 
 def encode_text(body: str, vocab: Any, console: Any) -> Any:
-    """The ids of `body` as `eval perplexity` reads it (<unk> for unknown characters); a DataError
-    for an empty text or one the model knows no character of."""
-    import numpy as np
-
+    """The ids of `body` as `eval perplexity` reads it (charrnn.trace.analysis_ids), with a warning on
+    stderr when many of its characters are unknown to the model."""
     from charrnn import console as con
     from charrnn.evaluate import UNKNOWN_WARN_SHARE
+    from charrnn.trace import analysis_ids
 
-    if not body:
-        raise DataError("the text is empty: nothing to inspect")
-    unknown = vocab.unknown_chars(body)
-    if unknown and vocab.unk_id is None:
-        shown = ", ".join(repr(c) for c in unknown[:10])
-        raise DataError(f"the text has {len(unknown)} character(s) the model does not know and the model has no "
-                        f"<unk> to read them as: {shown}")
-    ids = vocab.encode(body, unk="map", where="the text")
-    n_unknown = int((ids == vocab.unk_id).sum()) if unknown else 0
-    if n_unknown == len(ids):
-        raise DataError(f"none of the text's {len(ids):,} characters is known to the model: nothing to inspect "
-                        "(is it the text the model was trained on, and the right --encoding?)")
+    ids, n_unknown = analysis_ids(body, vocab)
     if n_unknown > UNKNOWN_WARN_SHARE * len(ids):
         con.info(console, f"warning: {n_unknown:,} of {len(ids):,} characters ({n_unknown / len(ids):.1%}) are "
                           "unknown to the model and were read as <unk>")
-    return np.asarray(ids, dtype=np.int64)
+    return ids
 
 
 def load_inputs(model_path: str, text: str, encoding: str, max_chars: int, device: str,
