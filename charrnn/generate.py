@@ -118,9 +118,9 @@ def generate(
     if length == 0:
         return
     # The prefix is read once, by one stream, and its state copied to every sample.
-    state0, first = _start(model, vocab, prefix_ids, generator)
+    state0, first = start(model, vocab, prefix_ids, generator)
     state = model.begin_state(num_samples, device)
-    _put_rows(state, list(range(num_samples)), state0)
+    put_rows(state, list(range(num_samples)), state0)
     last = first(num_samples)
     remaining = length
     if len(prefix_ids) == 0:  # the first input was drawn from the character frequencies: it is output
@@ -195,7 +195,7 @@ def warm_up(model: CharRNN, ids: np.ndarray, state: State, max_logits: int | Non
     return state
 
 
-def _start(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray,
+def start(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray,
            generator: torch.Generator) -> tuple[State, Callable[[int], torch.Tensor]]:
     """State for one stream after all prefix characters but the last, and a function giving the
     first inputs of `rows` streams: the prefix's last character, or, without a prefix, a draw from
@@ -210,7 +210,7 @@ def _start(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray,
     return state, lambda rows: last.expand(rows).clone()
 
 
-def _put_rows(state: State, rows: list[int], source: State) -> None:
+def put_rows(state: State, rows: list[int], source: State) -> None:
     """Overwrite streams `rows` of `state` with the one-stream state `source`, in place."""
     pairs = zip(state, source, strict=True) if isinstance(state, tuple) else [(state, source)]
     for dst, src in pairs:
@@ -276,10 +276,10 @@ def stream_samples(
     device = next(model.parameters()).device
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
-    state0, first = _start(model, vocab, prefix_ids, generator)
+    state0, first = start(model, vocab, prefix_ids, generator)
     rows = min(parallel, num_samples)
     state = model.begin_state(rows, device)
-    _put_rows(state, list(range(rows)), state0)
+    put_rows(state, list(range(rows)), state0)
     last = first(rows)
     drawn_first = len(prefix_ids) == 0  # the first input is then the sample's first character
     texts = list(vocab.decode(last)) if drawn_first else [""] * rows
@@ -328,7 +328,7 @@ def stream_samples(
                 active[i] = False
         if restart:
             index = torch.tensor(restart, device=device)
-            _put_rows(state, restart, state0)
+            put_rows(state, restart, state0)
             last[index] = first(len(restart))
             fresh = vocab.decode(last[index])
             for j, i in enumerate(restart):
@@ -406,7 +406,7 @@ def beam_search(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray, beam: int,
     model.eval()
     stops = Stops(stops.strings if stops else (), max_length=max_length, min_length=stops.min_length if stops else 0)
     banned_stops = torch.tensor(stops.single_char_ids(vocab), dtype=torch.int64, device=device)
-    state, _ = _start(model, vocab, prefix_ids, torch.Generator(device=device))
+    state, _ = start(model, vocab, prefix_ids, torch.Generator(device=device))
     step = Stepper(model)
     texts, lps = [""], torch.zeros(1, dtype=torch.float64, device=device)
     if len(prefix_ids) == 0:  # the first character: log of the training text's frequencies

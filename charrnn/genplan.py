@@ -2,8 +2,9 @@
 `charrnn generate`, the Python API (charrnn.api) and the server (charrnn.service).
 
 A plan is plain sampling (one character of every sample per step), records (samples that end at a
-stop string: the options' --stop, or a records model's delimiter), or beam search; with --novel the
-samples that copy a training record are dropped and drawn again. `plan()` checks the options
+stop string: the options' --stop, or a records model's delimiter), beam search, or a form (--acrostic,
+--template: charrnn.forms, sampled by charrnn.constrained); with --novel the samples that copy a
+training record are dropped and drawn again. `plan()` checks the options
 against the model and raises UsageError naming the options as the caller's users know them (the
 command's `--min-length`, the protocol's `"min_length"`); `GenerationPlan.pieces()` runs it and
 yields the continuations (never the prefix) as they are made.
@@ -17,10 +18,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from charrnn.errors import UsageError
+from charrnn.forms import DEFAULT_LINE_ENDS, DEFAULT_PLACEHOLDER, Constraint
 
 if TYPE_CHECKING:  # the options alone import no torch: charrnn.protocol's requests are made of them
     import numpy as np
 
+    from charrnn.constrained import ConstrainedSample
     from charrnn.generate import BeamResult, Sampling, Stops
     from charrnn.model import CharRNN
     from charrnn.threads import ThreadChooser
@@ -68,6 +71,10 @@ class GenerateOptions:
     novel: bool = False
     beam: int | None = None
     unk: str = "error"
+    acrostic: str | None = None  # the k-th line begins with its k-th character
+    template: str | None = None  # every character forced but the placeholder
+    placeholder: str = DEFAULT_PLACEHOLDER
+    line_ends: str = DEFAULT_LINE_ENDS
 
 
 @dataclass(eq=False)
@@ -77,7 +84,7 @@ class GenerationPlan:
     model: CharRNN
     vocab: Vocab
     options: GenerateOptions
-    kind: str  # "plain", "records" or "beam"
+    kind: str  # "plain", "records", "beam" or "form"
     context: np.ndarray  # (T,) ids read before the first character: the record start, then the prefix
     sampling: Sampling
     stops: Stops | None
@@ -87,15 +94,28 @@ class GenerationPlan:
     notes: list[str] = field(default_factory=list)  # things worth saying on stderr
     dropped: list[str] = field(default_factory=list)  # --novel: the samples dropped so far
     beam_results: list[BeamResult] = field(default_factory=list)  # beam search: its results, once run
+    constraint: Constraint | None = None  # a form: what it allows
+    form_results: list[ConstrainedSample] = field(default_factory=list)  # a form: its samples, once run
 
     def pieces(self, threads: ThreadChooser | None = None) -> Iterator[tuple[int, str, bool]]:
         """(sample index, new text, whether that sample ended with it). Plain: one character of every
         sample per step (a sample's pieces joined are the sample); records: the text of each sample as
         soon as no stop string can begin in it, samples numbered in the order they begin to be told
-        (with --novel, each whole once known to be new); beam: each result whole, best first."""
+        (with --novel, each whole once known to be new); beam: each result whole, best first; a form:
+        each sample whole, once all are made (they are drawn side by side)."""
         from charrnn.generate import beam_search, generate, stream_samples
 
         o = self.options
+        if self.kind == "form":
+            from charrnn.constrained import sample_constrained
+
+            assert self.constraint is not None and self.seed is not None
+            self.form_results = sample_constrained(self.model, self.vocab, self.context, self.constraint,
+                                                   max_length=o.n, sampling=self.sampling, seed=self.seed,
+                                                   num_samples=o.num_samples, threads=threads)
+            for i, r in enumerate(self.form_results):
+                yield i, r.text, True
+            return
         if self.kind == "beam":
             self.beam_results = beam_search(self.model, self.vocab, self.context, o.beam or 1, o.n, self.stops,
                                             num_results=o.num_samples, accept=self.accept,
@@ -159,8 +179,9 @@ def plan(model: CharRNN, vocab: Vocab, records: RecordsInfo, options: GenerateOp
     if o.novel and not stops:
         raise UsageError(f"{name('novel')} needs {name('stop')} (or a model trained with --partition records)")
     notes: list[str] = []
+    constraint = _form(vocab, o, name)
     accept = _novelty(records, o.prefix, name, notes) if o.novel else None
-    kind = "beam" if o.beam is not None else "records" if stops else "plain"
+    kind = "form" if constraint else "beam" if o.beam is not None else "records" if stops else "plain"
     if kind == "beam" and not sampling.plain:
         # Beam search does not sample: refuse only what would change sampling (temperature 1 and
         # top-p 1 are the model's own distribution, as the defaults are).
@@ -181,7 +202,32 @@ def plan(model: CharRNN, vocab: Vocab, records: RecordsInfo, options: GenerateOp
         seed = None
     elif seed is None:
         seed, drawn = secrets.randbelow(2**31), True
-    return GenerationPlan(model, vocab, o, kind, context, sampling, rule, seed, drawn, accept, notes)
+    return GenerationPlan(model, vocab, o, kind, context, sampling, rule, seed, drawn, accept, notes,
+                          constraint=constraint)
+
+
+def _form(vocab: Vocab, o: GenerateOptions, name: Callable[[str], str]) -> Constraint | None:
+    """The options' form (--acrostic, --template), checked against the vocabulary before anything is
+    sampled; None without one. A form ends its samples itself: stop strings, --min-length, --novel and
+    --beam do not combine with it (a records model's own delimiter is only where its samples start)."""
+    if o.acrostic is None and o.template is None:
+        return None
+    clash = [f for f, given in (("beam", o.beam is not None), ("stop", o.stop), ("novel", o.novel),
+                                ("min_length", o.min_length)) if given]
+    if clash:
+        raise UsageError(f"{name(clash[0])} does not combine with {name('acrostic')} or {name('template')}")
+    if o.template is None and o.n < 1:
+        raise UsageError(f"{name('n')} must be >= 1 with {name('acrostic')}, got {o.n}")
+    try:
+        constraint = Constraint(acrostic=o.acrostic or "", template=o.template, placeholder=o.placeholder,
+                                line_ends=o.line_ends)
+        constraint.check(vocab)
+    except UsageError as e:  # charrnn.forms names the options as `charrnn generate` does
+        message = str(e)
+        for f in ("acrostic", "template", "placeholder", "line_ends"):
+            message = message.replace(option_name(f), name(f))
+        raise UsageError(message) from None
+    return constraint
 
 
 def _novelty(records: RecordsInfo, prefix: str, name: Callable[[str], str],

@@ -138,8 +138,9 @@ def _gone() -> Response:
 
 
 def _plain(lm: LoadedModel, req: GenerateRequest) -> bool:
-    """Whether the engine can run this generation: no stop strings, beam search, --novel or records model."""
-    return (req.beam is None and not req.stop and not req.novel and not req.min_length and lm.delimiter is None)
+    """Whether the engine can run this generation: no stop strings, beam search, --novel, form or records model."""
+    return (req.beam is None and not req.stop and not req.novel and not req.min_length and lm.delimiter is None
+            and req.acrostic is None and req.template is None)
 
 
 class App:

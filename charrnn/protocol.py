@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from charrnn.errors import RequestError
+from charrnn.forms import DEFAULT_LINE_ENDS, DEFAULT_PLACEHOLDER
 from charrnn.genplan import GenerateOptions
 
 SEED_MAX = 2**63 - 1  # as `charrnn generate --seed`
@@ -277,7 +278,8 @@ def parse_next(body: Any, limits: Limits) -> NextRequest:
 
 
 GENERATE_FIELDS = ("prefix", "n", "temperature", "top_k", "top_p", "greedy", "seed", "num_samples", "stop",
-                   "min_length", "beam", "novel", "echo", "unk", "stream", "model")
+                   "min_length", "beam", "novel", "echo", "unk", "stream", "acrostic", "template", "placeholder",
+                   "line_ends", "model")
 
 
 def parse_generate(body: Any, limits: Limits) -> GenerateRequest:
@@ -296,7 +298,11 @@ def parse_generate(body: Any, limits: Limits) -> GenerateRequest:
         stop=b.strings("stop", limits.max_stops, limits.max_prefix_chars, one_allowed=True),
         min_length=b.integer("min_length", None, 0, n), beam=b.integer("beam", None, 1, limits.max_beam, "--max-beam"),
         novel=b.flag("novel", False), echo=b.flag("echo", False), unk=b.choice("unk", "error", UNK),
-        stream=b.flag("stream", False), model=model_name(body))
+        stream=b.flag("stream", False), acrostic=b.text("acrostic", None, limits.max_n),
+        # A template is the whole sample: as long as "n" may be.
+        template=b.text("template", None, limits.max_n),
+        placeholder=b.text("placeholder", DEFAULT_PLACEHOLDER) or DEFAULT_PLACEHOLDER,
+        line_ends=b.text("line_ends", DEFAULT_LINE_ENDS, limits.max_prefix_chars) or "", model=model_name(body))
     if any(not s for s in req.stop):
         raise RequestError(422, '"stop" must not hold an empty string (it would match everywhere)')
     if req.beam is not None:

@@ -169,6 +169,9 @@ def run_generate(lm: LoadedModel, req: GenerateRequest) -> dict:
     job = generation_plan(lm, req)
     echo = req.prefix if req.echo else ""
     samples = [echo + s for s in job.samples()]
+    if job.kind == "form":  # each sample's log-probabilities per character (charrnn.constrained)
+        return {"samples": samples, "seed": req.seed, "logprobs": [list(r.logprobs) for r in job.form_results],
+                "model_logprobs": [list(r.model_logprobs) for r in job.form_results]}
     return {"samples": samples} if req.beam is not None else {"samples": samples, "seed": req.seed}
 
 

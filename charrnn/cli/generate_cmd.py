@@ -22,6 +22,7 @@ from charrnn.cli.common import (
     threads_option,
 )
 from charrnn.errors import UsageError
+from charrnn.forms import DEFAULT_LINE_ENDS_TYPED, DEFAULT_PLACEHOLDER
 
 
 @click.command()
@@ -55,6 +56,17 @@ from charrnn.errors import UsageError
               help="Beam search of this width for the likeliest continuations (deterministic; ranked by "
                    "log-probability per character; --temperature other than 1, --top-k, --top-p below 1 and "
                    "--greedy do not apply; with --novel, training records are skipped).")
+@click.option("--acrostic", default=None,
+              help="The k-th line begins with the k-th character of this text (藏头诗); generation ends when its "
+                   "last line ends (or at -n).")
+@click.option("--template", default=None,
+              help="Every character forced except the placeholder, which may be any character but a line end; "
+                   "generation ends when it is filled (-n does not apply). '_____，_____。_____，_____。' is a "
+                   "five-character quatrain.")
+@click.option("--placeholder", default=DEFAULT_PLACEHOLDER, show_default=True,
+              help="The free character of --template.")
+@click.option("--line-ends", default=DEFAULT_LINE_ENDS_TYPED, show_default=True,
+              help="Characters that end a line for --acrostic and --template (backslash escapes: '\\n').")
 @device_option
 @threads_option
 @json_option
@@ -62,13 +74,16 @@ from charrnn.errors import UsageError
 def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_file: str | None, encoding: str,
              length: int, temperature: float, top_k: int | None, top_p: float | None, greedy: bool, seed: int | None,
              num_samples: int, no_echo: bool, unk: str, stop: tuple[str, ...], min_length: int, novel: bool,
-             beam: int | None, device: str, threads: int | None, as_json: bool) -> None:
+             beam: int | None, acrostic: str | None, template: str | None, placeholder: str, line_ends: str,
+             device: str, threads: int | None, as_json: bool) -> None:
     """Generate text from MODEL, streamed to stdout as it is sampled.
 
     With --num-samples N > 1 the samples are generated together and printed one after another,
     separated by a blank line (or as a list with --json). With --stop, or by default for a model
     trained with --partition records, samples are records: each ends at a stop string (the
-    model's delimiter), and they are printed one per line as each ends.
+    model's delimiter), and they are printed one per line as each ends. With --acrostic or
+    --template, samples follow the form (the prefix is context, not part of the form); --json gives
+    each character's log-probability.
     """
     from charrnn import console as con
     from charrnn.checkpoint import load_model
@@ -87,7 +102,9 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
     given_min = ctx.get_parameter_source("min_length") != ParameterSource.DEFAULT
     options = GenerateOptions(prefix=text, n=length, temperature=temperature, top_k=top_k, top_p=top_p,
                               greedy=greedy, seed=seed, num_samples=num_samples, stop=stops,
-                              min_length=min_length if given_min else None, novel=novel, beam=beam, unk=unk)
+                              min_length=min_length if given_min else None, novel=novel, beam=beam, unk=unk,
+                              acrostic=acrostic, template=template, placeholder=placeholder,
+                              line_ends=unescape(line_ends, "--line-ends"))
     job = plan(model, vocab, RecordsInfo.of(ckpt), options)
     console = con.make_console()
     for note in job.notes:
@@ -95,7 +112,9 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
     if job.seed_drawn:
         con.info(console, f"seed {job.seed}")
     shown = "" if no_echo else text
-    if job.kind == "plain":
+    if job.kind == "form":
+        _print_form(job, shown, as_json, chooser)
+    elif job.kind == "plain":
         _print_plain(job, shown, as_json, chooser)
     else:
         _print_records(job, shown, as_json, chooser)
@@ -123,6 +142,17 @@ def _print_plain(job: Any, shown: str, as_json: bool, threads: Any) -> None:
             out.flush()
     out.write("\n")
     out.flush()
+
+
+def _print_form(job: Any, shown: str, as_json: bool, threads: Any) -> None:
+    """Samples of a form (--acrostic, --template): the texts, several separated by a blank line; with
+    --json each with its log-probabilities per character."""
+    texts = [shown + t for t in job.samples(threads)]
+    if not as_json:
+        click.echo("\n\n".join(texts))
+        return
+    items = [{**r.to_dict(), "text": text} for r, text in zip(job.form_results, texts, strict=True)]
+    json_out({**({"samples": items} if len(items) > 1 else items[0]), "seed": job.seed, "threads": threads.threads})
 
 
 def _print_records(job: Any, shown: str, as_json: bool, threads: Any) -> None:
