@@ -1,5 +1,5 @@
-"""`charrnn serve` over HTTP, on loopback: /v1/next latency (p50, p99) with 1 and 16 concurrent clients,
-200-character /v1/generate throughput (total characters per second) with 1 and 16 clients, and the
+"""`charrnn serve` over HTTP, on loopback: /charrnn/v1/next latency (p50, p99) with 1 and 16 concurrent clients,
+200-character /charrnn/v1/generate throughput (total characters per second) with 1 and 16 clients, and the
 server's memory (RSS) after 100 and after 10,000 requests.
 
     python bench/serve_http.py [--quick] [--model CKPT] [--out results.json]
@@ -120,21 +120,21 @@ def default_model(tmp: Path) -> Path:
 def measure(port: int, pid: int, quick: bool) -> dict:
     n_next, n_gen, n_mem = (200, 16, 2_000) if quick else (2_000, 64, 10_000)
     r: dict = {}
-    asyncio.run(run_clients(port, 4, 10, "/v1/next", {"prefix": "The ", "k": 5}))  # warm-up
+    asyncio.run(run_clients(port, 4, 10, "/charrnn/v1/next", {"prefix": "The ", "k": 5}))  # warm-up
     for clients in (1, 16):
-        lat, wall = asyncio.run(run_clients(port, clients, max(1, n_next // clients), "/v1/next",
+        lat, wall = asyncio.run(run_clients(port, clients, max(1, n_next // clients), "/charrnn/v1/next",
                                             {"prefix": "First Citizen:\nBefore we proceed any further", "k": 5}))
         r[f"next_{clients}"] = {"p50_ms": round(percentile(lat, 0.5) * 1000, 2),
                                 "p99_ms": round(percentile(lat, 0.99) * 1000, 2),
                                 "requests_per_s": round(len(lat) / wall, 1)}
     for clients in (1, 16):
         per = n_gen if clients == 1 else max(2, n_gen // 4)  # 16 clients: 4x the requests, as they go faster
-        lat, wall = asyncio.run(run_clients(port, clients, per, "/v1/generate", {"prefix": "The ", "n": 200}))
+        lat, wall = asyncio.run(run_clients(port, clients, per, "/charrnn/v1/generate", {"prefix": "The ", "n": 200}))
         r[f"generate_{clients}"] = {"chars_per_s": round(200 * len(lat) / wall), "requests": len(lat),
                                     "p50_ms": round(percentile(lat, 0.5) * 1000, 1)}
     r["generate_speedup_16_vs_1"] = round(r["generate_16"]["chars_per_s"] / r["generate_1"]["chars_per_s"], 2)
     # Memory: RSS after 100 requests of a mix, then after n_mem in all.
-    mix = [("/v1/next", {"prefix": "To be", "k": 3}), ("/v1/generate", {"prefix": "To be", "n": 20})]
+    mix = [("/charrnn/v1/next", {"prefix": "To be", "k": 3}), ("/charrnn/v1/generate", {"prefix": "To be", "n": 20})]
 
     async def mixed(count: int) -> None:
         conns = [await Connection.open(port) for _ in range(16)]
@@ -159,12 +159,12 @@ def measure(port: int, pid: int, quick: bool) -> dict:
 
 def table(r: dict, machine: str) -> str:
     n_mem = r["requests_for_memory"]
-    rows = [("/v1/next p50 / p99, 1 client", f"{r['next_1']['p50_ms']} / {r['next_1']['p99_ms']} ms"),
-            ("/v1/next p50 / p99, 16 clients", f"{r['next_16']['p50_ms']} / {r['next_16']['p99_ms']} ms"),
-            ("/v1/next requests/s, 1 / 16 clients", f"{r['next_1']['requests_per_s']} / "
+    rows = [("/charrnn/v1/next p50 / p99, 1 client", f"{r['next_1']['p50_ms']} / {r['next_1']['p99_ms']} ms"),
+            ("/charrnn/v1/next p50 / p99, 16 clients", f"{r['next_16']['p50_ms']} / {r['next_16']['p99_ms']} ms"),
+            ("/charrnn/v1/next requests/s, 1 / 16 clients", f"{r['next_1']['requests_per_s']} / "
                                                     f"{r['next_16']['requests_per_s']}"),
-            ("/v1/generate n=200, chars/s, 1 client", f"{r['generate_1']['chars_per_s']:,}"),
-            ("/v1/generate n=200, chars/s, 16 clients", f"{r['generate_16']['chars_per_s']:,}"),
+            ("/charrnn/v1/generate n=200, chars/s, 1 client", f"{r['generate_1']['chars_per_s']:,}"),
+            ("/charrnn/v1/generate n=200, chars/s, 16 clients", f"{r['generate_16']['chars_per_s']:,}"),
             ("16 clients vs 1 (target >= 3x)", f"{r['generate_speedup_16_vs_1']}x"),
             (f"server RSS after 100 / {n_mem:,} requests (target: within 10%)",
              f"{r['rss_mb_after_100']} / {r[f'rss_mb_after_{n_mem}']} MB ({r['rss_growth']:+.1%})")]

@@ -65,8 +65,10 @@ class PeerLost(TrainingError):
 class RequestError(CharrnnError):
     """A request to a served model (`charrnn serve`) that cannot be answered as asked. `status` is the
     HTTP status that says why: 400 malformed (not JSON, not an object, no op), 404 an unknown model,
-    413 too large (the body, the prefix, the records), 422 a field of the wrong type or value."""
+    413 too large (the body, the prefix, the records), 422 a field of the wrong type or value. `param`
+    names the field at fault where one is (OpenAI's error shape carries it)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
         super().__init__(" ".join(message.split()))  # one line, whatever the message quotes
         self.status = status
+        self.param = param

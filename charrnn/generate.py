@@ -94,7 +94,6 @@ def next_ids(logits: torch.Tensor, sampling: Sampling, generator: torch.Generato
     return draw(probs, generator)
 
 
-@torch.inference_mode()
 def generate(
     model: CharRNN,
     vocab: Vocab,
@@ -107,6 +106,24 @@ def generate(
 ) -> Iterator[list[str]]:
     """Yield, `length` times, a list of `num_samples` new characters (one per sample). `threads` times
     the steps (pooled into units of a few milliseconds) to choose the CPU threads (charrnn.threads)."""
+    for ids, _ in generate_steps(model, vocab, prefix_ids, length, sampling, seed, num_samples, threads):
+        yield list(vocab.decode(ids))
+
+
+@torch.inference_mode()
+def generate_steps(
+    model: CharRNN,
+    vocab: Vocab,
+    prefix_ids: np.ndarray,
+    length: int,
+    sampling: Sampling = Sampling(),
+    seed: int = 0,
+    num_samples: int = 1,
+    threads: ThreadChooser | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """generate()'s steps as ids: `length` times (the new ids (B,), the logits (B, V) they were drawn
+    from, <unk> at -inf), with None for the logits of a first character drawn from the training
+    text's frequencies (no prefix: complete.frequency_logprobs is that distribution)."""
     if length < 0:
         raise UsageError(f"--length must be >= 0, got {length}")
     if num_samples < 1:
@@ -124,7 +141,7 @@ def generate(
     last = first(num_samples)
     remaining = length
     if len(prefix_ids) == 0:  # the first input was drawn from the character frequencies: it is output
-        yield list(vocab.decode(last))
+        yield last, None
         remaining -= 1
     step = Stepper(model, banned=(vocab.unk_id,))  # never emit <unk>
     for _ in range(remaining):
@@ -132,7 +149,7 @@ def generate(
         logits, state = step(last, state)  # (B, V)
         last = next_ids(logits, sampling, generator)
         threads.after(num_samples)
-        yield list(vocab.decode(last))
+        yield last, logits
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,19 @@
 """The HTTP face of `charrnn serve`: a Starlette application over the loaded models.
 
-    POST /v1/next       {"prefix", "k", "words", "unk", "model"}       -> {"prefix", "next": [{"char", "prob"}]}
-    POST /v1/generate   {"prefix", "n", "temperature", ..., "stream"}  -> {"samples": [...], "seed"}
-    POST /v1/score      {"records": [...], "end", "delimiter", "model"} -> {"scores": [{"text", "chars", ...}]}
-    GET  /v1/models     -> {"models": [...], "default"}
-    GET  /healthz       -> {"status": "ok", "models": {name: {"generating", "paused", "waiting"}}}
+    POST /charrnn/v1/next       {"prefix", "k", "words", "unk", "model"}       -> {"prefix", "next": [{"char", "prob"}]}
+    POST /charrnn/v1/generate   {"prefix", "n", "temperature", ..., "stream"}  -> {"samples": [...], "seed"}
+    POST /charrnn/v1/score      {"records": [...], "end", "delimiter", "model"} -> {"scores": [{"text", "chars", ...}]}
+    GET  /charrnn/v1/models     -> {"models": [...], "default"}
+    GET  /healthz               -> {"status": "ok", "models": {name: {"generating", "paused", "waiting"}}}
 
-The bodies and answers are those of the line protocol (charrnn.protocol, charrnn.service) without
-"op". Every refusal is a JSON body {"error": "..."} with its status: 400 not JSON, 404 an unknown
-model or path, 405 a wrong method, 413 too large, 422 a wrong field, 503 too busy (with Retry-After).
+These native routes live under /charrnn/v1/: /v1/ is OpenAI's (charrnn.openai_routes, given to
+build_app as extra routes), where `n` counts samples, not characters; the native routes' old /v1/
+paths answer 404 naming the new ones. The bodies and answers are those of the line protocol
+(charrnn.protocol, charrnn.service) without "op". Every refusal is a JSON body {"error": "..."} with
+its status: 400 not JSON, 401 a wrong API key, 404 an unknown model or path, 405 a wrong method, 413
+too large, 422 a wrong field, 503 too busy (with Retry-After).
 
-With "stream": true, /v1/generate answers NDJSON (application/x-ndjson), one object per line as the
+With "stream": true, /charrnn/v1/generate answers NDJSON (application/x-ndjson), one object per line as the
 text is made: {"sample": i, "text": "..."} (the texts of sample i, joined, are the sample), then
 {"done": true, "seed": S} last (no seed for beam search), or {"error": "..."} if the generation
 fails after it began. A client that goes away stops its generation, streamed or not.
@@ -22,9 +25,10 @@ ModelWorker (batched), the rest to the shared Pool (charrnn.worker).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +59,8 @@ NDJSON = "application/x-ndjson"
 RETRY_AFTER = "1"  # seconds, with every 503
 CLIENT_GONE = 499
 PAUSE_AT = 64  # steps of a streamed generation waiting to be sent: its job pauses until they are
+NATIVE = "/charrnn/v1"  # the native routes' prefix
+MOVED = {f"/v1/{op}": f"{NATIVE}/{op}" for op in ("next", "generate", "score")}  # their paths before
 
 
 @dataclass
@@ -73,6 +79,17 @@ def error_response(e: BaseException) -> JSONResponse:
     status, message = error_status(e)
     headers = {"Retry-After": RETRY_AFTER} if status == 503 else {"Connection": "close"} if status == 413 else None
     return JSONResponse({"error": message}, status, headers=headers)
+
+
+def guard(route: Callable[[Request], Awaitable[Response]],
+          answer: Callable[[BaseException], Response] = error_response) -> Callable[[Request], Awaitable[Response]]:
+    """The route, its failures answered by `answer` (a JSON error with its status)."""
+    async def guarded(request: Request) -> Response:
+        try:
+            return await route(request)
+        except Exception as e:  # noqa: BLE001 - every failure of a request is its JSON answer
+            return answer(e)
+    return guarded
 
 
 def _channel() -> tuple[asyncio.Future, Callable[[Any], None]]:
@@ -149,30 +166,27 @@ class App:
     def __init__(self, backend: Backend) -> None:
         self.b = backend
 
-    def starlette(self) -> Starlette:
-        routes = [Route("/v1/next", self._guard(self.next), methods=["POST"]),
-                  Route("/v1/generate", self._guard(self.generate), methods=["POST"]),
-                  Route("/v1/score", self._guard(self.score), methods=["POST"]),
-                  Route("/v1/models", self._guard(self.models), methods=["GET"]),
-                  Route("/healthz", self._guard(self.healthz), methods=["GET"])]
+    def starlette(self, extra: Sequence[Route] = ()) -> Starlette:
+        """The native routes and /healthz, then the `extra` ones (the OpenAI-compatible routes)."""
+        routes = [Route(f"{NATIVE}/next", guard(self.next), methods=["POST"]),
+                  Route(f"{NATIVE}/generate", guard(self.generate), methods=["POST"]),
+                  Route(f"{NATIVE}/score", guard(self.score), methods=["POST"]),
+                  Route(f"{NATIVE}/models", guard(self.models), methods=["GET"]),
+                  Route("/healthz", guard(self.healthz), methods=["GET"]), *extra]
         return Starlette(routes=routes, exception_handlers={HTTPException: self._http_error})
 
     @staticmethod
     async def _http_error(request: Request, e: Exception) -> Response:
         assert isinstance(e, HTTPException)
-        message = {404: f"no such path {request.url.path[:100]!r}: POST /v1/next, /v1/generate, /v1/score, "
-                        "GET /v1/models, /healthz",
-                   405: f"{request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
+        path = request.url.path
+        if e.status_code == 404 and path in MOVED:
+            message = f"{path} has moved to {MOVED[path]} (the /v1/ paths are the OpenAI-compatible API's; " \
+                      "docs/serve.md)"
+        else:
+            message = {404: f"no such path {path[:100]!r}: POST {NATIVE}/next, {NATIVE}/generate, {NATIVE}/score, "
+                            f"GET {NATIVE}/models, /healthz; OpenAI's POST /v1/completions, GET /v1/models",
+                       405: f"{request.method} is not allowed on {path}"}.get(e.status_code, str(e.detail))
         return JSONResponse({"error": message}, e.status_code, headers=e.headers)
-
-    @staticmethod
-    def _guard(route: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-        async def guarded(request: Request) -> Response:
-            try:
-                return await route(request)
-            except Exception as e:  # noqa: BLE001 - every failure of a request is its JSON answer
-                return error_response(e)
-        return guarded
 
     async def _in_pool(self, work: Callable[[], Any]) -> Any:
         future, deliver = _channel()
@@ -347,6 +361,36 @@ class Front:
                      f"{(time.perf_counter() - start) * 1000:.1f} ms")
 
 
-def build_app(backend: Backend, log: Callable[[str], None], max_requests: int = 1000) -> Any:
-    """The ASGI application: the routes, behind the request limit and the access log."""
-    return Front(App(backend).starlette(), log, max_requests)
+class ApiKey:
+    """ASGI middleware: a request to a model route (under /v1/ or /charrnn/) without `Authorization: Bearer
+    KEY` gets 401; /healthz (and /metrics) stay open, for probes and scrapers."""
+
+    GUARDED = ("/v1/", "/charrnn/")
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.GUARDED):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, key = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(key.strip(), self.key):
+                said = "no API key" if not given else "a wrong API key"
+                refusal = JSONResponse({"error": f"{said}: this server wants `Authorization: Bearer KEY` with the "
+                                                 "key of --api-key (or CHARRNN_API_KEY)"}, 401,
+                                       headers={"WWW-Authenticate": "Bearer"})
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def build_app(backend: Backend, log: Callable[[str], None], max_requests: int = 1000, *,
+              extra: Sequence[Route] = (), api_key: str | None = None,
+              outer: Callable[[Any], Any] | None = None) -> Any:
+    """The ASGI application: the routes (and the `extra` ones), behind the API key when one is given, the
+    request limit and the access log; `outer` (a middleware) wraps the whole."""
+    app: Any = App(backend).starlette(extra)
+    if api_key is not None:
+        app = ApiKey(app, api_key)
+    app = Front(app, log, max_requests)
+    return outer(app) if outer is not None else app

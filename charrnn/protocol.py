@@ -43,6 +43,7 @@ class ServerOptions:
     max_requests: int = 1000  # requests in progress at once before a 503
     shutdown_timeout: float = 30.0  # seconds requests in flight get to finish on SIGTERM or Ctrl-C
     threads: int = 1  # torch's threads within one operation (the server's work is many small operations)
+    api_key: str | None = None  # when set, the model routes want `Authorization: Bearer api_key`
 
 
 @dataclass(frozen=True)

@@ -29,15 +29,15 @@ def check_dependencies() -> None:
     _imports()
 
 
-def _imports() -> tuple[Any, Any]:
+def _imports() -> tuple[Any, Any, Any]:
     try:
         import uvicorn
 
-        from charrnn import httpapp
+        from charrnn import httpapp, openai_routes
     except ImportError as e:
         raise MissingDependency(f"charrnn serve over HTTP needs starlette and uvicorn ({e.name} is missing): "
                                 "pip install 'charrnn[serve]' (or use --stdio)") from None
-    return uvicorn, httpapp
+    return uvicorn, httpapp, openai_routes
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -63,7 +63,7 @@ def serve_http(models: dict[str, LoadedModel], limits: Limits, options: ServerOp
                log: Callable[[str], None]) -> None:
     """Serve the models until SIGTERM or Ctrl-C. `log` gets the start line, one line per request and the
     closing line (the CLI writes them to stderr)."""
-    uvicorn, httpapp = _imports()
+    uvicorn, httpapp, openai_routes = _imports()
     import torch
 
     from charrnn.worker import ModelWorker, Pool
@@ -74,7 +74,9 @@ def serve_http(models: dict[str, LoadedModel], limits: Limits, options: ServerOp
                                  batch_wait=options.batch_wait_ms / 1000, max_rows=options.max_streams).start()
                for name, lm in models.items()}
     pool = Pool(options.pool_threads, options.max_queue)
-    app = httpapp.build_app(httpapp.Backend(models, workers, pool, limits), log, options.max_requests)
+    backend = httpapp.Backend(models, workers, pool, limits)
+    app = httpapp.build_app(backend, log, options.max_requests, extra=openai_routes.OpenAIRoutes(backend).routes(),
+                            api_key=options.api_key, outer=openai_routes.OpenAIErrors)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
                             timeout_graceful_shutdown=options.shutdown_timeout)
     server = _graceful(uvicorn)(config)

@@ -11,6 +11,7 @@ requests, and the models are only read (inference mode): several threads may run
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ class LoadedModel:
     start_ids: np.ndarray | None  # the delimiter's ids, read before a prefix (`complete`)
     record_hashes: np.ndarray | None  # sorted hashes of the training records (--novel), if kept
     summary: dict  # what `info()` reports
+    created: int = 0  # when its checkpoint was written (Unix seconds; OpenAI's model list shows it)
 
     def info(self) -> dict:
         """What `models` reports of this model: its name, architecture, vocabulary and training."""
@@ -112,7 +114,7 @@ def load_models(specs: list[tuple[str, str]], device: torch.device | str = "cpu"
         hashes = ckpt.get("record_hashes")
         models[name] = LoadedModel(name, model, vocab, delimiter, start,
                                    None if hashes is None else hashes.numpy(),
-                                   _summary(name, model, vocab, ckpt, delimiter))
+                                   _summary(name, model, vocab, ckpt, delimiter), int(os.path.getmtime(path)))
     return models
 
 

@@ -82,7 +82,7 @@ class Server:
         return code, self.proc.stdout.read()
 
     def access(self, needle: str, at_least: int = 1, timeout: float = 30) -> list[str]:
-        """The access-log lines of `needle` ("POST /v1/next"), once there are `at_least` of them (a line is
+        """The access-log lines of `needle` ("POST /charrnn/v1/next"), once there are `at_least` of them (a line is
         written after its answer has gone, so it may come a moment after the client has the answer)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -125,17 +125,17 @@ def test_healthz_and_models(server: Server) -> None:
     r = server.client.get("/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
     assert set(r.json()["models"]) == {"tiny", "other"}
-    models = server.client.get("/v1/models").json()
+    models = server.client.get("/charrnn/v1/models").json()
     assert models["default"] == "tiny"
     assert [m["name"] for m in models["models"]] == ["tiny", "other"]
     tiny = models["models"][0]
     assert (tiny["cell"], tiny["hidden"], tiny["layers"]) == ("lstm", 16, 1)
     assert tiny["vocab_size"] > 10 and tiny["training"]["step"] == 8
-    assert server.access("GET /healthz") and server.access("GET /v1/models")
+    assert server.access("GET /healthz") and server.access("GET /charrnn/v1/models")
 
 
 def test_next_is_charrnn_complete(server: Server, home: Path) -> None:
-    r = post(server, "/v1/next", {"prefix": "the time tra", "k": 4})
+    r = post(server, "/charrnn/v1/next", {"prefix": "the time tra", "k": 4})
     assert r.status_code == 200
     got = r.json()
     cli_answer = json.loads(subprocess.run([*CHARRNN, "complete", "-m", str(home / "m.pt"), "--prefix",
@@ -144,7 +144,7 @@ def test_next_is_charrnn_complete(server: Server, home: Path) -> None:
     assert got["prefix"] == cli_answer["prefix"]
     assert [g["char"] for g in got["next"]] == [g["char"] for g in cli_answer["next"]]
     assert [g["prob"] for g in got["next"]] == pytest.approx([g["prob"] for g in cli_answer["next"]], rel=1e-5)
-    words = post(server, "/v1/next", {"prefix": "the ", "words": 3, "model": "other"}).json()
+    words = post(server, "/charrnn/v1/next", {"prefix": "the ", "words": 3, "model": "other"}).json()
     assert len(words["words"]) == 3 and all(set(w) == {"word", "prob"} for w in words["words"])
 
 
@@ -154,13 +154,13 @@ def test_generate_with_a_seed_is_the_service_answer(server: Server, loaded: Any)
                  {"n": 20, "seed": 1, "echo": True},
                  {"prefix": "the", "n": 40, "seed": 2, "stop": " ", "num_samples": 2},  # not batched: stop strings
                  {"prefix": "the", "n": 6, "beam": 3, "num_samples": 2}):
-        r = post(server, "/v1/generate", body)
+        r = post(server, "/charrnn/v1/generate", body)
         assert r.status_code == 200, r.text
         assert r.json() == run_generate(loaded, parse_generate(body, limits)), body
 
 
 def stream_lines(s: Server, body: dict) -> list[dict]:
-    with s.client.stream("POST", "/v1/generate", content=json.dumps({**body, "stream": True})) as r:
+    with s.client.stream("POST", "/charrnn/v1/generate", content=json.dumps({**body, "stream": True})) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("application/x-ndjson")
         return [json.loads(line) for line in r.iter_lines() if line]
@@ -173,7 +173,7 @@ def test_a_streamed_generation_makes_the_same_samples(server: Server, body: dict
     lines = stream_lines(server, body)
     assert lines[-1] == {"done": True, "seed": body["seed"]}
     samples = ["".join(line["text"] for line in lines[:-1] if line["sample"] == i) for i in range(body["num_samples"])]
-    whole = post(server, "/v1/generate", body).json()["samples"]
+    whole = post(server, "/charrnn/v1/generate", body).json()["samples"]
     # Samples that end at a stop string are listed in the order they end, and numbered in the stream
     # in the order they begin: the same samples.
     assert samples == whole if "stop" not in body else sorted(samples) == sorted(whole)
@@ -181,7 +181,7 @@ def test_a_streamed_generation_makes_the_same_samples(server: Server, body: dict
 
 def test_score_is_eval_score(server: Server, loaded: Any) -> None:
     body = {"records": ["the time traveller", "we sat", "zzz"]}
-    r = post(server, "/v1/score", body)
+    r = post(server, "/charrnn/v1/score", body)
     assert r.status_code == 200
     assert r.json() == run_score(loaded, parse_score(body, Limits()))
 
@@ -190,9 +190,9 @@ def test_32_concurrent_clients_each_get_their_own_answer(server: Server, loaded:
     def one(i: int) -> tuple[int, Any]:
         with httpx.Client(base_url=server.url, timeout=120) as c:
             if i % 2:
-                r = c.post("/v1/next", json={"prefix": "the time"[: i % 8], "k": 3})
+                r = c.post("/charrnn/v1/next", json={"prefix": "the time"[: i % 8], "k": 3})
             else:
-                r = c.post("/v1/generate", json={"prefix": "the ", "n": 100 + i, "seed": i})
+                r = c.post("/charrnn/v1/generate", json={"prefix": "the ", "n": 100 + i, "seed": i})
             return r.status_code, r.json()
 
     with ThreadPoolExecutor(32) as pool:
@@ -208,20 +208,20 @@ def test_32_concurrent_clients_each_get_their_own_answer(server: Server, loaded:
 
 
 @pytest.mark.parametrize(("path", "body", "status", "needle"), [
-    ("/v1/next", '{"prefix": "the', 400, "malformed JSON"),
-    ("/v1/next", b"\xff\xfe", 400, "not UTF-8"),
-    ("/v1/generate", '{"n": NaN}', 400, "NaN"),
-    ("/v1/next", "[1, 2]", 400, "JSON object"),
-    ("/v1/next", '{"k": "3"}', 422, '"k" must be an integer'),
-    ("/v1/next", '{"prefix": 5}', 422, '"prefix" must be a string'),
-    ("/v1/generate", '{"temperature": true}', 422, '"temperature"'),
-    ("/v1/generate", '{"temprature": 0.5}', 422, "unknown field 'temprature'"),
-    ("/v1/generate", '{"n": -1}', 422, '"n" must be an integer from 0'),
-    ("/v1/generate", '{"n": 100000000000}', 422, "--max-n"),
-    ("/v1/generate", '{"num_samples": 9}', 422, "--max-num-samples"),
-    ("/v1/score", '{"records": ["a", "b", "c", "d", "e"]}', 413, "limit of 4"),
-    ("/v1/next", '{"prefix": "x", "model": "nope"}', 404, "unknown model 'nope'"),
-    ("/v1/generate", '{"prefix": "QQ"}', 422, "not in the model's vocabulary"),
+    ("/charrnn/v1/next", '{"prefix": "the', 400, "malformed JSON"),
+    ("/charrnn/v1/next", b"\xff\xfe", 400, "not UTF-8"),
+    ("/charrnn/v1/generate", '{"n": NaN}', 400, "NaN"),
+    ("/charrnn/v1/next", "[1, 2]", 400, "JSON object"),
+    ("/charrnn/v1/next", '{"k": "3"}', 422, '"k" must be an integer'),
+    ("/charrnn/v1/next", '{"prefix": 5}', 422, '"prefix" must be a string'),
+    ("/charrnn/v1/generate", '{"temperature": true}', 422, '"temperature"'),
+    ("/charrnn/v1/generate", '{"temprature": 0.5}', 422, "unknown field 'temprature'"),
+    ("/charrnn/v1/generate", '{"n": -1}', 422, '"n" must be an integer from 0'),
+    ("/charrnn/v1/generate", '{"n": 100000000000}', 422, "--max-n"),
+    ("/charrnn/v1/generate", '{"num_samples": 9}', 422, "--max-num-samples"),
+    ("/charrnn/v1/score", '{"records": ["a", "b", "c", "d", "e"]}', 413, "limit of 4"),
+    ("/charrnn/v1/next", '{"prefix": "x", "model": "nope"}', 404, "unknown model 'nope'"),
+    ("/charrnn/v1/generate", '{"prefix": "QQ"}', 422, "not in the model's vocabulary"),
 ])
 def test_bad_requests_get_a_json_error(server: Server, path: str, body: str, status: int, needle: str) -> None:
     error(post(server, path, body), status, needle)
@@ -229,7 +229,7 @@ def test_bad_requests_get_a_json_error(server: Server, path: str, body: str, sta
 
 def test_oversized_bodies_unknown_paths_and_methods(server: Server) -> None:
     big = json.dumps({"prefix": "a" * 5000})
-    error(post(server, "/v1/next", big), 413, "--max-body-bytes")
+    error(post(server, "/charrnn/v1/next", big), 413, "--max-body-bytes")
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: refused once past the limit
         yield b'{"prefix": "'
@@ -237,9 +237,9 @@ def test_oversized_bodies_unknown_paths_and_methods(server: Server) -> None:
             yield b"a" * 1000
         yield b'"}'
 
-    error(server.client.post("/v1/next", content=chunks()), 413, "--max-body-bytes")
-    error(server.client.get("/v1/nothing"), 404, "no such path")
-    error(server.client.get("/v1/next"), 405, "GET")
+    error(server.client.post("/charrnn/v1/next", content=chunks()), 413, "--max-body-bytes")
+    error(server.client.get("/charrnn/v1/nothing"), 404, "no such path")
+    error(server.client.get("/charrnn/v1/next"), 405, "GET")
     assert server.client.get("/healthz").status_code == 200  # and it goes on
 
 
@@ -253,19 +253,19 @@ def wait_until_idle(s: Server, model: str = "tiny", timeout: float = 60) -> None
 
 def test_a_client_that_leaves_mid_stream_stops_its_generation(server: Server) -> None:
     body = {"prefix": "the ", "n": 5_000_000, "stream": True}  # minutes of work if it were not stopped
-    with server.client.stream("POST", "/v1/generate", content=json.dumps(body)) as r:
+    with server.client.stream("POST", "/charrnn/v1/generate", content=json.dumps(body)) as r:
         lines = r.iter_lines()  # kept: a dropped iterator closes the connection
         assert json.loads(next(lines))["sample"] == 0
         assert server.client.get("/healthz").json()["models"]["tiny"]["generating"] == 1
     wait_until_idle(server)
     with pytest.raises(httpx.ReadTimeout):  # not streamed: a client that gives up stops it too
-        server.client.post("/v1/generate", json={"n": 5_000_000}, timeout=0.5)
+        server.client.post("/charrnn/v1/generate", json={"n": 5_000_000}, timeout=0.5)
     wait_until_idle(server)
     deadline = time.monotonic() + 30
-    while not any('"POST /v1/generate" 499 ' in line for line in server.lines):  # logged as gone
+    while not any('"POST /charrnn/v1/generate" 499 ' in line for line in server.lines):  # logged as gone
         assert time.monotonic() < deadline, "".join(server.lines[-5:])
         time.sleep(0.02)
-    assert post(server, "/v1/next", {"prefix": "the"}).status_code == 200  # the server goes on
+    assert post(server, "/charrnn/v1/next", {"prefix": "the"}).status_code == 200  # the server goes on
 
 
 def test_a_full_queue_is_503_with_retry_after(home: Path) -> None:
@@ -274,7 +274,7 @@ def test_a_full_queue_is_503_with_retry_after(home: Path) -> None:
         def long(_: int) -> tuple[int, str | None]:
             with httpx.Client(base_url=s.url, timeout=3) as c:
                 try:
-                    r = c.post("/v1/generate", json={"n": 5_000_000})
+                    r = c.post("/charrnn/v1/generate", json={"n": 5_000_000})
                     return r.status_code, r.headers.get("retry-after")
                 except httpx.ReadTimeout:
                     return 0, None  # still generating, or waiting for room: it gave up
@@ -292,7 +292,7 @@ def test_a_full_queue_is_503_with_retry_after(home: Path) -> None:
 def test_requests_past_max_requests_are_503(home: Path) -> None:
     s = Server("-m", str(home / "m.pt"), "--max-requests", "1", "--max-n", "10000000")
     try:
-        with s.client.stream("POST", "/v1/generate", content=json.dumps({"n": 5_000_000, "stream": True})) as r:
+        with s.client.stream("POST", "/charrnn/v1/generate", content=json.dumps({"n": 5_000_000, "stream": True})) as r:
             lines = r.iter_lines()
             next(lines)  # one request in progress
             busy = s.client.get("/healthz")
@@ -314,9 +314,9 @@ def test_sigterm_lets_requests_in_flight_finish_and_exits_0(home: Path) -> None:
 
     def plain() -> None:
         with httpx.Client(base_url=s.url, timeout=120) as c:
-            results["plain"] = c.post("/v1/generate", json=body)
+            results["plain"] = c.post("/charrnn/v1/generate", json=body)
 
-    with s.client.stream("POST", "/v1/generate", content=json.dumps({**body, "stream": True})) as r:
+    with s.client.stream("POST", "/charrnn/v1/generate", content=json.dumps({**body, "stream": True})) as r:
         lines = r.iter_lines()
         first = next(lines)  # the stream is under way
         worker = threading.Thread(target=plain)
@@ -335,7 +335,7 @@ def test_sigterm_lets_requests_in_flight_finish_and_exits_0(home: Path) -> None:
     assert len(streamed) == 20_000
     assert code == 0 and out == b"", "".join(s.lines)
     assert s.lines[-1].strip() == "stopped"
-    assert len(s.access("POST /v1/generate", 2)) == 2
+    assert len(s.access("POST /charrnn/v1/generate", 2)) == 2
 
 
 def test_requests_past_the_shutdown_bound_are_cancelled_in_one_line_each(home: Path) -> None:
@@ -346,7 +346,7 @@ def test_requests_past_the_shutdown_bound_are_cancelled_in_one_line_each(home: P
 
     def endless() -> None:
         with httpx.Client(base_url=s.url, timeout=120) as c:
-            results["r"] = c.post("/v1/generate", json={"prefix": "the ", "n": 50_000_000})
+            results["r"] = c.post("/charrnn/v1/generate", json={"prefix": "the ", "n": 50_000_000})
 
     worker = threading.Thread(target=endless)
     worker.start()

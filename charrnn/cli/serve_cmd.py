@@ -75,12 +75,15 @@ def limit_options(command: Any) -> Any:
               help="Address the HTTP server binds (0.0.0.0: every interface; think first).")
 @click.option("--port", default=ServerOptions.port, type=IntRange(0, 65535), show_default=True,
               help="Port of the HTTP server (0: any free port).")
+@click.option("--api-key", envvar="CHARRNN_API_KEY", show_envvar=True, default=None,
+              help="Answer the model routes only with `Authorization: Bearer KEY` (others get 401); the "
+                   "environment variable keeps the key out of the process list (HTTP).")
 @device_option
 @limit_options
 @http_options
 @click.pass_context
-def serve(ctx: click.Context, model_specs: tuple[str, ...], stdio: bool, host: str, port: int, device: str,
-          **limits: Any) -> None:
+def serve(ctx: click.Context, model_specs: tuple[str, ...], stdio: bool, host: str, port: int, api_key: str | None,
+          device: str, **limits: Any) -> None:
     """Keep models loaded and answer requests: the next characters or words after a prefix (like
     `complete`), generated samples (like `generate`), scores of records (like `eval score`), the
     models loaded. With --stdio, one JSON request per line of stdin and one JSON answer per line of
@@ -100,11 +103,14 @@ def serve(ctx: click.Context, model_specs: tuple[str, ...], stdio: bool, host: s
     except RequestError as e:
         raise UsageError(str(e)) from None
     specs = [model_spec(text) for text in model_specs]
+    if api_key is not None and not (api_key and api_key.isascii() and api_key.isprintable() and " " not in api_key):
+        raise UsageError("--api-key (or CHARRNN_API_KEY) must be printable ASCII without spaces, and not empty")
     if not stdio:
-        _serve_http(specs, device, limit, host, port, http)
+        _serve_http(specs, device, limit, host, port, {**http, "api_key": api_key})
         return
     given = [f"--{name.replace('_', '-')}" for name in ("host", "port", *HTTP_OPTIONS)
              if ctx.get_parameter_source(name) != ParameterSource.DEFAULT]
+    given += ["--api-key"] if ctx.get_parameter_source("api_key") == ParameterSource.COMMANDLINE else []
     if given:
         raise UsageError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for HTTP: not with --stdio")
     stream = common.stdin()
