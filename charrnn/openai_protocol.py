@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from charrnn.errors import RequestError
-from charrnn.protocol import SEED_MAX, Limits, _type
+from charrnn.protocol import SEED_MAX, Limits, json_kind
 
 MAX_STOPS = 4  # OpenAI's limit
 MAX_LOGPROBS = 5  # OpenAI's limit on the completions endpoint
@@ -63,7 +63,7 @@ class _Fields:
         return self.body.get(key) is not None
 
     def _bad(self, key: str, what: str) -> RequestError:
-        return RequestError(400, f'"{key}" must be {what}, got {_type(self.body[key])}', param=key)
+        return RequestError(400, f'"{key}" must be {what}, got {json_kind(self.body[key])}', param=key)
 
     def integer(self, key: str, default: int, low: int, high: int, flag: str = "") -> int:
         if not self.given(key):
@@ -133,7 +133,7 @@ def parse_completion(body: Any, limits: Limits) -> CompletionRequest:
     """The body of `POST /v1/completions` -> a CompletionRequest (see the module docstring). Without
     "seed", a random one is drawn here."""
     if not isinstance(body, dict):
-        raise RequestError(400, f"a completion request must be a JSON object, got {_type(body)}")
+        raise RequestError(400, f"a completion request must be a JSON object, got {json_kind(body)}")
     f = _Fields(body)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
@@ -153,7 +153,7 @@ def parse_completion(body: Any, limits: Limits) -> CompletionRequest:
     if options is not None and (not isinstance(options, dict) or not isinstance(options.get("include_usage", False),
                                                                                   bool)):
         raise RequestError(400, '"stream_options" must be an object such as {"include_usage": true}, got '
-                                f"{_type(options)}", param="stream_options")
+                                f"{json_kind(options)}", param="stream_options")
     stream = f.flag("stream")
     if options is not None and not stream:
         raise RequestError(400, '"stream_options" is only for "stream": true', param="stream_options")
