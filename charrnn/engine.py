@@ -88,6 +88,7 @@ class Engine:
         self.state: State = model.begin_state(0, self.device)
         self.last = torch.zeros(0, dtype=torch.int64, device=self.device)  # (R,) the next inputs
         self.params: tuple[torch.Tensor, ...] | None = None  # per-row sampling parameters, rebuilt on change
+        self.made = 0  # characters generated, all jobs together (the server's metrics read it)
 
     @property
     def rows(self) -> int:
@@ -155,6 +156,7 @@ class Engine:
             job.on_done(["".join(t) for t in job.texts])
 
     def _emit(self, job: Job, chars: str) -> None:
+        self.made += len(chars)
         for text, c in zip(job.texts, chars, strict=True):
             text.append(c)
         job.made += 1

@@ -71,6 +71,8 @@ class Backend:
     workers: dict[str, ModelWorker]
     pool: Pool
     limits: Limits
+    # told (model, characters) of what the pool generated (/metrics; the workers count their own)
+    on_generated: Callable[[str, int], None] = lambda model, chars: None
 
 
 def error_response(e: BaseException) -> JSONResponse:
@@ -230,7 +232,14 @@ class App:
             samples = await _unless_gone(request, future, lambda: setattr(job, "cancelled", True))
             return JSONResponse({"samples": samples, "seed": req.seed}) if samples is not None else _gone()
         stream_generate(lm, req).close()  # its checks, here, before any work is queued
-        self.b.pool.submit(lambda: run_generate(lm, req), deliver)
+
+        def work() -> dict:
+            answer = run_generate(lm, req)
+            echoed = len(req.prefix) if req.echo else 0
+            self.b.on_generated(lm.name, sum(len(s) - echoed for s in answer["samples"]))
+            return answer
+
+        self.b.pool.submit(work, deliver)
         answer = await _unless_gone(request, future, lambda: None)  # a pool task runs to its end
         return JSONResponse(answer) if answer is not None else _gone()
 
@@ -271,13 +280,16 @@ class App:
             stopped = False
 
             def work() -> None:
+                made = -len(req.prefix) * req.num_samples if req.echo else 0  # the echoed prefixes are not made
                 try:
                     for i, piece in pieces:
                         if stopped:
                             break
+                        made += len(piece)
                         post(("piece", i, piece))
                 finally:
                     pieces.close()
+                    self.b.on_generated(lm.name, max(made, 0))
 
             def cancel() -> None:
                 nonlocal stopped
@@ -328,10 +340,11 @@ async def _ndjson(events: asyncio.Queue, cancel: Callable[[], None], resume: Cal
 class Front:
     """ASGI middleware in front of the application: at most `max_requests` requests in progress (more get
     a JSON 503 with Retry-After), and one access-log line per request through `log`:
-    `client "METHOD /path" status milliseconds`."""
+    `client "METHOD /path" status milliseconds`, also given to `observe` (method, path, status, seconds)."""
 
-    def __init__(self, app: Any, log: Callable[[str], None], max_requests: int) -> None:
-        self.app, self.log, self.max_requests = app, log, max_requests
+    def __init__(self, app: Any, log: Callable[[str], None], max_requests: int,
+                 observe: Callable[[str, str, str, float], None] | None = None) -> None:
+        self.app, self.log, self.max_requests, self.observe = app, log, max_requests, observe
         self.in_progress = 0
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -357,8 +370,10 @@ class Front:
         finally:
             self.in_progress -= 1
             host, port = scope.get("client") or ("-", 0)
-            self.log(f'{host}:{port} "{scope["method"]} {scope["path"][:200]}" {status} '
-                     f"{(time.perf_counter() - start) * 1000:.1f} ms")
+            seconds = time.perf_counter() - start
+            self.log(f'{host}:{port} "{scope["method"]} {scope["path"][:200]}" {status} {seconds * 1000:.1f} ms')
+            if self.observe is not None:
+                self.observe(scope["method"], scope["path"], status, seconds)
 
 
 class ApiKey:
@@ -386,11 +401,13 @@ class ApiKey:
 
 def build_app(backend: Backend, log: Callable[[str], None], max_requests: int = 1000, *,
               extra: Sequence[Route] = (), api_key: str | None = None,
-              outer: Callable[[Any], Any] | None = None) -> Any:
+              outer: Callable[[Any], Any] | None = None,
+              observe: Callable[[str, str, str, float], None] | None = None) -> Any:
     """The ASGI application: the routes (and the `extra` ones), behind the API key when one is given, the
-    request limit and the access log; `outer` (a middleware) wraps the whole."""
+    request limit and the access log (whose lines `observe` also gets); `outer` (a middleware) wraps the
+    whole."""
     app: Any = App(backend).starlette(extra)
     if api_key is not None:
         app = ApiKey(app, api_key)
-    app = Front(app, log, max_requests)
+    app = Front(app, log, max_requests, observe)
     return outer(app) if outer is not None else app

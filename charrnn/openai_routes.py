@@ -128,13 +128,14 @@ class OpenAIRoutes:
         head = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
                 "model": lm.name}
         if req.stream:
-            return self._stream(req, pieces, head)
+            return self._stream(lm, req, pieces, head)
 
         def work() -> Choices:
             choices = Choices(req)
             for p, prompt_pieces in enumerate(pieces):
                 for piece in prompt_pieces:
                     choices.add(p, piece)
+            self.b.on_generated(lm.name, sum(choices.made))
             return choices
 
         def stop() -> None:
@@ -149,7 +150,8 @@ class OpenAIRoutes:
         return JSONResponse({**head, "choices": [choices.whole(i) for i in range(len(choices.texts))],
                              "usage": choices.usage()})
 
-    def _stream(self, req: CompletionRequest, pieces: list[Iterator[Piece]], head: dict) -> Response:
+    def _stream(self, lm: LoadedModel, req: CompletionRequest, pieces: list[Iterator[Piece]],
+                head: dict) -> Response:
         """Server-sent events: the work is queued before the first byte is sent, so that a refusal (503) is
         still a plain JSON error."""
         loop = asyncio.get_running_loop()
@@ -163,11 +165,16 @@ class OpenAIRoutes:
                 pass
 
         def work() -> None:
-            for p, prompt_pieces in enumerate(pieces):
-                for piece in prompt_pieces:
-                    if stopped:
-                        return
-                    post(("piece", p, piece))
+            made = 0
+            try:
+                for p, prompt_pieces in enumerate(pieces):
+                    for piece in prompt_pieces:
+                        if stopped:
+                            return
+                        made += piece.made if piece.finish is not None else 0
+                        post(("piece", p, piece))
+            finally:
+                self.b.on_generated(lm.name, made)
 
         def cancel() -> None:
             nonlocal stopped

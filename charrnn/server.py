@@ -1,6 +1,7 @@
 """`charrnn serve` over HTTP: the models' workers, the application (charrnn.httpapp) and uvicorn.
 
-Starlette and uvicorn are the optional extra `charrnn[serve]`, imported only here and in httpapp,
+Starlette, uvicorn and prometheus-client are the optional extra `charrnn[serve]`, imported only here and
+in the HTTP modules (httpapp, openai_routes, metrics),
 only when a server starts; without them, a one-line MissingDependency. The listening socket is bound
 here before the server starts, so that `--port 0` can report the port the system chose. SIGTERM and
 SIGINT (Ctrl-C) stop the server gracefully: it stops accepting, lets the requests in flight finish
@@ -31,11 +32,13 @@ def check_dependencies() -> None:
 
 def _imports() -> tuple[Any, Any, Any]:
     try:
+        import prometheus_client  # noqa: F401 - /metrics
         import uvicorn
 
         from charrnn import httpapp, openai_routes
     except ImportError as e:
-        raise MissingDependency(f"charrnn serve over HTTP needs starlette and uvicorn ({e.name} is missing): "
+        raise MissingDependency(f"charrnn serve over HTTP needs starlette, uvicorn and prometheus-client "
+                                f"({e.name} is missing): "
                                 "pip install 'charrnn[serve]' (or use --stdio)") from None
     return uvicorn, httpapp, openai_routes
 
@@ -66,6 +69,7 @@ def serve_http(models: dict[str, LoadedModel], limits: Limits, options: ServerOp
     uvicorn, httpapp, openai_routes = _imports()
     import torch
 
+    from charrnn.metrics import Metrics
     from charrnn.worker import ModelWorker, Pool
 
     torch.set_num_threads(options.threads)
@@ -75,8 +79,11 @@ def serve_http(models: dict[str, LoadedModel], limits: Limits, options: ServerOp
                for name, lm in models.items()}
     pool = Pool(options.pool_threads, options.max_queue)
     backend = httpapp.Backend(models, workers, pool, limits)
-    app = httpapp.build_app(backend, log, options.max_requests, extra=openai_routes.OpenAIRoutes(backend).routes(),
-                            api_key=options.api_key, outer=openai_routes.OpenAIErrors)
+    metrics = Metrics(backend)
+    backend.on_generated = metrics.generated
+    app = httpapp.build_app(backend, log, options.max_requests,
+                            extra=[*openai_routes.OpenAIRoutes(backend).routes(), metrics.route_entry()],
+                            api_key=options.api_key, outer=openai_routes.OpenAIErrors, observe=metrics.observe)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
                             timeout_graceful_shutdown=options.shutdown_timeout)
     server = _graceful(uvicorn)(config)

@@ -244,3 +244,43 @@ def test_the_openai_client_examples_of_the_docs_and_readme_run(server: Server, t
             .replace("the Time Traveller", "the time traveller")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert r.returncode == 0 and r.stdout.strip(), (block, r.stderr[-2000:])
+
+
+def scrape(s: Server) -> dict[str, float]:
+    """/metrics as {"name{labels}": value} (Prometheus's text format, comments left out)."""
+    r = s.client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=")
+    samples = {}
+    for line in r.text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return samples
+
+
+def test_metrics_count_requests_latency_characters_queues_and_models(server: Server,
+                                                                     client: openai.OpenAI) -> None:
+    before = scrape(server)
+    client.completions.create(model="tiny", prompt="the", max_tokens=25, n=2)
+    assert raw(server, {"model": "tiny", "prompt": "the", "temperature": -1}).status_code == 400
+    native = server.client.post("/charrnn/v1/generate", json={"prefix": "the", "n": 30, "model": "other"})
+    assert native.status_code == 200
+    assert server.client.post("/charrnn/v1/generate", json={"prefix": "the", "n": 7, "stop": ["QQ"], "echo": True,
+                                                            "model": "other"}).status_code == 200
+    server.client.get("/no/such/path/" + "x" * 50)
+    server.access("GET /no/such/path/" + "x" * 50)  # counted when its log line is written
+    after = scrape(server)
+
+    def grew(key: str) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew('charrnn_requests_total{method="POST",route="/v1/completions",status="200"}') == 1
+    assert grew('charrnn_requests_total{method="POST",route="/v1/completions",status="400"}') == 1
+    assert grew('charrnn_requests_total{method="POST",route="/charrnn/v1/generate",status="200"}') == 2
+    assert grew('charrnn_requests_total{method="GET",route="other",status="404"}') == 1
+    assert grew('charrnn_request_duration_seconds_count{route="/v1/completions"}') == 2
+    assert grew('charrnn_request_duration_seconds_bucket{le="+Inf",route="/charrnn/v1/generate"}') == 2
+    assert grew('charrnn_generated_characters_total{model="tiny"}') == 50
+    assert grew('charrnn_generated_characters_total{model="other"}') == 37  # the engine's 30, the pool's 7
+    assert after['charrnn_models_loaded'] == 2
+    assert after['charrnn_queue_depth{model="tiny"}'] == 0 and 'charrnn_generating_streams{model="other"}' in after
