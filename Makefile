@@ -7,7 +7,7 @@ DEMO   := build/demo
 
 .PHONY: install browser demo test lint bench bench-quick bench-records clean
 
-# torch is pinned to the CPU build first, so that the looser `torch>=2.2` in pyproject.toml is
+# torch is pinned to the CPU build first, so that the looser `torch>=2.5` in pyproject.toml is
 # already satisfied and pip never pulls the multi-GB CUDA build.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
