@@ -107,13 +107,19 @@ def save(payload: dict[str, Any], path: str | os.PathLike) -> None:
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint, or a model exported as .safetensors (charrnn.safetensors_io reads
-    it into the same dict, checked the same way); every way it can be wrong is a CheckpointError."""
+    """Read and validate a checkpoint, or a model exported as .safetensors or as a model folder
+    (charrnn.safetensors_io, charrnn.model_folder read them into the same dict, checked the same way);
+    every way it can be wrong is a CheckpointError."""
     p = Path(path)
     if not p.exists():
         raise UsageError(f"checkpoint {str(p)!r} does not exist")
     if p.is_dir():
-        raise UsageError(f"checkpoint {str(p)!r} is a directory, not a checkpoint file")
+        from charrnn import model_folder
+
+        if not model_folder.is_model_folder(p):
+            raise UsageError(f"checkpoint {str(p)!r} is a directory, not a checkpoint file nor a model folder "
+                             f"(which holds {model_folder.CONFIG} and {model_folder.WEIGHTS})")
+        return _checked(model_folder.read(p), p)
     if not p.is_file():  # a FIFO or device would block or stream: torch.load needs a seekable file
         raise UsageError(f"checkpoint {str(p)!r} is not a regular file (a pipe or device); save it to a file first")
     try:
@@ -132,6 +138,11 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         if not safetensors_io.looks_like(p, head):
             raise CheckpointError(f"{str(p)!r} is not a charrnn checkpoint")
         ckpt = safetensors_io.read(p)
+    return _checked(ckpt, p)
+
+
+def _checked(ckpt: Any, p: Path) -> dict[str, Any]:
+    """A loaded checkpoint dict (from any of the formats) after every check of its fields."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{str(p)!r} is not a charrnn checkpoint")
     version = ckpt.get("version")

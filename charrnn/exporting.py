@@ -9,7 +9,7 @@ from charrnn.errors import UsageError
 
 
 class Format(NamedTuple):
-    suffix: str  # the file name ending that chooses this format
+    suffix: str | None  # the file name ending that chooses this format (None: only --format does)
     write: Any  # (model, vocab, checkpoint dict, **options) -> the file's bytes; imports its library when called
     what: str  # for the summary line
     options: tuple[str, ...] = ()  # the options of this format alone
@@ -33,11 +33,19 @@ def _html(model: Any, vocab: Any, ckpt: dict, *, weights: str | None, title: str
     return page_html(model, vocab, ckpt, weights=weights or "auto", title=title).encode("utf-8")
 
 
-# Every format `export` writes, by its --format name. A new format is one entry here.
+def _folder(model: Any, vocab: Any, ckpt: dict, *, output: str, **_: Any) -> int:
+    from charrnn.model_folder import write
+
+    return write(output, model, vocab, ckpt)
+
+
+# Every format `export` writes, by its --format name. A new format is one entry here. The folder's writer
+# writes it itself (several files, renamed into place together) and returns the bytes written.
 FORMATS: dict[str, Format] = {
     "onnx": Format(".onnx", _onnx, "ONNX graph"),
     "safetensors": Format(".safetensors", _safetensors, "safetensors weights"),
     "html": Format(".html", _html, "web page", ("weights", "title")),
+    "folder": Format(None, _folder, "model folder (config.json, vocab.json, model.safetensors, README.md)"),
 }
 
 
@@ -52,10 +60,10 @@ def choose_format(output: str, fmt: str | None) -> str:
                              f"{FORMATS[fmt].suffix} or leave out --format")
         return fmt
     if by_name is None:
-        *others, last = [f.suffix for f in FORMATS.values()]
+        *others, last = [f.suffix for f in FORMATS.values() if f.suffix is not None]
         endings = f"{', '.join(others)} or {last}" if others else last
         raise UsageError(f"cannot tell which format to write to {output!r}: use a name ending in {endings}, "
-                         f"or give --format {'|'.join(FORMATS)}")
+                         f"or give --format {'|'.join(FORMATS)} (a folder: --format folder)")
     return by_name
 
 
@@ -71,6 +79,11 @@ def export(model_path: str, output: str, fmt: str | None = None, **options: Any)
     for name in options:
         if name not in FORMATS[chosen].options:
             raise UsageError(f"--{name} applies to --format html, not {chosen}")
+    if chosen == "folder":
+        if Path(output).resolve() == Path(model_path).resolve():
+            raise UsageError(f"output {output!r} is the model (-m); choose another output path")
+        model, vocab, ckpt = load_model(model_path, "cpu")
+        return {"path": output, "format": chosen, "bytes": _folder(model, vocab, ckpt, output=output)}
     check_output(output, [(model_path, "the model (-m)")])
     model, vocab, ckpt = load_model(model_path, "cpu")
     data = FORMATS[chosen].write(model, vocab, ckpt, **{name: options.get(name) for name in FORMATS[chosen].options})

@@ -149,6 +149,11 @@ def _vocab(meta: dict[str, str], where: str) -> dict[str, Any]:
 def _header(handle: Any, where: str) -> tuple[dict[str, str], dict[str, Any]]:
     """(metadata, model config dict) of an open file, the format and version checked."""
     meta = handle.metadata() or {}
+    return meta, check_header(meta, where)
+
+
+def check_header(meta: dict[str, str], where: str) -> dict[str, Any]:
+    """The model config dict of metadata as this module writes it, the format and version checked."""
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{where} is a safetensors file but not a charrnn model (its metadata has no "
                               "format 'charrnn')")
@@ -161,10 +166,10 @@ def _header(handle: Any, where: str) -> tuple[dict[str, str], dict[str, Any]]:
     config = _json(meta, "config", where)
     if not isinstance(config, dict) or set(config) - set(ModelConfig.__dataclass_fields__):
         raise CheckpointError(f"{where} is damaged: its model config is not the one charrnn writes")
-    return meta, config
+    return config
 
 
-def _check_tensors(handle: Any, config: dict[str, Any], where: str) -> None:
+def check_tensors(handle: Any, config: dict[str, Any], where: str) -> None:
     """Names, shapes and dtypes of the stored tensors against the config, before any is read."""
     try:
         expected = parameter_shapes(ModelConfig.from_dict(config))
@@ -190,13 +195,19 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with safetensors.safe_open(str(p), framework="pt", device="cpu") as handle:
             meta, config = _header(handle, where)
-            _check_tensors(handle, config, where)
+            check_tensors(handle, config, where)
             weights = {name: handle.get_tensor(name) for name in handle.keys()}
     except CheckpointError:
         raise
     except Exception as e:  # the library reports a bad header or a short file as SafetensorError and others
         raise CheckpointError(f"{where} is truncated or damaged (not a readable safetensors file: "
                               f"{(str(e).splitlines() or [type(e).__name__])[0]})") from None
+    return assemble(meta, config, weights, where, "safetensors")
+
+
+def assemble(meta: dict[str, str], config: dict[str, Any], weights: dict[str, Any], where: str,
+             exported_as: str) -> dict[str, Any]:
+    """The checkpoint-shaped dict of checked metadata (as this module writes it), config and weights."""
     training = _training(meta, where)
     version = meta.get("charrnn_version")
     return {"format": "charrnn", "version": 1, "charrnn_version": version if isinstance(version, str) else None,
@@ -204,4 +215,4 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
             "step": training["step"], "epoch": training["epoch"], "val_loss": training["val_loss"],
             "best_val_loss": training["best_val_loss"], "train_config": training["train_config"],
             "data": {"chars": training["training_chars"]}, "init_from": training["init_from"],
-            "exported_as": "safetensors"}
+            "exported_as": exported_as}

@@ -209,8 +209,9 @@ device_option = click.option("--device", default="auto", show_default=True,
                              help="auto, cpu, cuda, cuda:N or mps (auto picks a GPU when there is one).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of text.")
 encoding_option = click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the input.")
-model_option = click.option("-m", "--model", "model_path", required=True, type=click.Path(dir_okay=False),
-                            help="Checkpoint written by `charrnn train` (or a .safetensors file of `charrnn export`).")
+model_option = click.option("-m", "--model", "model_path", required=True, type=click.Path(),
+                            help="Checkpoint written by `charrnn train` (or a .safetensors file or model folder of "
+                                 "`charrnn export`).")
 
 
 class Finite(click.ParamType):

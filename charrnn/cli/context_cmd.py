@@ -17,8 +17,7 @@ from charrnn.errors import UsageError
 DEFAULT_MAX_CHARS = 100_000
 DEFAULT_LENGTHS = "1,2,5,10,20,50,100,200,500,1000"  # charrnn.context.DEFAULT_LENGTHS (no torch at import)
 
-models_option = click.option("-m", "--model", "model_paths", required=True, multiple=True,
-                             type=click.Path(dir_okay=False),
+models_option = click.option("-m", "--model", "model_paths", required=True, multiple=True, type=click.Path(),
                              help="Checkpoint written by `charrnn train`; repeat to compare models on one picture.")
 max_chars_option = click.option("--max-chars", default=DEFAULT_MAX_CHARS, show_default=True, type=int,
                                 help="Read at most this many characters from the start of the text.")

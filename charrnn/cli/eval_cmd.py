@@ -229,7 +229,7 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
 
 
 @eval_group.command()
-@click.option("-m", "--model", "model_paths", required=True, multiple=True, type=click.Path(dir_okay=False),
+@click.option("-m", "--model", "model_paths", required=True, multiple=True, type=click.Path(),
               help="Checkpoint written by `charrnn train`; repeat for several models (one score each, and the best).")
 @click.argument("text", default="-")
 @encoding_option

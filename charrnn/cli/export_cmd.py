@@ -10,12 +10,13 @@ from charrnn.exporting import FORMATS
 
 @click.command(name="export")
 @model_option
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--output", required=True, type=click.Path(),
               help="The file to write; its ending chooses the format (.onnx, .safetensors, .html) unless --format "
-                   "does.")
+                   "does; with --format folder, the folder.")
 @click.option("--format", "fmt", type=click.Choice(list(FORMATS)),
               help="The format, whatever the output's name: onnx (a graph for onnxruntime), safetensors "
-                   "(the weights, readable back by charrnn) or html (a page that generates in the browser).")
+                   "(the weights, readable back by charrnn), html (a page that generates in the browser) or "
+                   "folder (config.json, vocab.json, model.safetensors and a README.md model card).")
 @click.option("--weights", type=click.Choice(["auto", "float32", "float16"]), default=None,
               help="html: how the page stores the weights; auto (the default) is float32 unless the page would "
                    "pass 5 MB, then float16.")
@@ -34,6 +35,7 @@ def export_cmd(model_path: str, output: str, fmt: str | None, weights: str | Non
     charrnn export -m model.pt -o model.safetensors
     charrnn generate -m model.safetensors --prefix 'The '
     charrnn export -m model.pt -o model.html
+    charrnn export -m model.pt -o my-model --format folder
     """
     from charrnn import console as con
     from charrnn.exporting import export
