@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from charrnn.generate import Sampling, draw_with, warm_up
+from charrnn.generate import Sampling, draw_with, temper, warm_up
 from charrnn.model import CharRNN, State, repeat_stream, select_streams
 from charrnn.stepper import Stepper
 from charrnn.vocab import Vocab
@@ -35,12 +35,10 @@ def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Te
                 greedy: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """generate.next_ids with parameters per row: logits (R, V), temperature (R,), top_k (R,) int (0: none),
     top_p (R,) (inf: none), greedy (R,) bool, uniform (R, 1) in [0, 1) -> ids (R,). A row gives what
-    next_ids gives for it: temperatures <= 1 shift the best logit to 0 first, others divide only."""
+    next_ids gives for it (generate.temper: temperatures <= 1 shift the best logit to 0 first, others divide
+    only, in float64)."""
     raw = logits
-    logits = logits.float()
-    t = temperature[:, None]
-    best = logits.max(dim=-1, keepdim=True).values
-    logits = torch.where(t > 1, logits / t, (logits - best) / t)
+    logits = temper(logits, temperature[:, None].double())
     if bool((top_k > 0).any()):
         k = top_k.clamp(1, logits.shape[-1])
         top = logits.topk(int(k.max()), dim=-1).values  # (R, kmax)
@@ -168,7 +166,7 @@ class Engine:
         if self.params is None:
             rows = [j.sampling for j in self.jobs for _ in range(j.num_samples)]
             top_p = [s.top_p if s.top_p is not None and s.top_p < 1 else math.inf for s in rows]
-            self.params = (torch.tensor([s.temperature for s in rows], dtype=torch.float32, device=self.device),
+            self.params = (torch.tensor([s.temperature for s in rows], dtype=torch.float64, device=self.device),
                            torch.tensor([s.top_k or 0 for s in rows], dtype=torch.int64, device=self.device),
                            torch.tensor(top_p, dtype=torch.float32, device=self.device),
                            torch.tensor([s.greedy for s in rows], dtype=torch.bool, device=self.device))

@@ -70,18 +70,30 @@ def draw_with(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     return torch.minimum(torch.searchsorted(cdf, u, right=True), torch.searchsorted(cdf, total))[:, 0]
 
 
+def temper(logits: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+    """Logits (B, V) divided by the temperature (a number, or (B, 1) float64, one per row) -> float32 (B, V).
+
+    Temperatures below 1 shift the best logit to 0 first, so that a tiny one gives 0 for the best and
+    -inf for the others (the greedy limit, ties shared) rather than overflowing to +inf (softmax NaN);
+    dividing by one above 1 cannot overflow, and softmax shifts by the maximum itself. The division is
+    done in float64: a temperature the options accept (any finite number > 0, 5e-324 to 1.8e308) is
+    no float32 (1e-300 would become 0, 1e39 infinity, and the logits NaN, drawing an id past the
+    vocabulary); the quotient rounds to float32 exactly as the limit asks (-inf, or 0 for all: uniform).
+    """
+    x = logits.double()
+    if isinstance(temperature, torch.Tensor):
+        best = x.max(dim=-1, keepdim=True).values
+        return torch.where(temperature > 1, x / temperature, (x - best) / temperature).float()
+    if temperature < 1:
+        return ((x - x.max(dim=-1, keepdim=True).values) / temperature).float()
+    return (x / temperature).float() if temperature > 1 else logits.float()
+
+
 def next_ids(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
     """Logits (B, V) -> sampled ids (B,)."""
     if sampling.greedy:
         return logits.argmax(dim=-1)
-    logits = logits.float()
-    if sampling.temperature < 1:
-        # Shift the best logit to 0 first, so that a tiny temperature gives -inf for the others (a
-        # greedy choice) rather than overflowing to +inf (softmax NaN). Dividing by a temperature
-        # >= 1 cannot overflow, and softmax shifts by the maximum itself.
-        logits = (logits - logits.max(dim=-1, keepdim=True).values) / sampling.temperature
-    elif sampling.temperature > 1:
-        logits = logits / sampling.temperature
+    logits = temper(logits, sampling.temperature)
     if sampling.top_k is not None and sampling.top_k < logits.shape[-1]:
         kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -1,0 +1,102 @@
+"""No traceback, no silent nonsense (issue 27, section 3): extreme temperatures, encodings without a
+byte-order mark, `inspect bptt` on one-hot models, closed pipes, dynamic evaluation at its extremes and
+`inspect cells` on a long text, each as a user meets it: real `charrnn` processes on tiny models."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from charrnn.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+TINY = ["--hidden", "16", "-b", "4", "-t", "16", "--val-every", "20", "-q", "--precision", "fp32"]
+TEXT = "the time traveller smiled and we sat about the fire\nThe Time Traveller. We sat (about).\n" * 12
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("no-traceback")
+    (d / "c.txt").write_text(TEXT, encoding="utf-8")
+    (d / "names.txt").write_text("\n".join(["alice", "bob", "carol", "dave"] * 15) + "\n", encoding="utf-8")
+    runner = CliRunner()
+    for name, extra in [("m.pt", []), ("oh.pt", ["--input", "onehot", "--cell", "gru"])]:
+        r = runner.invoke(cli, ["train", str(d / "c.txt"), "-o", str(d / name), *TINY, "--max-steps", "20", *extra])
+        assert r.exit_code == 0, r.stderr
+    r = runner.invoke(cli, ["train", str(d / "names.txt"), "-o", str(d / "r.pt"), "--partition", "records", *TINY,
+                            "--max-steps", "10"])
+    assert r.exit_code == 0, r.stderr
+    return d
+
+
+def charrnn(home: Path, *args: str, input: bytes | None = None, shell_tail: str = "") -> subprocess.CompletedProcess:
+    """One real `charrnn` process in `home`; with `shell_tail` (e.g. "| head -1") through a shell pipeline
+    whose exit status is charrnn's (pipefail)."""
+    argv = [sys.executable, "-m", "charrnn", *map(str, args)]
+    if shell_tail:
+        line = " ".join(f"'{a}'" for a in argv) + " " + shell_tail
+        return subprocess.run(["bash", "-o", "pipefail", "-c", line], input=input, capture_output=True, cwd=home,
+                              env=ENV, timeout=120)
+    return subprocess.run(argv, input=input, capture_output=True, cwd=home, env=ENV, timeout=120)
+
+
+def one_line_error(r: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    err = r.stderr.decode()
+    assert r.returncode == code, (r.returncode, r.stdout[-300:], err[-2000:])
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("Error: "), err
+    last = err.strip().splitlines()[-1]
+    for needle in needles:
+        assert needle in last, last
+    return last
+
+
+# Extreme temperatures --------------------------------------------------------------------------------------------
+
+def test_extreme_temperatures_sample_inside_the_vocabulary_everywhere(home: Path) -> None:
+    """Regression: 1e-300 became 0 in float32 and 1e39 infinity, the logits NaN, and the draw an id past
+    the vocabulary (IndexError). A tiny temperature is the greedy limit; a huge one nearly uniform."""
+    greedy = charrnn(home, "generate", "-m", "m.pt", "--prefix", "The ", "-n", "40", "--greedy")
+    assert greedy.returncode == 0, greedy.stderr.decode()
+    r = charrnn(home, "generate", "-m", "m.pt", "--prefix", "The ", "-n", "40", "--temperature", "1e-300",
+                "--seed", "3")
+    assert r.returncode == 0 and r.stdout == greedy.stdout, r.stderr.decode()[-2000:]
+    requests = [{"op": "generate", "prefix": "The ", "n": 40, "temperature": t, "seed": 1}
+                for t in [5e-324, 1e-300, 1e39, 1.7e308]]
+    requests.append({"op": "generate", "model": "r", "num_samples": 3, "temperature": 1e-300})  # records
+    r = charrnn(home, "serve", "--stdio", "-m", "m.pt", "-m", "r.pt",
+                input="".join(json.dumps(q) + "\n" for q in requests).encode())
+    answers = [json.loads(line) for line in r.stdout.decode().splitlines()]
+    assert r.returncode == 0 and len(answers) == 5 and all("error" not in a for a in answers), answers
+    assert answers[0]["samples"] == answers[1]["samples"] == [greedy.stdout.decode()[len("The "):-1]]
+    uniformish = answers[2]["samples"][0] + answers[3]["samples"][0]
+    assert len(set(uniformish)) > 15 and set(uniformish) <= set(TEXT)
+    assert len(answers[4]["samples"]) == 3
+
+
+def test_the_engine_samples_extreme_temperatures_per_row() -> None:
+    """The HTTP server's per-row sampler: inside the vocabulary, the greedy limit for tiny temperatures,
+    and for each row what generate.next_ids draws with the same uniform number."""
+    from charrnn.engine import sample_rows
+    from charrnn.generate import Sampling, next_ids
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 12) * 4
+    logits[:, 3] = -math.inf  # <unk>, banned
+    temperatures = [1e-300, 5e-324, 1e39, 1.7e308, 1.0]
+    seeds = range(5)
+    uniform = torch.cat([torch.rand(1, 1, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    got = sample_rows(logits, torch.tensor(temperatures, dtype=torch.float64), torch.zeros(5, dtype=torch.int64),
+                      torch.full((5,), math.inf), torch.zeros(5, dtype=torch.bool), uniform).tolist()
+    assert got[:2] == logits[:2].argmax(dim=-1).tolist()
+    expected = [int(next_ids(logits[row : row + 1], Sampling(t), torch.Generator().manual_seed(s))[0])
+                for row, (t, s) in enumerate(zip(temperatures, seeds, strict=True))]
+    assert got == expected and 3 not in got
