@@ -83,7 +83,7 @@ def iter_decoded(chunks: Iterable[bytes], encoding: str = "utf-8", name: str = "
     nul_means_binary = not allow_nul and not info.name.startswith(("utf-16", "utf-32"))
     decoder = info.incrementaldecoder()
     consumed = 0  # bytes fed to the decoder so far
-    first, pending_cr = True, ""
+    first, pending_cr, hint = True, "", ""
 
     def decode(data: bytes, final: bool) -> str:
         buffered = len(decoder.getstate()[0])  # bytes of an unfinished character from the last chunk
@@ -92,17 +92,26 @@ def iter_decoded(chunks: Iterable[bytes], encoding: str = "utf-8", name: str = "
         except UnicodeDecodeError as e:
             offset = consumed - buffered + e.start
             raise DataError(f"{name} is not valid {encoding} at byte {offset} (byte 0x{e.object[e.start]:02x}); "
-                            "pass --encoding (for example --encoding latin-1)") from None
+                            f"{hint or 'pass --encoding (for example --encoding latin-1)'}") from None
+        except UnicodeError as e:  # not about one byte: "UTF-16 stream does not start with BOM"
+            if "BOM" in str(e):
+                raise DataError(f"{name} does not start with a byte-order mark, which --encoding {encoding} needs "
+                                f"to tell the byte order: pass --encoding {info.name}-le or {info.name}-be") from None
+            raise DataError(f"{name} cannot be read as {encoding}: {e}") from None
 
     for data in _with_end(chunks):
         final = data is None
         data = data or b""
-        if consumed == 0 and nul_means_binary:
-            _refuse_utf16_32(data, name)
+        if consumed == 0:
+            hint = _bom_hint(data, info.name)
+            # In UTF-8 the bytes of another byte-order mark can never decode: say at once what to pass. In
+            # other encodings (latin-1, cp1252) they are characters: the encoding the user gave wins.
+            if hint and info.name == "utf-8":
+                raise DataError(f"{name} {hint}")
         # memchr over every chunk: a NUL anywhere means binary, not only near the start
         if nul_means_binary and (at := data.find(b"\x00")) >= 0:
             raise DataError(f"{name} looks like a binary file (it contains a NUL byte at byte "
-                            f"{consumed + at}), not text")
+                            f"{consumed + at}), not {encoding} text" + (f"; it {hint}" if hint else ""))
         text = pending_cr + decode(data, final)
         consumed += len(data)
         if first and text:
@@ -115,13 +124,17 @@ def iter_decoded(chunks: Iterable[bytes], encoding: str = "utf-8", name: str = "
             yield text.replace("\r\n", "\n")
 
 
-def _refuse_utf16_32(head: bytes, name: str) -> None:
-    """A UTF-16 or UTF-32 byte-order mark under another encoding: say which encoding to pass."""
+def _bom_hint(head: bytes, codec: str) -> str:
+    """What a UTF-16 or UTF-32 byte-order mark at the start of the bytes says, when `codec` is another
+    encoding ("" when there is none): "is UTF-16 text (...): pass --encoding utf-16"."""
     for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
                           (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
         if head.startswith(bom):
-            raise DataError(f"{name} is {encoding.upper()} text (it starts with a {encoding.upper()} byte-order "
-                            f"mark): pass --encoding {encoding}")
+            if codec.startswith(encoding):
+                return ""
+            return (f"is {encoding.upper()} text (it starts with a {encoding.upper()} byte-order mark): "
+                    f"pass --encoding {encoding}")
+    return ""
 
 
 def _with_end(chunks: Iterable[bytes]) -> Iterator[bytes | None]:

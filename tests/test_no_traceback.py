@@ -100,3 +100,44 @@ def test_the_engine_samples_extreme_temperatures_per_row() -> None:
     expected = [int(next_ids(logits[row : row + 1], Sampling(t), torch.Generator().manual_seed(s))[0])
                 for row, (t, s) in enumerate(zip(temperatures, seeds, strict=True))]
     assert got == expected and 3 not in got
+
+
+# Encodings -------------------------------------------------------------------------------------------------------
+
+def test_utf16_without_a_byte_order_mark_is_one_line_in_every_command(home: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: `--encoding utf-16` on text without a BOM raised UnicodeError("UTF-16 stream does not
+    start with BOM") through every command that reads text."""
+    (home / "le.txt").write_bytes(TEXT.encode("utf-16-le"))
+    (home / "prefix.txt").write_bytes("The ".encode("utf-16-le"))
+    needle = "pass --encoding utf-16-le or utf-16-be"
+    commands = [("train", "le.txt", "-o", "x.pt", *TINY, "--max-steps", "1"),
+                ("eval", "perplexity", "-m", "m.pt", "le.txt"), ("eval", "score", "-m", "m.pt", "le.txt"),
+                ("generate", "-m", "m.pt", "--prefix-file", "prefix.txt", "-n", "3"),
+                ("inspect", "cells", "-m", "m.pt", "le.txt")]
+    runner = CliRunner()
+    monkeypatch.chdir(home)
+    for args in commands:
+        r = runner.invoke(cli, [*args, "--encoding", "utf-16"])
+        assert r.exit_code == 1 and isinstance(r.exception, (SystemExit, type(None))), (args, r.stderr)
+        assert r.stderr.strip().splitlines()[-1].startswith("Error: ") and needle in r.stderr, (args, r.stderr)
+    one_line_error(charrnn(home, "eval", "perplexity", "-m", "m.pt", "le.txt", "--encoding", "utf-16"), 1, needle)
+    r = charrnn(home, "eval", "perplexity", "-m", "m.pt", "le.txt", "--encoding", "utf-16-le", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["chars"] == len(TEXT) - 1, r.stderr.decode()  # predicted
+
+
+def test_an_explicit_encoding_wins_over_the_byte_order_mark_sniff(home: Path) -> None:
+    """Regression: bytes ff fe at the start were refused as UTF-16 whatever --encoding said; in latin-1
+    they are the text "ÿþ". UTF-8, which can never decode them, still names the encoding to pass."""
+    (home / "latin.txt").write_bytes(b"\xff\xfe" + TEXT.encode("latin-1"))
+    runner = CliRunner()
+    r = runner.invoke(cli, ["eval", "perplexity", "-m", str(home / "m.pt"), str(home / "latin.txt"),
+                            "--encoding", "latin-1", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["unknown"] == 2, r.stderr  # ÿ and þ, read as asked
+    r = runner.invoke(cli, ["eval", "perplexity", "-m", str(home / "m.pt"), str(home / "latin.txt")])
+    assert r.exit_code == 1 and "is UTF-16 text" in r.stderr and "pass --encoding utf-16" in r.stderr, r.stderr
+    # UTF-16 under latin-1: decoded as asked, refused for its NUL bytes, and the mark found is named
+    (home / "bom.txt").write_bytes(TEXT.encode("utf-16"))
+    r = runner.invoke(cli, ["eval", "perplexity", "-m", str(home / "m.pt"), str(home / "bom.txt"),
+                            "--encoding", "latin-1"])
+    assert r.exit_code == 1 and "NUL byte" in r.stderr and "pass --encoding utf-16" in r.stderr, r.stderr
