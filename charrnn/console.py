@@ -185,15 +185,28 @@ class DownloadConsole(FetchCallbacks):
             self.bar = None
 
 
+class DataConsole(Console):
+    """A console on stdout (the data): a reader that goes away (`| head`) raises BrokenPipeError, which the
+    CLI maps as for every other command (exit 0, quietly), where rich's own would exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+def _data_console(file: TextIO, color: bool | None, width: int | None) -> Console:
+    return DataConsole(file=file, highlight=False, soft_wrap=True, width=width,
+                       force_terminal=True if color else None, no_color=color is False,
+                       color_system="truecolor" if color else "auto")
+
+
 def surprise_view(blocks: Surprise | Iterable[Surprise], file: TextIO, color: bool | None = None,
                   width: int | None = None) -> None:
     """The text with every character's background coloured by its surprise, between a legend of
     the scale and a line with the mean, written to `file` (stdout: it is the data). color None: only
     when `file` is a terminal. `blocks` are consecutive pieces of the text (surprise.score_blocks),
     drawn one at a time, so memory is one block however long the text."""
-    out = Console(file=file, highlight=False, soft_wrap=True, width=width,
-                  force_terminal=True if color else None, no_color=color is False,
-                  color_system="truecolor" if color else "auto")
+    out = _data_console(file, color, width)
     legend = Text("surprise (bits): ")
     for bits, rgb in STOPS:
         legend.append(f" {bits:g}{'+' if bits == MAX_BITS else ''} ", style=_surprise_style(rgb))
@@ -226,9 +239,7 @@ def heat_view(text: str, rows: list[HeatRow], file: TextIO, color: bool | None =
     """The text with every character's background coloured by a unit's activation (-1 blue, +1 red),
     one row per unit under each line of the text, and a legend, written to `file` (stdout: it is the
     data). color None: only when `file` is a terminal."""
-    out = Console(file=file, highlight=False, soft_wrap=True, width=width,
-                  force_terminal=True if color else None, no_color=color is False,
-                  color_system="truecolor" if color else "auto")
+    out = _data_console(file, color, width)
     legend = Text("activation (tanh(c) or h): ")
     for v in LEGEND:
         legend.append(f" {v:+g} ", style=_surprise_style(heat_colour(v)))

@@ -179,7 +179,9 @@ class CharRNN(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Ids (B, T) -> inputs (B, T, I). one_hot(x) @ W.T equals the lookup W.T[x]: the
         embedding input is that lookup with its own table of width embed_dim."""
-        return self.embed(x.long()) if self.embed is not None else one_hot(x, self.config.vocab_size)
+        if self.embed is not None:
+            return self.embed(x.long())
+        return one_hot(x, self.config.vocab_size, self.head.weight.dtype)  # float64 in a .double() copy
 
     def begin_state(self, batch: int, device: torch.device | str | None = None) -> State:
         """Zero state for `batch` streams."""
@@ -222,7 +224,7 @@ class CharRNN(nn.Module):
         cell = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}[self.config.base_cell]
         hs, cs = (state[0], state[1]) if lstm else (state, None)
         new_h, new_c = [], []
-        inp = self.embed(x) if self.embed is not None else one_hot(x, self.config.vocab_size)  # (B, I)
+        inp = self.encode(x[:, None])[:, 0]  # (B, I)
         for k in range(self.config.layers):
             w_ih, w_hh, b_ih, b_hh = layer_weights(self.rnn, k)
             if lstm:

@@ -185,6 +185,7 @@ class Vocab:
         return cls(chars=tuple(d["chars"]), counts=tuple(int(n) for n in d["counts"]), unk=bool(d["unk"]))
 
 
-def one_hot(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """One-hot encoding: integer ids of shape (...) -> float32 tensor of shape (..., vocab_size)."""
-    return torch.nn.functional.one_hot(ids.long(), vocab_size).to(torch.float32)
+def one_hot(ids: torch.Tensor, vocab_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One-hot encoding: integer ids of shape (...) -> tensor of shape (..., vocab_size), float32 unless
+    `dtype` says otherwise (a model's inputs take its weights' dtype: a float64 copy reads float64)."""
+    return torch.nn.functional.one_hot(ids.long(), vocab_size).to(dtype)

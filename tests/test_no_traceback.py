@@ -141,3 +141,28 @@ def test_an_explicit_encoding_wins_over_the_byte_order_mark_sniff(home: Path) ->
     r = runner.invoke(cli, ["eval", "perplexity", "-m", str(home / "m.pt"), str(home / "bom.txt"),
                             "--encoding", "latin-1"])
     assert r.exit_code == 1 and "NUL byte" in r.stderr and "pass --encoding utf-16" in r.stderr, r.stderr
+
+
+# inspect bptt on a one-hot model ---------------------------------------------------------------------------------
+
+def test_inspect_bptt_measures_a_one_hot_model(home: Path) -> None:
+    """Regression: the float64 copy that bptt differentiates read float32 one-hot inputs (dtype ValueError)."""
+    r = charrnn(home, "inspect", "bptt", "-m", "oh.pt", "c.txt", "--num-steps", "20", "--windows", "4", "--json")
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    rows = [json.loads(line) for line in r.stdout.decode().splitlines()]
+    norms = [row["grad_norm"] for row in rows if "grad_norm" in row]
+    assert len(norms) == 20 and all(math.isfinite(g) and g > 0 for g in norms), rows[:3]
+
+
+# A reader that goes away -----------------------------------------------------------------------------------------
+
+def test_coloured_views_stop_quietly_with_exit_0_when_the_reader_goes_away(home: Path) -> None:
+    """Regression: `eval show | head -1` and `inspect cells --unit/--property | head` exited 1 (rich's own
+    broken-pipe handling) where every other command exits 0. More than a pipe buffer of output each."""
+    (home / "long.txt").write_text(TEXT * 70, encoding="utf-8")  # 74k characters: more than a pipe holds
+    for args in [("eval", "show", "-m", "m.pt", "long.txt", "--max-chars", "80000"),
+                 ("inspect", "cells", "-m", "m.pt", "long.txt", "--unit", "1:3", "--max-chars", "80000"),
+                 ("inspect", "cells", "-m", "m.pt", "long.txt", "--property", "quote", "--max-chars", "80000")]:
+        r = charrnn(home, *args, shell_tail="| head -1")
+        assert r.returncode == 0 and len(r.stdout.splitlines()) == 1, (args, r.returncode, r.stderr.decode()[-2000:])
+        assert "Error" not in r.stderr.decode() and "Traceback" not in r.stderr.decode(), r.stderr.decode()
