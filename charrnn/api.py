@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from charrnn.errors import DataError, UsageError
+from charrnn.forms import DEFAULT_LINE_ENDS, DEFAULT_PLACEHOLDER
 
 if TYPE_CHECKING:
     import numpy as np
@@ -102,24 +103,30 @@ class Model:
     def generate(self, prefix: str = "", n: int = 500, *, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, greedy: bool = False, seed: int | None = None, num_samples: int = 1,
                  stop: str | Sequence[str] = (), min_length: int | None = None, novel: bool = False,
-                 beam: int | None = None, unk: str = "error") -> list[str]:
+                 beam: int | None = None, unk: str = "error", acrostic: str | None = None,
+                 template: str | None = None, placeholder: str = DEFAULT_PLACEHOLDER,
+                 line_ends: str = DEFAULT_LINE_ENDS) -> list[str]:
         """The continuations of `prefix` (without it), one per sample: what `charrnn generate --no-echo`
         prints with the same options and seed. With `stop` (strings, taken as given: no backslash escapes),
         or for a model trained with --partition records, samples end at a stop string and are listed in
-        the order they end; `beam` gives beam search's results, best first. `seed` None draws one at random."""
+        the order they end; `beam` gives beam search's results, best first; `acrostic` or `template`
+        samples follow that form. `seed` None draws one at random."""
         job = self._plan(prefix, n, dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, seed=seed,
                                          num_samples=num_samples, stop=stop, min_length=min_length, novel=novel,
-                                         beam=beam, unk=unk))
+                                         beam=beam, unk=unk, acrostic=acrostic, template=template,
+                                         placeholder=placeholder, line_ends=line_ends))
         return job.samples(self._threads)
 
     def stream(self, prefix: str = "", n: int = 500, *, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None, greedy: bool = False, seed: int | None = None,
                stop: str | Sequence[str] = (), min_length: int | None = None, novel: bool = False,
-               unk: str = "error") -> Iterator[str]:
-        """One sample's text as it is sampled (joined: generate()'s one sample). The options are checked
-        before the first piece; closing the iterator stops the generation."""
+               unk: str = "error", acrostic: str | None = None, template: str | None = None,
+               placeholder: str = DEFAULT_PLACEHOLDER, line_ends: str = DEFAULT_LINE_ENDS) -> Iterator[str]:
+        """One sample's text as it is sampled (joined: generate()'s one sample; a form's comes whole, once
+        made). The options are checked before the first piece; closing the iterator stops the generation."""
         job = self._plan(prefix, n, dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, seed=seed,
-                                         stop=stop, min_length=min_length, novel=novel, unk=unk))
+                                         stop=stop, min_length=min_length, novel=novel, unk=unk, acrostic=acrostic,
+                                         template=template, placeholder=placeholder, line_ends=line_ends))
         return (piece for _, piece, _ in job.pieces(self._threads))
 
     def perplexity(self, text: str, *, unk: str = "map", streams: int = 64, num_steps: int = 256) -> EvalResult:

@@ -45,6 +45,7 @@ from charrnn.protocol import GenerateRequest, Limits, decode_json, parse_generat
 from charrnn.service import (
     LoadedModel,
     error_status,
+    generation_plan,
     models_info,
     pick_model,
     prefix_ids,
@@ -157,9 +158,9 @@ def _gone() -> Response:
 
 
 def _plain(lm: LoadedModel, req: GenerateRequest) -> bool:
-    """Whether the engine can run this generation: no stop strings, beam search, --novel, form or records model."""
-    return (req.beam is None and not req.stop and not req.novel and not req.min_length and lm.delimiter is None
-            and req.acrostic is None and req.template is None)
+    """Whether the engine can run this generation: the generation plan (charrnn.genplan) is plain sampling (no
+    stop strings, beam search, --novel, form or records model). The request is checked on the way (a 422)."""
+    return generation_plan(lm, req).kind == "plain"
 
 
 class App:
