@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +47,9 @@ from charrnn.checkpoint import load_model  # noqa: E402
 from charrnn.data import split_train_val  # noqa: E402
 from charrnn.evaluate import evaluate  # noqa: E402
 from charrnn.generate import Sampling, generate  # noqa: E402
-from charrnn.model import ModelConfig  # noqa: E402
-from charrnn.runconfig import SMALL_BF16, TrainConfig  # noqa: E402
+from charrnn.model import ModelConfig, resolve_precision  # noqa: E402
+from charrnn.runconfig import PRESETS, SMALL_BF16, TrainConfig  # noqa: E402
 from charrnn.train import train  # noqa: E402
-from charrnn.trainprep import resolved  # noqa: E402
 from charrnn.vocab import Vocab  # noqa: E402
 
 BATCH, STEPS, LAYERS = 32, 64, 2
@@ -312,8 +311,8 @@ def bench_precision_curves(corpus_file: Path, steps: int, device: str, tmp: Path
     """`charrnn train` with its (fp32) defaults for `steps` steps from the same start in fp32 and in bf16 (the last
     10% held out): the validation losses at equal steps, and each precision's training speed. The same model in
     both: the options that bf16 changes (runconfig.SMALL_BF16) are given their fp32 values."""
-    fp32 = resolved({"precision": "fp32"})  # the options of `charrnn train --precision fp32`
-    same_model = [a for k in SMALL_BF16 for a in (f"--{k.replace('_', '-')}", str(fp32[k]))]
+    defaults = {**{f.name: f.default for f in fields(TrainConfig)}, **PRESETS["small"]}
+    same_model = [a for k in SMALL_BF16 for a in (f"--{k.replace('_', '-')}", str(defaults[k]))]
     rows = {}
     for precision in ("fp32", "bf16"):
         r = run_measured(cli("train", str(corpus_file), "-o", str(tmp / f"curve-{precision}.pt"), "--max-steps",
@@ -413,7 +412,7 @@ def main() -> None:
         text = text[: plan.text_chars]
     vocab = Vocab.build(full_text)
     ids = vocab.encode(text)
-    precision = resolved({}, device=device)["precision"]  # what `charrnn train` uses here by default
+    precision = resolve_precision("auto", device)  # what `charrnn train` uses here by default
     results: dict = {"machine": machine(device), "device": str(device), "corpus": name, "mode": mode_name,
                      "batch": [BATCH, STEPS], "precision": precision}
     started = time.perf_counter()

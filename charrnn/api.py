@@ -105,28 +105,42 @@ class Model:
                  stop: str | Sequence[str] = (), min_length: int | None = None, novel: bool = False,
                  beam: int | None = None, unk: str = "error", acrostic: str | None = None,
                  template: str | None = None, placeholder: str = DEFAULT_PLACEHOLDER,
-                 line_ends: str = DEFAULT_LINE_ENDS) -> list[str]:
+                 line_ends: str = DEFAULT_LINE_ENDS, label: str | None = None) -> list[str]:
         """The continuations of `prefix` (without it), one per sample: what `charrnn generate --no-echo`
         prints with the same options and seed. With `stop` (strings, taken as given: no backslash escapes),
         or for a model trained with --partition records, samples end at a stop string and are listed in
-        the order they end; `beam` gives beam search's results, best first; `acrostic` or `template`
-        samples follow that form. `seed` None draws one at random."""
+        the order they end; `beam` gives beam search's results, best first. `seed` None draws one at random.
+        `acrostic`, `template` (with `placeholder`, `line_ends`) give samples of that form (`generate_form`
+        gives their log-probabilities too); `label` conditions a model trained with --labels."""
         job = self._plan(prefix, n, dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, seed=seed,
                                          num_samples=num_samples, stop=stop, min_length=min_length, novel=novel,
                                          beam=beam, unk=unk, acrostic=acrostic, template=template,
-                                         placeholder=placeholder, line_ends=line_ends))
+                                         placeholder=placeholder, line_ends=line_ends, label=label))
         return job.samples(self._threads)
+
+    def generate_form(self, prefix: str = "", n: int = 500, *, acrostic: str | None = None,
+                      template: str | None = None, placeholder: str = DEFAULT_PLACEHOLDER,
+                      line_ends: str = DEFAULT_LINE_ENDS, temperature: float = 1.0, top_k: int | None = None,
+                      top_p: float | None = None, greedy: bool = False, seed: int | None = None,
+                      num_samples: int = 1, unk: str = "error", label: str | None = None) -> list[dict]:
+        """Samples of a form (an acrostic, a template, or both), each a dict text, logprob, logprobs and
+        model_logprobs: what `charrnn generate --json --no-echo` gives with the same options and seed."""
+        if acrostic is None and template is None:
+            raise UsageError("generate_form needs an acrostic or a template")
+        job = self._plan(prefix, n, dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, seed=seed,
+                                         num_samples=num_samples, unk=unk, acrostic=acrostic, template=template,
+                                         placeholder=placeholder, line_ends=line_ends, label=label))
+        job.samples(self._threads)
+        return [r.to_dict() for r in job.form_results]
 
     def stream(self, prefix: str = "", n: int = 500, *, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None, greedy: bool = False, seed: int | None = None,
                stop: str | Sequence[str] = (), min_length: int | None = None, novel: bool = False,
-               unk: str = "error", acrostic: str | None = None, template: str | None = None,
-               placeholder: str = DEFAULT_PLACEHOLDER, line_ends: str = DEFAULT_LINE_ENDS) -> Iterator[str]:
-        """One sample's text as it is sampled (joined: generate()'s one sample; a form's comes whole, once
-        made). The options are checked before the first piece; closing the iterator stops the generation."""
+               unk: str = "error", label: str | None = None) -> Iterator[str]:
+        """One sample's text as it is sampled (joined: generate()'s one sample). The options are checked
+        before the first piece; closing the iterator stops the generation."""
         job = self._plan(prefix, n, dict(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy, seed=seed,
-                                         stop=stop, min_length=min_length, novel=novel, unk=unk, acrostic=acrostic,
-                                         template=template, placeholder=placeholder, line_ends=line_ends))
+                                         stop=stop, min_length=min_length, novel=novel, unk=unk, label=label))
         return (piece for _, piece, _ in job.pieces(self._threads))
 
     def perplexity(self, text: str, *, unk: str = "map", streams: int = 64, num_steps: int = 256) -> EvalResult:
@@ -156,19 +170,34 @@ class Model:
             out.extend({"text": text, **scores[0].to_dict()} for text, scores in window)
         return out
 
+    def classify(self, records: Iterable[str]) -> list[dict]:
+        """A model trained with --labels as a classifier: one dict per record (TEXT, or LABEL<TAB>TEXT),
+        as `charrnn eval classify --json` prints them: text, label (the best), scores (best first), and
+        for a labelled record expected and correct."""
+        from charrnn.classify import classify
+
+        if self.records.labels is None:
+            raise UsageError("classify needs a model trained with --labels")
+        boundary = self.records.delimiter or "\n"
+        return [c.to_dict() for c in classify(self.module, self.vocab, self.records.labels, boundary, list(records),
+                                              threads=self._threads)]
+
     def complete(self, prefix: str = "", k: int = 5, *, words: int | None = None,
-                 unk: str = "error") -> list[tuple[str, float]]:
+                 unk: str = "error", label: str | None = None) -> list[tuple[str, float]]:
         """The k likeliest next characters after `prefix`, best first, as (char, probability) pairs (as
-        `charrnn complete --json`); with `words`, that many likeliest next words instead."""
+        `charrnn complete --json`); with `words`, that many likeliest next words instead; `label` for a
+        model trained with --labels."""
         from charrnn.complete import next_chars, next_words
+        from charrnn.genplan import for_label
 
         if k < 1 or (words is not None and words < 1):
             raise UsageError("k and words must be >= 1")
         ids = self.vocab.encode(prefix, unk=unk, where="the prefix")  # type: ignore[arg-type]
         delimiter = self.records.delimiter
         start = self.vocab.encode(delimiter, unk="map") if delimiter is not None else None
-        guesses = (next_words(self.module, self.vocab, ids, words, start) if words is not None
-                   else next_chars(self.module, self.vocab, ids, k, start))
+        model = for_label(self.module, self.records.labels, label, "label")
+        guesses = (next_words(model, self.vocab, ids, words, start) if words is not None
+                   else next_chars(model, self.vocab, ids, k, start))
         return [(g.text, g.prob) for g in guesses]
 
     def export(self, path: str | os.PathLike, format: str | None = None, **options: Any) -> dict:  # noqa: A002

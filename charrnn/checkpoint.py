@@ -34,6 +34,7 @@ import torch
 from charrnn.averaging import AVERAGES, check_state, check_weights
 from charrnn.errors import CheckpointError, UsageError
 from charrnn.history import History
+from charrnn.labels import LabelSet
 from charrnn.model import CharRNN, ModelConfig, parameter_shapes
 from charrnn.outputs import temp_beside
 from charrnn.vocab import Vocab
@@ -162,6 +163,7 @@ def _checked(ckpt: Any, p: Path) -> dict[str, Any]:
         raise CheckpointError(f"{str(p)!r} is damaged: {_first_line(e)}") from None
     _check_run_fields(ckpt, repr(str(p)))
     _check_records(ckpt, p)
+    _check_labels(ckpt, p)
     return ckpt
 
 
@@ -365,6 +367,25 @@ def _check_records(ckpt: dict[str, Any], p: Path) -> None:
                                    and hashes.dim() == 1 and hashes.numel() <= MAX_RECORD_HASHES
                                    and isinstance(ckpt.get("record_hashes_complete"), bool)):
         raise CheckpointError(f"{str(p)!r} is damaged: invalid record_hashes")
+
+
+def _check_labels(ckpt: dict[str, Any], p: Path) -> None:
+    """A label-conditioned model's labels (absent from other and older checkpoints): as many names,
+    distinct and sorted, with their counts, as the model has label embeddings."""
+    wanted = ckpt["model_config"].get("labels", 0)
+    if not wanted and "labels" not in ckpt:
+        return
+    try:
+        names = LabelSet.from_dict(ckpt.get("labels"))
+    except ValueError as e:
+        raise CheckpointError(f"{str(p)!r} is damaged: invalid labels ({e})") from None
+    if len(names.names) != wanted:
+        raise CheckpointError(f"{str(p)!r} is damaged: {len(names.names)} label names for a model of {wanted} labels")
+
+
+def label_set(ckpt: dict[str, Any]) -> LabelSet | None:
+    """The labels of a label-conditioned model (trained with --labels), else None."""
+    return LabelSet.from_dict(ckpt["labels"]) if ckpt.get("labels") is not None else None
 
 
 def record_delimiter(ckpt: dict[str, Any]) -> str | None:

@@ -100,6 +100,9 @@ def complete(lm: LoadedModel, req: CompletionRequest, prompt: str,
              stopped: Callable[[], bool] = lambda: False) -> Iterator[Piece]:
     """The pieces of the req.n choices of one prompt, as they are made (see the module docstring); the
     generation ends early when `stopped()` turns true. The prompt is checked before this returns."""
+    if lm.labels is not None:
+        raise RequestError(400, f"model {lm.name!r} is conditioned on labels (--labels), which completions do not "
+                                'take: use /charrnn/v1/generate with "label"', param="model")
     ids = encode_prompt(lm, prompt)
     return _pieces(lm, req, prompt, ids, stopped)
 

@@ -32,6 +32,7 @@ class Batch:
     warmup: int
     carry_state: bool  # True: continue from the previous batch's (detached) state
     reset: bool = False  # with carry_state: start this batch from a fresh state, then carry its end state
+    labels: np.ndarray | None = None  # (B,) label ids of the rows (records of a label-conditioned model)
 
     @property
     def targets(self) -> int:
@@ -146,7 +147,8 @@ def shard(strategy: Strategy, rank: int, world_size: int) -> Strategy:
         per = per_process(batch_size, world_size)
         rows = slice(rank * per, (rank + 1) * per)
         for b in strategy(ids, batch_size, num_steps, rng, warmup):
-            yield Batch(x=b.x[rows], y=b.y[rows], warmup=b.warmup, carry_state=b.carry_state, reset=b.reset)
+            yield Batch(x=b.x[rows], y=b.y[rows], warmup=b.warmup, carry_state=b.carry_state, reset=b.reset,
+                        labels=None if b.labels is None else b.labels[rows])
 
     return sharded
 
@@ -243,20 +245,27 @@ class RecordBatches:
     cut into minibatches of T columns (the first max(T, len(d)), so that it always holds targets;
     the last may be narrower): the first starts from a fresh state
     (reset), the next ones carry it, so a long record keeps its state across its pieces and a
-    short one never passes state to another. Empty records are skipped.
+    short one never passes state to another. Empty records are skipped. With `labels` (one label
+    id per record of the ids, empty ones included), each minibatch carries its rows' labels.
     """
 
-    def __init__(self, delimiter_ids: np.ndarray) -> None:
+    def __init__(self, delimiter_ids: np.ndarray, labels: np.ndarray | None = None) -> None:
         self.delimiter_ids = np.asarray(delimiter_ids, dtype=np.int64)
-        self._cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        self._cache: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | None = None
 
     def records(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(starts, lengths) of the non-empty records of `ids` (computed once per ids array)."""
+        return self._records(ids)[:2]
+
+    def _records(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         if self._cache is None or self._cache[0] is not ids:
             starts, lengths = find_records(ids, self.delimiter_ids)
+            if self.labels is not None and len(self.labels) != len(starts):
+                raise ValueError(f"{len(self.labels)} labels for {len(starts)} records")
             keep = lengths > 0
-            self._cache = (ids, starts[keep], lengths[keep])
-        return self._cache[1], self._cache[2]
+            self._cache = (ids, starts[keep], lengths[keep], None if self.labels is None else self.labels[keep])
+        return self._cache[1], self._cache[2], self._cache[3]
 
     def groups(self, ids: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
         """One epoch's groups of record numbers, in training order."""
@@ -280,9 +289,10 @@ class RecordBatches:
                  warmup: int = 0) -> Iterator[Batch]:
         if len(self.delimiter_ids) == 0:
             raise UsageError("--partition records needs a delimiter")
-        starts, lengths = self.records(ids)
+        starts, lengths, labels = self._records(ids)
         d = self.delimiter_ids
         for group in self.groups(ids, batch_size, rng):
+            rows_labels = None if labels is None else labels[group]
             width = self.width(lengths[group])
             x = np.full((len(group), width), d[0], dtype=np.int64)
             y = np.full((len(group), width), IGNORE, dtype=np.int64)
@@ -294,7 +304,8 @@ class RecordBatches:
             # The first piece also holds the len(d) - 1 reading-only columns, so it always has targets.
             cuts = [0, *range(max(num_steps, len(d)), width, num_steps), width]
             for c0, c1 in itertools.pairwise(cuts):
-                yield Batch(x=x[:, c0:c1], y=y[:, c0:c1], warmup=0, carry_state=True, reset=c0 == 0)
+                yield Batch(x=x[:, c0:c1], y=y[:, c0:c1], warmup=0, carry_state=True, reset=c0 == 0,
+                            labels=rows_labels)
 
     def batches_per_epoch(self, ids: np.ndarray, batch_size: int, num_steps: int) -> int:
         """Minibatches in one epoch (for the grouping of a fixed seed; other epochs differ slightly)."""

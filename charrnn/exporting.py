@@ -86,6 +86,9 @@ def export(model_path: str, output: str, fmt: str | None = None, **options: Any)
         return {"path": output, "format": chosen, "bytes": _folder(model, vocab, ckpt, output=output)}
     check_output(output, [(model_path, "the model (-m)")])
     model, vocab, ckpt = load_model(model_path, "cpu")
+    if model.config.labels:
+        raise UsageError(f"{model_path!r} is conditioned on labels (--labels), which export does not carry yet: "
+                         "use the checkpoint itself")
     data = FORMATS[chosen].write(model, vocab, ckpt, **{name: options.get(name) for name in FORMATS[chosen].options})
     write_atomic(output, data)
     return {"path": output, "format": chosen, "bytes": len(data)}

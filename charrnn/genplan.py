@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from charrnn.errors import UsageError
 from charrnn.forms import DEFAULT_LINE_ENDS, DEFAULT_PLACEHOLDER, Constraint
+from charrnn.labels import LabelSet
 
 if TYPE_CHECKING:  # the options alone import no torch: charrnn.protocol's requests are made of them
     import numpy as np
 
     from charrnn.constrained import ConstrainedSample
     from charrnn.generate import BeamResult, Sampling, Stops
-    from charrnn.model import CharRNN
+    from charrnn.model import CharRNN, LabelView
     from charrnn.threads import ThreadChooser
     from charrnn.vocab import Vocab
 
@@ -44,14 +45,15 @@ class RecordsInfo:
     hashes: np.ndarray | None = None  # sorted record hashes (charrnn.records), or None when not kept
     hashes_complete: bool = True  # False: only some records' hashes were kept
     exported_as: str | None = None  # the format of an exported model (it keeps no hashes)
+    labels: LabelSet | None = None  # a label-conditioned model's labels
 
     @classmethod
     def of(cls, ckpt: dict[str, Any]) -> RecordsInfo:
-        from charrnn.checkpoint import record_delimiter
+        from charrnn.checkpoint import label_set, record_delimiter
 
         hashes = ckpt.get("record_hashes")
         return cls(record_delimiter(ckpt), None if hashes is None else hashes.numpy(),
-                   bool(ckpt.get("record_hashes_complete", True)), ckpt.get("exported_as"))
+                   bool(ckpt.get("record_hashes_complete", True)), ckpt.get("exported_as"), label_set(ckpt))
 
 
 @dataclass(frozen=True)
@@ -75,13 +77,14 @@ class GenerateOptions:
     template: str | None = None  # every character forced but the placeholder
     placeholder: str = DEFAULT_PLACEHOLDER
     line_ends: str = DEFAULT_LINE_ENDS
+    label: str | None = None  # a label-conditioned model's label
 
 
 @dataclass(eq=False)
 class GenerationPlan:
     """A checked generation: run it with pieces() (once)."""
 
-    model: CharRNN
+    model: CharRNN | LabelView  # a label-conditioned model: fixed to the options' label
     vocab: Vocab
     options: GenerateOptions
     kind: str  # "plain", "records", "beam" or "form"
@@ -165,6 +168,7 @@ def plan(model: CharRNN, vocab: Vocab, records: RecordsInfo, options: GenerateOp
     if o.beam is not None and o.beam < 1:
         raise UsageError(f"{name('beam')} must be >= 1, got {o.beam}")
     sampling = Sampling(temperature=o.temperature, top_k=o.top_k, top_p=o.top_p, greedy=o.greedy)
+    model = for_label(model, records.labels, o.label, name("label"))
     prefix_ids = vocab.encode(o.prefix, unk=o.unk, where=where)  # type: ignore[arg-type]
     stops, min_length = tuple(o.stop), o.min_length
     if not stops and records.delimiter is not None:
@@ -204,6 +208,19 @@ def plan(model: CharRNN, vocab: Vocab, records: RecordsInfo, options: GenerateOp
         seed, drawn = secrets.randbelow(2**31), True
     return GenerationPlan(model, vocab, o, kind, context, sampling, rule, seed, drawn, accept, notes,
                           constraint=constraint)
+
+
+def for_label(model: CharRNN, labels: LabelSet | None, label: str | None, option: str = "--label") -> Any:
+    """`model` fixed to `label` (model.LabelView) for a label-conditioned model, which needs one; an
+    unlabelled model takes none. An unknown label is a UsageError naming the closest ones."""
+    if labels is None or not model.config.labels:
+        if label is not None:
+            raise UsageError(f"{option} applies to a model trained with --labels; this one has no labels")
+        return model
+    if label is None:
+        shown = ", ".join(repr(n) for n in labels.names[:10]) + (" ..." if len(labels.names) > 10 else "")
+        raise UsageError(f"this model is conditioned on labels: give {option} (one of {shown})")
+    return model.for_label(labels.id_of(label, option))
 
 
 def _form(vocab: Vocab, o: GenerateOptions, name: Callable[[str], str]) -> Constraint | None:

@@ -45,7 +45,6 @@ from charrnn.protocol import GenerateRequest, Limits, decode_json, parse_generat
 from charrnn.service import (
     LoadedModel,
     error_status,
-    generation_plan,
     models_info,
     pick_model,
     prefix_ids,
@@ -158,9 +157,10 @@ def _gone() -> Response:
 
 
 def _plain(lm: LoadedModel, req: GenerateRequest) -> bool:
-    """Whether the engine can run this generation: the generation plan (charrnn.genplan) is plain sampling (no
-    stop strings, beam search, --novel, form or records model). The request is checked on the way (a 422)."""
-    return generation_plan(lm, req).kind == "plain"
+    """Whether the engine can run this generation: no stop strings, beam search, --novel, form, records model
+    or labelled model."""
+    return (req.beam is None and not req.stop and not req.novel and not req.min_length and lm.delimiter is None
+            and req.acrostic is None and req.template is None and lm.labels is None)
 
 
 class App:
@@ -205,7 +205,7 @@ class App:
     async def next(self, request: Request) -> Response:
         req = parse_next(await _read_json(request, self.b.limits), self.b.limits)
         lm = pick_model(self.b.models, req.model)
-        if req.words is not None:  # a beam per request: the pool
+        if req.words is not None or lm.labels is not None:  # a beam per request, or a label's model: the pool
             return JSONResponse(await self._in_pool(lambda: run_next(lm, req)))
         future, deliver = _channel()
         task = NextTask(prefix_ids(lm, req.prefix, req.unk), req.k, deliver)

@@ -11,6 +11,12 @@ interchangeable and a scratch cell can be checked against torch's module.
 
 Hidden state is explicit: forward(x, state) -> (logits, state). For rnn/gru the state is one
 tensor h of shape (layers, B, H); for lstm it is the pair (h, c) of that shape.
+
+A label-conditioned model (`labels` > 0, trained with `--labels`) has a learned embedding per label.
+With label_mode "add" it is added to the input at every step (its width is the input's); with
+"state" it is the initial state (h, and c for an LSTM, of every layer). forward and begin_state take
+the labels (B,) of the rows; `for_label` gives a view of the model fixed to one label, which every
+consumer of a model (generation, scoring) uses as it would an unlabelled model.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from charrnn.errors import UsageError
+from charrnn.labels import DEFAULT_LABEL_MODE, LABEL_MODES, MAX_LABELS
 from charrnn.vocab import one_hot
 
 CELLS = ("rnn", "gru", "lstm", "scratch-rnn", "scratch-gru", "scratch-lstm")
 INPUTS = ("onehot", "embedding")
+
 # Overrides what a CPU's flags say about native bfloat16 (native_bf16): "1" or "0".
 NATIVE_BF16_ENV = "CHARRNN_NATIVE_BF16"
 
@@ -51,6 +59,8 @@ class ModelConfig:
     embed_dim: int = 64  # width of the embedding table; unused with one-hot input
     weight_drop: float = 0.0  # DropConnect on W_hh, one mask per minibatch (training only)
     embed_dropout: float = 0.0  # whole characters dropped from a minibatch's input (training only)
+    labels: int = 0  # labels of a label-conditioned model (0: none)
+    label_mode: str = DEFAULT_LABEL_MODE  # how the label enters: added to the input at every step, or the initial state
 
     def __post_init__(self) -> None:
         if not isinstance(self.cell, str) or self.cell not in CELLS:
@@ -62,6 +72,10 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
                 raise UsageError(f"--{name.replace('_', '-')} must be an integer from 1 to {high}, got {value!r}")
+        if not isinstance(self.labels, int) or isinstance(self.labels, bool) or not 0 <= self.labels <= MAX_LABELS:
+            raise UsageError(f"labels must be an integer from 0 to {MAX_LABELS}, got {self.labels!r}")
+        if not isinstance(self.label_mode, str) or self.label_mode not in LABEL_MODES:
+            raise UsageError(f"unknown label mode {self.label_mode!r}: choose one of {', '.join(LABEL_MODES)}")
         for name in ("dropout", "weight_drop", "embed_dropout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
@@ -71,6 +85,13 @@ class ModelConfig:
     def base_cell(self) -> str:
         """rnn, gru or lstm, whether fused or scratch."""
         return self.cell.removeprefix("scratch-")
+
+    @property
+    def label_width(self) -> int:
+        """Width of a label's embedding: the input's ("add"), or every layer's h (and c) ("state")."""
+        if self.label_mode == "add":
+            return self.embed_dim if self.input == "embedding" else self.vocab_size
+        return self.layers * self.hidden * (2 if self.base_cell == "lstm" else 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -175,6 +196,9 @@ class CharRNN(nn.Module):
                               dropout=config.dropout if config.layers > 1 else 0.0)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(h, v)
+        self.label_embed = nn.Embedding(config.labels, config.label_width) if config.labels else None
+        if self.label_embed is not None and config.label_mode == "state":
+            nn.init.zeros_(self.label_embed.weight)  # every label starts from the unlabelled zero state
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Ids (B, T) -> inputs (B, T, I). one_hot(x) @ W.T equals the lookup W.T[x]: the
@@ -183,17 +207,36 @@ class CharRNN(nn.Module):
             return self.embed(x.long())
         return one_hot(x, self.config.vocab_size, self.head.weight.dtype)  # float64 in a .double() copy
 
-    def begin_state(self, batch: int, device: torch.device | str | None = None) -> State:
-        """Zero state for `batch` streams."""
+    def begin_state(self, batch: int, device: torch.device | str | None = None,
+                    labels: torch.Tensor | None = None) -> State:
+        """Initial state for `batch` streams: zeros, or for label_mode "state" the labels' (B,) embeddings."""
         device = device if device is not None else self.head.weight.device
-        h = torch.zeros(self.config.layers, batch, self.config.hidden, device=device)
-        return (h, torch.zeros_like(h)) if self.config.base_cell == "lstm" else h
+        c = self.config
+        if labels is not None and self.label_embed is not None and c.label_mode == "state":
+            parts = 2 if c.base_cell == "lstm" else 1
+            e = self.label_embed(labels.to(device).long()).view(batch, parts, c.layers, c.hidden)  # (B, parts, L, H)
+            e = e.permute(1, 2, 0, 3)  # (parts, L, B, H)
+            return (e[0].contiguous(), e[1].contiguous()) if parts == 2 else e[0].contiguous()
+        h = torch.zeros(c.layers, batch, c.hidden, device=device)
+        return (h, torch.zeros_like(h)) if c.base_cell == "lstm" else h
 
-    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """Ids (B, T) and state -> logits (B, T, V) and the state after the last step."""
+    def input_offset(self) -> torch.Tensor | None:
+        """What is added to every input (I,): nothing for the model itself (see LabelView)."""
+        return None
+
+    def for_label(self, label: int) -> LabelView:
+        """This model fixed to label id `label`: forward and begin_state as an unlabelled model's."""
+        return LabelView(self, label)
+
+    def forward(self, x: torch.Tensor, state: State | None = None,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """Ids (B, T), state and the rows' labels (B,) of a labelled model -> logits (B, T, V) and the
+        state after the last step."""
         if state is None:
-            state = self.begin_state(x.shape[0], x.device)
+            state = self.begin_state(x.shape[0], x.device, labels)
         inputs = self.encode(x)  # (B, T, I)
+        if labels is not None and self.label_embed is not None and self.config.label_mode == "add":
+            inputs = inputs + self.label_embed(labels.long())[:, None, :].to(inputs.dtype)  # (B, 1, I) on every step
         if self.training and self.config.embed_dropout:
             # Embedding dropout (Gal & Ghahramani 2016): a character is dropped from the whole minibatch,
             # wherever it occurs: one keep/drop draw per vocabulary entry, (V,), scaled to keep the mean.
@@ -241,6 +284,34 @@ class CharRNN(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+class LabelView(nn.Module):
+    """A labelled CharRNN fixed to one label: forward(x, state) and begin_state(batch) read as an
+    unlabelled model's do, so that generation and scoring take it as they take a model. It holds no
+    weights of its own (its parameters are the model's)."""
+
+    def __init__(self, model: CharRNN, label: int) -> None:
+        super().__init__()
+        if model.label_embed is None or not 0 <= label < model.config.labels:
+            raise ValueError(f"label id {label} is not one of the model's {model.config.labels} labels")
+        self.model, self.label = model, label
+        self.config, self.embed, self.rnn, self.head = model.config, model.embed, model.rnn, model.head
+        self.train(model.training)  # a view is in the model's mode (a new Module would be in training mode)
+
+    def _labels(self, batch: int, device: torch.device | str | None) -> torch.Tensor:
+        return torch.full((batch,), self.label, dtype=torch.int64, device=device or self.head.weight.device)
+
+    def begin_state(self, batch: int, device: torch.device | str | None = None) -> State:
+        return self.model.begin_state(batch, device, self._labels(batch, device))
+
+    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        return self.model(x, state, self._labels(x.shape[0], x.device))
+
+    def input_offset(self) -> torch.Tensor | None:
+        """The label's embedding (I,), added to every input, for label_mode "add"; else None."""
+        assert self.model.label_embed is not None
+        return self.model.label_embed.weight[self.label] if self.config.label_mode == "add" else None
+
+
 def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor in CharRNN(config).state_dict(), computed without building the
     model (a checkpoint's weights are checked against this before anything is allocated; building
@@ -254,6 +325,8 @@ def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes.update({f"rnn.weight_ih_l{k}": (g, size_in if k == 0 else h), f"rnn.weight_hh_l{k}": (g, h),
                        f"rnn.bias_ih_l{k}": (g,), f"rnn.bias_hh_l{k}": (g,)})
     shapes.update({"head.weight": (v, h), "head.bias": (v,)})
+    if config.labels:
+        shapes["label_embed.weight"] = (config.labels, config.label_width)
     return shapes
 
 
@@ -274,7 +347,8 @@ def grow_vocab(model: CharRNN, id_map: torch.Tensor | list[int], vocab_size: int
     for name, value in model.state_dict().items():
         if name in ("embed.weight", "head.weight", "head.bias"):  # (V, E), (V, H), (V,): one row per token
             fresh[name][id_map] = value
-        elif name == "rnn.weight_ih_l0" and old.input == "onehot":  # (gates*H, V): one column per token
+        elif (name == "rnn.weight_ih_l0" or (name == "label_embed.weight" and old.label_mode == "add")) \
+                and old.input == "onehot":  # (gates*H, V), (labels, V): one column per token
             fresh[name][:, id_map] = value
         else:
             fresh[name].copy_(value)

@@ -21,6 +21,7 @@ from typing import Any
 from charrnn.errors import RequestError
 from charrnn.forms import DEFAULT_LINE_ENDS, DEFAULT_PLACEHOLDER
 from charrnn.genplan import GenerateOptions
+from charrnn.labels import MAX_LABEL_CHARS
 
 SEED_MAX = 2**63 - 1  # as `charrnn generate --seed`
 UNK = ("error", "map")
@@ -74,6 +75,7 @@ class NextRequest:
     k: int = 10
     words: int | None = None  # the k likeliest next words instead of characters
     unk: str = "map"  # as `charrnn complete`
+    label: str | None = None  # a label-conditioned model's label
     model: str | None = None
 
 
@@ -270,17 +272,18 @@ def model_name(body: Any) -> str | None:
 
 
 def parse_next(body: Any, limits: Limits) -> NextRequest:
-    """The body of a `next` request: {"prefix", "k", "words", "unk", "model"}."""
-    b = _Body(body, "next", ("prefix", "k", "words", "unk", "model"))
+    """The body of a `next` request: {"prefix", "k", "words", "unk", "label", "model"}."""
+    b = _Body(body, "next", ("prefix", "k", "words", "unk", "label", "model"))
     return NextRequest(prefix=b.text("prefix", "", limits.max_prefix_chars) or "",
                        k=b.integer("k", 10, 1, limits.max_k, "--max-k") or 10,
                        words=b.integer("words", None, 1, limits.max_k, "--max-k"),
-                       unk=b.choice("unk", "map", UNK), model=model_name(body))
+                       unk=b.choice("unk", "map", UNK), label=b.text("label", None, MAX_LABEL_CHARS),
+                       model=model_name(body))
 
 
 GENERATE_FIELDS = ("prefix", "n", "temperature", "top_k", "top_p", "greedy", "seed", "num_samples", "stop",
                    "min_length", "beam", "novel", "echo", "unk", "stream", "acrostic", "template", "placeholder",
-                   "line_ends", "model")
+                   "line_ends", "label", "model")
 
 
 def parse_generate(body: Any, limits: Limits) -> GenerateRequest:
@@ -303,7 +306,8 @@ def parse_generate(body: Any, limits: Limits) -> GenerateRequest:
         # A template is the whole sample: as long as "n" may be.
         template=b.text("template", None, limits.max_n),
         placeholder=b.text("placeholder", DEFAULT_PLACEHOLDER) or DEFAULT_PLACEHOLDER,
-        line_ends=b.text("line_ends", DEFAULT_LINE_ENDS, limits.max_prefix_chars) or "", model=model_name(body))
+        line_ends=b.text("line_ends", DEFAULT_LINE_ENDS, limits.max_prefix_chars) or "",
+        label=b.text("label", None, MAX_LABEL_CHARS), model=model_name(body))
     if any(not s for s in req.stop):
         raise RequestError(422, '"stop" must not hold an empty string (it would match everywhere)')
     if req.beam is not None:

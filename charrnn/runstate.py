@@ -55,6 +55,7 @@ class Run(Protocol):
     fingerprint: dict[str, Any]
     init_from_path: str | None
     record_hashes: dict[str, Any] | None
+    labels: Any  # charrnn.labels.RecordLabels of a label-conditioned run, else None
     average: WeightAverage | None
 
     def elapsed(self) -> float: ...
@@ -143,6 +144,7 @@ def payload(self: Run) -> dict[str, Any] | None:
         "chars_seen": st.chars_seen, "rng": st.rng, "hidden": hidden, "data": self.fingerprint,
         "history": st.history.to_checkpoint(), "stale_validations": st.stale, "init_from": self.init_from_path,
         **(self.record_hashes or {}),
+        **({"labels": self.labels.names.to_dict()} if self.labels is not None else {}),
         **averaged,
         **extra,
     }

@@ -23,6 +23,7 @@ import torch
 
 from charrnn.errors import CharrnnError, RequestError, UnknownCharacterError, UsageError
 from charrnn.genplan import GenerationPlan, RecordsInfo, plan
+from charrnn.labels import LabelSet
 from charrnn.model import CharRNN
 from charrnn.protocol import (
     GenerateRequest,
@@ -55,6 +56,7 @@ class LoadedModel:
     record_hashes: np.ndarray | None  # sorted hashes of the training records (--novel), if kept
     summary: dict  # what `info()` reports
     created: int = 0  # when its checkpoint was written (Unix seconds; OpenAI's model list shows it)
+    labels: LabelSet | None = None  # a label-conditioned model's labels
 
     def info(self) -> dict:
         """What `models` reports of this model: its name, architecture, vocabulary and training."""
@@ -76,6 +78,7 @@ def _summary(name: str, model: CharRNN, vocab: Vocab, ckpt: dict, delimiter: str
         "embed_dim": cfg.embed_dim if cfg.input == "embedding" else None,
         "vocab_size": len(vocab.chars) + int(vocab.unk_id is not None), "parameters": model.num_parameters(),
         "records_delimiter": delimiter,
+        "labels": None if ckpt.get("labels") is None else list(ckpt["labels"]["names"]),
         "training": {"step": ckpt.get("step"), "epoch": ckpt.get("epoch"), "val_loss": _finite(ckpt.get("val_loss")),
                      "best_val_loss": _finite(ckpt.get("best_val_loss")),
                      "chars": (ckpt.get("data") or {}).get("chars"), "seconds": _finite(seconds),
@@ -100,7 +103,7 @@ def load_models(specs: list[tuple[str, str]], device: torch.device | str = "cpu"
     """(name, path) pairs -> the loaded models by name, in the order given (the first is the default).
     Each checkpoint goes through charrnn.checkpoint.load_model (validated, weights only); its
     weights and optimizer state are not kept beyond the model."""
-    from charrnn.checkpoint import load_model, record_delimiter
+    from charrnn.checkpoint import label_set, load_model, record_delimiter
 
     if not specs:
         raise UsageError("give at least one model with -m PATH or -m NAME=PATH")
@@ -114,7 +117,8 @@ def load_models(specs: list[tuple[str, str]], device: torch.device | str = "cpu"
         hashes = ckpt.get("record_hashes")
         models[name] = LoadedModel(name, model, vocab, delimiter, start,
                                    None if hashes is None else hashes.numpy(),
-                                   _summary(name, model, vocab, ckpt, delimiter), int(os.path.getmtime(path)))
+                                   _summary(name, model, vocab, ckpt, delimiter), int(os.path.getmtime(path)),
+                                   label_set(ckpt))
     return models
 
 
@@ -144,12 +148,17 @@ def run_next(lm: LoadedModel, req: NextRequest) -> dict:
     """The answer of `charrnn complete --json`: {"prefix", "next": [{"char", "prob"}]}, or with
     "words", {"prefix", "words": [{"word", "prob"}]}."""
     from charrnn.complete import next_chars, next_words
+    from charrnn.genplan import for_label
 
     ids = prefix_ids(lm, req.prefix, req.unk)
+    try:
+        model = for_label(lm.model, lm.labels, req.label, '"label"')
+    except UsageError as e:
+        raise RequestError(422, str(e)) from None
     if req.words is not None:
-        guesses, key, field = next_words(lm.model, lm.vocab, ids, req.words, lm.start_ids), "words", "word"
+        guesses, key, field = next_words(model, lm.vocab, ids, req.words, lm.start_ids), "words", "word"
     else:
-        guesses, key, field = next_chars(lm.model, lm.vocab, ids, req.k, lm.start_ids), "next", "char"
+        guesses, key, field = next_chars(model, lm.vocab, ids, req.k, lm.start_ids), "next", "char"
     return {"prefix": req.prefix, key: [g.to_dict(field) for g in guesses]}
 
 
@@ -181,7 +190,7 @@ def generation_plan(lm: LoadedModel, req: GenerateRequest) -> GenerationPlan:
     """The request's generation on `lm` (charrnn.genplan), checked: a RequestError (422) for what does not apply."""
 
     try:
-        return plan(lm.model, lm.vocab, RecordsInfo(lm.delimiter, lm.record_hashes), req,
+        return plan(lm.model, lm.vocab, RecordsInfo(lm.delimiter, lm.record_hashes, labels=lm.labels), req,
                     name=lambda field: f'"{field}"', where='"prefix"')
     except UnknownCharacterError as e:
         raise RequestError(422, str(e).replace("use --unk map", 'use "unk": "map"')) from None

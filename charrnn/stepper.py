@@ -9,7 +9,8 @@ takes a snapshot of the model's weights once per generation call, laid out for t
   columns, for an embedding the embedding table times W_ih;
 - the other weights are stored transposed and contiguous, (in, gates*H), which makes a one-row
   product 3x faster on CPU than the same product through the (out, in) view;
-- tokens that must never be sampled (<unk>) get a head bias of -inf.
+- tokens that must never be sampled (<unk>) get a head bias of -inf;
+- a label view (model.LabelView) of label_mode "add" has its label's embedding folded into the table.
 
 The equations are those of model.rnn_step, gru_step and lstm_step; a test checks the result
 against CharRNN.forward for every cell and input. The LSTM and GRU updates are module functions
@@ -24,14 +25,14 @@ from collections.abc import Iterable
 
 import torch
 
-from charrnn.model import CharRNN, State, layer_weights
+from charrnn.model import CharRNN, LabelView, State, layer_weights
 
 
 class Stepper:
     """step(ids (B,), state) -> (logits (B, V), state) with a frozen copy of `model`'s weights."""
 
     @torch.no_grad()
-    def __init__(self, model: CharRNN, banned: Iterable[int | None] = ()) -> None:
+    def __init__(self, model: CharRNN | LabelView, banned: Iterable[int | None] = ()) -> None:
         config = model.config
         self.cell, self.hidden, self.layers = config.base_cell, config.hidden, config.layers
         self.lstm = self.cell == "lstm"
@@ -50,6 +51,9 @@ class Stepper:
             if k == 0:
                 inputs = model.embed.weight.detach() if model.embed is not None else None  # (V, E) or one-hot
                 self.table = (torch.addmm(b_x, inputs, w_ih.T) if inputs is not None else w_ih.T + b_x).contiguous()
+                offset = model.input_offset()  # a label's embedding (I,), added to every input, or None
+                if offset is not None:
+                    self.table = (self.table + offset.detach() @ w_ih.T).contiguous()
         self.head_t = model.head.weight.detach().T.contiguous()  # (H, V)
         self.head_b = model.head.bias.detach().clone()
         for token in banned:

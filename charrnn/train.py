@@ -49,6 +49,7 @@ from charrnn.evaluate import EvalResult
 from charrnn.finetune import start_model
 from charrnn.gradstats import GradStats, total_norm
 from charrnn.history import LiveLog
+from charrnn.labels import RecordLabels
 from charrnn.model import CharRNN, ModelConfig, State, detach_state
 from charrnn.outputs import best_path, check_output, log_path, run_lock
 from charrnn.records import delimiter_ids, training_record_hashes
@@ -88,13 +89,15 @@ def _batch_loss(model: CharRNN | DistributedDataParallel, batch: Batch, state: S
     core = model.module if isinstance(model, DistributedDataParallel) else model
     x = torch.from_numpy(np.asarray(batch.x, dtype=np.int64)).to(device)
     y = torch.from_numpy(np.asarray(batch.y, dtype=np.int64)).to(device)
+    # A label-conditioned model's rows' labels (B,): its initial state or an input of every step.
+    labels = None if batch.labels is None else torch.from_numpy(np.asarray(batch.labels, dtype=np.int64)).to(device)
     if state is None:
-        state = core.begin_state(x.shape[0], device)
+        state = core.begin_state(x.shape[0], device, labels)
     if batch.warmup:
         with torch.no_grad():  # no gradient: the unwrapped model, no DDP bookkeeping
-            _, state = core(x[:, : batch.warmup], state)
+            _, state = core(x[:, : batch.warmup], state, labels)
         x = x[:, batch.warmup :]
-    logits, state = model(x, state)  # (B, T, V)
+    logits, state = model(x, state, labels)  # (B, T, V)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)), state
 
 
@@ -113,6 +116,7 @@ def train(
     init_from_path: str | None = None,
     group: dd.Group = dd.SINGLE,
     threads: ThreadChooser | None = None,
+    labels: RecordLabels | None = None,
 ) -> TrainResult:
     """Train a model on `train_ids`, validating on `val_ids`, writing checkpoints to `out`.
 
@@ -122,11 +126,12 @@ def train(
     With a `group` of several processes (torchrun), call this in every process, inside
     `distributed.session`: each trains on its share of every minibatch and only rank 0 writes the
     checkpoints and the log. `threads` chooses the CPU threads by timing the steps (charrnn.threads);
-    without it the count is left as it is.
+    without it the count is left as it is. `labels`: the records' labels of a label-conditioned model
+    (--labels), whose model_config has as many labels as `labels.names`.
     """
     return Trainer(train_ids, val_ids, vocab, model_config, config, out, device=device, callbacks=callbacks,
                    resume=resume, init_from=init_from, init_from_path=init_from_path, group=group,
-                   threads=threads).run()
+                   threads=threads, labels=labels).run()
 
 
 class Trainer:
@@ -136,7 +141,8 @@ class Trainer:
                  config: TrainConfig, out: str | Path, *, device: torch.device | str = "cpu",
                  callbacks: Callbacks | None = None, resume: dict[str, Any] | None = None,
                  init_from: dict[str, Any] | None = None, init_from_path: str | None = None,
-                 group: dd.Group = dd.SINGLE, threads: ThreadChooser | None = None) -> None:
+                 group: dd.Group = dd.SINGLE, threads: ThreadChooser | None = None,
+                 labels: RecordLabels | None = None) -> None:
         if resume is not None and init_from is not None:
             raise UsageError("--resume continues a run and --init-from starts a new one from a model: give one")
         self.cb = callbacks or Callbacks()
@@ -156,6 +162,11 @@ class Trainer:
         self.train_ids, self.val_ids, self.vocab = train_ids, val_ids, vocab
         self.delimiter_ids = delimiter_ids(vocab, config.delimiter) if self.records else None
         self.strategy = partition(config.partition, self.delimiter_ids)
+        self.labels = labels
+        if labels is not None:
+            if not self.records:
+                raise UsageError("--labels needs --partition records")
+            self.strategy = RecordBatches(self.delimiter_ids, labels.train)
         if self.delimiter_ids is not None and not len(find_delimiters(train_ids, self.delimiter_ids)):
             raise DataError(f"the delimiter {config.delimiter!r} never occurs in the training text: it would be "
                             "one single record (choose another --delimiter)")

@@ -18,6 +18,7 @@ from charrnn.averaging import WeightAverage
 from charrnn.callbacks import Callbacks
 from charrnn.evaluate import EvalResult, evaluate, evaluate_sums
 from charrnn.history import History
+from charrnn.labels import RecordLabels
 from charrnn.model import CharRNN
 from charrnn.runconfig import TrainConfig, finite_loss
 from charrnn.runstate import RunState
@@ -37,6 +38,7 @@ class Validating(Protocol):
     average: WeightAverage | None
     val_ids: np.ndarray
     val_records: tuple[np.ndarray, np.ndarray] | None
+    labels: RecordLabels | None  # a label-conditioned model's records' labels
     delimiter_ids: Any
     can_validate: bool
     best_out: Any
@@ -107,8 +109,18 @@ def score(run: Validating) -> EvalResult:
         from charrnn.score import evaluate_records
 
         starts, lengths = run.val_records
-        return evaluate_records(run.model, run.val_ids, starts[lengths > 0], lengths[lengths > 0],
-                                run.delimiter_ids, unk_id=run.vocab.unk_id)
+        if run.labels is None:
+            return evaluate_records(run.model, run.val_ids, starts[lengths > 0], lengths[lengths > 0],
+                                    run.delimiter_ids, unk_id=run.vocab.unk_id)
+        # A label-conditioned model: the records of each label, read by the model fixed to it.
+        total, scored, unknown = 0.0, 0, 0
+        for label in np.unique(run.labels.val[lengths > 0]).tolist():
+            keep = (lengths > 0) & (run.labels.val == label)
+            part = evaluate_records(run.model.for_label(label), run.val_ids, starts[keep], lengths[keep],
+                                    run.delimiter_ids, unk_id=run.vocab.unk_id)
+            total, scored, unknown = total + part.nats_per_char * part.chars, scored + part.chars, \
+                unknown + part.unknown
+        return EvalResult.from_sums(total, scored, unknown)
     if group.active:  # each process scores its block of the streams; the sums make one result
         sums = evaluate_sums(run.model, run.val_ids, unk_id=run.vocab.unk_id, streams=config.eval_streams,
                              shard=(group.rank, group.world_size))

@@ -10,6 +10,7 @@ import click
 
 from charrnn import __version__
 from charrnn.cli.bptt_cmd import inspect_bptt
+from charrnn.cli.classify_cmd import eval_classify
 from charrnn.cli.common import ARCH_DEFAULTS, PRESET_NAMES, CharrnnGroup
 from charrnn.cli.complete_cmd import complete
 from charrnn.cli.context_cmd import eval_context
@@ -42,6 +43,7 @@ def cli() -> None:
     charrnn eval score -m model.pt FILE         a score per line (record), streamed: sort -n, awk, --json
     charrnn eval show -m model.pt FILE          the text coloured by the model's surprise
     charrnn eval context -m model.pt FILE       how much context the model uses (loss by context length)
+    charrnn eval classify -m model.pt FILE      a model trained with --labels as a classifier
     charrnn corpus list                         corpora known by name (fetched and verified on first use)
     charrnn inspect cells -m model.pt FILE      what the hidden units track (also: gates, bptt)
     charrnn export -m model.pt -o model.onnx    the model for onnxruntime (or .safetensors: weights, no pickle)
@@ -54,6 +56,7 @@ for command in (train, eval_group, generate, complete, serve, info_cmd, plot_cmd
                 export_cmd):
     cli.add_command(command)
 eval_group.add_command(eval_context)
+eval_group.add_command(eval_classify)
 inspect_group.add_command(inspect_bptt)
 
 

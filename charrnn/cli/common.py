@@ -207,6 +207,8 @@ def num(x: float | None, fmt: str = ".4f") -> str:
 
 device_option = click.option("--device", default="auto", show_default=True,
                              help="auto, cpu, cuda, cuda:N or mps (auto picks a GPU when there is one).")
+label_option = click.option("--label", default=None,
+                             help="A model trained with --labels: the label its text is conditioned on.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of text.")
 encoding_option = click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the input.")
 model_option = click.option("-m", "--model", "model_path", required=True, type=click.Path(),

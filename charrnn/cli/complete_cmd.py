@@ -10,6 +10,7 @@ from charrnn.cli.common import (
     device_option,
     encoding_option,
     json_out,
+    label_option,
     model_option,
     threads_option,
 )
@@ -29,13 +30,14 @@ MAX_K = 1000
               help="List this many continuations up to the next space or punctuation instead (a beam search).")
 @click.option("--unk", type=click.Choice(["error", "map"]), default="map", show_default=True,
               help="Characters of the prefix the model does not know: read them as <unk> (map) or fail (error).")
+@label_option
 @device_option
 @threads_option
 @click.option("--json", "as_json", is_flag=True,
               help='One JSON object: {"prefix", "next": [{"char", "prob"}]}; with --words, "words": '
                    '[{"word", "prob"}].')
 def complete(model_path: str, prefix: str | None, prefix_file: str | None, encoding: str, k: int, words: int | None,
-             unk: str, device: str, threads: int | None, as_json: bool) -> None:
+             unk: str, label: str | None, device: str, threads: int | None, as_json: bool) -> None:
     """The k likeliest next characters after the prefix, best first, one `prob<TAB>char` line each
     (the character escaped as `eval score` escapes records: \\n, \\t, \\r, \\0, \\\\).
 
@@ -49,8 +51,9 @@ def complete(model_path: str, prefix: str | None, prefix_file: str | None, encod
     charrnn complete -m model.pt --prefix "The Time Trav"
     charrnn complete -m model.pt --prefix "The Time " --words 5 --json
     """
-    from charrnn.checkpoint import load_model, record_delimiter
+    from charrnn.checkpoint import label_set, load_model, record_delimiter
     from charrnn.complete import next_chars, next_words
+    from charrnn.genplan import for_label
     from charrnn.model import resolve_device
     from charrnn.records import escape
     from charrnn.threads import make_chooser
@@ -61,6 +64,7 @@ def complete(model_path: str, prefix: str | None, prefix_file: str | None, encod
     dev = resolve_device(device)
     make_chooser(threads, dev)  # --threads sets the count; a few steps are too few to time
     model, vocab, ckpt = load_model(model_path, dev)
+    model = for_label(model, label_set(ckpt), label)
     prefix_ids = vocab.encode(text, unk=unk, where="the prefix")  # type: ignore[arg-type]
     delimiter = record_delimiter(ckpt)
     start = vocab.encode(delimiter, unk="map") if delimiter is not None else None

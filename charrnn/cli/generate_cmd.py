@@ -17,6 +17,7 @@ from charrnn.cli.common import (
     encoding_option,
     json_option,
     json_out,
+    label_option,
     model_option,
     positive_int,
     threads_option,
@@ -67,6 +68,7 @@ from charrnn.forms import DEFAULT_LINE_ENDS_TYPED, DEFAULT_PLACEHOLDER
               help="The free character of --template.")
 @click.option("--line-ends", default=DEFAULT_LINE_ENDS_TYPED, show_default=True,
               help="Characters that end a line for --acrostic and --template (backslash escapes: '\\n').")
+@label_option
 @device_option
 @threads_option
 @json_option
@@ -75,7 +77,7 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
              length: int, temperature: float, top_k: int | None, top_p: float | None, greedy: bool, seed: int | None,
              num_samples: int, no_echo: bool, unk: str, stop: tuple[str, ...], min_length: int, novel: bool,
              beam: int | None, acrostic: str | None, template: str | None, placeholder: str, line_ends: str,
-             device: str, threads: int | None, as_json: bool) -> None:
+             label: str | None, device: str, threads: int | None, as_json: bool) -> None:
     """Generate text from MODEL, streamed to stdout as it is sampled.
 
     With --num-samples N > 1 the samples are generated together and printed one after another,
@@ -104,7 +106,7 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
                               greedy=greedy, seed=seed, num_samples=num_samples, stop=stops,
                               min_length=min_length if given_min else None, novel=novel, beam=beam, unk=unk,
                               acrostic=acrostic, template=template, placeholder=placeholder,
-                              line_ends=unescape(line_ends, "--line-ends"))
+                              line_ends=unescape(line_ends, "--line-ends"), label=label)
     job = plan(model, vocab, RecordsInfo.of(ckpt), options)
     console = con.make_console()
     for note in job.notes:

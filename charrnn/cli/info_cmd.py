@@ -35,6 +35,9 @@ def info_cmd(model_path: str, as_json: bool) -> None:
         # then knows only some of them. None for a model not trained on records.
         "record_hashes_complete": ckpt.get("record_hashes_complete", True) if ckpt.get("record_hashes") is not None
         else None,
+        # A label-conditioned model (--labels): each label with its training records; else None.
+        "labels": None if ckpt.get("labels") is None else dict(zip(ckpt["labels"]["names"], ckpt["labels"]["counts"],
+                                                                   strict=True)),
     }
     if as_json:
         json_out(summary)
@@ -56,6 +59,13 @@ def info_cmd(model_path: str, as_json: bool) -> None:
         kept = summary["record_hashes"]
         click.echo(f"records model: delimiter '{escape(delimiter)}', hashes of {kept or 0:,} training records kept"
                    + ("" if summary["record_hashes_complete"] is not False else " (not all: the cap was reached)"))
+    if summary["labels"] is not None:
+        labels = summary["labels"]
+        shown = ", ".join(f"{name} ({count:,})" for name, count in list(labels.items())[:50])
+        more = f" and {len(labels) - 50} more (--json lists them all)" if len(labels) > 50 else ""
+        click.echo(f"labels: {len(labels)}, added to the input at every step" if m.get("label_mode") == "add" else
+                   f"labels: {len(labels)}, each an initial state")
+        click.echo(f"  {shown}{more} (training records)")
     h = summary["history"]
     if summary["exported_as"]:
         click.echo(f"history: not kept in an exported model ({summary['exported_as']}); its checkpoint has it")

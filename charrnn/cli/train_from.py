@@ -1,4 +1,4 @@
-"""Training from a checkpoint: how --resume and --init-from meet the options of `charrnn train` (charrnn.trainprep).
+"""`charrnn train` from a checkpoint: how --resume and --init-from meet the options of the command line.
 
 A resumed run keeps its checkpoint's training options unless the command line gives others (said
 on stderr), and refuses those that would change its training text; a fine-tuned run takes its base
@@ -8,7 +8,6 @@ model's architecture and vocabulary, grown by the new text's characters or (--ke
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 from charrnn.errors import CheckpointError, UsageError
@@ -59,11 +58,11 @@ def resume_options(ckpt: dict[str, Any], opts: dict[str, Any], given: Any, chose
     return changes, saved_train["val_fraction"], saved_train.get("val_max_chars")  # None: older than the option
 
 
-def fine_tune_vocab(base: dict[str, Any], base_path: str, encoded: Any, keep: bool, say: Callable[[str], None],
-                    encode: Any) -> tuple[Any, Any, Any]:
+def fine_tune_vocab(base: dict[str, Any], base_path: str, encoded: Any, keep: bool, console: Any,
+                     encode: Any) -> tuple[Any, Any, Any]:
     """(vocabulary, encoded text, model config) for fine-tuning `base` on the text counted in
-    `encoded`; `encode(vocab)` encodes the text again under the chosen vocabulary; `say` is told what
-    happens to the vocabulary."""
+    `encoded`; `encode(vocab)` encodes the text again under the chosen vocabulary."""
+    from charrnn import console as con
     from charrnn.finetune import choose_vocab
     from charrnn.model import ModelConfig
     from charrnn.vocab import Vocab
@@ -76,13 +75,13 @@ def fine_tune_vocab(base: dict[str, Any], base_path: str, encoded: Any, keep: bo
     vocab, added = choose_vocab(base_vocab, encoded.vocab, keep)
     shown = ", ".join(repr(c) for c in added[:20]) + (f" and {len(added) - 20} more" if len(added) > 20 else "")
     if added and keep:
-        say(f"warning: {len(added)} character(s) of the text are not in {base_path}'s vocabulary and "
+        con.info(console, f"warning: {len(added)} character(s) of the text are not in {base_path}'s vocabulary and "
                           f"are read as <unk> (--keep-vocab): {shown}")
     elif added:
-        say(f"fine-tuning {base_path}: adding {len(added)} character(s) to its vocabulary of "
+        con.info(console, f"fine-tuning {base_path}: adding {len(added)} character(s) to its vocabulary of "
                           f"{base_vocab.size}: {shown}")
     else:
-        say(f"fine-tuning {base_path}: its vocabulary covers the text")
+        con.info(console, f"fine-tuning {base_path}: its vocabulary covers the text")
     if vocab != encoded.vocab:
         encoded = encode(vocab)
     return vocab, encoded, dataclasses.replace(base_config, vocab_size=vocab.size)
