@@ -47,6 +47,8 @@ DEFAULT_LR = 1e-3
 DEFAULT_DECAY = 1e-2
 DEFAULT_SEGMENT = 20
 DEFAULT_EPS = 2e-5
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # 3.4028e38
+FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)  # 1.1755e-38, the smallest normal float32
 STATS_MAX_CHARS = 100_000  # of a stats text: one forward and backward pass per segment, at one stream
 
 
@@ -62,12 +64,15 @@ class DynamicConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise UsageError(f"--dynamic-{name} must be a finite number, got {value!r}")
-        if self.lr < 0:
-            raise UsageError(f"--dynamic-lr must be >= 0, got {self.lr:g}")
-        if not 0 <= self.decay <= 1:
-            raise UsageError(f"--dynamic-decay must be in [0, 1], got {self.decay:g}")
-        if self.eps <= 0:
-            raise UsageError(f"--dynamic-eps must be > 0, got {self.eps:g}")
+        # The step runs in float32: a value it cannot hold (an lr past 3.4e38, an eps or a decay below
+        # 1.2e-38) would overflow to infinity or vanish to 0 there (a RuntimeError, or NaN losses).
+        if not 0 <= self.lr <= FLOAT32_MAX:
+            raise UsageError(f"--dynamic-lr must be in [0, {FLOAT32_MAX:.4g}] (float32), got {self.lr:g}")
+        if not (self.decay == 0 or FLOAT32_TINY <= self.decay <= 1):
+            raise UsageError(f"--dynamic-decay must be 0 or in [{FLOAT32_TINY:.4g}, 1] (float32), got {self.decay:g}")
+        if not FLOAT32_TINY <= self.eps <= FLOAT32_MAX:
+            raise UsageError(f"--dynamic-eps must be in [{FLOAT32_TINY:.4g}, {FLOAT32_MAX:.4g}] (float32), "
+                             f"got {self.eps:g}")
         if not isinstance(self.segment, int) or isinstance(self.segment, bool) or self.segment < 1:
             raise UsageError(f"--dynamic-segment must be an integer >= 1, got {self.segment!r}")
 
@@ -175,6 +180,16 @@ def collect_stats(model: CharRNN, ids: np.ndarray, *, segment: int = DEFAULT_SEG
     return stats
 
 
+def check_segment(config: DynamicConfig, chars: int) -> None:
+    """A UsageError when a text of `chars` characters is one segment or less: that segment is scored before
+    the only step, so the "dynamic" figure would be the static one."""
+    targets = chars - 1
+    if config.lr > 0 and targets > 0 and config.segment >= targets:
+        raise UsageError(f"--dynamic-segment {config.segment:,} is not shorter than the text ({targets:,} "
+                         "characters to score): no step would come before the last character, and the dynamic "
+                         "figure would be the static one; give a shorter segment")
+
+
 def dynamic_losses(
     model: CharRNN,
     ids: np.ndarray,
@@ -195,8 +210,15 @@ def dynamic_losses(
     running = stats is None
     gathered = GradStats(params) if running else stats.to(device)
     fixed_rms = None if running else gathered.rms()
+    read = 0
     for losses, scored in _segments(work, ids, config.segment, unk_id):
-        yield losses.detach().double().cpu().numpy(), scored
+        values = losses.detach().double().cpu().numpy()
+        if not np.isfinite(values[scored]).all():
+            raise DataError(f"dynamic evaluation diverged: a non-finite loss after {read:,} characters (the weights "
+                            f"overflowed); lower --dynamic-lr (now {config.lr:g}) or raise --dynamic-eps "
+                            f"(now {config.eps:g})")
+        read += len(values)
+        yield values, scored
         count = int(scored.sum())
         if count and config.lr > 0:  # lr 0: the weights never move, whatever the decay
             grads = _grads(losses.sum(), count, params, device)

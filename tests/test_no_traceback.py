@@ -166,3 +166,34 @@ def test_coloured_views_stop_quietly_with_exit_0_when_the_reader_goes_away(home:
         r = charrnn(home, *args, shell_tail="| head -1")
         assert r.returncode == 0 and len(r.stdout.splitlines()) == 1, (args, r.returncode, r.stderr.decode()[-2000:])
         assert "Error" not in r.stderr.decode() and "Traceback" not in r.stderr.decode(), r.stderr.decode()
+
+
+# Dynamic evaluation at its extremes ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("option", "value"), [("--dynamic-lr", "1e39"), ("--dynamic-decay", "1e-300"),
+                                               ("--dynamic-eps", "1e-300"), ("--dynamic-eps", "1e39")])
+def test_dynamic_values_float32_cannot_hold_are_usage_errors(home: Path, option: str, value: str) -> None:
+    """Regression: 1e39 overflowed float32 in the step (RuntimeError traceback); an eps of 1e-300 became 0
+    there and every loss NaN ("dynamic nats/char nan", exit 0)."""
+    r = CliRunner().invoke(cli, ["eval", "perplexity", "-m", str(home / "m.pt"), str(home / "c.txt"), "--dynamic",
+                                 option, value])
+    assert r.exit_code == 2 and option in r.stderr and "float32" in r.stderr and r.stdout == "", r.stderr
+
+
+def test_a_diverging_dynamic_evaluation_is_one_line_exit_1(home: Path) -> None:
+    r = charrnn(home, "eval", "perplexity", "-m", "m.pt", "c.txt", "--dynamic", "--dynamic-lr", "3e38",
+                "--dynamic-eps", "1.2e-38")
+    one_line_error(r, 1, "dynamic evaluation diverged", "--dynamic-lr")
+    assert b"nan" not in r.stdout
+
+
+def test_a_dynamic_segment_as_long_as_the_text_is_not_reported_as_dynamic(home: Path) -> None:
+    """Regression: one segment is scored before the only step: the static figure was printed as dynamic."""
+    r = CliRunner().invoke(cli, ["eval", "perplexity", "-m", str(home / "m.pt"), str(home / "c.txt"), "--dynamic",
+                                 "--dynamic-segment", str(len(TEXT) - 1)])
+    assert r.exit_code == 2 and "would be the static one" in r.stderr and r.stdout == "", r.stderr
+    r = CliRunner().invoke(cli, ["eval", "perplexity", "-m", str(home / "m.pt"), str(home / "c.txt"), "--dynamic",
+                                 "--dynamic-segment", str(len(TEXT) - 2), "--json"])
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["dynamic"]["nats_per_char"] != out["nats_per_char"]  # one step taken: the last character moved

@@ -74,6 +74,7 @@ def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int
     from charrnn.threads import make_chooser
 
     settings = _dynamic_settings(dynamic)
+    config = _dynamic_config(settings)  # before any work: a value out of range is a usage error at once
     stats_parts = _stats_parts(settings)  # before any work: a missing stats file fails at once
     streams = streams if streams is not None else (1 if settings is not None else 64)
     if streams < 1 or num_steps < 1:
@@ -97,8 +98,11 @@ def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int
     lines = (f"perplexity {result.perplexity:.4f}\nnats/char {result.nats_per_char:.4f}\n"
              f"bits/char {result.bits_per_char:.4f}\nchars {result.chars}\nunknown {result.unknown}")
     out = {**result.to_dict(), "threads": chooser.threads}
-    if settings is not None:
-        dyn = _run_dynamic(model, vocab, ids, settings, stats_parts, encoding)
+    if config is not None:
+        from charrnn.dynamic import check_segment
+
+        check_segment(config, len(ids))  # after evaluate, which says first what is wrong with the text itself
+        dyn = _run_dynamic(model, vocab, ids, config, settings["dynamic_stats"], stats_parts, encoding)
         out["dynamic"] = dyn
         lines += (f"\ndynamic perplexity {dyn['perplexity']:.4f}\ndynamic nats/char {dyn['nats_per_char']:.4f}\n"
                   f"dynamic bits/char {dyn['bits_per_char']:.4f}")
@@ -136,18 +140,26 @@ def _stats_parts(settings: dict[str, Any] | None) -> list[Any] | None:
     return source_parts(source)
 
 
-def _run_dynamic(model: Any, vocab: Any, ids: Any, settings: dict[str, Any], stats_parts: list[Any] | None,
-                 encoding: str) -> dict[str, Any]:
-    """Dynamic evaluation of MODEL on `ids` under the --dynamic-* settings: its result and settings."""
-    from charrnn import console as con
+def _dynamic_config(settings: dict[str, Any] | None) -> Any:
+    """The DynamicConfig of the --dynamic-* settings (their defaults where not given); None without --dynamic."""
+    if settings is None:
+        return None
     from charrnn import dynamic as dy
-    from charrnn.cache import encode_corpus
 
-    config = dy.DynamicConfig(
+    return dy.DynamicConfig(
         lr=dy.DEFAULT_LR if settings["dynamic_lr"] is None else settings["dynamic_lr"],
         decay=dy.DEFAULT_DECAY if settings["dynamic_decay"] is None else settings["dynamic_decay"],
         segment=settings["dynamic_segment"] or dy.DEFAULT_SEGMENT,
         eps=dy.DEFAULT_EPS if settings["dynamic_eps"] is None else settings["dynamic_eps"])
+
+
+def _run_dynamic(model: Any, vocab: Any, ids: Any, config: Any, stats_source: str | None,
+                 stats_parts: list[Any] | None, encoding: str) -> dict[str, Any]:
+    """Dynamic evaluation of MODEL on `ids` under `config`: its result and settings."""
+    from charrnn import console as con
+    from charrnn import dynamic as dy
+    from charrnn.cache import encode_corpus
+
     stats = None
     if stats_parts is not None:
         stats_ids = encode_corpus(stats_parts, encoding, vocab=vocab, unk="map", where="the --dynamic-stats text",
@@ -156,7 +168,7 @@ def _run_dynamic(model: Any, vocab: Any, ids: Any, settings: dict[str, Any], sta
     con.info(con.make_console(), f"dynamic evaluation: {len(ids) - 1:,} characters, a step every {config.segment}")
     result = dy.dynamic_evaluate(model, ids, config=config, unk_id=vocab.unk_id, stats=stats)
     return {**result.to_dict(), **config.to_dict(),
-            "stats": "causal" if stats is None else settings["dynamic_stats"]}
+            "stats": "causal" if stats is None else stats_source}
 
 DEFAULT_SHOW_CHARS = 10_000
 
