@@ -47,7 +47,7 @@ class Connection:
 
     async def post(self, path: str, body: dict) -> tuple[int, bytes]:
         data = json.dumps(body).encode()
-        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                           f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
         await self.writer.drain()
         head = await self.reader.readuntil(b"\r\n\r\n")

@@ -10,13 +10,16 @@ These native routes live under /charrnn/v1/: /v1/ is OpenAI's (charrnn.openai_ro
 build_app as extra routes), where `n` counts samples, not characters; the native routes' old /v1/
 paths answer 404 naming the new ones. The bodies and answers are those of the line protocol
 (charrnn.protocol, charrnn.service) without "op". Every refusal is a JSON body {"error": "..."} with
-its status: 400 not JSON, 401 a wrong API key, 404 an unknown model or path, 405 a wrong method, 413
-too large, 422 a wrong field, 503 too busy (with Retry-After).
+its status: 400 not JSON, 401 a wrong API key, 404 an unknown model or path, 405 a wrong method, 408 a
+body that took longer than --body-timeout, 413 too large, 422 a wrong field, 503 too busy (with
+Retry-After); charrnn.front adds 403 (Host), 415 (not JSON) and its own 503s, charrnn.connections the
+408 of a slow request head.
 
 With "stream": true, /charrnn/v1/generate answers NDJSON (application/x-ndjson), one object per line as the
 text is made: {"sample": i, "text": "..."} (the texts of sample i, joined, are the sample), then
 {"done": true, "seed": S} last (no seed for beam search), or {"error": "..."} if the generation
-fails after it began. A client that goes away stops its generation, streamed or not.
+fails after it began. A client that goes away stops its generation, streamed or not; a stream whose
+client reads nothing for --send-timeout seconds is dropped (BoundedStream, for every streamed route).
 
 No model work runs on the event loop: `next` (characters) and plain `generate` go to the model's
 ModelWorker (batched), the rest to the shared Pool (charrnn.worker).
@@ -25,23 +28,32 @@ ModelWorker (batched), the rest to the shared Pool (charrnn.worker).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from charrnn.engine import Job
 from charrnn.errors import RequestError
+from charrnn.front import DRAIN_BYTES, RETRY_AFTER, Front, drain
 from charrnn.generate import Sampling
-from charrnn.protocol import GenerateRequest, Limits, decode_json, parse_generate, parse_next, parse_score
+from charrnn.protocol import (
+    GenerateRequest,
+    Limits,
+    ServerOptions,
+    decode_json,
+    parse_generate,
+    parse_next,
+    parse_score,
+)
 from charrnn.service import (
     LoadedModel,
     error_status,
@@ -56,7 +68,6 @@ from charrnn.service import (
 from charrnn.worker import ModelWorker, NextTask, Pool
 
 NDJSON = "application/x-ndjson"
-RETRY_AFTER = "1"  # seconds, with every 503
 CLIENT_GONE = 499
 PAUSE_AT = 64  # steps of a streamed generation waiting to be sent: its job pauses until they are
 NATIVE = "/charrnn/v1"  # the native routes' prefix
@@ -73,13 +84,20 @@ class Backend:
     limits: Limits
     # told (model, characters) of what the pool generated (/metrics; the workers count their own)
     on_generated: Callable[[str, int], None] = lambda model, chars: None
+    body_timeout: float = ServerOptions.body_timeout  # seconds a request's body may take to arrive
+    send_timeout: float = ServerOptions.send_timeout  # seconds a stream waits for a client that reads nothing
+
+
+class Unread(RequestError):
+    """A refusal that leaves part of the body unread: its answer closes the connection, which cannot carry
+    another request."""
 
 
 def error_response(e: BaseException) -> JSONResponse:
-    """{"error": ...} with the status of `e`; a 503 says when to retry, and a 413 closes the connection (the
-    rest of a body too large is not read, so the connection cannot carry another request)."""
+    """{"error": ...} with the status of `e`; a 503 says when to retry."""
     status, message = error_status(e)
-    headers = {"Retry-After": RETRY_AFTER} if status == 503 else {"Connection": "close"} if status == 413 else None
+    headers = {"Retry-After": RETRY_AFTER} if status == 503 else {"Connection": "close"} if isinstance(e, Unread) \
+        else None
     return JSONResponse({"error": message}, status, headers=headers)
 
 
@@ -89,6 +107,8 @@ def guard(route: Callable[[Request], Awaitable[Response]],
     async def guarded(request: Request) -> Response:
         try:
             return await route(request)
+        except ClientDisconnect:  # it went away while its body was read
+            return _gone()
         except Exception as e:  # noqa: BLE001 - every failure of a request is its JSON answer
             return answer(e)
     return guarded
@@ -115,31 +135,42 @@ def _channel() -> tuple[asyncio.Future, Callable[[Any], None]]:
     return future, deliver
 
 
-async def _read_json(request: Request, limits: Limits) -> Any:
-    """The body as JSON (protocol.decode_json: strict, UTF-8): 413 past the limit, found before reading
-    when Content-Length says so, else as soon as the body passes it; 400 not JSON."""
-    limit = limits.max_body_bytes
+async def _read_json(request: Request, limits: Limits, timeout: float) -> Any:
+    """The body as JSON (protocol.decode_json: strict, UTF-8) within `timeout` seconds (else 408); 413 past the
+    limit, found before reading when Content-Length says so, else as soon as the body passes it; 400 not JSON.
+    A body too large is still read to its end (up to front.DRAIN_BYTES, dropped), so that a client that
+    sends it whole before reading (urllib, requests) reads the 413 rather than a reset connection."""
+    limit, deadline = limits.max_body_bytes, asyncio.get_running_loop().time() + timeout
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise RequestError(413, f"the body has {int(length):,} bytes, more than the limit of {limit:,} "
-                                "(--max-body-bytes)")
+    declared = int(length) if length is not None and length.isdigit() else None
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestError(413, f"the body has more than the limit of {limit:,} bytes (--max-body-bytes)")
-    return decode_json(bytes(body), limits)
 
+    async def read() -> bool:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                return False
+        return True
 
-async def _until_disconnected(request: Request) -> None:
-    """Returns when the client has gone (the body has been read: what comes next is the disconnect)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    if declared is not None and declared > limit:
+        too_large = f"the body has {declared:,} bytes, more than the limit of {limit:,} (--max-body-bytes)"
+    else:
+        try:
+            if await asyncio.wait_for(read(), timeout):
+                return decode_json(bytes(body), limits)
+        except asyncio.TimeoutError:
+            raise Unread(408, f"the body did not arrive within {timeout:g} s (--body-timeout)") from None
+        too_large = f"the body has more than the limit of {limit:,} bytes (--max-body-bytes)"
+    left = deadline - asyncio.get_running_loop().time()
+    if (request.headers.get("expect", "").lower() == "100-continue" or (declared or 0) > DRAIN_BYTES
+            or not await drain(request.receive, left)):
+        raise Unread(413, too_large)
+    raise RequestError(413, too_large)
 
 
 async def _unless_gone(request: Request, future: asyncio.Future, cancel: Callable[[], None]) -> Any:
     """The future's result, or, when the client goes away first, cancel() and an empty response's None."""
-    watcher = asyncio.ensure_future(_until_disconnected(request))
+    watcher = asyncio.ensure_future(_until_gone(request.receive))
     try:
         await asyncio.wait({future, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -203,7 +234,7 @@ class App:
         return JSONResponse(models_info(self.b.models))
 
     async def next(self, request: Request) -> Response:
-        req = parse_next(await _read_json(request, self.b.limits), self.b.limits)
+        req = parse_next(await _read_json(request, self.b.limits, self.b.body_timeout), self.b.limits)
         lm = pick_model(self.b.models, req.model)
         if req.words is not None or lm.labels is not None:  # a beam per request, or a label's model: the pool
             return JSONResponse(await self._in_pool(lambda: run_next(lm, req)))
@@ -217,12 +248,12 @@ class App:
         return JSONResponse({"prefix": req.prefix, "next": [g.to_dict("char") for g in guesses]})
 
     async def score(self, request: Request) -> Response:
-        req = parse_score(await _read_json(request, self.b.limits), self.b.limits)
+        req = parse_score(await _read_json(request, self.b.limits, self.b.body_timeout), self.b.limits)
         lm = pick_model(self.b.models, req.model)
         return JSONResponse(await self._in_pool(lambda: run_score(lm, req)))
 
     async def generate(self, request: Request) -> Response:
-        req = parse_generate(await _read_json(request, self.b.limits), self.b.limits)
+        req = parse_generate(await _read_json(request, self.b.limits, self.b.body_timeout), self.b.limits)
         lm = pick_model(self.b.models, req.model)
         if req.stream:
             return self._stream(lm, req)
@@ -300,8 +331,59 @@ class App:
                 pass
 
             self.b.pool.submit(work, lambda result: post(("done", result)))
-        return StreamingResponse(_ndjson(events, cancel, resume, None if req.beam is not None else req.seed),
-                                 media_type=NDJSON)
+        return BoundedStream(_ndjson(events, cancel, resume, None if req.beam is not None else req.seed),
+                             self.b.send_timeout, NDJSON)  # type: ignore[return-value]
+
+
+STALLED = "a stream's client read nothing for --send-timeout seconds: dropped"
+
+
+class BoundedStream:
+    """The ASGI answer of a streamed generation (NDJSON, or server-sent events): each piece written as it
+    comes, each write waiting at most `send_timeout` seconds for the client to take it (its socket's
+    buffers are full while it reads nothing). A client that reads nothing for that long has its stream
+    dropped and its connection closed (uvicorn closes a response left incomplete, and logs STALLED's line
+    through server.py); one that goes away ends it too. Either way the generator is closed, which stops
+    the generation."""
+
+    def __init__(self, lines: AsyncIterator[str], send_timeout: float, media_type: str,
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        self.lines, self.send_timeout = lines, send_timeout
+        self.headers = [(b"content-type", media_type.encode()), *headers]
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        gone = asyncio.ensure_future(_until_gone(receive))
+        step: asyncio.Future | None = None  # the next line, then its write
+        try:
+            while True:
+                step = asyncio.ensure_future(self.lines.__anext__())  # type: ignore[attr-defined]
+                await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():
+                    return  # gone while the generation was making its next piece
+                try:
+                    text = step.result()
+                except StopAsyncIteration:
+                    break
+                step = asyncio.ensure_future(send({"type": "http.response.body", "body": text.encode(),
+                                                   "more_body": True}))
+                await asyncio.wait({step, gone}, timeout=self.send_timeout, return_when=asyncio.FIRST_COMPLETED)
+                if gone.done() or not step.done():
+                    return  # gone, or stalled: left incomplete, the connection is closed
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            gone.cancel()
+            if step is not None and not step.done():
+                step.cancel()
+                with contextlib.suppress(BaseException):
+                    await step  # a line's wait ends before the generator is closed
+            await self.lines.aclose()  # type: ignore[attr-defined]
+
+
+async def _until_gone(receive: Callable) -> None:
+    """Returns when the client has gone (the body has been read: what comes next is the disconnect)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _ndjson(events: asyncio.Queue, cancel: Callable[[], None], resume: Callable[[], None],
@@ -338,45 +420,6 @@ async def _ndjson(events: asyncio.Queue, cancel: Callable[[], None], resume: Cal
         cancel()
 
 
-class Front:
-    """ASGI middleware in front of the application: at most `max_requests` requests in progress (more get
-    a JSON 503 with Retry-After), and one access-log line per request through `log`:
-    `client "METHOD /path" status milliseconds`, also given to `observe` (method, path, status, seconds)."""
-
-    def __init__(self, app: Any, log: Callable[[str], None], max_requests: int,
-                 observe: Callable[[str, str, str, float], None] | None = None) -> None:
-        self.app, self.log, self.max_requests, self.observe = app, log, max_requests, observe
-        self.in_progress = 0
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start, status = time.perf_counter(), "-"
-
-        async def send_and_note(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = str(message["status"])
-            await send(message)
-
-        self.in_progress += 1
-        try:
-            if self.in_progress > self.max_requests:
-                busy = RequestError(503, f"the server has {self.max_requests:,} requests in progress "
-                                         "(--max-requests); try again shortly")
-                await error_response(busy)(scope, receive, send_and_note)
-            else:
-                await self.app(scope, receive, send_and_note)
-        finally:
-            self.in_progress -= 1
-            host, port = scope.get("client") or ("-", 0)
-            seconds = time.perf_counter() - start
-            self.log(f'{host}:{port} "{scope["method"]} {scope["path"][:200]}" {status} {seconds * 1000:.1f} ms')
-            if self.observe is not None:
-                self.observe(scope["method"], scope["path"], status, seconds)
-
-
 class ApiKey:
     """ASGI middleware: a request to a model route (under /v1/ or /charrnn/) without `Authorization: Bearer
     KEY` gets 401; /healthz (and /metrics) stay open, for probes and scrapers."""
@@ -403,12 +446,13 @@ class ApiKey:
 def build_app(backend: Backend, log: Callable[[str], None], max_requests: int = 1000, *,
               extra: Sequence[Route] = (), api_key: str | None = None,
               outer: Callable[[Any], Any] | None = None,
-              observe: Callable[[str, str, str, float], None] | None = None) -> Any:
-    """The ASGI application: the routes (and the `extra` ones), behind the API key when one is given, the
-    request limit and the access log (whose lines `observe` also gets); `outer` (a middleware) wraps the
-    whole."""
+              observe: Callable[[str, str, str, float], None] | None = None,
+              allowed_hosts: frozenset[str] = frozenset()) -> Any:
+    """The ASGI application: the routes (and the `extra` ones), behind the API key when one is given and
+    charrnn.front (the Host and content checks, the request limit, the access log, whose lines `observe`
+    also gets); `outer` (a middleware) wraps the whole."""
     app: Any = App(backend).starlette(extra)
     if api_key is not None:
         app = ApiKey(app, api_key)
-    app = Front(app, log, max_requests, observe)
+    app = Front(app, log, max_requests, allowed_hosts, backend.body_timeout, observe)
     return outer(app) if outer is not None else app

@@ -23,12 +23,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from charrnn.completions import Piece, complete
 from charrnn.errors import RequestError
-from charrnn.httpapp import RETRY_AFTER, Backend, _channel, _gone, _read_json, _unless_gone, guard
+from charrnn.front import RETRY_AFTER
+from charrnn.httpapp import Backend, BoundedStream, _channel, _gone, _read_json, _unless_gone, guard
 from charrnn.openai_protocol import CompletionRequest, openai_error, parse_completion
 from charrnn.service import LoadedModel, error_status, pick_model
 
@@ -121,7 +122,7 @@ class OpenAIRoutes:
         return JSONResponse(model_entry(_pick(self.b, request.path_params["model"])))
 
     async def completions(self, request: Request) -> Response:
-        req = parse_completion(await _read_json(request, self.b.limits), self.b.limits)
+        req = parse_completion(await _read_json(request, self.b.limits, self.b.body_timeout), self.b.limits)
         lm = _pick(self.b, req.model)
         stopped = False
         pieces = [complete(lm, req, prompt, lambda: stopped) for prompt in req.prompts]  # the prompts checked here
@@ -181,8 +182,8 @@ class OpenAIRoutes:
             stopped = True
 
         self.b.pool.submit(work, lambda result: post(("done", result)))
-        return StreamingResponse(_events(events, Choices(req), head, cancel), media_type=SSE,
-                                 headers={"Cache-Control": "no-cache"})
+        return BoundedStream(_events(events, Choices(req), head, cancel), self.b.send_timeout, SSE,
+                             ((b"cache-control", b"no-cache"),))  # type: ignore[return-value]
 
 
 def _chunk(body: dict) -> str:

@@ -42,7 +42,12 @@ class ServerOptions:
     max_streams: int = 256  # generate streams a model advances together
     pool_threads: int = 2  # threads for score, next words and generate with stop strings or beam search
     max_requests: int = 1000  # requests in progress at once before a 503
-    shutdown_timeout: float = 30.0  # seconds requests in flight get to finish on SIGTERM or Ctrl-C
+    shutdown_timeout: float = 30.0  # seconds requests in flight get to finish on SIGTERM, SIGHUP or Ctrl-C
+    header_timeout: float = 10.0  # seconds a connection may take to send a whole request head
+    body_timeout: float = 30.0  # seconds a request's body may take to arrive once its head has
+    send_timeout: float = 30.0  # seconds a streamed answer waits for a client that reads nothing
+    max_connections: int = 512  # connections open at once (fewer where the descriptor limit leaves less room)
+    allow_host: tuple[str, ...] = ()  # Host names served besides IP addresses, localhost and --host ("*": any)
     threads: int = 1  # torch's threads within one operation (the server's work is many small operations)
     api_key: str | None = None  # when set, the model routes want `Authorization: Bearer api_key`
 

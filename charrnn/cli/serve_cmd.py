@@ -42,8 +42,16 @@ HTTP_OPTIONS = {  # name: (type, help); the defaults are protocol.ServerOptions'
     "pool_threads": (IntRange(1, 64), "Threads for score, next with words and generate with stop or beam (HTTP)."),
     "max_requests": (IntRange(min=1), "Requests in progress at once (streams included); more get 503 with "
                                       "Retry-After (HTTP)."),
-    "shutdown_timeout": (Finite(0), "Seconds requests in flight get to finish after SIGTERM or Ctrl-C; then they "
-                                    "are cancelled (HTTP)."),
+    "shutdown_timeout": (Finite(0), "Seconds requests in flight get to finish after SIGTERM, SIGHUP or Ctrl-C; then "
+                                    "they are answered 503 (HTTP)."),
+    "header_timeout": (Finite(0.01, 3600), "Seconds a connection may take to send a whole request head (then 408 "
+                                           "and closed) (HTTP)."),
+    "body_timeout": (Finite(0.01, 3600), "Seconds a request's body may take to arrive (then 408) (HTTP)."),
+    "send_timeout": (Finite(0.01, 3600), "Seconds a stream waits for a client that reads nothing before it is "
+                                         "dropped (HTTP)."),
+    "max_connections": (IntRange(min=1), "Connections open at once (fewer if the descriptor limit, ulimit -n, leaves "
+                                         "less room); one more closes the one that has waited longest for its "
+                                         "request (HTTP)."),
     "threads": (IntRange(1, 1024), "Threads torch may use within one operation; the server's work is many small "
                                    "operations, which more threads slow down on a busy machine (HTTP)."),
 }
@@ -54,7 +62,9 @@ def http_options(command: Any) -> Any:
     for name, (kind, text) in reversed(HTTP_OPTIONS.items()):
         command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=getattr(defaults, name),
                                show_default=True, help=text)(command)
-    return command
+    return click.option("--allow-host", "allow_host", multiple=True, metavar="NAME",
+                        help="A Host name to serve besides IP addresses, localhost and --host (a name this machine "
+                             "is reached by); repeat for several; '*' serves any (HTTP).")(command)
 
 
 def limit_options(command: Any) -> Any:
@@ -97,7 +107,7 @@ def serve(ctx: click.Context, model_specs: tuple[str, ...], stdio: bool, host: s
     """
     from charrnn.service import model_spec
 
-    http = {name: limits.pop(name) for name in HTTP_OPTIONS}
+    http = {name: limits.pop(name) for name in (*HTTP_OPTIONS, "allow_host")}
     try:
         limit = Limits(**limits)
     except RequestError as e:
@@ -108,7 +118,7 @@ def serve(ctx: click.Context, model_specs: tuple[str, ...], stdio: bool, host: s
     if not stdio:
         _serve_http(specs, device, limit, host, port, {**http, "api_key": api_key})
         return
-    given = [f"--{name.replace('_', '-')}" for name in ("host", "port", *HTTP_OPTIONS)
+    given = [f"--{name.replace('_', '-')}" for name in ("host", "port", *HTTP_OPTIONS, "allow_host")
              if ctx.get_parameter_source(name) != ParameterSource.DEFAULT]
     given += ["--api-key"] if ctx.get_parameter_source("api_key") == ParameterSource.COMMANDLINE else []
     if given:
