@@ -216,7 +216,8 @@ def test_a_public_bind_warns_and_sighup_stops_gracefully(home: Path) -> None:
     s = Server("-m", str(home / "m.pt"), "--host", "0.0.0.0", "--max-n", "10000000")
     try:
         assert any(line.startswith("Warning: ") and "no authentication" in line for line in s.lines), s.lines
-        with s.client.stream("POST", "/charrnn/v1/generate", content=json.dumps({"n": 3000, "seed": 2, "stream": True})) as r:
+        body = json.dumps({"n": 3000, "seed": 2, "stream": True})
+        with s.client.stream("POST", "/charrnn/v1/generate", content=body) as r:
             lines = r.iter_lines()
             first = json.loads(next(lines))
             s.proc.send_signal(signal.SIGHUP)  # graceful, as SIGTERM: the stream in flight finishes

@@ -252,12 +252,12 @@ def test_requests_past_max_requests_are_503(home: Path) -> None:
         with s.client.stream("POST", "/charrnn/v1/generate", content=json.dumps({"n": 5_000_000, "stream": True})) as r:
             lines = r.iter_lines()
             next(lines)  # one request in progress
-            busy = s.client.get("/v1/models")
+            busy = s.client.get("/charrnn/v1/models")
             error(busy, 503, "--max-requests")
             assert busy.headers["retry-after"] == "1"
             assert s.client.get("/healthz").status_code == 200  # outside the limit: it answers however busy
         deadline = time.monotonic() + 60
-        while s.client.get("/v1/models").status_code == 503:  # until the stream's end is seen
+        while s.client.get("/charrnn/v1/models").status_code == 503:  # until the stream's end is seen
             assert time.monotonic() < deadline
             time.sleep(0.05)
     finally:
@@ -319,7 +319,7 @@ def test_requests_past_the_shutdown_bound_are_cancelled_in_one_line_each(home: P
     assert "Traceback" not in err and "CancelledError" not in err and s.lines[-1].strip() == "stopped"
     assert all(line.strip() and not line.startswith((" ", "\t")) for line in s.lines), err
     error(results["r"], 503, "the server stopped before this request was answered (--shutdown-timeout)")
-    assert s.access("POST /v1/generate") and ' 503 ' in s.access("POST /v1/generate")[0]
+    assert s.access("POST /charrnn/v1/generate") and " 503 " in s.access("POST /charrnn/v1/generate")[0]
 
 
 def test_without_the_extra_one_line_names_it(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
