@@ -141,6 +141,7 @@ def test_a_lowered_descriptor_limit_still_serves_normal_clients(home: Path) -> N
             if i % 50 == 49:
                 times.append(served_in(s))
         times.append(served_in(s))
+        print("normal client served in", [round(t, 3) for t in times], "s")
         assert max(times) < 2, times
         assert s.client.get("/healthz").status_code == 200
     finally:
