@@ -72,9 +72,12 @@ class ContextCurve:
 
 def parse_lengths(spec: str) -> tuple[int, ...]:
     """'1,2,5 10' -> (1, 2, 5, 10): integers from 1 to MAX_LENGTH, sorted, duplicates dropped."""
-    words = spec.replace(",", " ").split()
+    fields = spec.split(",")
+    words = [w for f in fields for w in f.split()]
     if not words:
         raise UsageError("--lengths is empty: give context lengths such as 1,10,100")
+    if any(not f.strip() for f in fields):
+        raise UsageError(f"--lengths {spec!r} has an empty length between commas (give lengths such as 1,10,100)")
     lengths = set()
     for word in words:
         try:

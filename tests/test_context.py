@@ -157,7 +157,7 @@ def test_parse_lengths(spec: str, want: tuple[int, ...]) -> None:
     assert parse_lengths(spec) == want
 
 
-@pytest.mark.parametrize("spec", ["", " , ", "1,x", "0", "-3", "2.5", "100001"])
+@pytest.mark.parametrize("spec", ["", " , ", "1,x", "0", "-3", "2.5", "100001", "1,,2", "1,2,", ",1"])
 def test_bad_lengths_are_usage_errors(spec: str) -> None:
     with pytest.raises(UsageError, match="--lengths"):
         parse_lengths(spec)

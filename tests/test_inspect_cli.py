@@ -135,7 +135,7 @@ def test_cells_and_gates_pictures(home: Path, tmp_path: Path, suffix: str) -> No
         assert r.exit_code == 0, r.stderr
         data = out.read_bytes()
         assert data.startswith(b"\x89PNG") if suffix == "png" else b"<svg" in data[:2000]
-        assert r.stdout  # the table still goes to stdout
+        assert r.stdout == ""  # the picture was asked for, not the table as well (issue 27)
         assert not list(tmp_path.glob(".*tmp"))
 
 

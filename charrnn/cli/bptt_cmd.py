@@ -22,7 +22,8 @@ from charrnn.cli.context_cmd import load_models, max_chars_option, models_option
 @max_chars_option
 @picture_option
 @click.option("--json", "as_json", is_flag=True,
-              help="JSON Lines: one object per distance, keys distance, grad_norm (and model), distance 0 first.")
+              help="JSON Lines: one object per distance, keys distance, grad_norm (with several models also model, the "
+                   "path, and name, the legend's), distance 0 first.")
 @device_option
 def inspect_bptt(model_paths: tuple[str, ...], text: str, encoding: str, steps: int, windows: int, max_chars: int,
              picture: str | None, as_json: bool, device: str) -> None:
@@ -52,11 +53,13 @@ def inspect_bptt(model_paths: tuple[str, ...], text: str, encoding: str, steps: 
     curves = []
     for path, legend, model, ids, unk_id, boundary in load_models(model_paths, body, name, encoding, device):
         curve = gradient_norms(model, ids, steps=steps, windows=windows, unk_id=unk_id, boundary_ids=boundary)
-        g, mid = curve.grad_norms, min(10, steps - 1)
-        con.info(console, f"{legend}: {curve.windows} windows of {steps} characters; grad norm {g[0]:.3g} at "
-                          f"distance 0, {g[mid]:.3g} at {mid}, {g[-1]:.3g} at {steps - 1}")
+        g = curve.grad_norms
+        said = ", ".join(f"{g[k]:.3g} at {'distance ' if k == 0 else ''}{k}" for k in sorted({0, min(10, steps - 1),
+                                                                                               steps - 1}))
+        con.info(console, f"{legend}: {curve.windows} windows of {steps} characters; grad norm {said}")
         curves.append((path, legend, curve))
-    _print_table(curves, as_json)
+    if fig is None or as_json:  # with -o the picture is what was asked for, not the table as well
+        _print_table(curves, as_json)
     if fig is not None:
         from charrnn.figure import save_figure
 
@@ -69,9 +72,9 @@ def inspect_bptt(model_paths: tuple[str, ...], text: str, encoding: str, steps: 
 def _print_table(curves: list[tuple[str, str, Any]], as_json: bool) -> None:
     several = len(curves) > 1
     if as_json:
-        for path, _, curve in curves:
+        for path, legend, curve in curves:
             for record in curve.records():
-                click.echo(json_line({**record, **({"model": path} if several else {})}))
+                click.echo(json_line({**record, **({"model": path, "name": legend} if several else {})}))
         return
     widths = [max(12, len(legend)) for _, legend, _ in curves]
     click.echo("  ".join([f"{'distance':>8}", *(f"{legend:>{w}}" for (_, legend, _), w in zip(curves, widths,

@@ -22,7 +22,8 @@ models_option = click.option("-m", "--model", "model_paths", required=True, mult
 max_chars_option = click.option("--max-chars", default=DEFAULT_MAX_CHARS, show_default=True, type=int,
                                 help="Read at most this many characters from the start of the text.")
 picture_option = click.option("-o", "--output", "picture", type=click.Path(dir_okay=False),
-                              help="Also draw the result to this .png or .svg file.")
+                              help="Draw the result to this .png or .svg file instead of printing the table "
+                                   "(--json still prints).")
 
 
 def new_picture(picture: str | None, model_paths: tuple[str, ...], text: str) -> Any:
@@ -72,7 +73,9 @@ def load_models(model_paths: tuple[str, ...], body: str, name: str, encoding: st
 @max_chars_option
 @picture_option
 @click.option("--json", "as_json", is_flag=True,
-              help="JSON Lines: one object per length, keys length, nats_per_char, increase, targets (and model).")
+              help="JSON Lines: one object per length, keys length, nats_per_char, increase, targets, "
+                   "full_nats_per_char (the full-context loss; with several models also model, the path, and "
+                   "name, the legend's).")
 @device_option
 def eval_context(model_paths: tuple[str, ...], text: str, encoding: str, lengths: str, targets: int,
                 perturb: str | None, beyond: int | None, seed: int, max_chars: int, picture: str | None,
@@ -126,7 +129,8 @@ def eval_context(model_paths: tuple[str, ...], text: str, encoding: str, lengths
             con.info(console, f"{legend}: only {curve.targets:,} characters of the text could be scored "
                               f"({targets:,} asked)")
         curves.append((path, legend, curve))
-    _print_table(curves, as_json)
+    if fig is None or as_json:  # with -o the picture is what was asked for, not the table as well
+        _print_table(curves, as_json)
     if fig is not None:
         from charrnn.figure import save_figure
 
@@ -140,9 +144,11 @@ def eval_context(model_paths: tuple[str, ...], text: str, encoding: str, lengths
 def _print_table(curves: list[tuple], as_json: bool) -> None:
     several = len(curves) > 1
     if as_json:
-        for path, _, curve in curves:
+        for path, legend, curve in curves:
             for point in curve.points:
-                click.echo(json_line({**point.to_dict(), **({"model": path} if several else {})}))
+                # With several models, the path and the legend's name (unique even for one file given twice).
+                click.echo(json_line({**point.to_dict(), "full_nats_per_char": curve.full,
+                                      **({"model": path, "name": legend} if several else {})}))
         return
     width = max(5, *(len(legend) for _, legend, _ in curves))
     click.echo(f"{'model':<{width}}  {'length':>6}  {'nats/char':>9}  {'increase':>9}  {'increase%':>9}")

@@ -19,7 +19,7 @@ PROPERTY_HELP = "quote, bracket, line_position, indent, comment, in_word, word_p
 def inspect_group() -> None:
     """Look inside a trained model: what its units track, how its gates saturate, how far its
     gradients reach back in time. Each command reads a model and a text, prints a table on
-    stdout (or --json, JSON Lines) and draws a picture with -o."""
+    stdout (or --json, JSON Lines), or with -o draws a picture instead (--json still prints)."""
 
 
 def inspect_options(picture_help: str) -> Callable[[Callable], Callable]:
@@ -33,7 +33,8 @@ def inspect_options(picture_help: str) -> Callable[[Callable], Callable]:
                          help="Read at most this many characters from the start of the text (said on stderr "
                               "when it cuts)."),
             click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout instead of the table."),
-            click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help=picture_help),
+            click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+                         help=picture_help + " Instead of the table on stdout (--json still prints)."),
             device_option,
         ]):
             f = option(f)
@@ -124,6 +125,8 @@ def cells(model_path: str, text: str, encoding: str, max_chars: int, as_json: bo
     if as_json:
         for record in (_unit_records(ranking, specs, prop, control) if specs else ranking.records(prop, control)):
             click.echo(json_line(record))
+    elif kind is not None:
+        pass  # -o: the page or picture is what was asked for, not the table as well
     elif specs:
         _heat(body, rows, color, console)
     else:
@@ -256,7 +259,7 @@ def gates(model_path: str, text: str, encoding: str, max_chars: int, as_json: bo
     if as_json:
         for record in gt.records(sat):
             click.echo(json_line(record))
-    else:
+    elif kind is None:  # -o: the picture is what was asked for, not the table as well
         click.echo(f"gate saturation over {len(ids):,} characters: fraction of characters with the gate "
                    f"< {gt.LOW:g} (left) and > {gt.HIGH:g} (right), mean over units; units saturated more than "
                    "half the time")

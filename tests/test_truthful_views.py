@@ -1,0 +1,70 @@
+"""Views that tell the truth (issue 27, section 5): inspect bptt and eval context with -o and --json,
+--lengths, complete's escaping, the README's "most surprising lines" recipe, inspect cells' properties,
+export -o to a folder; each as a user meets it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from charrnn.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+TINY = ["--hidden", "16", "-b", "4", "-t", "16", "--val-every", "20", "-q", "--precision", "fp32"]
+TEXT = "the time traveller smiled and we sat about the fire\n\nThe Time Traveller. We sat (about).\n" * 12
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("views")
+    (d / "c.txt").write_text(TEXT, encoding="utf-8")
+    runner = CliRunner()
+    for name in ("m.pt", "n.pt"):
+        r = runner.invoke(cli, ["train", str(d / "c.txt"), "-o", str(d / name), *TINY, "--max-steps", "10"])
+        assert r.exit_code == 0, r.stderr
+    return d
+
+
+def run(*args: object, input: str | None = None):
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
+
+
+def charrnn(home: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "charrnn", *args], capture_output=True, cwd=home,
+                          env={**ENV, **(env or {})}, timeout=120)
+
+
+# inspect bptt and eval context: -o, the summary, --json, --lengths ------------------------------------------------
+
+def test_bptt_with_a_picture_prints_no_table_and_names_each_distance_once(home: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = home / "bptt.png"
+    r = run("inspect", "bptt", "-m", home / "m.pt", home / "c.txt", "-t", "8", "--windows", "2", "-o", out)
+    assert r.exit_code == 0 and out.exists(), r.stderr
+    assert r.stdout == ""  # regression: 200 rows of table beside the picture
+    summary = next(line for line in r.stderr.splitlines() if "grad norm" in line)
+    assert summary.count(" at 7") == 1 and " at distance 0" in summary, summary  # was "... at 7, ... at 7"
+    r = run("inspect", "bptt", "-m", home / "m.pt", home / "c.txt", "-t", "8", "--windows", "2", "-o", out, "--json")
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 8, r.stderr  # --json asked for: printed
+
+
+def test_context_json_tells_two_models_apart_and_gives_the_full_context_loss(home: Path) -> None:
+    """Regression: the same file given twice gave rows with the same "model"; the full-context loss (the
+    table's `full` row) was missing from --json."""
+    m = str(home / "m.pt")
+    r = run("eval", "context", "-m", m, "-m", m, home / "c.txt", "--lengths", "1,4", "--targets", "30", "--json")
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(o["model"], o["length"]) for o in rows] == [(m, 1), (m, 4), (m, 1), (m, 4)]
+    assert len({o["name"] for o in rows}) == 2
+    for o in rows:
+        assert o["full_nats_per_char"] == pytest.approx(o["nats_per_char"] - o["increase"])
+    r = run("eval", "context", "-m", m, home / "c.txt", "--lengths", "1,,2")
+    assert r.exit_code == 2 and "empty length" in r.stderr and r.stdout == "", r.stderr
