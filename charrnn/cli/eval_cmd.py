@@ -21,6 +21,13 @@ from charrnn.cli.common import (
 )
 from charrnn.errors import UsageError
 
+SPLIT_HELP = ("Score one part of TEXT: of a catalog corpus with official splits (ptb-char), that part; of any "
+              "other text, the part the model's training used (train) or held out (valid), as its checkpoint "
+              "records the cut (the text must be the training text).")
+
+NO_TEST = ("--split test: {} has no official test part (a corpus with official splits, such as ptb-char, has "
+           "one); a model's own split has the parts train and valid")
+
 
 @click.group(name="eval")
 def eval_group() -> None:
@@ -39,7 +46,7 @@ def eval_group() -> None:
 @click.option("-t", "--num-steps", default=256, type=positive_int(), show_default=True,
               help="Characters per forward call.")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default=None,
-              help="Score this official part of a catalog corpus with splits (ptb-char).")
+              help=SPLIT_HELP)
 @click.option("--dynamic", is_flag=True,
               help="Also report dynamic evaluation: the model adapts to the text as it reads it (Krause et al. "
                    "2017), a figure of its own beside the static one.")
@@ -84,12 +91,20 @@ def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int
         raise UsageError(f"{text} has official splits: choose the part to score with --split test, valid or train")
     dev = resolve_device(device)
     chooser = make_chooser(threads, dev)
-    model, vocab, _ = load_model(model_path, dev)
+    if split == "test" and not (entry is not None and entry.has_splits):
+        raise UsageError(NO_TEST.format(_shown(text)))
+    model, vocab, ckpt = load_model(model_path, dev)
     fetching = con.DownloadConsole(con.make_console())
-    parts = [part_of(text, split, callbacks=fetching)] if split is not None else source_parts(text, common.stdin(),
-                                                                                              callbacks=fetching)
+    official = split is not None and entry is not None and entry.has_splits
+    parts = [part_of(text, split, callbacks=fetching)] if official else source_parts(text, common.stdin(),
+                                                                                     callbacks=fetching)
     # Streamed and encoded chunk by chunk: memory is the ids (1 to 4 bytes per character), not the text.
     ids = encode_corpus(parts, encoding, vocab=vocab, unk=unk, where="the text", cache=False).ids  # type: ignore[arg-type]
+    if split is not None and not official:
+        from charrnn.splits import split_bounds
+
+        start, end = split_bounds(ids, vocab, ckpt, split, _shown(text))
+        ids = ids[start:end]
     result = evaluate(model, ids, unk_id=vocab.unk_id, streams=streams, num_steps=num_steps, threads=chooser)
     if result.unknown_share > UNKNOWN_WARN_SHARE:
         con.info(con.make_console(), f"warning: {result.unknown:,} of {result.chars + result.unknown:,} characters "
@@ -250,11 +265,13 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
                    "Default: a newline, or the delimiter the models were trained on with --partition records.")
 @click.option("--no-end", is_flag=True, help="Do not score the delimiter after each record.")
 @click.option("--header", is_flag=True, help="Start the text output with a line naming the columns.")
+@click.option("--split", type=click.Choice(["test", "valid", "train"]), default=None,
+              help=SPLIT_HELP + " TEXT may then be a catalog corpus too, and is read whole before scoring.")
 @device_option
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per record.")
 def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str | None, no_end: bool,
-          header: bool, device: str, threads: int | None, as_json: bool) -> None:
+          header: bool, split: str | None, device: str, threads: int | None, as_json: bool) -> None:
     """Score every record (line) of TEXT (a file or `-` for stdin) with each MODEL: one output line
     per record, in input order, streamed (an endless stdin works, in bounded memory).
 
@@ -296,9 +313,12 @@ def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str
         split_on = next(iter(trained), "\n")
     # A records model reads the delimiter it was trained on (its record-start state); others read ours.
     scorers = [Scorer(model, vocab, record_delimiter(ckpt) or split_on) for model, vocab, ckpt in loaded]
-    stream, name = _open_records(text)
     found = []
-    texts = iter_decoded(byte_chunks(stream, name), encoding, name, allow_nul="\0" in split_on)
+    if split is not None:
+        texts: Any = iter([_part_text(text, encoding, split, loaded)])
+    else:
+        stream, name = _open_records(text)
+        texts = iter_decoded(byte_chunks(stream, name), encoding, name, allow_nul="\0" in split_on)
     records = split_records(texts, split_on, on_end=found.append)
     out = sys.stdout
     writer = _ScoreWriter(out, paths, as_json, con.make_console())
@@ -311,6 +331,29 @@ def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str
     if found and found[0] == 0 and writer.count == 1:
         con.info(writer.console, f"note: the delimiter {_shown(split_on)} never occurs in the input: "
                                  "it was scored as one record")
+
+
+def _part_text(text: str, encoding: str, split: str, loaded: list[Any]) -> str:
+    """The text of part `split` of TEXT for `eval score`: an official part of a catalog corpus, else the
+    part every model's training used or held out (they must agree on where it is)."""
+    from charrnn import console as con
+    from charrnn.corpora import catalog_entry, part_of, source_parts
+    from charrnn.splits import split_bounds
+
+    entry = catalog_entry(text)
+    fetching = con.DownloadConsole(con.make_console())
+    if entry is not None and entry.has_splits:
+        return "".join(part_of(text, split, callbacks=fetching).texts(encoding))
+    if split == "test":
+        raise UsageError(NO_TEST.format(_shown(text)))
+    whole = "".join(t for part in source_parts(text, common.stdin(), callbacks=fetching) for t in part.texts(encoding))
+    bounds = {split_bounds(vocab.encode(whole, unk="map" if vocab.unk_id is not None else "error", where=_shown(text)),
+                           vocab, ckpt, split, _shown(text)) for _, vocab, ckpt in loaded}
+    if len(bounds) > 1:
+        raise UsageError(f"--split {split}: the models were trained with different splits of {_shown(text)}: "
+                         "score them one at a time")
+    start, end = bounds.pop()
+    return whole[start:end]
 
 
 def _shown(s: str) -> str:
