@@ -57,8 +57,16 @@ def log_path(out: str | os.PathLike) -> Path:
 Read = tuple[str | os.PathLike, str]
 
 
+def check_file_name(given: str, what: str = "output") -> None:
+    """A UsageError for a path that ends in a slash: it names a folder, and Path() would drop the slash
+    ("out.onnx/" would become a file named out.onnx)."""
+    if given.endswith(("/", os.sep)) or (os.altsep and given.endswith(os.altsep)):
+        raise UsageError(f"{what} {given!r} ends in a slash, which names a folder; give a file name such as model.pt")
+
+
 def run_files(out: str | os.PathLike) -> list[tuple[Path, str]]:
     """Every file a training run on checkpoint `out` writes, with its name for messages."""
+    check_file_name(str(out))
     files = [(Path(out), "output"), (best_path(out), "best checkpoint"), (log_path(out), "training log")]
     return files + [(lock_path(p), f"lock file of the {what}") for p, what in files]
 
@@ -92,6 +100,7 @@ def check_output(path: str | os.PathLike, reads: Iterable[Read] = (), what: str 
     if str(path) == "-":
         raise UsageError(f"{what} '-': charrnn writes it to a file, not a stream; give a file name")
     given, p = str(path), resolve_output(path)
+    check_file_name(given, what)
     shown = repr(given) if str(p) == given else f"{given!r} (a link to {str(p)!r})"
     for source, role in reads:
         s = Path(source)

@@ -68,3 +68,18 @@ def test_context_json_tells_two_models_apart_and_gives_the_full_context_loss(hom
         assert o["full_nats_per_char"] == pytest.approx(o["nats_per_char"] - o["increase"])
     r = run("eval", "context", "-m", m, home / "c.txt", "--lengths", "1,,2")
     assert r.exit_code == 2 and "empty length" in r.stderr and r.stdout == "", r.stderr
+
+
+# export -o to a folder -------------------------------------------------------------------------------------------
+
+def test_export_to_a_name_ending_in_a_slash_or_a_folder_is_one_line(home: Path, tmp_path: Path) -> None:
+    """Regression: `export -o out.onnx/` wrote a file named out.onnx (Path() drops the slash)."""
+    for name in ("out.safetensors/", "out.html/", "out.onnx/"):
+        r = run("export", "-m", home / "m.pt", "-o", f"{tmp_path}/{name}")
+        assert r.exit_code == 2 and "ends in a slash" in r.stderr and r.stdout == "", r.stderr
+    (tmp_path / "d.html").mkdir()
+    r = run("export", "-m", home / "m.pt", "-o", tmp_path / "d.html")
+    assert r.exit_code == 2 and "is a directory" in r.stderr, r.stderr
+    r = run("train", home / "c.txt", "-o", f"{tmp_path}/x.pt/", *TINY, "--max-steps", "1")
+    assert r.exit_code == 2 and "ends in a slash" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.html"]
