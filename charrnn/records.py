@@ -67,10 +67,19 @@ def as_typed(text: str) -> str:
     return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) + "'"
 
 
+# Characters other than controls that change how the rest is laid out: the line and paragraph
+# separators, and the bidi marks, embeddings, overrides and isolates (U+202E reverses what follows).
+ACTING = frozenset([0x2028, 0x2029, 0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+# What escape() writes as \xHH or \uHHHH: the controls (C0 but those with a letter, DEL, C1) and ACTING.
+_HIDDEN = re.compile("[\x01-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f" + "".join(chr(c) for c in sorted(ACTING)) + "]")
+
+
 def escape(text: str) -> str:
-    """The inverse of `unescape` for display: one line, readable (`\\n`, `\\t`, `\\0`, `\\\\`)."""
+    """The inverse of `unescape` for display: one line, readable (`\\n`, `\\t`, `\\0`, `\\\\`), and no
+    character that would act on a terminal instead of being seen (ESC, BEL, U+0085, U+202E: `\\x1b`...)."""
     out = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
-    return out.replace("\0", "\\0")
+    out = out.replace("\0", "\\0")
+    return _HIDDEN.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", out)
 
 
 def split_records(chunks: Iterable[str], delimiter: str,

@@ -21,6 +21,7 @@ import torch
 
 from charrnn.errors import DataError, UnknownCharacterError
 from charrnn.model import CharRNN, State
+from charrnn.records import ACTING
 from charrnn.vocab import UNK_TOKEN, Vocab
 
 TOP = 5
@@ -35,9 +36,6 @@ BLOCK = 1 << 14  # characters scored and written at a time by the streamed views
 LEGEND_BITS = tuple(int(b) for b, _ in STOPS)
 # Control characters shown as visible symbols; a newline keeps its line break after its symbol.
 NEWLINE_SYMBOL = "↵"
-# Characters other than controls that change how the rest is laid out: the line and paragraph
-# separators, and the bidi marks, embeddings, overrides and isolates (U+202E reverses what follows).
-ACTING = frozenset([0x2028, 0x2029, 0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)])
 
 
 @dataclass(frozen=True)

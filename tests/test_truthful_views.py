@@ -83,3 +83,26 @@ def test_export_to_a_name_ending_in_a_slash_or_a_folder_is_one_line(home: Path, 
     r = run("train", home / "c.txt", "-o", f"{tmp_path}/x.pt/", *TINY, "--max-steps", "1")
     assert r.exit_code == 2 and "ends in a slash" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.html"]
+
+
+# complete: escaping as eval score escapes, an ASCII stdout, a visible space -----------------------------------
+
+def test_complete_escapes_controls_honours_an_ascii_stdout_and_shows_a_space(home: Path, tmp_path: Path) -> None:
+    """Regression: complete wrote ESC and BEL raw, é as UTF-8 to an ASCII stdout (click.echo swaps the
+    stream), and a space as an invisible character at the line's end."""
+    from charrnn.records import unescape
+
+    text = "caf\u00e9 \x1b[1m\x07 the fire\n" * 40
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    r = run("train", tmp_path / "t.txt", "-o", tmp_path / "t.pt", *TINY, "--max-steps", "2")
+    assert r.exit_code == 0, r.stderr
+    base = ["complete", "-m", "t.pt", "--prefix", "caf", "-k", "40"]
+    for env, space in [({"PYTHONIOENCODING": "utf-8"}, "\u2423"), ({"PYTHONIOENCODING": "ascii"}, "\\x20")]:
+        p = charrnn(tmp_path, *base, env=env)
+        assert p.returncode == 0, p.stderr.decode()
+        out = p.stdout.decode("ascii" if env["PYTHONIOENCODING"] == "ascii" else "utf-8")
+        shown = [line.split("\t", 1)[1] for line in out.splitlines()]
+        assert "\x1b" not in out and "\x07" not in out and space in shown and "\\x1b" in shown and "\\x07" in shown
+        assert sorted(unescape(s.replace("\u2423", " ")) for s in shown) == sorted(set(text))  # exact, read back
+    p = charrnn(tmp_path, *base, "--json")
+    assert {g["char"] for g in json.loads(p.stdout)["next"]} == set(text)  # JSON keeps every character exact

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from charrnn.cli import common
@@ -75,5 +77,10 @@ def complete(model_path: str, prefix: str | None, prefix_file: str | None, encod
     if as_json:
         json_out({"prefix": text, key: [g.to_dict(field) for g in guesses]})
         return
+    # Written to sys.stdout as `generate` and `eval score` write (click.echo would swap an ASCII stdout for
+    # UTF-8): characters the encoding lacks become backslash escapes. A space, invisible at a line's end,
+    # is drawn as ␣ (the character ␣ itself as \u2423), or as \x20 where stdout cannot show ␣.
+    space = "\u2423" if common.stdout_is_unicode() else "\\x20"
     for g in guesses:
-        click.echo(f"{g.prob:.6f}\t{escape(g.text)}")
+        shown = escape(g.text).replace("\u2423", "\\u2423").replace(" ", space)
+        sys.stdout.write(f"{g.prob:.6f}\t{shown}\n")
