@@ -106,3 +106,21 @@ def test_complete_escapes_controls_honours_an_ascii_stdout_and_shows_a_space(hom
         assert sorted(unescape(s.replace("\u2423", " ")) for s in shown) == sorted(set(text))  # exact, read back
     p = charrnn(tmp_path, *base, "--json")
     assert {g["char"] for g in json.loads(p.stdout)["next"]} == set(text)  # JSON keeps every character exact
+
+
+# The README's "most surprising lines" -----------------------------------------------------------------------------
+
+def test_the_most_surprising_lines_recipe_ranks_lines_not_blank_ones(home: Path) -> None:
+    """Regression: every blank line scores its newline alone, all alike, and a blank line after text is
+    surprising: the README's recipe listed blank lines first. The recipe now leaves them out."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    recipe = next(line for line in readme.splitlines() if "the most surprising lines" in line)
+    assert "--skip-empty" in recipe
+    line = recipe.split("#")[0].replace("model.pt", "m.pt").replace("held_out.txt", "c.txt")
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", f"{sys.executable} -m {line}"], capture_output=True,
+                       cwd=home, env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    top = [row.split("\t") for row in r.stdout.decode().splitlines()]
+    assert len(top) == 3 and all(row[5] for row in top), top  # lines of text, none blank
+    r = run("eval", "score", "-m", home / "m.pt", home / "c.txt")
+    assert len(r.stdout.splitlines()) == TEXT.count("\n")  # without it: one line per record, blank ones too

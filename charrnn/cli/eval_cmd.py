@@ -265,13 +265,17 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
                    "Default: a newline, or the delimiter the models were trained on with --partition records.")
 @click.option("--no-end", is_flag=True, help="Do not score the delimiter after each record.")
 @click.option("--header", is_flag=True, help="Start the text output with a line naming the columns.")
+@click.option("--skip-empty", is_flag=True,
+              help="Leave out empty records (blank lines): each scores only its delimiter, all alike, and would "
+                   "top a ranking by surprise.")
 @click.option("--split", type=click.Choice(["test", "valid", "train"]), default=None,
               help=SPLIT_HELP + " TEXT may then be a catalog corpus too, and is read whole before scoring.")
 @device_option
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per record.")
 def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str | None, no_end: bool,
-          header: bool, split: str | None, device: str, threads: int | None, as_json: bool) -> None:
+          header: bool, skip_empty: bool, split: str | None, device: str, threads: int | None,
+          as_json: bool) -> None:
     """Score every record (line) of TEXT (a file or `-` for stdin) with each MODEL: one output line
     per record, in input order, streamed (an endless stdin works, in bounded memory).
 
@@ -320,6 +324,8 @@ def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str
         stream, name = _open_records(text)
         texts = iter_decoded(byte_chunks(stream, name), encoding, name, allow_nul="\0" in split_on)
     records = split_records(texts, split_on, on_end=found.append)
+    if skip_empty:
+        records = ([r for r in window if r] for window in records)
     out = sys.stdout
     writer = _ScoreWriter(out, paths, as_json, con.make_console())
     if header and not as_json:
