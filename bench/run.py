@@ -44,11 +44,11 @@ from transformer import baseline_markdown, bench_baseline  # noqa: E402
 
 from charrnn.callbacks import Callbacks  # noqa: E402
 from charrnn.checkpoint import load_model  # noqa: E402
+from charrnn.config import PRESETS, SMALL_BF16, TrainConfig  # noqa: E402
 from charrnn.data import split_train_val  # noqa: E402
 from charrnn.evaluate import evaluate  # noqa: E402
 from charrnn.generate import Sampling, generate  # noqa: E402
 from charrnn.model import ModelConfig, resolve_precision  # noqa: E402
-from charrnn.runconfig import PRESETS, SMALL_BF16, TrainConfig  # noqa: E402
 from charrnn.train import train  # noqa: E402
 from charrnn.vocab import Vocab  # noqa: E402
 

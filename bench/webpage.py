@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.measure import cpu_name  # noqa: E402
 from charrnn.checkpoint import load_model  # noqa: E402
+from charrnn.config import PRESETS  # noqa: E402
 from charrnn.model import CharRNN, ModelConfig  # noqa: E402
-from charrnn.runconfig import PRESETS  # noqa: E402
 from charrnn.vocab import Vocab  # noqa: E402
 from charrnn.webpage import page_html  # noqa: E402
 

@@ -17,32 +17,14 @@ measures it: steps, epochs or seconds, whichever is closest).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from charrnn.errors import CheckpointError, UsageError
-
-AVERAGES = ("none", "ema", "tail")
-DEFAULT_EMA_DECAY = 0.998
-DEFAULT_TAIL = 0.25
-
-
-def check_settings(kind: str, decay: float, tail: float) -> None:
-    """UsageError unless `kind` is one of AVERAGES, 0 < decay < 1 and 0 < tail <= 1."""
-    if kind not in AVERAGES:
-        raise UsageError(f"unknown weight average {kind!r}: choose one of {', '.join(AVERAGES)}")
-    if not _number(decay) or not 0.0 < decay < 1.0:
-        raise UsageError(f"--ema-decay must be between 0 and 1 (exclusive), got {decay}")
-    if not _number(tail) or not 0.0 < tail <= 1.0:
-        raise UsageError(f"--average-tail must be in (0, 1], got {tail}")
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+from charrnn.config import DEFAULT_EMA_DECAY, DEFAULT_TAIL, check_settings
+from charrnn.errors import UsageError
 
 
 class WeightAverage:
@@ -112,31 +94,3 @@ class WeightAverage:
         self.count = saved["count"]
         self.weights = None if saved["weights"] is None else \
             {k: v.to(device=device, dtype=torch.float32) for k, v in saved["weights"].items()}
-
-
-def check_state(saved: Any, shapes: dict[str, tuple[int, ...]]) -> None:
-    """CheckpointError unless `saved` is an average's state whose weights fit `shapes` (name -> shape)."""
-    if not isinstance(saved, dict) or set(saved) != {"kind", "decay", "tail", "count", "weights"}:
-        raise CheckpointError("its weight average is not the one charrnn writes")
-    try:
-        check_settings(saved["kind"], saved["decay"], saved["tail"])
-    except UsageError as e:
-        raise CheckpointError(f"its weight average is invalid ({e})") from None
-    count, weights = saved["count"], saved["weights"]
-    if saved["kind"] == "none" or not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        raise CheckpointError("its weight average is invalid (kind or count)")
-    if weights is None:
-        if count:
-            raise CheckpointError("its weight average counts updates but holds no weights")
-        return
-    check_weights(weights, shapes, "its averaged weights")
-    if not count:
-        raise CheckpointError("its weight average holds weights but counts no update")
-
-
-def check_weights(weights: Any, shapes: dict[str, tuple[int, ...]], what: str) -> None:
-    """CheckpointError unless `weights` maps exactly the names of `shapes` to floating tensors of those shapes."""
-    if not isinstance(weights, dict) or set(weights) != set(shapes) or not all(
-            isinstance(t, torch.Tensor) and t.is_floating_point() and tuple(t.shape) == shapes[n]
-            for n, t in weights.items()):
-        raise CheckpointError(f"{what} do not match its model config")

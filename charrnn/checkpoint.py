@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from charrnn.averaging import AVERAGES, check_state, check_weights
+from charrnn.config import AVERAGES, TrainConfig, check_settings
 from charrnn.errors import CheckpointError, UsageError
 from charrnn.history import History
 from charrnn.labels import LabelSet
@@ -326,8 +326,6 @@ def check_resume_fields(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
                                                        and t.shape[2] == config.hidden for t in parts):
             raise bad("its carried hidden state does not fit the model")
     saved = ckpt["train_config"]
-    from charrnn.runconfig import TrainConfig
-
     try:  # processes and rng_ranks: data-parallel runs (absent in older checkpoints)
         saved_processes(ckpt)
     except CheckpointError:
@@ -414,3 +412,31 @@ def build_model(ckpt: dict[str, Any], where: str) -> tuple[CharRNN, Vocab]:
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{where} is damaged: {str(e).splitlines()[0]}") from None
     return model, vocab
+
+
+def check_state(saved: Any, shapes: dict[str, tuple[int, ...]]) -> None:
+    """CheckpointError unless `saved` is an average's state whose weights fit `shapes` (name -> shape)."""
+    if not isinstance(saved, dict) or set(saved) != {"kind", "decay", "tail", "count", "weights"}:
+        raise CheckpointError("its weight average is not the one charrnn writes")
+    try:
+        check_settings(saved["kind"], saved["decay"], saved["tail"])
+    except UsageError as e:
+        raise CheckpointError(f"its weight average is invalid ({e})") from None
+    count, weights = saved["count"], saved["weights"]
+    if saved["kind"] == "none" or not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise CheckpointError("its weight average is invalid (kind or count)")
+    if weights is None:
+        if count:
+            raise CheckpointError("its weight average counts updates but holds no weights")
+        return
+    check_weights(weights, shapes, "its averaged weights")
+    if not count:
+        raise CheckpointError("its weight average holds weights but counts no update")
+
+
+def check_weights(weights: Any, shapes: dict[str, tuple[int, ...]], what: str) -> None:
+    """CheckpointError unless `weights` maps exactly the names of `shapes` to floating tensors of those shapes."""
+    if not isinstance(weights, dict) or set(weights) != set(shapes) or not all(
+            isinstance(t, torch.Tensor) and t.is_floating_point() and tuple(t.shape) == shapes[n]
+            for n, t in weights.items()):
+        raise CheckpointError(f"{what} do not match its model config")

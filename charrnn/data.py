@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from charrnn.config import PARTITIONS, check_choice
 from charrnn.errors import DataError, UsageError
 
-PARTITIONS = ("sequential", "random", "records")
 IGNORE = -100  # target id of padding: F.cross_entropy's default ignore_index
 FIND_CHUNK = 1 << 24  # ids searched for the delimiter per numpy pass
 
@@ -165,13 +165,12 @@ def per_process(batch_size: int, world_size: int) -> int:
 
 def partition(name: str, delimiter_ids: np.ndarray | None = None) -> Strategy:
     """The partitioning strategy called `name` (`records` needs the delimiter's ids)."""
+    check_choice("partition", name, PARTITIONS)
     if name == "sequential":
         return sequential_batches
     if name == "random":
         return random_batches
-    if name == "records":
-        return RecordBatches(delimiter_ids if delimiter_ids is not None else np.zeros(0, dtype=np.int64))
-    raise UsageError(f"unknown partition {name!r}: choose one of {', '.join(PARTITIONS)}")
+    return RecordBatches(delimiter_ids if delimiter_ids is not None else np.zeros(0, dtype=np.int64))
 
 
 def find_delimiters(ids: np.ndarray, delimiter_ids: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ def _onnx(model: Any, vocab: Any, ckpt: dict, **_: Any) -> bytes:
 
 
 def _safetensors(model: Any, vocab: Any, ckpt: dict, **_: Any) -> bytes:
-    from charrnn.safetensors_io import to_safetensors
+    from charrnn.safetensors_write import to_safetensors
 
     return to_safetensors(ckpt)
 

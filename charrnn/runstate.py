@@ -12,9 +12,9 @@ import torch
 from charrnn import __version__, checkpoint
 from charrnn import distributed as dd
 from charrnn.averaging import WeightAverage
+from charrnn.config import TrainConfig
 from charrnn.history import History
 from charrnn.model import CharRNN, ModelConfig, State
-from charrnn.runconfig import TrainConfig
 from charrnn.vocab import Vocab
 
 

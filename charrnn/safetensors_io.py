@@ -14,7 +14,7 @@ only, as the format requires):
     training         a JSON object: step, epoch, val_loss, best_val_loss, training_chars, init_from and
                      train_config (the training options, the record delimiter among them), for `info`
 
-The file is written here (to_safetensors: no library needed) and read with the safetensors library.
+The file is written by charrnn.safetensors_write (no library needed) and read here with the safetensors library.
 A file read back becomes the dict `charrnn.checkpoint.load` returns for a checkpoint, so that it goes
 through the same checks (checkpoint.check_model_fields and the rest) and every command that takes a
 model reads it. It is untrusted input: the header is parsed by the safetensors library (offsets,
@@ -29,12 +29,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from charrnn import __version__
 from charrnn.errors import CheckpointError, MissingDependency, UsageError
 from charrnn.model import ModelConfig, parameter_shapes
-from charrnn.vocab import Vocab
 
 SUFFIX = ".safetensors"
 FORMAT = "charrnn"
@@ -57,40 +53,6 @@ def looks_like(path: Path, head: bytes) -> bool:
     """Whether a file is meant as safetensors: its name, or its first bytes (a little-endian 64-bit
     header length, then the header's opening brace)."""
     return path.suffix.lower() == SUFFIX or (head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 10**8)
-
-
-def metadata(ckpt: dict[str, Any]) -> dict[str, str]:
-    """The header metadata of a loaded (validated) checkpoint. JSON is ASCII with \\u escapes, so a
-    vocabulary holding any code point (a lone surrogate too) survives every reader."""
-    vocab = Vocab.from_dict(ckpt["vocab"])
-    training = {"step": ckpt.get("step"), "epoch": ckpt.get("epoch"), "val_loss": ckpt.get("val_loss"),
-                "best_val_loss": ckpt.get("best_val_loss"), "training_chars": (ckpt.get("data") or {}).get("chars"),
-                "init_from": ckpt.get("init_from"), "train_config": ckpt.get("train_config")}
-    return {"format": FORMAT, "version": str(VERSION), "charrnn_version": __version__,
-            "config": json.dumps(ckpt["model_config"]),
-            "vocab": json.dumps(vocab.id_chars()),
-            "vocab_counts": json.dumps(list(vocab.counts)),
-            "training": json.dumps(training, allow_nan=False)}
-
-
-def to_safetensors(ckpt: dict[str, Any]) -> bytes:
-    """The bytes of a .safetensors file of a loaded (validated) checkpoint, weights in float32.
-
-    Written here rather than by the safetensors library, whose header lists the metadata in a random
-    order (a hash map): the same model gives the same bytes, so a file can be checked by its digest.
-    The layout is the format's: the header's length (8 bytes, little-endian), the header (JSON, padded
-    with spaces to a multiple of 8 bytes), then each tensor's bytes in turn, little-endian and row-major.
-    """
-    header: dict[str, Any] = {"__metadata__": metadata(ckpt)}
-    blobs, offset = [], 0
-    for name, t in ckpt["weights"].items():
-        blob = t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    text = json.dumps(header, separators=(",", ":")).encode("ascii")
-    text += b" " * (-len(text) % 8)
-    return b"".join([len(text).to_bytes(8, "little"), text, *blobs])
 
 
 def _json(meta: dict[str, str], key: str, where: str) -> Any:

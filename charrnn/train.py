@@ -33,6 +33,7 @@ from charrnn import checkpoint, validation
 from charrnn import distributed as dd
 from charrnn.averaging import WeightAverage
 from charrnn.callbacks import Callbacks, Progress
+from charrnn.config import TrainConfig
 from charrnn.data import (
     Batch,
     RecordBatches,
@@ -54,7 +55,6 @@ from charrnn.model import CharRNN, ModelConfig, State, detach_state
 from charrnn.outputs import best_path, check_output, log_path, run_lock
 from charrnn.records import delimiter_ids, training_record_hashes
 from charrnn.runconfig import (
-    TrainConfig,
     TrainResult,
     data_fingerprint,
     finite_loss,

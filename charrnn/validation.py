@@ -16,11 +16,12 @@ import torch
 from charrnn import distributed as dd
 from charrnn.averaging import WeightAverage
 from charrnn.callbacks import Callbacks
+from charrnn.config import TrainConfig
 from charrnn.evaluate import EvalResult, evaluate, evaluate_sums
 from charrnn.history import History
 from charrnn.labels import RecordLabels
 from charrnn.model import CharRNN
-from charrnn.runconfig import TrainConfig, finite_loss
+from charrnn.runconfig import finite_loss
 from charrnn.runstate import RunState
 from charrnn.vocab import Vocab
 

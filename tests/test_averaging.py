@@ -18,15 +18,16 @@ from hypothesis import strategies as st
 
 from charrnn import checkpoint
 from charrnn import train as train_module
-from charrnn.averaging import WeightAverage, check_settings, check_state
+from charrnn.averaging import WeightAverage
+from charrnn.checkpoint import check_state
 from charrnn.cli.common import AVERAGES as CLI_AVERAGES
 from charrnn.cli.common import DEFAULT_EMA_DECAY as CLI_EMA_DECAY
 from charrnn.cli.common import DEFAULT_TAIL as CLI_TAIL
+from charrnn.config import TrainConfig, check_settings
 from charrnn.corpora import builtin_text
 from charrnn.errors import CheckpointError, Interrupted, UsageError
 from charrnn.evaluate import EvalResult
 from charrnn.model import CharRNN, ModelConfig, parameter_shapes
-from charrnn.runconfig import TrainConfig
 from charrnn.train import train
 from charrnn.vocab import Vocab
 
@@ -59,10 +60,10 @@ def params(model: CharRNN) -> dict[str, torch.Tensor]:
 # ---- the average ------------------------------------------------------------------------------------
 
 def test_cli_defaults_equal_the_modules() -> None:
-    from charrnn import averaging
+    from charrnn import config
 
-    assert (CLI_EMA_DECAY, CLI_TAIL) == (averaging.DEFAULT_EMA_DECAY, averaging.DEFAULT_TAIL)
-    assert tuple(CLI_AVERAGES) == averaging.AVERAGES
+    assert (CLI_EMA_DECAY, CLI_TAIL) == (config.DEFAULT_EMA_DECAY, config.DEFAULT_TAIL)
+    assert tuple(CLI_AVERAGES) == config.AVERAGES
 
 
 def test_ema_follows_its_formula_with_the_warm_up() -> None:

@@ -356,7 +356,7 @@ def torch_vocab(path: Path) -> list[str]:
 def test_presets_match_the_cli_and_explicit_options_win(tmp_path: Path, corpus: Path) -> None:
     from charrnn.checkpoint import load
     from charrnn.cli import ARCH_DEFAULTS, PRESET_NAMES
-    from charrnn.runconfig import PRESETS
+    from charrnn.config import PRESETS
 
     assert list(PRESETS) == PRESET_NAMES
     defaults = {p.name: p.default for p in cli.commands["train"].params}

@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from charrnn import distributed as dd
 from charrnn.checkpoint import saved_processes
 from charrnn.cli import cli
+from charrnn.config import TrainConfig
 from charrnn.errors import CharrnnError, CheckpointError, PeerLost, TrainingError, UsageError
 from charrnn.model import ModelConfig
-from charrnn.runconfig import TrainConfig
 from charrnn.train import train
 from charrnn.vocab import Vocab
 

@@ -286,8 +286,8 @@ def test_parameter_counts_in_the_docs_are_the_models() -> None:
     """The presets' parameter counts the docs quote (on tinyshakespeare: 65 characters and <unk>) are the models'."""
     import torch
 
+    from charrnn.config import PRESETS
     from charrnn.model import CharRNN, ModelConfig
-    from charrnn.runconfig import PRESETS
 
     counts = {}
     with torch.device("meta"):  # shapes only: the large preset would allocate 86 MB

@@ -95,7 +95,7 @@ def test_safetensors_round_trip_is_exact(home: Path) -> None:
 
 
 def test_safetensors_odd_vocabulary_and_half_precision_weights(tmp_path: Path) -> None:
-    from charrnn.safetensors_io import to_safetensors
+    from charrnn.safetensors_write import to_safetensors
 
     vocab = Vocab.build('ab "\\\n\u00e9\U0001f600\udc80', unk=False)
     model = CharRNN(ModelConfig(vocab_size=vocab.size, cell="scratch-gru", hidden=8, layers=2, input="onehot"))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from charrnn import checkpoint
+from charrnn.config import PRESETS, SMALL_BF16
 from charrnn.corpora import builtin_text
-from charrnn.runconfig import PRESETS, SMALL_BF16
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

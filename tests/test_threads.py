@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from charrnn import threads as th
 from charrnn.callbacks import Callbacks
 from charrnn.cli import cli, common
+from charrnn.config import TrainConfig
 from charrnn.errors import UsageError
 from charrnn.model import ModelConfig
-from charrnn.runconfig import TrainConfig
 from charrnn.train import train
 from charrnn.vocab import Vocab
 

@@ -13,13 +13,14 @@ import torch
 from charrnn import checkpoint, validation
 from charrnn import train as train_module
 from charrnn.callbacks import Callbacks, Progress
+from charrnn.config import TrainConfig
 from charrnn.corpora import builtin_text
 from charrnn.data import Batch, partition, random_batches, split_train_val
 from charrnn.errors import DataError, Interrupted, Terminated, TrainingError, UsageError
 from charrnn.evaluate import EvalResult
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.outputs import best_path
-from charrnn.runconfig import TrainConfig, lr_factor
+from charrnn.runconfig import lr_factor
 from charrnn.train import batch_loss, train
 from charrnn.vocab import Vocab
 

@@ -220,10 +220,10 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     from charrnn import console as con
     from charrnn import distributed as dd
     from charrnn.cache import encode_corpus
+    from charrnn.config import PRESETS, TrainConfig
     from charrnn.corpora import catalog_entry, expand_sources, training_parts
     from charrnn.model import ModelConfig, resolve_device
     from charrnn.outputs import check_output, run_files
-    from charrnn.runconfig import PRESETS, TrainConfig
     from charrnn.threads import fixed, make_chooser
     from charrnn.train import train as run_training
     from charrnn.vocab import Vocab
@@ -425,7 +425,7 @@ def _small_for_precision(opts: dict[str, Any], given: Any, console: Any) -> None
     """The small model (the default) as tuned for the precision the run uses: where it is bf16, the options
     of runconfig.SMALL_BF16 that were not given on the command line, said on stderr."""
     from charrnn import console as con
-    from charrnn.runconfig import SMALL_BF16
+    from charrnn.config import SMALL_BF16
 
     if opts["precision"] != "bf16":
         return

@@ -31,7 +31,7 @@ def resume_options(ckpt: dict[str, Any], opts: dict[str, Any], given: Any, chose
     """The training options of a resumed run: those given on the command line override the checkpoint's
     (a list of the changes, for stderr), the others are the checkpoint's (set in `opts`); options that
     would change the training text are refused. Returns (changes, val_fraction, val_max_chars)."""
-    from charrnn.runconfig import TrainConfig
+    from charrnn.config import TrainConfig
 
     # Options added after a checkpoint was written take their defaults (val_max_chars: None, no cap).
     saved_train = {**{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **ckpt["train_config"]}
