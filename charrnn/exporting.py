@@ -34,7 +34,7 @@ def _html(model: Any, vocab: Any, ckpt: dict, *, weights: str | None, title: str
 
 
 def _folder(model: Any, vocab: Any, ckpt: dict, *, output: str, **_: Any) -> int:
-    from charrnn.model_folder import write
+    from charrnn.folder_write import write
 
     return write(output, model, vocab, ckpt)
 
