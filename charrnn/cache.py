@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -100,6 +101,11 @@ def ids_digest(ids: np.ndarray, chunk: int = 1 << 24) -> str:
     for i in range(0, len(ids), chunk):
         h.update(np.ascontiguousarray(ids[i : i + chunk]).data)
     return h.hexdigest()
+
+
+def data_fingerprint(ids: np.ndarray, chunk: int = 1 << 24) -> dict[str, Any]:
+    """Length and SHA-256 of the training ids (what a resume checks the text against)."""
+    return {"chars": int(len(ids)), "sha256": ids_digest(ids, chunk)}
 
 
 def _read_counts(path: Path) -> tuple[np.ndarray, int] | None:

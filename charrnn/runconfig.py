@@ -8,10 +8,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from charrnn.cache import ids_digest
 from charrnn.evaluate import perplexity_of
 
 
@@ -69,11 +67,6 @@ def make_optimizer(name: str, params: Any, lr: float, weight_decay: float,
                 pass
         return cls(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
-
-
-def data_fingerprint(ids: np.ndarray, chunk: int = 1 << 24) -> dict[str, Any]:
-    """Length and SHA-256 of the training ids (what a resume checks the text against)."""
-    return {"chars": int(len(ids)), "sha256": ids_digest(ids, chunk)}
 
 
 # A loss past this many nats per character is divergence, treated like a non-finite one: a model that

@@ -25,9 +25,9 @@ NAMED = ("train", "valid")
 def split_bounds(ids: np.ndarray, vocab: Vocab, ckpt: dict[str, Any], which: str, where: str) -> tuple[int, int]:
     """(start, end) of part `which` ("train" or "valid") of `ids` (the whole text, encoded with the
     model's vocabulary) as the model's training cut it; `where` names the text in errors."""
+    from charrnn.cache import data_fingerprint
     from charrnn.data import split_records_train_val, split_train_val
     from charrnn.records import delimiter_ids
-    from charrnn.runconfig import data_fingerprint
 
     if which not in NAMED:
         raise UsageError(f"--split {which}: a model's own split has the parts train and valid")

@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from charrnn import checkpoint, validation
 from charrnn import distributed as dd
 from charrnn.averaging import WeightAverage
+from charrnn.cache import data_fingerprint
 from charrnn.callbacks import Callbacks, Progress
 from charrnn.config import TrainConfig
 from charrnn.data import (
@@ -56,7 +57,6 @@ from charrnn.outputs import best_path, check_output, log_path, run_lock
 from charrnn.records import delimiter_ids, training_record_hashes
 from charrnn.runconfig import (
     TrainResult,
-    data_fingerprint,
     finite_loss,
     lr_factor,
     make_optimizer,

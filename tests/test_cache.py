@@ -13,12 +13,11 @@ from hypothesis import strategies as st
 
 from charrnn import cache, corpora
 from charrnn import vocab as vocab_mod
-from charrnn.cache import encode_corpus, encoded_dir
+from charrnn.cache import data_fingerprint, encode_corpus, encoded_dir
 from charrnn.cli import cli
 from charrnn.corpora import Part, decode_text, iter_decoded, training_parts
 from charrnn.data import split_train_val
 from charrnn.errors import DataError, UnknownCharacterError
-from charrnn.runconfig import data_fingerprint
 from charrnn.vocab import Vocab, count_code_points
 
 TEXT = "the time traveller smiled.\nwe sat about the fire, née café 😀\n" * 50
