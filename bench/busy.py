@@ -67,10 +67,10 @@ def run_child(kind: str, mode: str, model: Path, chars: int) -> dict:
 
 def child(kind: str, mode: str, model_path: str, chars: int) -> None:
     """In a fresh process: score the first `chars` characters of pydoc (eval) or its lines (score)."""
-    from charrnn.checkpoint import load_model
-    from charrnn.corpora import builtin_text
-    from charrnn.evaluate import evaluate
-    from charrnn.score import Scorer, score_stream
+    from charrnn.data.corpora import builtin_text
+    from charrnn.inference.evaluate import evaluate
+    from charrnn.inference.score import Scorer, score_stream
+    from charrnn.model.checkpoint import load_model
     from charrnn.threads import make_chooser
 
     model, vocab, _ = load_model(model_path, "cpu")

@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 from measure import cpu_name  # noqa: E402
 
-from charrnn.context import DEFAULT_LENGTHS, context_curve  # noqa: E402
-from charrnn.model import CharRNN, ModelConfig, resolve_device  # noqa: E402
-from charrnn.vocab import Vocab  # noqa: E402
+from charrnn.analysis.context import DEFAULT_LENGTHS, context_curve  # noqa: E402
+from charrnn.data.vocab import Vocab  # noqa: E402
+from charrnn.model.network import CharRNN, ModelConfig, resolve_device  # noqa: E402
 
 CORPORA = [ROOT.parent / "shared" / "corpora"]
 

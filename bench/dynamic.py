@@ -29,11 +29,18 @@ import numpy as np
 import torch
 from measure import cpu_name
 
-from charrnn.cache import encode_corpus
-from charrnn.checkpoint import load_model
-from charrnn.corpora import catalog_entry, part_of, source_parts
-from charrnn.dynamic import DEFAULT_DECAY, DEFAULT_LR, DEFAULT_SEGMENT, DynamicConfig, collect_stats, dynamic_evaluate
-from charrnn.evaluate import evaluate
+from charrnn.data.cache import encode_corpus
+from charrnn.data.corpora import catalog_entry, part_of, source_parts
+from charrnn.inference.dynamic import (
+    DEFAULT_DECAY,
+    DEFAULT_LR,
+    DEFAULT_SEGMENT,
+    DynamicConfig,
+    collect_stats,
+    dynamic_evaluate,
+)
+from charrnn.inference.evaluate import evaluate
+from charrnn.model.checkpoint import load_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"  # the catalog corpora, when present
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from measure import cpu_name
 
-from charrnn.gradstats import GradStats, total_norm
-from charrnn.model import CharRNN, ModelConfig
+from charrnn.model.network import CharRNN, ModelConfig
+from charrnn.training.gradstats import GradStats, total_norm
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -29,12 +29,12 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from charrnn.cells import control_model, rank  # noqa: E402
-from charrnn.checkpoint import load_model  # noqa: E402
+from charrnn.analysis.cells import control_model, rank  # noqa: E402
+from charrnn.analysis.textprops import PROPERTIES  # noqa: E402
+from charrnn.analysis.trace import trace  # noqa: E402
 from charrnn.cli.common import DEFAULT_VAL_MAX_CHARS  # noqa: E402
-from charrnn.corpora import builtin_text  # noqa: E402
-from charrnn.textprops import PROPERTIES  # noqa: E402
-from charrnn.trace import trace  # noqa: E402
+from charrnn.data.corpora import builtin_text  # noqa: E402
+from charrnn.model.checkpoint import load_model  # noqa: E402
 
 
 def log(msg: str) -> None:

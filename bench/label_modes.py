@@ -6,7 +6,7 @@ predicts better than one that must infer it from the text. Each label mode (adde
 every step, or as the initial state) trains with the same settings and seeds for a fixed number
 of steps; the script prints the validation nats/char and the classification accuracy (eval
 classify) on held-out records of each, and their means. Written to settle the default of
-`--label-mode` (charrnn.labels.DEFAULT_LABEL_MODE); the figures are in docs/poems.md.
+`--label-mode` (charrnn.data.labels.DEFAULT_LABEL_MODE); the figures are in docs/poems.md.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from measure import cpu_name, run_measured  # noqa: E402
 
 TARGET = 1.5
 BIG_VOCAB = 70_372
-HTML_CHARS = 100_000  # charrnn.surprise.HTML_MAX_CHARS
+HTML_CHARS = 100_000  # charrnn.inference.surprise.HTML_MAX_CHARS
 BIG_ROW = f"generate, 20 KB prefix, {BIG_VOCAB:,}-character vocabulary (-n 10)"
 
 

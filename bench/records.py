@@ -38,9 +38,9 @@ if str(BENCH) not in sys.path:
 
 from measure import run_measured  # noqa: E402
 
-from charrnn.checkpoint import load_model  # noqa: E402
-from charrnn.evaluate import evaluate  # noqa: E402
-from charrnn.score import Scorer, score_texts  # noqa: E402
+from charrnn.inference.evaluate import evaluate  # noqa: E402
+from charrnn.inference.score import Scorer, score_texts  # noqa: E402
+from charrnn.model.checkpoint import load_model  # noqa: E402
 
 
 def cli(*args: str) -> list[str]:

@@ -42,15 +42,15 @@ from measure import run_measured  # noqa: E402
 from reference import reference_throughput  # noqa: E402
 from transformer import baseline_markdown, bench_baseline  # noqa: E402
 
-from charrnn.callbacks import Callbacks  # noqa: E402
-from charrnn.checkpoint import load_model  # noqa: E402
 from charrnn.config import PRESETS, SMALL_BF16, TrainConfig  # noqa: E402
-from charrnn.data import split_train_val  # noqa: E402
-from charrnn.evaluate import evaluate  # noqa: E402
-from charrnn.generate import Sampling, generate  # noqa: E402
-from charrnn.model import ModelConfig, resolve_precision  # noqa: E402
-from charrnn.train import train  # noqa: E402
-from charrnn.vocab import Vocab  # noqa: E402
+from charrnn.data.partition import split_train_val  # noqa: E402
+from charrnn.data.vocab import Vocab  # noqa: E402
+from charrnn.inference.evaluate import evaluate  # noqa: E402
+from charrnn.inference.generate import Sampling, generate  # noqa: E402
+from charrnn.model.checkpoint import load_model  # noqa: E402
+from charrnn.model.network import ModelConfig, resolve_precision  # noqa: E402
+from charrnn.training.callbacks import Callbacks  # noqa: E402
+from charrnn.training.train import train  # noqa: E402
 
 BATCH, STEPS, LAYERS = 32, 64, 2
 FUSED = ("lstm", "gru", "rnn")
@@ -113,7 +113,7 @@ def corpus(shared: Path) -> tuple[str, str]:
     p = shared / "tinyshakespeare.txt"
     if p.exists():
         return p.read_text(encoding="utf-8"), "tinyshakespeare"
-    from charrnn.corpora import builtin_text
+    from charrnn.data.corpora import builtin_text
 
     return builtin_text("pydoc"), "pydoc"
 

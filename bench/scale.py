@@ -8,7 +8,7 @@ in a fresh `charrnn` process, and its wall time and peak resident memory (max RS
 recorded (through bench/measure.py's wrapper, so the benchmark's own size does not count):
 
 - prepare, cold: decode, count and encode into an empty cache (a small driver calls the function
-  `charrnn train` uses, charrnn.cache.encode_corpus);
+  `charrnn train` uses, charrnn.data.cache.encode_corpus);
 - prepare, warm: the same with the cache filled (counts and memmapped ids are read back);
 - train slice: `charrnn train FILE --max-steps N` with the default model, cache warm, including the
   final validation on the held-out tail (at most --val-max-chars characters).
@@ -36,8 +36,8 @@ MB = 1_000_000
 
 PREPARE = """
 import json, resource, sys, time
-from charrnn.cache import encode_corpus
-from charrnn.corpora import training_parts
+from charrnn.data.cache import encode_corpus
+from charrnn.data.corpora import training_parts
 t = time.perf_counter()
 enc = encode_corpus(training_parts([sys.argv[1]])[0])
 print(json.dumps({"seconds": time.perf_counter() - t, "chars": len(enc.ids), "vocab": enc.vocab.size,
@@ -47,7 +47,7 @@ print(json.dumps({"seconds": time.perf_counter() - t, "chars": len(enc.ids), "vo
 
 def stdlib_text_of_size(n_bytes: int) -> str:
     sys.path.insert(0, str(ROOT))
-    from charrnn.corpora import builtin_text
+    from charrnn.data.corpora import builtin_text
 
     base = builtin_text("stdlib")
     text = base * (n_bytes // len(base.encode("utf-8")) + 1)
@@ -89,7 +89,8 @@ def measure(name: str, text_path: Path, size_mb: float, steps: int, tmp: Path) -
 
 
 def baseline_mb(tmp: Path) -> float:
-    m = run_measured([sys.executable, "-c", "import torch, charrnn.cli, charrnn.cache, charrnn.train"], tmp,
+    m = run_measured([sys.executable, "-c",
+                         "import torch, charrnn.cli, charrnn.data.cache, charrnn.training.train"], tmp,
                      {**os.environ, "PYTHONPATH": str(ROOT)})
     return round(m["max_rss_mb"])
 

@@ -3,8 +3,8 @@
 
     python bench/transformer.py [TEXT] [--config NAME | --all] [--seconds 150] [--seed 0] [--threads N] [--json]
 
-TEXT defaults to ../shared/corpora/tinyshakespeare.txt. The split is charrnn's: the vocabulary of the whole
-text (charrnn.vocab.Vocab.build, <unk> included), the last 10% held out (charrnn.data.split_train_val with
+TEXT defaults to ../shared/corpora/tinyshakespeare.txt. The split is charrnn's: the vocabulary of the whole text
+(charrnn.data.vocab.Vocab.build, <unk> included), the last 10% held out (charrnn.data.partition.split_train_val with
 `charrnn train`'s defaults). The model (written here, not a library's): token and learned position embeddings,
 pre-norm blocks (LayerNorm, causal self-attention through F.scaled_dot_product_attention(is_causal=True), LayerNorm,
 a GELU MLP 4x wide), a final LayerNorm and a head tied to the token embedding, GPT-2's initialisation. AdamW with
@@ -44,9 +44,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from charrnn.cli.common import DEFAULT_VAL_MAX_CHARS  # noqa: E402
-from charrnn.data import split_train_val  # noqa: E402
-from charrnn.model import resolve_precision  # noqa: E402
-from charrnn.vocab import Vocab  # noqa: E402
+from charrnn.data.partition import split_train_val  # noqa: E402
+from charrnn.data.vocab import Vocab  # noqa: E402
+from charrnn.model.network import resolve_precision  # noqa: E402
 
 VAL_FRACTION = 0.1  # `charrnn train`'s default
 

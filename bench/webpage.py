@@ -1,4 +1,4 @@
-"""The web page of a model (charrnn.webpage): its size for each preset with float32 and float16 weights,
+"""The web page of a model (charrnn.export.webpage): its size for each preset with float32 and float16 weights,
 load and per-character times in headless Chromium, and what float16 weights do to the probabilities.
 
     python bench/webpage.py [--model CHECKPOINT ...] [--chromium PATH]
@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.measure import cpu_name  # noqa: E402
-from charrnn.checkpoint import load_model  # noqa: E402
 from charrnn.config import PRESETS  # noqa: E402
-from charrnn.model import CharRNN, ModelConfig  # noqa: E402
-from charrnn.vocab import Vocab  # noqa: E402
-from charrnn.webpage import page_html  # noqa: E402
+from charrnn.data.vocab import Vocab  # noqa: E402
+from charrnn.export.webpage import page_html  # noqa: E402
+from charrnn.model.checkpoint import load_model  # noqa: E402
+from charrnn.model.network import CharRNN, ModelConfig  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 TIMED = ("tiny", "small", "medium")  # the large page (over 100 MB) is measured for size only

@@ -19,9 +19,9 @@ __version__ = "0.1.0"
 # Each public name -> the module it lives in (imported when the name is first used).
 _HOMES = {
     "load": "charrnn.api", "Model": "charrnn.api", "CellReport": "charrnn.api",
-    "TrainResult": "charrnn.runconfig",
-    "Callbacks": "charrnn.callbacks", "Progress": "charrnn.callbacks",
-    "EvalResult": "charrnn.evaluate",
+    "TrainResult": "charrnn.training.runconfig",
+    "Callbacks": "charrnn.training.callbacks", "Progress": "charrnn.training.callbacks",
+    "EvalResult": "charrnn.inference.evaluate",
     "CharrnnError": "charrnn.errors", "UsageError": "charrnn.errors", "DataError": "charrnn.errors",
     "UnknownCharacterError": "charrnn.errors", "CheckpointError": "charrnn.errors",
     "TrainingError": "charrnn.errors", "Interrupted": "charrnn.errors", "MissingDependency": "charrnn.errors",
@@ -35,7 +35,6 @@ __all__ = [  # written out (tests/test_api.py holds it equal to _HOMES and pins 
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from charrnn.api import CellReport, Model, load
-    from charrnn.callbacks import Callbacks, Progress
     from charrnn.errors import (
         CharrnnError,
         CheckpointError,
@@ -46,8 +45,9 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         UnknownCharacterError,
         UsageError,
     )
-    from charrnn.evaluate import EvalResult
-    from charrnn.runconfig import TrainResult
+    from charrnn.inference.evaluate import EvalResult
+    from charrnn.training.callbacks import Callbacks, Progress
+    from charrnn.training.runconfig import TrainResult
 
 
 def __getattr__(name: str) -> Any:

@@ -14,29 +14,29 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from charrnn.errors import DataError, UsageError
-from charrnn.forms import DEFAULT_LINE_ENDS, DEFAULT_PLACEHOLDER
+from charrnn.inference.forms import DEFAULT_LINE_ENDS, DEFAULT_PLACEHOLDER
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from charrnn.bptt import BpttCurve
-    from charrnn.cells import Ranking, Unit
-    from charrnn.context import ContextCurve
-    from charrnn.evaluate import EvalResult
-    from charrnn.genplan import GenerationPlan, RecordsInfo
-    from charrnn.model import CharRNN
+    from charrnn.analysis.bptt import BpttCurve
+    from charrnn.analysis.cells import Ranking, Unit
+    from charrnn.analysis.context import ContextCurve
+    from charrnn.analysis.trace import Trace
+    from charrnn.data.vocab import Vocab
+    from charrnn.inference.evaluate import EvalResult
+    from charrnn.inference.genplan import GenerationPlan, RecordsInfo
+    from charrnn.model.network import CharRNN
     from charrnn.threads import ThreadChooser
-    from charrnn.trace import Trace
-    from charrnn.vocab import Vocab
 
 
 def load(path: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> Model:
     """The model of a checkpoint or a .safetensors file (whatever `-m` takes), in eval mode on `device`
     ("cpu", "cuda", "mps" or "auto"). `threads` sets torch's CPU thread count (as --threads does);
     None leaves it as it is."""
-    from charrnn.checkpoint import load_model
-    from charrnn.genplan import RecordsInfo
-    from charrnn.model import resolve_device
+    from charrnn.inference.genplan import RecordsInfo
+    from charrnn.model.checkpoint import load_model
+    from charrnn.model.network import resolve_device
     from charrnn.threads import fixed, make_chooser
 
     dev = resolve_device(device)
@@ -62,14 +62,14 @@ class CellReport:
 
     def unit(self, spec: str) -> Unit:
         """A unit named as `--unit` names it: "LAYER:INDEX" (an LSTM's cell state) or "LAYER:INDEX:h"."""
-        from charrnn.cells import parse_unit
+        from charrnn.analysis.cells import parse_unit
 
         layer = self.trace.layers[0]
         return parse_unit(spec, len(self.trace.layers), layer.h.shape[1], self.ranking.lstm)
 
     def activation(self, spec: str) -> np.ndarray:
         """A unit's value after each character of the text, (T,): tanh(c) for an LSTM's cell state, else h."""
-        from charrnn.cells import activation
+        from charrnn.analysis.cells import activation
 
         return activation(self.trace, self.unit(spec))
 
@@ -79,7 +79,7 @@ class Model:
 
     def __init__(self, path: str, model: CharRNN, vocab: Vocab, records: RecordsInfo, threads: ThreadChooser) -> None:
         self.path = path
-        self.module = model  # the torch module (charrnn.model.CharRNN), in eval mode
+        self.module = model  # the torch module (charrnn.model.network.CharRNN), in eval mode
         self.vocab = vocab
         self.records = records
         self._threads = threads
@@ -94,7 +94,7 @@ class Model:
         return self.module.config.to_dict()
 
     def _plan(self, prefix: str, n: int, options: dict[str, Any]) -> GenerationPlan:
-        from charrnn.genplan import GenerateOptions, plan
+        from charrnn.inference.genplan import GenerateOptions, plan
 
         stop = options.pop("stop", ())
         stops = (stop,) if isinstance(stop, str) else tuple(stop)
@@ -147,7 +147,7 @@ class Model:
         """How well the model predicts `text`: a result with nats_per_char, bits_per_char, perplexity, chars
         (scored) and unknown (skipped), as `charrnn eval perplexity --json` gives them. unk="error" refuses
         characters the model does not know."""
-        from charrnn.evaluate import evaluate
+        from charrnn.inference.evaluate import evaluate
 
         if streams < 1 or num_steps < 1:
             raise UsageError("streams and num_steps must be >= 1")
@@ -160,7 +160,7 @@ class Model:
         nats, nats_per_char and bits_per_char (None when nothing was scored). Each record is read from the
         record-start state (after the model's delimiter, else after `delimiter`, by default a newline);
         `end` scores the delimiter after it too."""
-        from charrnn.score import Scorer, score_stream
+        from charrnn.inference.score import Scorer, score_stream
 
         if delimiter == "":
             raise UsageError("the delimiter must not be empty")
@@ -174,7 +174,7 @@ class Model:
         """A model trained with --labels as a classifier: one dict per record (TEXT, or LABEL<TAB>TEXT),
         as `charrnn eval classify --json` prints them: text, label (the best), scores (best first), and
         for a labelled record expected and correct."""
-        from charrnn.classify import classify
+        from charrnn.inference.classify import classify
 
         if self.records.labels is None:
             raise UsageError("classify needs a model trained with --labels")
@@ -187,8 +187,8 @@ class Model:
         """The k likeliest next characters after `prefix`, best first, as (char, probability) pairs (as
         `charrnn complete --json`); with `words`, that many likeliest next words instead; `label` for a
         model trained with --labels."""
-        from charrnn.complete import next_chars, next_words
-        from charrnn.genplan import for_label
+        from charrnn.inference.complete import next_chars, next_words
+        from charrnn.inference.genplan import for_label
 
         if k < 1 or (words is not None and words < 1):
             raise UsageError("k and words must be >= 1")
@@ -203,19 +203,19 @@ class Model:
     def export(self, path: str | os.PathLike, format: str | None = None, **options: Any) -> dict:  # noqa: A002
         """Write the model as `charrnn export` does (format "onnx", "safetensors" or "html", else by the
         name's ending; html takes weights= and title=): {"path", "format", "bytes"}."""
-        from charrnn.exporting import export
+        from charrnn.export.exporting import export
 
         return export(self.path, os.fspath(path), format, **options)
 
     def _analysed(self, text: str) -> np.ndarray:
-        from charrnn.trace import analysis_ids
+        from charrnn.analysis.trace import analysis_ids
 
         return analysis_ids(text, self.vocab)[0]
 
     def cells(self, text: str, *, seed: int = 0) -> CellReport:
         """What the hidden units track in `text`, as `charrnn inspect cells` finds it (`seed`: the control's)."""
-        from charrnn.cells import control_model, rank
-        from charrnn.trace import trace
+        from charrnn.analysis.cells import control_model, rank
+        from charrnn.analysis.trace import trace
 
         ids = self._analysed(text)
         t = trace(self.module, ids)
@@ -225,8 +225,8 @@ class Model:
     def gates(self, text: str) -> list[dict]:
         """How the gates of an LSTM or GRU saturate on `text`: one dict per gate unit (layer, gate, unit,
         left, right), as `charrnn inspect gates --json` prints them."""
-        from charrnn import gates as gt
-        from charrnn.trace import trace
+        from charrnn.analysis import gates as gt
+        from charrnn.analysis.trace import trace
 
         gt.check_gated(self.module.config.base_cell)
         return gt.records(gt.saturation(trace(self.module, self._analysed(text), gates=True)))
@@ -234,7 +234,7 @@ class Model:
     def bptt(self, text: str, **options: Any) -> BpttCurve:
         """How far gradients reach back in `text` (`charrnn inspect bptt`): the curve's grad_norms[k] is the
         mean gradient norm k characters back; options: steps, windows."""
-        from charrnn.bptt import gradient_norms
+        from charrnn.analysis.bptt import gradient_norms
 
         ids = self._analysed(text)
         return gradient_norms(self.module, ids, unk_id=self.vocab.unk_id, boundary_ids=self._boundary(), **options)
@@ -244,7 +244,7 @@ class Model:
         (`full`) and with each truncated length (`points`); options: lengths, targets, perturb, beyond, seed."""
         import numpy as np
 
-        from charrnn.context import context_curve
+        from charrnn.analysis.context import context_curve
 
         if len(text) < 2:
             raise DataError("the text is too short: nothing to measure")

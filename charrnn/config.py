@@ -96,7 +96,7 @@ class TrainConfig:
     log_every: int = 10
     precision: str = "fp32"  # bf16: autocast the forward pass to bfloat16 (weights stay fp32); the CLI resolves auto
     delimiter: str = "\n"  # what ends a record (used by --partition records)
-    average: str = "none"  # weights averaged during training (charrnn.averaging): none, ema or tail
+    average: str = "none"  # weights averaged during training (charrnn.training.averaging): none, ema or tail
     ema_decay: float = DEFAULT_EMA_DECAY
     average_tail: float = DEFAULT_TAIL
 

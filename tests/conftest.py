@@ -3,7 +3,7 @@ Hypothesis draws the same examples on every run (a deterministic suite).
 
 `--precision auto` picks bf16 on a CPU with native bfloat16 and fp32 elsewhere. Tests that compare
 runs exactly pin fp32; to run the suite as each kind of CPU would, force the detection with the
-environment variable that charrnn.model.native_bf16 reads (subprocesses inherit it):
+environment variable that charrnn.model.network.native_bf16 reads (subprocesses inherit it):
 
     CHARRNN_NATIVE_BF16=1 pytest ...    # auto picks bf16 (emulated where the CPU lacks it)
     CHARRNN_NATIVE_BF16=0 pytest ...    # auto picks fp32
@@ -25,7 +25,7 @@ settings.load_profile("deterministic")
 def pytest_report_header(config: pytest.Config) -> str:
     import torch
 
-    from charrnn.model import NATIVE_BF16_ENV, resolve_precision
+    from charrnn.model.network import NATIVE_BF16_ENV, resolve_precision
 
     forced = os.environ.get(NATIVE_BF16_ENV)
     how = f"forced by {NATIVE_BF16_ENV}={forced}" if forced else f"from the CPU flags; {NATIVE_BF16_ENV} unset"

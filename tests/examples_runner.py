@@ -165,15 +165,15 @@ def serve(path: str) -> None:
     import torch  # noqa: F401
     import torch._dynamo  # noqa: F401  (the optimizers import it on first use: seconds)
 
-    import charrnn.checkpoint  # noqa: F401
     import charrnn.cli  # noqa: F401
-    import charrnn.console  # noqa: F401
-    import charrnn.evaluate  # noqa: F401
-    import charrnn.generate  # noqa: F401
-    import charrnn.plot  # noqa: F401
-    import charrnn.score  # noqa: F401
-    import charrnn.surprise  # noqa: F401
-    import charrnn.train  # noqa: F401
+    import charrnn.display.console  # noqa: F401
+    import charrnn.display.plot  # noqa: F401
+    import charrnn.inference.evaluate  # noqa: F401
+    import charrnn.inference.generate  # noqa: F401
+    import charrnn.inference.score  # noqa: F401
+    import charrnn.inference.surprise  # noqa: F401
+    import charrnn.model.checkpoint  # noqa: F401
+    import charrnn.training.train  # noqa: F401
 
     try:  # the plot extra, where it is installed (a missing one is charrnn's to report, in the child)
         import matplotlib.backends.backend_agg  # noqa: F401

@@ -16,20 +16,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn import checkpoint
-from charrnn import train as train_module
-from charrnn.averaging import WeightAverage
-from charrnn.checkpoint import check_state
 from charrnn.cli.common import AVERAGES as CLI_AVERAGES
 from charrnn.cli.common import DEFAULT_EMA_DECAY as CLI_EMA_DECAY
 from charrnn.cli.common import DEFAULT_TAIL as CLI_TAIL
 from charrnn.config import TrainConfig, check_settings
-from charrnn.corpora import builtin_text
+from charrnn.data.corpora import builtin_text
+from charrnn.data.vocab import Vocab
 from charrnn.errors import CheckpointError, Interrupted, UsageError
-from charrnn.evaluate import EvalResult
-from charrnn.model import CharRNN, ModelConfig, parameter_shapes
-from charrnn.train import train
-from charrnn.vocab import Vocab
+from charrnn.inference.evaluate import EvalResult
+from charrnn.model import checkpoint
+from charrnn.model.checkpoint import check_state
+from charrnn.model.network import CharRNN, ModelConfig, parameter_shapes
+from charrnn.training import train as train_module
+from charrnn.training.averaging import WeightAverage
+from charrnn.training.train import train
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""charrnn.bptt: gradient norms through time, against an independent autograd computation."""
+"""charrnn.analysis.bptt: gradient norms through time, against an independent autograd computation."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charrnn.bptt import BpttCurve, gradient_norms, window_gradients, window_starts
+from charrnn.analysis.bptt import BpttCurve, gradient_norms, window_gradients, window_starts
 from charrnn.errors import DataError, UsageError
-from charrnn.model import CharRNN, ModelConfig
+from charrnn.model.network import CharRNN, ModelConfig
 
 V = 9
 

@@ -11,14 +11,14 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn import cache, corpora
-from charrnn import vocab as vocab_mod
-from charrnn.cache import data_fingerprint, encode_corpus, encoded_dir
 from charrnn.cli import cli
-from charrnn.corpora import Part, decode_text, iter_decoded, training_parts
-from charrnn.data import split_train_val
+from charrnn.data import cache, corpora
+from charrnn.data import vocab as vocab_mod
+from charrnn.data.cache import data_fingerprint, encode_corpus, encoded_dir
+from charrnn.data.corpora import Part, decode_text, iter_decoded, training_parts
+from charrnn.data.partition import split_train_val
+from charrnn.data.vocab import Vocab, count_code_points
 from charrnn.errors import DataError, UnknownCharacterError
-from charrnn.vocab import Vocab, count_code_points
 
 TEXT = "the time traveller smiled.\nwe sat about the fire, née café 😀\n" * 50
 
@@ -224,7 +224,7 @@ def test_large_vocabulary_end_to_end(tmp_path: Path, home: Path) -> None:
     r = CliRunner().invoke(cli, ["train", str(corpus), "-o", str(tmp_path / "mf.pt"), *tiny, "--min-freq", "5",
                                  "--json"])
     assert r.exit_code == 0, r.stderr
-    from charrnn.checkpoint import load
+    from charrnn.model.checkpoint import load
 
     rare_dropped = Vocab.from_dict(load(str(tmp_path / "mf.pt"))["vocab"])
     assert rare_dropped == Vocab.build(text, min_freq=5) and rare_dropped.size < enc.vocab.size

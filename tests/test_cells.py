@@ -8,12 +8,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn.cells import Unit, activation, control_model, correlate, parse_unit, rank, units_of
+from charrnn.analysis.cells import Unit, activation, control_model, correlate, parse_unit, rank, units_of
+from charrnn.analysis.textprops import PROPERTIES, check_property, is_word_char, properties
+from charrnn.analysis.trace import LayerTrace, Trace, trace
+from charrnn.data.vocab import Vocab
 from charrnn.errors import UsageError
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.textprops import PROPERTIES, check_property, is_word_char, properties
-from charrnn.trace import LayerTrace, Trace, trace
-from charrnn.vocab import Vocab
+from charrnn.model.network import CharRNN, ModelConfig
 
 CODE = 'def f(x, y):\n    """Say "hi" (or don\'t)."""\n    return g([x], {y: \'a#b\'})  # done (\n'
 SYNTAX = st.text(alphabet=st.sampled_from(list("ab _'\"#()[]{}\\\n\tX7")), max_size=200)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from charrnn import checkpoint
+from charrnn.data.vocab import Vocab
 from charrnn.errors import CheckpointError, UsageError
-from charrnn.model import CharRNN, ModelConfig
+from charrnn.model import checkpoint
+from charrnn.model.network import CharRNN, ModelConfig
 from charrnn.outputs import check_output
-from charrnn.vocab import Vocab
 
 
 class Hostile:

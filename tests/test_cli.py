@@ -354,9 +354,9 @@ def torch_vocab(path: Path) -> list[str]:
 
 
 def test_presets_match_the_cli_and_explicit_options_win(tmp_path: Path, corpus: Path) -> None:
-    from charrnn.checkpoint import load
     from charrnn.cli import ARCH_DEFAULTS, PRESET_NAMES
     from charrnn.config import PRESETS
+    from charrnn.model.checkpoint import load
 
     assert list(PRESETS) == PRESET_NAMES
     defaults = {p.name: p.default for p in cli.commands["train"].params}
@@ -379,7 +379,7 @@ def test_presets_match_the_cli_and_explicit_options_win(tmp_path: Path, corpus: 
 def test_bf16_precision_trains_and_resumes(tmp_path: Path, corpus: Path) -> None:
     import torch
 
-    from charrnn.checkpoint import load
+    from charrnn.model.checkpoint import load
 
     out = tmp_path / "m.pt"
     r = run("train", str(corpus), "-o", str(out), "--precision", "bf16", *TINY)
@@ -400,7 +400,7 @@ def test_bf16_precision_trains_and_resumes(tmp_path: Path, corpus: Path) -> None
 
 
 def test_resume_a_checkpoint_written_before_precision_and_val_max_chars(tmp_path: Path, corpus: Path) -> None:
-    from charrnn import checkpoint
+    from charrnn.model import checkpoint
 
     out = tmp_path / "m.pt"
     assert run("train", str(corpus), "-o", str(out), *TINY).exit_code == 0

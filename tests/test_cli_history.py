@@ -11,9 +11,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charrnn import checkpoint
 from charrnn.cli import cli
-from charrnn.vocab import Vocab
+from charrnn.data.vocab import Vocab
+from charrnn.model import checkpoint
 
 TINY = ["--hidden", "16", "--layers", "1", "--embed-dim", "8", "-b", "4", "-t", "16", "--val-every", "4", "-q"]
 BASE_TEXT = "the time traveller smiled and we sat about the fire in the room while he spoke\n" * 12
@@ -99,7 +99,7 @@ def test_fine_tune_keeps_old_rows_at_the_start(tmp_path: Path, base: Path, new_t
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The model the trainer starts from holds the base's rows bit for bit (a snapshot taken as
     it is built, before the first step), and new rows that are not all zero."""
-    from charrnn import train as train_module
+    from charrnn.training import train as train_module
 
     old = checkpoint.load(base)
     seen = {}
@@ -262,12 +262,12 @@ def test_eval_show_html_is_bounded(tmp_path: Path, base: Path) -> None:
 
 
 def test_eval_show_streams_blocks(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import charrnn.surprise
+    import charrnn.inference.surprise
 
     text = "the fire burns\n" * 20
     args = ["eval", "show", "-m", str(base), "--json", "-"]
     whole = [json.loads(x) for x in run(*args, input=text).stdout.splitlines()]
-    monkeypatch.setattr(charrnn.surprise, "BLOCK", 7)
+    monkeypatch.setattr(charrnn.inference.surprise, "BLOCK", 7)
     blocks = [json.loads(x) for x in run(*args, input=text).stdout.splitlines()]
     assert [x["char"] for x in blocks] == list(text) and len(blocks) == len(whole)
     assert all(abs(a["bits"] - b["bits"]) < 1e-4 for a, b in zip(whole[1:], blocks[1:], strict=True))

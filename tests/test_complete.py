@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charrnn.cli import cli
-from charrnn.complete import is_boundary, next_chars, next_words
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.vocab import Vocab
+from charrnn.data.vocab import Vocab
+from charrnn.inference.complete import is_boundary, next_chars, next_words
+from charrnn.model.network import CharRNN, ModelConfig
 
 VOCAB = Vocab.build("ab c.")  # ' ', '.', 'a', 'b', 'c' and <unk>
 

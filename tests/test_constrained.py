@@ -1,4 +1,4 @@
-"""Constrained sampling (charrnn.forms, charrnn.constrained): acrostics and templates hold for every
+"""Constrained sampling (charrnn.inference.forms, charrnn.inference.constrained): acrostics and templates hold for every
 sample, the reported log-probabilities are the model's distribution renormalised over what the
 constraint allows, and bad constraints are one-line errors before sampling."""
 
@@ -18,12 +18,12 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from charrnn.cli import cli
-from charrnn.constrained import sample_constrained
+from charrnn.data.vocab import Vocab
 from charrnn.errors import UsageError
-from charrnn.forms import ANY, DEFAULT_LINE_ENDS, DONE, NOT_LINE_END, Constraint
-from charrnn.generate import Sampling
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.vocab import Vocab
+from charrnn.inference.constrained import sample_constrained
+from charrnn.inference.forms import ANY, DEFAULT_LINE_ENDS, DONE, NOT_LINE_END, Constraint
+from charrnn.inference.generate import Sampling
+from charrnn.model.network import CharRNN, ModelConfig
 
 HANZI = "床前明月光疑是地上霜举头望思故乡春眠不觉晓处闻啼鸟夜来风雨声花落知多少"
 TEXT = "床前明月光，疑是地上霜。举头望明月，低头思故乡。\n春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。\n"

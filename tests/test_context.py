@@ -1,4 +1,4 @@
-"""charrnn.context: truncated contexts as minibatch rows, the full-context pass, perturbations, the curve."""
+"""charrnn.analysis.context: truncated contexts as minibatch rows, the full-context pass, perturbations, the curve."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charrnn.context import (
+from charrnn.analysis.context import (
     ContextPoint,
     context_curve,
     full_context_losses,
@@ -20,7 +20,7 @@ from charrnn.context import (
     truncated_losses,
 )
 from charrnn.errors import DataError, UsageError
-from charrnn.model import CharRNN, ModelConfig
+from charrnn.model.network import CharRNN, ModelConfig
 
 V = 11
 
@@ -67,7 +67,7 @@ def test_a_records_model_reads_each_context_from_its_record_start_state() -> Non
 def test_several_windows_per_row_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     model, ids, targets = tiny("lstm", 2), text_ids(200), np.array([60, 150, 199])
     whole = truncated_losses(model, ids, targets, 50)
-    monkeypatch.setattr("charrnn.context.MAX_WINDOW_FLOATS", 3 * 64 * 7)  # 7 columns per call
+    monkeypatch.setattr("charrnn.analysis.context.MAX_WINDOW_FLOATS", 3 * 64 * 7)  # 7 columns per call
     np.testing.assert_allclose(truncated_losses(model, ids, targets, 50), whole, rtol=1e-5, atol=1e-6)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from charrnn.corpora import BUILTIN, builtin_text, decode_text, load_corpus, read_text
+from charrnn.data.corpora import BUILTIN, builtin_text, decode_text, load_corpus, read_text
 from charrnn.errors import DataError, UsageError
 
 
@@ -146,7 +146,7 @@ def test_load_corpus_stdin_and_missing(tmp_path: Path) -> None:
 
 
 def test_stdlib_corpus_is_large_deterministic_python_source() -> None:
-    from charrnn.corpora import load_corpus
+    from charrnn.data.corpora import load_corpus
 
     text = load_corpus("stdlib")
     assert len(text) > 5_000_000

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from charrnn import catalog
 from charrnn.cli import cli
-from charrnn.corpora import join_parts, load_corpus, load_part, training_parts
+from charrnn.data import catalog
+from charrnn.data.corpora import join_parts, load_corpus, load_part, training_parts
 from charrnn.errors import DataError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -380,8 +380,8 @@ def test_ptb_char_from_shared_trains_and_scores_test(tmp_path: Path, monkeypatch
 def test_spaced_format_reads_the_text_it_spells_across_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A catalog corpus in the spaced format reads as the text it spells, whatever the read size, and
     its cache entry is not the one of the same bytes read plainly."""
-    from charrnn import cache as cache_module
-    from charrnn import corpora
+    from charrnn.data import cache as cache_module
+    from charrnn.data import corpora
 
     spelled = "the cat sat\non the mat\n" * 500
     spaced = "".join(" " + ("_" if c == " " else c) if c != "\n" else " \n" for c in spelled).lstrip()

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn.data import (
+from charrnn.data.partition import (
     batches_per_epoch,
     check_fits,
     min_chars,
@@ -258,7 +258,7 @@ def test_partition_by_name() -> None:
 
 # --- records -------------------------------------------------------------------------------------
 
-from charrnn.data import IGNORE, find_delimiters, find_records, split_records_train_val  # noqa: E402
+from charrnn.data.partition import IGNORE, find_delimiters, find_records, split_records_train_val  # noqa: E402
 
 
 def record_ids(records: list[str], delim: str = "|", trailing: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -281,7 +281,7 @@ def test_find_records() -> None:
 
 
 def test_find_delimiters_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import charrnn.data as data
+    import charrnn.data.partition as data
 
     monkeypatch.setattr(data, "FIND_CHUNK", 3)
     ids, d = record_ids(["abcd", "e", "fgh"], delim="||")

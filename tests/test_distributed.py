@@ -16,14 +16,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charrnn import distributed as dd
-from charrnn.checkpoint import saved_processes
 from charrnn.cli import cli
 from charrnn.config import TrainConfig
+from charrnn.data.vocab import Vocab
 from charrnn.errors import CharrnnError, CheckpointError, PeerLost, TrainingError, UsageError
-from charrnn.model import ModelConfig
-from charrnn.train import train
-from charrnn.vocab import Vocab
+from charrnn.model.checkpoint import saved_processes
+from charrnn.model.network import ModelConfig
+from charrnn.training import distributed as dd
+from charrnn.training.train import train
 
 # fp32 pinned: runs are compared to 1e-5, and `--precision auto` would pick bf16 on a CPU that has it.
 TINY = ["--hidden", "16", "--layers", "1", "--embed-dim", "8", "-b", "8", "-t", "16", "--no-cache",

@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charrnn.cli import cli
-from charrnn.dynamic import (
+from charrnn.errors import DataError, UsageError
+from charrnn.inference.dynamic import (
     DEFAULT_DECAY,
     DEFAULT_EPS,
     DEFAULT_LR,
@@ -29,9 +30,8 @@ from charrnn.dynamic import (
     dynamic_losses,
     rms_update,
 )
-from charrnn.errors import DataError, UsageError
-from charrnn.evaluate import evaluate
-from charrnn.model import CELLS, CharRNN, ModelConfig
+from charrnn.inference.evaluate import evaluate
+from charrnn.model.network import CELLS, CharRNN, ModelConfig
 
 TINY = ["--hidden", "16", "--layers", "1", "-b", "4", "-t", "16", "--max-steps", "6", "--val-every", "3", "-q"]
 

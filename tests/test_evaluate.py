@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from charrnn.errors import DataError
-from charrnn.evaluate import EvalResult, evaluate, evaluate_sums
-from charrnn.model import CharRNN, ModelConfig
+from charrnn.inference.evaluate import EvalResult, evaluate, evaluate_sums
+from charrnn.model.network import CharRNN, ModelConfig
 
 
 class TableModel(nn.Module):
@@ -181,7 +181,7 @@ def test_progress_reported_to_the_end() -> None:
 
 
 def test_large_vocabulary_windows_are_shortened_without_changing_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
-    import charrnn.evaluate as evaluate_module
+    import charrnn.inference.evaluate as evaluate_module
 
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=300, hidden=16, layers=1, embed_dim=8))

@@ -287,7 +287,7 @@ def test_parameter_counts_in_the_docs_are_the_models() -> None:
     import torch
 
     from charrnn.config import PRESETS
-    from charrnn.model import CharRNN, ModelConfig
+    from charrnn.model.network import CharRNN, ModelConfig
 
     counts = {}
     with torch.device("meta"):  # shapes only: the large preset would allocate 86 MB

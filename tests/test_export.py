@@ -20,18 +20,18 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charrnn import checkpoint
 from charrnn.cli import cli
+from charrnn.data.vocab import Vocab
 from charrnn.errors import CheckpointError
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.vocab import Vocab
+from charrnn.model import checkpoint
+from charrnn.model.network import CharRNN, ModelConfig
 
 ort = pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is not installed")
 onnx = pytest.importorskip("onnx", reason="the export extra (onnx) is not installed")
 pytest.importorskip("safetensors", reason="the export extra (safetensors) is not installed")
 import safetensors.torch  # noqa: E402
 
-from charrnn import onnx_export  # noqa: E402
+from charrnn.export import onnx_export  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--hidden", "16", "--embed-dim", "8", "--layers", "1", "-b", "4", "-t", "16", "--max-steps", "6",
@@ -95,7 +95,7 @@ def test_safetensors_round_trip_is_exact(home: Path) -> None:
 
 
 def test_safetensors_odd_vocabulary_and_half_precision_weights(tmp_path: Path) -> None:
-    from charrnn.safetensors_write import to_safetensors
+    from charrnn.export.safetensors_write import to_safetensors
 
     vocab = Vocab.build('ab "\\\n\u00e9\U0001f600\udc80', unk=False)
     model = CharRNN(ModelConfig(vocab_size=vocab.size, cell="scratch-gru", hidden=8, layers=2, input="onehot"))

@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from charrnn.analysis.gates import check_gated, draw, records, saturation, summary
+from charrnn.analysis.trace import LayerTrace, Trace, trace
 from charrnn.errors import UsageError
-from charrnn.gates import check_gated, draw, records, saturation, summary
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.trace import LayerTrace, Trace, trace
+from charrnn.model.network import CharRNN, ModelConfig
 
 
 def gru_trace(reset: np.ndarray, update: np.ndarray, new: np.ndarray) -> Trace:
@@ -63,7 +63,7 @@ def test_needs_a_trace_with_gates() -> None:
 
 def test_picture_has_a_panel_per_gate() -> None:
     pytest.importorskip("matplotlib")
-    from charrnn.figure import new_figure
+    from charrnn.display.figure import new_figure
 
     model = CharRNN(ModelConfig(5, cell="lstm", hidden=4, layers=2)).eval()
     fig = new_figure()

@@ -10,10 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from charrnn.data.vocab import UNK_CHAR, Vocab
 from charrnn.errors import UsageError
-from charrnn.generate import Sampling, draw, generate, next_ids
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.vocab import UNK_CHAR, Vocab
+from charrnn.inference.generate import Sampling, draw, generate, next_ids
+from charrnn.model.network import CharRNN, ModelConfig
 
 TEXT = "the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs.\n"
 
@@ -208,7 +208,7 @@ def test_greedy_samples_are_identical(vocab: Vocab) -> None:
 # --- records: stop strings, novelty, beam search ------------------------------------------------
 
 from charrnn.errors import DataError  # noqa: E402
-from charrnn.generate import Stops, beam_search, generate_samples, stream_samples  # noqa: E402
+from charrnn.inference.generate import Stops, beam_search, generate_samples, stream_samples  # noqa: E402
 
 
 def test_stops_validation() -> None:
@@ -360,7 +360,7 @@ def record_calls(model: CharRNN) -> list[int]:
 
 
 def test_prefix_warm_up_is_windowed_and_exact(vocab: Vocab, monkeypatch: pytest.MonkeyPatch) -> None:
-    import charrnn.generate as gen
+    import charrnn.inference.generate as gen
 
     prefix = (TEXT * 8)[:700]
     reference = greedy_reference(make_model(vocab).eval(), vocab, prefix, 12)
@@ -378,7 +378,7 @@ def test_prefix_warm_up_is_windowed_and_exact(vocab: Vocab, monkeypatch: pytest.
 
 
 def test_warm_up_window_shrinks_with_the_vocabulary() -> None:
-    from charrnn.generate import WARM_UP_STEPS, warm_up
+    from charrnn.inference.generate import WARM_UP_STEPS, warm_up
 
     big = Vocab(chars=tuple(chr(0x4E00 + i) for i in range(5000)), counts=(1,) * 5000)
     torch.manual_seed(0)

@@ -13,9 +13,9 @@ import torch
 from click.testing import CliRunner
 
 from charrnn.cli import cli
-from charrnn.gradstats import GradStats, total_norm
-from charrnn.history import History, read_log
+from charrnn.model.history import History, read_log
 from charrnn.outputs import log_path
+from charrnn.training.gradstats import GradStats, total_norm
 
 TINY = ["--hidden", "16", "-b", "4", "-t", "16", "--val-every", "10", "-q", "--precision", "fp32"]
 

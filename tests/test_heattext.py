@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn.heattext import HeatRow, colour, html_page, lines
-from charrnn.surprise import visible
+from charrnn.display.heattext import HeatRow, colour, html_page, lines
+from charrnn.inference.surprise import visible
 
 
 class Rows(HTMLParser):

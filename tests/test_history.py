@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charrnn.errors import CheckpointError, DataError
-from charrnn.history import MAX_LOSS, History, LiveLog, read_log
+from charrnn.model.history import MAX_LOSS, History, LiveLog, read_log
 from charrnn.outputs import log_path
 
 
@@ -195,6 +195,6 @@ def test_any_log_values_read_or_refuse_in_one_line(tmp_path_factory: pytest.Temp
         return
     plotext = pytest.importorskip("plotext")
     assert plotext
-    from charrnn.plot import Run, terminal_plot
+    from charrnn.display.plot import Run, terminal_plot
 
     assert terminal_plot([Run("x", history)], width=60, height=12, color=False)

@@ -26,9 +26,9 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charrnn import checkpoint
 from charrnn.cli import cli
 from charrnn.errors import CharrnnError, CheckpointError, UsageError
+from charrnn.model import checkpoint
 from charrnn.outputs import check_output, run_lock
 
 TINY = ["--hidden", "16", "--layers", "1", "-b", "4", "-t", "16", "--val-every", "4", "-q"]
@@ -274,8 +274,8 @@ def test_an_ascii_stdout_gets_escapes_not_a_traceback(tmp_path: Path) -> None:
 
 
 def test_the_progress_line_fits_80_columns() -> None:
-    from charrnn.callbacks import Progress
-    from charrnn.console import status_line
+    from charrnn.display.console import status_line
+    from charrnn.training.callbacks import Progress
 
     p = Progress(step=123_456, epoch=12, train_loss=1.23456, lr=3e-3, elapsed=4000.0, chars_per_second=35_123.4,
                  fraction=0.4242)

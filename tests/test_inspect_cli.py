@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from charrnn.analysis.textprops import PROPERTIES
 from charrnn.cli import cli
-from charrnn.textprops import PROPERTIES
 
 TINY = ["--hidden", "16", "-b", "4", "-t", "16", "--max-steps", "4", "--val-every", "4", "-q"]
 CODE = 'def f(x):\n    """Say "hi" <b>&amp;</b>."""\n    return g([x], {1: \'a\'})  # done\n'

@@ -1,5 +1,5 @@
-"""Label-conditioned models: records LABEL<TAB>TEXT (charrnn.labels), the label as an input of the model
-(charrnn.model: LabelView, both label modes, the Stepper), training, checkpoints, generate/complete/serve
+"""Label-conditioned models: records LABEL<TAB>TEXT (charrnn.data.labels), the label as an input of the model
+(charrnn.model.network: LabelView, both label modes, the Stepper), training, checkpoints, generate/complete/serve
 --label, and `eval classify`, with bad input covered."""
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charrnn import checkpoint, labels
 from charrnn.cli import cli
-from charrnn.data import RecordBatches
+from charrnn.data import labels
+from charrnn.data.labels import LabelSet, labelled_records, read_labelled
+from charrnn.data.partition import RecordBatches
 from charrnn.errors import CheckpointError, DataError, UsageError
-from charrnn.labels import LabelSet, labelled_records, read_labelled
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.stepper import Stepper
+from charrnn.model import checkpoint
+from charrnn.model.network import CharRNN, ModelConfig
+from charrnn.model.stepper import Stepper
 
 FIVE, SEVEN = "床前明月光疑是地上霜举头望思故乡春", "眠不觉晓处闻啼鸟夜来风雨声花落知多少"
 

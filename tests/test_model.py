@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from charrnn.data.vocab import one_hot
 from charrnn.errors import UsageError
-from charrnn.model import CELLS, INPUTS, CharRNN, ModelConfig, ScratchRNN, detach_state, resolve_device
-from charrnn.vocab import one_hot
+from charrnn.model.network import CELLS, INPUTS, CharRNN, ModelConfig, ScratchRNN, detach_state, resolve_device
 
 TORCH_MODULES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -248,7 +248,7 @@ def test_model_config_dict_round_trip() -> None:
 @pytest.mark.parametrize(("flags", "native"), [("fpu avx512f avx512_bf16 avx512_vnni", True),
                                                ("fpu amx_bf16 amx_tile", True), ("fpu avx512f avx512bw", False)])
 def test_native_bf16_reads_the_cpu_flags(tmp_path: pathlib.Path, flags: str, native: bool) -> None:
-    from charrnn.model import native_bf16
+    from charrnn.model.network import native_bf16
 
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
@@ -258,7 +258,7 @@ def test_native_bf16_reads_the_cpu_flags(tmp_path: pathlib.Path, flags: str, nat
 
 
 def test_native_bf16_can_be_forced_by_the_environment(tmp_path: pathlib.Path) -> None:
-    from charrnn.model import native_bf16, resolve_precision
+    from charrnn.model.network import native_bf16, resolve_precision
 
     cpu, info = torch.device("cpu"), tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
@@ -274,7 +274,7 @@ def test_native_bf16_can_be_forced_by_the_environment(tmp_path: pathlib.Path) ->
 
 
 def test_resolve_precision() -> None:
-    from charrnn.model import native_bf16, resolve_precision
+    from charrnn.model.network import native_bf16, resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
@@ -285,7 +285,7 @@ def test_resolve_precision() -> None:
 @pytest.mark.parametrize("input_", INPUTS)
 @pytest.mark.parametrize("layers", [1, 3])
 def test_parameter_shapes_match_the_built_model(cell: str, input_: str, layers: int) -> None:
-    from charrnn.model import parameter_shapes
+    from charrnn.model.network import parameter_shapes
 
     config = ModelConfig(vocab_size=11, cell=cell, hidden=6, layers=layers, input=input_, embed_dim=5)
     assert parameter_shapes(config) == {k: tuple(v.shape) for k, v in CharRNN(config).state_dict().items()}
@@ -294,7 +294,7 @@ def test_parameter_shapes_match_the_built_model(cell: str, input_: str, layers: 
 @pytest.mark.parametrize("input_", ["embedding", "onehot"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "scratch-rnn"])
 def test_grow_vocab_keeps_old_rows_bit_identical(cell: str, input_: str) -> None:
-    from charrnn.model import grow_vocab
+    from charrnn.model.network import grow_vocab
 
     torch.manual_seed(0)
     old = CharRNN(ModelConfig(vocab_size=4, cell=cell, hidden=8, layers=2, input=input_, embed_dim=6))
@@ -328,7 +328,7 @@ def test_grow_vocab_keeps_old_rows_bit_identical(cell: str, input_: str) -> None
 
 
 def test_grow_vocab_rejects_bad_maps() -> None:
-    from charrnn.model import grow_vocab
+    from charrnn.model.network import grow_vocab
 
     model = CharRNN(ModelConfig(vocab_size=3, hidden=4, layers=1))
     for bad, size in (([0, 1], 4), ([0, 0, 1], 4), ([0, 1, 4], 4), ([0, 1, 2], 2)):

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 pytest.importorskip("safetensors")
 
 import charrnn  # noqa: E402
-from charrnn.checkpoint import load_model  # noqa: E402
 from charrnn.cli import cli  # noqa: E402
+from charrnn.model.checkpoint import load_model  # noqa: E402
 
 CHARRNN = [sys.executable, "-m", "charrnn"]
 TINY = ["--hidden", "16", "--layers", "1", "-b", "4", "-t", "16", "--val-every", "4", "-q", "--precision", "fp32"]

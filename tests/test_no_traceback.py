@@ -85,8 +85,8 @@ def test_extreme_temperatures_sample_inside_the_vocabulary_everywhere(home: Path
 def test_the_engine_samples_extreme_temperatures_per_row() -> None:
     """The HTTP server's per-row sampler: inside the vocabulary, the greedy limit for tiny temperatures,
     and for each row what generate.next_ids draws with the same uniform number."""
-    from charrnn.engine import sample_rows
-    from charrnn.generate import Sampling, next_ids
+    from charrnn.inference.generate import Sampling, next_ids
+    from charrnn.serving.engine import sample_rows
 
     torch.manual_seed(0)
     logits = torch.randn(5, 12) * 4

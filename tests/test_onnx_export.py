@@ -1,4 +1,4 @@
-"""charrnn.onnx_export: the ONNX graph computes what torch computes (every cell, one and two layers, one-hot
+"""charrnn.export.onnx_export: the ONNX graph computes what torch computes (every cell, one and two layers, one-hot
 and embedding input, a sequence fed whole and one character at a time, the state carried), its metadata,
 names and dynamic axes, float32 whatever the model holds, and its refusals. The command that writes the
 file is tested in tests/test_export.py."""
@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from charrnn import __version__
+from charrnn.data.vocab import Vocab
 from charrnn.errors import MissingDependency, UsageError
-from charrnn.model import CELLS, CharRNN, ModelConfig
-from charrnn.vocab import Vocab
+from charrnn.model.network import CELLS, CharRNN, ModelConfig
 
 ort = pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is not installed")
 onnx = pytest.importorskip("onnx", reason="the export extra (onnx) is not installed")
-from charrnn import onnx_export  # noqa: E402
+from charrnn.export import onnx_export  # noqa: E402
 
 TOL = 1e-5
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from charrnn.cli import cli
-from charrnn.records import unescape
+from charrnn.data.records import unescape
 
 TINY = ["--hidden", "16", "-b", "4", "-t", "16", "--val-every", "4", "--precision", "fp32"]
 NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"] * 6

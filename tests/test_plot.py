@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from charrnn.display.plot import Run, image_plot, load_run, run_names, series, terminal_plot
 from charrnn.errors import DataError, UsageError
-from charrnn.history import History, LiveLog
-from charrnn.plot import Run, image_plot, load_run, run_names, series, terminal_plot
+from charrnn.model.history import History, LiveLog
 
 pytest.importorskip("plotext")
 pytest.importorskip("matplotlib")

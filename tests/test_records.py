@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from charrnn.data.records import RecordHashes, contains, escape, record_hash, split_records, unescape
 from charrnn.errors import UsageError
-from charrnn.records import RecordHashes, contains, escape, record_hash, split_records, unescape
 
 
 @pytest.mark.parametrize(("given_", "expected"), [

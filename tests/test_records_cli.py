@@ -265,8 +265,8 @@ def test_beam_novel_skips_training_records(models: dict[str, Path], tmp_path: Pa
     import numpy as np
     import torch
 
-    from charrnn.checkpoint import save
-    from charrnn.records import record_hash
+    from charrnn.data.records import record_hash
+    from charrnn.model.checkpoint import save
 
     args = ["generate", "--beam", "3", "--num-samples", "3", "-n", "8", "--json"]
     plain = json.loads(run(*args, "-m", str(models["names"])).stdout)["results"]

@@ -19,7 +19,7 @@ from charrnn.cli import cli
 
 SAVER = r"""
 import sys, torch
-from charrnn import checkpoint
+from charrnn.model import checkpoint
 path = sys.argv[1]
 i = 0
 while True:

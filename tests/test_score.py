@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn.data import find_records
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.score import Scorer, evaluate_records, score_stream, score_texts
-from charrnn.vocab import Vocab
+from charrnn.data.partition import find_records
+from charrnn.data.vocab import Vocab
+from charrnn.inference.score import Scorer, evaluate_records, score_stream, score_texts
+from charrnn.model.network import CharRNN, ModelConfig
 
 TEXT = "the cat sat\non the mat\nand the dog\nsaw it all\n"
 
@@ -116,7 +116,7 @@ def test_any_records_match_the_reference(records: list[str], end: bool, max_rows
 
 def test_compare_charges_what_a_model_cannot_read() -> None:
     """The issue's case: a model that reads 1 of 17 characters scores it well, and must not win."""
-    from charrnn.score import UNKNOWN_NATS, RecordScore, compare
+    from charrnn.inference.score import UNKNOWN_NATS, RecordScore, compare
 
     reads_all = RecordScore(nats=17 * 2.0, chars=17, unknown=0)
     reads_one = RecordScore(nats=0.5, chars=1, unknown=16)
@@ -136,7 +136,7 @@ def test_one_long_record_costs_a_window_not_int64_copies() -> None:
     allocations are traced by tracemalloc; the ids themselves (1 byte per character here) exist before."""
     import tracemalloc
 
-    from charrnn.score import score_rows
+    from charrnn.inference.score import score_rows
 
     vocab = Vocab.build(TEXT)
     torch.manual_seed(0)

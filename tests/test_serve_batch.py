@@ -1,6 +1,6 @@
 """The HTTP server's batching, without HTTP: next characters for many prefixes in one pass
 (complete.next_logprobs), the stepping engine that advances many generations together
-(charrnn.engine) and the per-model worker thread that feeds both (charrnn.worker)."""
+(charrnn.serving.engine) and the per-model worker thread that feeds both (charrnn.serving.worker)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn.complete import next_chars, next_chars_batch, next_logprobs
-from charrnn.engine import Engine, Job, sample_rows
+from charrnn.data.vocab import Vocab
 from charrnn.errors import RequestError
-from charrnn.generate import Sampling, generate, next_ids
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.vocab import Vocab
-from charrnn.worker import ModelWorker, NextTask, Pool
+from charrnn.inference.complete import next_chars, next_chars_batch, next_logprobs
+from charrnn.inference.generate import Sampling, generate, next_ids
+from charrnn.model.network import CharRNN, ModelConfig
+from charrnn.serving.engine import Engine, Job, sample_rows
+from charrnn.serving.worker import ModelWorker, NextTask, Pool
 
 VOCAB = Vocab.build("the quick brown fox jumps over the lazy dog.\n")
 

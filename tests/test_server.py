@@ -27,9 +27,9 @@ pytest.importorskip("uvicorn")
 from serverproc import CHARRNN, Server  # noqa: E402
 
 from charrnn.cli import cli  # noqa: E402
-from charrnn.protocol import Limits, parse_generate, parse_score  # noqa: E402
-from charrnn.server import listen  # noqa: E402
-from charrnn.service import load_models, run_generate, run_score  # noqa: E402
+from charrnn.serving.protocol import Limits, parse_generate, parse_score  # noqa: E402
+from charrnn.serving.server import listen  # noqa: E402
+from charrnn.serving.service import load_models, run_generate, run_score  # noqa: E402
 
 TINY = ["--hidden", "16", "--layers", "1", "-b", "4", "-t", "16", "--val-every", "4", "-q"]
 

@@ -1,4 +1,5 @@
-"""charrnn.protocol and charrnn.service: the requests a served model answers, checked and run (issue 20, 2-3).
+"""charrnn.serving.protocol and charrnn.serving.service: the requests a served model answers, checked and run
+(issue 20, 2-3).
 
 The answers are compared with what the commands they mirror print with --json (complete, generate,
 eval score), run on the same tiny checkpoints.
@@ -18,8 +19,8 @@ from hypothesis import strategies as st
 
 from charrnn.cli import cli
 from charrnn.errors import RequestError, UsageError
-from charrnn.protocol import Limits, decode_json, parse_generate, parse_next, parse_score
-from charrnn.service import (
+from charrnn.serving.protocol import Limits, decode_json, parse_generate, parse_next, parse_score
+from charrnn.serving.service import (
     error_status,
     handle,
     load_models,

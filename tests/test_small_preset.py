@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from charrnn import checkpoint
 from charrnn.config import PRESETS, SMALL_BF16
-from charrnn.corpora import builtin_text
+from charrnn.data.corpora import builtin_text
+from charrnn.model import checkpoint
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -11,8 +11,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charrnn import catalog
 from charrnn.cli import cli
+from charrnn.data import catalog
 
 TINY = ["--hidden", "16", "--layers", "1", "-b", "4", "-t", "16", "-q", "--precision", "fp32", "--max-steps", "4"]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charrnn.model import CELLS, INPUTS, CharRNN, ModelConfig
-from charrnn.stepper import Stepper
+from charrnn.model.network import CELLS, INPUTS, CharRNN, ModelConfig
+from charrnn.model.stepper import Stepper
 
 
 def as_tuple(state):

@@ -13,11 +13,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn.console import surprise_view
+from charrnn.data.vocab import Vocab
+from charrnn.display.console import surprise_view
 from charrnn.errors import DataError
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.surprise import MAX_BITS, colour, html_page, score, visible
-from charrnn.vocab import Vocab
+from charrnn.inference.surprise import MAX_BITS, colour, html_page, score, visible
+from charrnn.model.network import CharRNN, ModelConfig
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_terminal_view_colours_backgrounds_and_has_a_legend(model_vocab) -> None
 
 # --- memory bounded by the model: blocks; characters that act instead of being seen ------------------
 
-from charrnn.surprise import score_blocks  # noqa: E402
+from charrnn.inference.surprise import score_blocks  # noqa: E402
 
 
 def test_blocks_are_the_whole_score_in_pieces(model_vocab) -> None:

@@ -16,13 +16,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from charrnn import threads as th
-from charrnn.callbacks import Callbacks
 from charrnn.cli import cli, common
 from charrnn.config import TrainConfig
+from charrnn.data.vocab import Vocab
 from charrnn.errors import UsageError
-from charrnn.model import ModelConfig
-from charrnn.train import train
-from charrnn.vocab import Vocab
+from charrnn.model.network import ModelConfig
+from charrnn.training.callbacks import Callbacks
+from charrnn.training.train import train
 
 TINY = ["--hidden", "16", "-b", "4", "-t", "16", "--max-steps", "6", "--val-every", "3", "-q"]
 
@@ -341,9 +341,9 @@ def test_consumers_cut_their_windows_finer_while_trying() -> None:
 
 def test_eval_and_score_give_the_same_result_with_a_chooser() -> None:
     """The shorter windows of a trial carry the state: the result is the one without a chooser."""
-    from charrnn.evaluate import evaluate
-    from charrnn.model import CharRNN
-    from charrnn.score import Scorer, score_texts
+    from charrnn.inference.evaluate import evaluate
+    from charrnn.inference.score import Scorer, score_texts
+    from charrnn.model.network import CharRNN
 
     torch.manual_seed(0)
     text = "the time traveller smiled and we sat about the fire\n" * 30

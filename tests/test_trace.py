@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn.model import CELLS, INPUTS, CharRNN, ModelConfig
-from charrnn.trace import GATE_NAMES, trace
+from charrnn.analysis.trace import GATE_NAMES, trace
+from charrnn.model.network import CELLS, INPUTS, CharRNN, ModelConfig
 
 
 def model_with_biases(cell: str, input: str, layers: int, seed: int = 0) -> CharRNN:

@@ -10,19 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn import checkpoint, validation
-from charrnn import train as train_module
-from charrnn.callbacks import Callbacks, Progress
 from charrnn.config import TrainConfig
-from charrnn.corpora import builtin_text
-from charrnn.data import Batch, partition, random_batches, split_train_val
+from charrnn.data.corpora import builtin_text
+from charrnn.data.partition import Batch, partition, random_batches, split_train_val
+from charrnn.data.vocab import Vocab
 from charrnn.errors import DataError, Interrupted, Terminated, TrainingError, UsageError
-from charrnn.evaluate import EvalResult
-from charrnn.model import CharRNN, ModelConfig
+from charrnn.inference.evaluate import EvalResult
+from charrnn.model import checkpoint
+from charrnn.model.network import CharRNN, ModelConfig
 from charrnn.outputs import best_path
-from charrnn.runconfig import lr_factor
-from charrnn.train import batch_loss, train
-from charrnn.vocab import Vocab
+from charrnn.training import train as train_module
+from charrnn.training import validation
+from charrnn.training.callbacks import Callbacks, Progress
+from charrnn.training.runconfig import lr_factor
+from charrnn.training.train import batch_loss, train
 
 
 @pytest.fixture(scope="module")
@@ -406,7 +407,7 @@ def test_resume_with_new_stopping_rule_continues(tmp_path: Path, small) -> None:
 
 
 def test_adam_uses_the_fused_kernel_on_cpu() -> None:
-    from charrnn.runconfig import make_optimizer
+    from charrnn.training.runconfig import make_optimizer
 
     params = [torch.nn.Parameter(torch.ones(3))]
     assert make_optimizer("adam", params, 1e-3, 0.0, torch.device("cpu")).defaults["fused"] is True
@@ -420,7 +421,7 @@ def test_adam_uses_the_fused_kernel_on_cpu() -> None:
 def test_history_is_kept_in_the_checkpoint_and_the_live_log(tmp_path: Path, small) -> None:
     import json
 
-    from charrnn.history import History
+    from charrnn.model.history import History
 
     vocab, ids = small
     out = tmp_path / "m.pt"
@@ -438,7 +439,7 @@ def test_history_is_kept_in_the_checkpoint_and_the_live_log(tmp_path: Path, smal
 
 
 def test_resumed_run_continues_the_history(tmp_path: Path, small) -> None:
-    from charrnn.history import History, read_log
+    from charrnn.model.history import History, read_log
 
     vocab, ids = small
     config = tiny_config(val_every=4, log_every=2)
@@ -524,7 +525,7 @@ def test_patience_must_be_positive() -> None:
 
 
 def test_init_from_grows_the_vocabulary_and_starts_afresh(tmp_path: Path, small) -> None:
-    from charrnn.finetune import choose_vocab
+    from charrnn.training.finetune import choose_vocab
 
     vocab, ids = small
     base_out = tmp_path / "base.pt"
@@ -545,7 +546,7 @@ def test_init_from_grows_the_vocabulary_and_starts_afresh(tmp_path: Path, small)
 
 
 def test_init_from_start_model_keeps_old_rows(small) -> None:
-    from charrnn.finetune import choose_vocab, start_model
+    from charrnn.training.finetune import choose_vocab, start_model
 
     vocab, _ = small
     torch.manual_seed(0)
@@ -582,7 +583,7 @@ RECORDS_TEXT = "anna\nbob\ncarol\ndave\neve\nfrank\ngrace\nheidi\nivan\njudy\nma
 def test_records_loss_is_the_mean_over_real_targets() -> None:
     """Padding is ignored and every row starts from the record-start state: the loss of a
     minibatch equals the per-record scores' total over their scored characters."""
-    from charrnn.score import score_rows
+    from charrnn.inference.score import score_rows
 
     vocab = Vocab.build(RECORDS_TEXT)
     ids = vocab.encode(RECORDS_TEXT)
@@ -600,8 +601,8 @@ def test_records_loss_is_the_mean_over_real_targets() -> None:
 
 
 def test_records_training_checkpoint_keeps_delimiter_and_hashes(tmp_path: Path) -> None:
-    from charrnn.data import split_records_train_val
-    from charrnn.records import contains
+    from charrnn.data.partition import split_records_train_val
+    from charrnn.data.records import contains
 
     vocab = Vocab.build(RECORDS_TEXT)
     ids = vocab.encode(RECORDS_TEXT)

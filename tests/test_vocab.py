@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from charrnn.data.vocab import UNK_CHAR, Vocab, code_points, one_hot, smallest_dtype
 from charrnn.errors import UnknownCharacterError
-from charrnn.vocab import UNK_CHAR, Vocab, code_points, one_hot, smallest_dtype
 
 NO_SURROGATES = st.characters(blacklist_categories=("Cs",))
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from charrnn import checkpoint
 from charrnn.cli import cli
-from charrnn.data import split_records_train_val
+from charrnn.data.partition import split_records_train_val
 from charrnn.errors import UsageError
+from charrnn.model import checkpoint
 
 TINY = ["--hidden", "16", "-b", "4", "-t", "16", "--val-every", "4", "-q", "--precision", "fp32"]
 

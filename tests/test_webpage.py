@@ -22,11 +22,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from charrnn import webpage
+from charrnn.data.vocab import Vocab
 from charrnn.errors import UsageError
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.vocab import Vocab
-from charrnn.webpage import FLOAT16_MAX, asset, json_block, model_card, pack_weights, page_html
+from charrnn.export import webpage
+from charrnn.export.webpage import FLOAT16_MAX, asset, json_block, model_card, pack_weights, page_html
+from charrnn.model.network import CharRNN, ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
@@ -173,7 +173,7 @@ def test_the_web_assets_are_package_data() -> None:
     assert "charrnn.web" in config["tool"]["setuptools"]["packages"]
     patterns = config["tool"]["setuptools"]["package-data"]["charrnn.web"]
     for name in ("page.html", "page.css", "model.js", "page.js"):
-        assert (ROOT / "charrnn" / "web" / name).is_file()
+        assert (ROOT / "charrnn" / "export" / "web" / name).is_file()
         assert any(Path(name).match(p) for p in patterns), name
 
 
@@ -241,7 +241,7 @@ def test_unknown_characters_without_unk_are_an_error_on_the_page(tmp_path: Path)
 
 
 def mulberry32(seed: int):
-    """The page's random generator (charrnn/web/model.js prng), in Python."""
+    """The page's random generator (charrnn/export/web/model.js prng), in Python."""
     a, m = seed & 0xFFFFFFFF, 0xFFFFFFFF
     while True:
         a = (a + 0x6D2B79F5) & m
@@ -251,7 +251,7 @@ def mulberry32(seed: int):
 
 
 def draw(weights: np.ndarray, u: float) -> int:
-    """charrnn/web/model.js draw: the first id of positive weight whose cumulative weight exceeds u * total."""
+    """charrnn/export/web/model.js draw: the first id of positive weight whose cumulative weight exceeds u * total."""
     target, cum = u * float(weights.sum()), 0.0
     for i, w in enumerate(weights):
         cum += float(w)

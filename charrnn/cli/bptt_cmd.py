@@ -41,8 +41,8 @@ def inspect_bptt(model_paths: tuple[str, ...], text: str, encoding: str, steps: 
     charrnn inspect bptt -m rnn.pt -m lstm.pt held_out.txt -o bptt.png
     charrnn inspect bptt -m model.pt held_out.txt -t 100 --json
     """
-    from charrnn import console as con
-    from charrnn.bptt import MAX_STEPS, MAX_WINDOWS, draw_bptt, gradient_norms
+    from charrnn.analysis.bptt import MAX_STEPS, MAX_WINDOWS, draw_bptt, gradient_norms
+    from charrnn.display import console as con
     from charrnn.errors import UsageError
 
     if steps > MAX_STEPS or windows > MAX_WINDOWS:
@@ -61,7 +61,7 @@ def inspect_bptt(model_paths: tuple[str, ...], text: str, encoding: str, steps: 
     if fig is None or as_json:  # with -o the picture is what was asked for, not the table as well
         _print_table(curves, as_json)
     if fig is not None:
-        from charrnn.figure import save_figure
+        from charrnn.display.figure import save_figure
 
         draw_bptt(fig, [(legend, curve) for _, legend, curve in curves],
                   title=f"||d loss_T / d h_(T-k)||, mean over {curves[0][2].windows} windows of {steps} characters")

@@ -32,13 +32,13 @@ def eval_classify(model_path: str, text: str, encoding: str, device: str, thread
     LABEL (yes or no; - for a record without a label); the accuracy over the labelled records goes to
     stderr at the end. Records are written escaped as `eval score` writes them (\\n, \\t, \\\\).
     """
-    from charrnn import console as con
-    from charrnn.checkpoint import label_set, load_model, record_delimiter
-    from charrnn.classify import classify_stream
     from charrnn.cli.eval_cmd import _open_records
-    from charrnn.corpora import iter_decoded
-    from charrnn.model import resolve_device
-    from charrnn.records import byte_chunks, escape, split_records
+    from charrnn.data.corpora import iter_decoded
+    from charrnn.data.records import byte_chunks, escape, split_records
+    from charrnn.display import console as con
+    from charrnn.inference.classify import classify_stream
+    from charrnn.model.checkpoint import label_set, load_model, record_delimiter
+    from charrnn.model.network import resolve_device
     from charrnn.threads import make_chooser
 
     dev = resolve_device(device)

@@ -27,15 +27,15 @@ ARCH_DEFAULTS = {"cell": "lstm", "layers": 1, "hidden": 384, "dropout": 0.0, "in
 DEFAULT_TIME_BUDGET = 300.0
 DEFAULT_VAL_MAX_CHARS = 250_000
 ONEHOT_WARN_VOCAB = 1024
-# charrnn.model.MAX_LAYERS / MAX_WIDTH (kept here: no torch at import); a test keeps them equal.
+# charrnn.model.network.MAX_LAYERS / MAX_WIDTH (kept here: no torch at import); a test keeps them equal.
 MAX_LAYERS = 64
 MAX_WIDTH = 65536
-# charrnn.averaging.AVERAGES / DEFAULT_EMA_DECAY / DEFAULT_TAIL (kept here: no torch at import); a test keeps
+# charrnn.training.averaging.AVERAGES / DEFAULT_EMA_DECAY / DEFAULT_TAIL (kept here: no torch at import); a test keeps
 # them equal.
 AVERAGES = ["none", "ema", "tail"]
 DEFAULT_EMA_DECAY = 0.998
 DEFAULT_TAIL = 0.25
-PRESET_NAMES = ["tiny", "small", "medium", "large"]  # charrnn.runconfig.PRESETS (kept here: no torch at import)
+PRESET_NAMES = ["tiny", "small", "medium", "large"]  # charrnn.config.PRESETS (kept here: no torch at import)
 
 
 class CharrnnGroup(click.Group):
@@ -266,8 +266,8 @@ SEED = IntRange(0, 2**63 - 1)
 def read_head(text: str, encoding: str, max_chars: int, console: Any) -> tuple[str, str]:
     """(at most `max_chars` characters from the start of TEXT, a file, `-` or a corpus name, read no
     further than that; the text's name). Said on stderr when it cuts; --max-chars below 1 is a usage error."""
-    from charrnn import console as con
-    from charrnn.corpora import source_parts, stream_text
+    from charrnn.data.corpora import source_parts, stream_text
+    from charrnn.display import console as con
 
     if max_chars < 1:
         raise UsageError(f"--max-chars must be >= 1, got {max_chars}")
@@ -291,7 +291,7 @@ def check_picture(output: str | None, model_paths: tuple[str, ...] | list[str], 
     path (writable, none of the models or the text); None without -o."""
     from pathlib import Path
 
-    from charrnn.figure import image_format
+    from charrnn.display.figure import image_format
     from charrnn.outputs import check_output
 
     if output is None:
@@ -313,7 +313,7 @@ def use_colour(color: str, console: Any, page: str) -> bool | None:
     colours, said on stderr with the alternatives (`page`: the option that writes a coloured page)."""
     chosen = {"always": True, "never": False}.get(color)
     if chosen is None and not sys.stdout.isatty():
-        from charrnn import console as con
+        from charrnn.display import console as con
 
         con.info(console, f"stdout is not a terminal: no colours (use --color always, {page} or --json)")
         chosen = False
@@ -324,6 +324,6 @@ def read_prefix(prefix: str | None, prefix_file: str | None, encoding: str) -> s
     """The prefix of `generate` and `complete`: --prefix, or the text of --prefix-file (`-`: stdin), or ""."""
     if prefix_file is None:
         return prefix or ""
-    from charrnn.corpora import read_text
+    from charrnn.data.corpora import read_text
 
     return read_text(prefix_file, encoding, stdin())

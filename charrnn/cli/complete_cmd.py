@@ -53,11 +53,11 @@ def complete(model_path: str, prefix: str | None, prefix_file: str | None, encod
     charrnn complete -m model.pt --prefix "The Time Trav"
     charrnn complete -m model.pt --prefix "The Time " --words 5 --json
     """
-    from charrnn.checkpoint import label_set, load_model, record_delimiter
-    from charrnn.complete import next_chars, next_words
-    from charrnn.genplan import for_label
-    from charrnn.model import resolve_device
-    from charrnn.records import escape
+    from charrnn.data.records import escape
+    from charrnn.inference.complete import next_chars, next_words
+    from charrnn.inference.genplan import for_label
+    from charrnn.model.checkpoint import label_set, load_model, record_delimiter
+    from charrnn.model.network import resolve_device
     from charrnn.threads import make_chooser
 
     if prefix is not None and prefix_file is not None:

@@ -15,7 +15,7 @@ from charrnn.cli.common import IntRange, device_option, encoding_option, json_li
 from charrnn.errors import UsageError
 
 DEFAULT_MAX_CHARS = 100_000
-DEFAULT_LENGTHS = "1,2,5,10,20,50,100,200,500,1000"  # charrnn.context.DEFAULT_LENGTHS (no torch at import)
+DEFAULT_LENGTHS = "1,2,5,10,20,50,100,200,500,1000"  # charrnn.analysis.context.DEFAULT_LENGTHS (no torch at import)
 
 models_option = click.option("-m", "--model", "model_paths", required=True, multiple=True, type=click.Path(),
                              help="Checkpoint written by `charrnn train`; repeat to compare models on one picture.")
@@ -30,7 +30,7 @@ def new_picture(picture: str | None, model_paths: tuple[str, ...], text: str) ->
     """Before any work: the picture's path (common.check_picture) and matplotlib; a Figure to draw on, or None."""
     if common.check_picture(picture, model_paths, text) is None:
         return None
-    from charrnn.figure import new_figure
+    from charrnn.display.figure import new_figure
 
     return new_figure()
 
@@ -40,11 +40,11 @@ def load_models(model_paths: tuple[str, ...], body: str, name: str, encoding: st
     for every model."""
     import numpy as np
 
-    from charrnn.cache import encode_corpus
-    from charrnn.checkpoint import load_model, record_delimiter
-    from charrnn.corpora import Part
-    from charrnn.model import resolve_device
-    from charrnn.plot import run_names
+    from charrnn.data.cache import encode_corpus
+    from charrnn.data.corpora import Part
+    from charrnn.display.plot import run_names
+    from charrnn.model.checkpoint import load_model, record_delimiter
+    from charrnn.model.network import resolve_device
 
     dev = resolve_device(device)
     out = []
@@ -96,8 +96,8 @@ def eval_context(model_paths: tuple[str, ...], text: str, encoding: str, lengths
     """
     import time
 
-    from charrnn import console as con
-    from charrnn.context import context_curve, draw_context, parse_lengths
+    from charrnn.analysis.context import context_curve, draw_context, parse_lengths
+    from charrnn.display import console as con
 
     asked = parse_lengths(lengths)
     if (perturb is None) != (beyond is None):
@@ -132,7 +132,7 @@ def eval_context(model_paths: tuple[str, ...], text: str, encoding: str, lengths
     if fig is None or as_json:  # with -o the picture is what was asked for, not the table as well
         _print_table(curves, as_json)
     if fig is not None:
-        from charrnn.figure import save_figure
+        from charrnn.display.figure import save_figure
 
         how = f", context beyond {beyond} characters {perturb}d" if perturb else ""
         draw_context(fig, [(legend, curve) for _, legend, curve in curves],

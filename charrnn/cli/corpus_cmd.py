@@ -34,7 +34,7 @@ def _size(entry: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the catalog entries as one JSON list.")
 def corpus_list(as_json: bool) -> None:
     """The corpora known by name: name, size, description."""
-    from charrnn.catalog import load_catalog
+    from charrnn.data.catalog import load_catalog
 
     entries = list(load_catalog().values())
     if as_json:
@@ -51,7 +51,7 @@ def corpus_list(as_json: bool) -> None:
 @json_option
 def corpus_info(name: str, as_json: bool) -> None:
     """Facts of corpus NAME: description, files (URL, bytes, SHA-256), licence, split."""
-    from charrnn.catalog import get_entry
+    from charrnn.data.catalog import get_entry
 
     entry = get_entry(name)
     if as_json:
@@ -70,8 +70,8 @@ def corpus_info(name: str, as_json: bool) -> None:
 
 
 def _fetch_paths(name: str) -> dict[str, Path]:
-    from charrnn import console as con
-    from charrnn.catalog import fetch
+    from charrnn.data.catalog import fetch
+    from charrnn.display import console as con
 
     return fetch(name, callbacks=con.DownloadConsole(con.make_console()))
 

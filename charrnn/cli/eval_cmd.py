@@ -72,12 +72,12 @@ def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int
     Every character after the first is predicted from all before it; perplexity is
     exp(mean cross-entropy in nats), bits/char = nats / ln 2. --json also gives the CPU threads used.
     """
-    from charrnn import console as con
-    from charrnn.cache import encode_corpus
-    from charrnn.checkpoint import load_model
-    from charrnn.corpora import catalog_entry, part_of, source_parts
-    from charrnn.evaluate import UNKNOWN_WARN_SHARE, evaluate
-    from charrnn.model import resolve_device
+    from charrnn.data.cache import encode_corpus
+    from charrnn.data.corpora import catalog_entry, part_of, source_parts
+    from charrnn.display import console as con
+    from charrnn.inference.evaluate import UNKNOWN_WARN_SHARE, evaluate
+    from charrnn.model.checkpoint import load_model
+    from charrnn.model.network import resolve_device
     from charrnn.threads import make_chooser
 
     settings = _dynamic_settings(dynamic)
@@ -101,7 +101,7 @@ def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int
     # Streamed and encoded chunk by chunk: memory is the ids (1 to 4 bytes per character), not the text.
     ids = encode_corpus(parts, encoding, vocab=vocab, unk=unk, where="the text", cache=False).ids  # type: ignore[arg-type]
     if split is not None and not official:
-        from charrnn.splits import split_bounds
+        from charrnn.data.splits import split_bounds
 
         start, end = split_bounds(ids, vocab, ckpt, split, _shown(text))
         ids = ids[start:end]
@@ -114,7 +114,7 @@ def perplexity(model_path: str, text: str, encoding: str, unk: str, streams: int
              f"bits/char {result.bits_per_char:.4f}\nchars {result.chars}\nunknown {result.unknown}")
     out = {**result.to_dict(), "threads": chooser.threads}
     if config is not None:
-        from charrnn.dynamic import check_segment
+        from charrnn.inference.dynamic import check_segment
 
         check_segment(config, len(ids))  # after evaluate, which says first what is wrong with the text itself
         dyn = _run_dynamic(model, vocab, ids, config, settings["dynamic_stats"], stats_parts, encoding)
@@ -142,7 +142,7 @@ def _dynamic_settings(options: dict[str, Any]) -> dict[str, Any] | None:
 def _stats_parts(settings: dict[str, Any] | None) -> list[Any] | None:
     """The parts of the --dynamic-stats text: a file, or a catalog corpus (its train part when it has
     official splits); None when not given."""
-    from charrnn.corpora import catalog_entry, part_of, source_parts
+    from charrnn.data.corpora import catalog_entry, part_of, source_parts
 
     source = settings.get("dynamic_stats") if settings is not None else None
     if source is None:
@@ -159,7 +159,7 @@ def _dynamic_config(settings: dict[str, Any] | None) -> Any:
     """The DynamicConfig of the --dynamic-* settings (their defaults where not given); None without --dynamic."""
     if settings is None:
         return None
-    from charrnn import dynamic as dy
+    from charrnn.inference import dynamic as dy
 
     return dy.DynamicConfig(
         lr=dy.DEFAULT_LR if settings["dynamic_lr"] is None else settings["dynamic_lr"],
@@ -171,9 +171,9 @@ def _dynamic_config(settings: dict[str, Any] | None) -> Any:
 def _run_dynamic(model: Any, vocab: Any, ids: Any, config: Any, stats_source: str | None,
                  stats_parts: list[Any] | None, encoding: str) -> dict[str, Any]:
     """Dynamic evaluation of MODEL on `ids` under `config`: its result and settings."""
-    from charrnn import console as con
-    from charrnn import dynamic as dy
-    from charrnn.cache import encode_corpus
+    from charrnn.data.cache import encode_corpus
+    from charrnn.display import console as con
+    from charrnn.inference import dynamic as dy
 
     stats = None
     if stats_parts is not None:
@@ -219,11 +219,11 @@ def show(model_path: str, text: str, encoding: str, html_path: str | None, as_js
     import sys
     from pathlib import Path
 
-    from charrnn import console as con
-    from charrnn.checkpoint import load_model
-    from charrnn.model import resolve_device
+    from charrnn.display import console as con
+    from charrnn.inference.surprise import HTML_MAX_CHARS, html_pieces, score, score_blocks
+    from charrnn.model.checkpoint import load_model
+    from charrnn.model.network import resolve_device
     from charrnn.outputs import check_output, write_atomic
-    from charrnn.surprise import HTML_MAX_CHARS, html_pieces, score, score_blocks
 
     if max_chars < 1:
         raise UsageError(f"--max-chars must be >= 1, got {max_chars}")
@@ -295,12 +295,12 @@ def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str
     """
     import sys
 
-    from charrnn import console as con
-    from charrnn.checkpoint import load_model, record_delimiter
-    from charrnn.corpora import iter_decoded
-    from charrnn.model import resolve_device
-    from charrnn.records import byte_chunks, split_records, unescape
-    from charrnn.score import Scorer, score_stream
+    from charrnn.data.corpora import iter_decoded
+    from charrnn.data.records import byte_chunks, split_records, unescape
+    from charrnn.display import console as con
+    from charrnn.inference.score import Scorer, score_stream
+    from charrnn.model.checkpoint import load_model, record_delimiter
+    from charrnn.model.network import resolve_device
     from charrnn.threads import make_chooser
 
     paths = list(model_paths)
@@ -342,9 +342,9 @@ def score(model_paths: tuple[str, ...], text: str, encoding: str, delimiter: str
 def _part_text(text: str, encoding: str, split: str, loaded: list[Any]) -> str:
     """The text of part `split` of TEXT for `eval score`: an official part of a catalog corpus, else the
     part every model's training used or held out (they must agree on where it is)."""
-    from charrnn import console as con
-    from charrnn.corpora import catalog_entry, part_of, source_parts
-    from charrnn.splits import split_bounds
+    from charrnn.data.corpora import catalog_entry, part_of, source_parts
+    from charrnn.data.splits import split_bounds
+    from charrnn.display import console as con
 
     entry = catalog_entry(text)
     fetching = con.DownloadConsole(con.make_console())
@@ -363,7 +363,7 @@ def _part_text(text: str, encoding: str, split: str, loaded: list[Any]) -> str:
 
 
 def _shown(s: str) -> str:
-    from charrnn.records import escape
+    from charrnn.data.records import escape
 
     return f"'{escape(s)}'"
 
@@ -409,7 +409,7 @@ class _ScoreWriter:
     end, so that a long input gets a few lines of stderr, not one per record."""
 
     def __init__(self, out: Any, paths: list[str], as_json: bool, console: Any) -> None:
-        from charrnn.records import escape
+        from charrnn.data.records import escape
 
         self.out, self.paths, self.as_json, self.console = out, paths, as_json, console
         self.shown = [escape(p) for p in paths]  # a path with a tab or newline stays in its column
@@ -422,8 +422,8 @@ class _ScoreWriter:
         self.out.write("\t".join([*columns, "text"]) + "\n")
 
     def write(self, window: list) -> None:
-        from charrnn.records import escape
-        from charrnn.score import compare
+        from charrnn.data.records import escape
+        from charrnn.inference.score import compare
 
         out, several = self.out, len(self.paths) > 1
         for record, scores in window:
@@ -447,9 +447,9 @@ class _ScoreWriter:
             out.write("\n")  # apart: a record may be megabytes, not copied once more to add a newline
 
     def _check(self, scores: list) -> None:
-        from charrnn import console as con
-        from charrnn.evaluate import UNKNOWN_WARN_SHARE
-        from charrnn.score import UNKNOWN_NATS
+        from charrnn.display import console as con
+        from charrnn.inference.evaluate import UNKNOWN_WARN_SHARE
+        from charrnn.inference.score import UNKNOWN_NATS
 
         for k, s in enumerate(scores):
             if s.unknown_share <= UNKNOWN_WARN_SHARE:
@@ -463,8 +463,8 @@ class _ScoreWriter:
                                        f"{self.count:,} ({what})")
 
     def finish(self) -> None:
-        from charrnn import console as con
-        from charrnn.evaluate import UNKNOWN_WARN_SHARE
+        from charrnn.display import console as con
+        from charrnn.inference.evaluate import UNKNOWN_WARN_SHARE
 
         for k, n in enumerate(self.unreadable):
             if n > 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from charrnn.cli.common import json_option, json_out, model_option
-from charrnn.exporting import FORMATS
+from charrnn.export.exporting import FORMATS
 
 
 @click.command(name="export")
@@ -37,8 +37,8 @@ def export_cmd(model_path: str, output: str, fmt: str | None, weights: str | Non
     charrnn export -m model.pt -o model.html
     charrnn export -m model.pt -o my-model --format folder
     """
-    from charrnn import console as con
-    from charrnn.exporting import export
+    from charrnn.display import console as con
+    from charrnn.export.exporting import export
 
     given = {name: value for name, value in {"weights": weights, "title": title}.items() if value is not None}
     written = export(model_path, output, fmt, **given)

@@ -23,7 +23,7 @@ from charrnn.cli.common import (
     threads_option,
 )
 from charrnn.errors import UsageError
-from charrnn.forms import DEFAULT_LINE_ENDS_TYPED, DEFAULT_PLACEHOLDER
+from charrnn.inference.forms import DEFAULT_LINE_ENDS_TYPED, DEFAULT_PLACEHOLDER
 
 
 @click.command()
@@ -87,11 +87,11 @@ def generate(ctx: click.Context, model_path: str, prefix: str | None, prefix_fil
     --template, samples follow the form (the prefix is context, not part of the form); --json gives
     each character's log-probability.
     """
-    from charrnn import console as con
-    from charrnn.checkpoint import load_model
-    from charrnn.genplan import GenerateOptions, RecordsInfo, plan
-    from charrnn.model import resolve_device
-    from charrnn.records import unescape
+    from charrnn.data.records import unescape
+    from charrnn.display import console as con
+    from charrnn.inference.genplan import GenerateOptions, RecordsInfo, plan
+    from charrnn.model.checkpoint import load_model
+    from charrnn.model.network import resolve_device
     from charrnn.threads import make_chooser
 
     if prefix is not None and prefix_file is not None:

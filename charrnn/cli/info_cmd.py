@@ -12,9 +12,9 @@ from charrnn.cli.common import json_option, json_out, model_option, num
 @json_option
 def info_cmd(model_path: str, as_json: bool) -> None:
     """What a checkpoint holds: architecture, vocabulary, training progress and history in brief."""
-    from charrnn.checkpoint import load, record_delimiter
-    from charrnn.history import History
-    from charrnn.records import escape
+    from charrnn.data.records import escape
+    from charrnn.model.checkpoint import load, record_delimiter
+    from charrnn.model.history import History
 
     ckpt = load(model_path)
     vocab = ckpt["vocab"]
@@ -27,7 +27,7 @@ def info_cmd(model_path: str, as_json: bool) -> None:
         "init_from": ckpt.get("init_from"),
         # "raw", or "ema"/"tail": the weights are the average kept during training (--average).
         "weights_from": ckpt.get("weights_from", "raw"),
-        # "safetensors" for a model read from an exported file (charrnn.safetensors_io), else None.
+        # "safetensors" for a model read from an exported file (charrnn.model.safetensors_read), else None.
         "exported_as": ckpt.get("exported_as"),
         "history": History.from_checkpoint(ckpt.get("history")).summary() if "history" in ckpt else None,
         "record_hashes": None if ckpt.get("record_hashes") is None else len(ckpt["record_hashes"]),

@@ -43,11 +43,11 @@ def inspect_options(picture_help: str) -> Callable[[Callable], Callable]:
 
 
 def encode_text(body: str, vocab: Any, console: Any) -> Any:
-    """The ids of `body` as `eval perplexity` reads it (charrnn.trace.analysis_ids), with a warning on
+    """The ids of `body` as `eval perplexity` reads it (charrnn.analysis.trace.analysis_ids), with a warning on
     stderr when many of its characters are unknown to the model."""
-    from charrnn import console as con
-    from charrnn.evaluate import UNKNOWN_WARN_SHARE
-    from charrnn.trace import analysis_ids
+    from charrnn.analysis.trace import analysis_ids
+    from charrnn.display import console as con
+    from charrnn.inference.evaluate import UNKNOWN_WARN_SHARE
 
     ids, n_unknown = analysis_ids(body, vocab)
     if n_unknown > UNKNOWN_WARN_SHARE * len(ids):
@@ -59,9 +59,9 @@ def encode_text(body: str, vocab: Any, console: Any) -> Any:
 def load_inputs(model_path: str, text: str, encoding: str, max_chars: int, device: str,
                 check: Callable[[Any], None] | None = None) -> tuple[Any, Any, str, Any, Any]:
     """(model, vocab, text read, ids, stderr console); `check(model)` runs before the text is read."""
-    from charrnn import console as con
-    from charrnn.checkpoint import load_model
-    from charrnn.model import resolve_device
+    from charrnn.display import console as con
+    from charrnn.model.checkpoint import load_model
+    from charrnn.model.network import resolve_device
 
     model, vocab, _ = load_model(model_path, resolve_device(device))
     model.eval()
@@ -100,10 +100,10 @@ def cells(model_path: str, text: str, encoding: str, max_chars: int, as_json: bo
     charrnn inspect cells -m model.pt held_out.txt --property quote
     charrnn inspect cells -m model.pt held_out.txt --unit 1:17 --unit 1:40 -o units.html
     """
-    from charrnn import cells as cl
-    from charrnn import console as con
-    from charrnn.textprops import check_property
-    from charrnn.trace import trace
+    from charrnn.analysis import cells as cl
+    from charrnn.analysis.textprops import check_property
+    from charrnn.analysis.trace import trace
+    from charrnn.display import console as con
 
     if prop is not None:
         check_property(prop)
@@ -149,9 +149,9 @@ def _title(model_path: str, text: str, chars: int) -> str:
 
 def _heat_rows(t: Any, ranking: Any, specs: list, prop: str | None) -> list:
     """The units a heat view shows: those asked for, else the best for --property, else the best of each property."""
-    from charrnn import cells as cl
-    from charrnn.heattext import HeatRow
-    from charrnn.textprops import PROPERTIES
+    from charrnn.analysis import cells as cl
+    from charrnn.analysis.textprops import PROPERTIES
+    from charrnn.display.heattext import HeatRow
 
     index = {u: i for i, u in enumerate(ranking.units)}
     if specs:
@@ -177,7 +177,7 @@ def _unit_records(ranking: Any, specs: list, prop: str | None, control: Any) -> 
 def _heat(body: str, rows: list, color: str, console: Any) -> None:
     import sys
 
-    from charrnn import console as con
+    from charrnn.display import console as con
 
     con.heat_view(body, rows, sys.stdout, color=common.use_colour(color, console, "-o page.html"))
 
@@ -185,7 +185,7 @@ def _heat(body: str, rows: list, color: str, console: Any) -> None:
 def _cells_table(ranking: Any, control: Any, prop: str | None, top: int) -> None:
     """The readable tables: the best units of each property (or of --property), and the best
     property of the best units; |r| of the random-weights control beside them."""
-    from charrnn.textprops import PROPERTIES
+    from charrnn.analysis.textprops import PROPERTIES
 
     label = lambda u: ranking.units[u].label(ranking.lstm)  # noqa: E731
     click.echo(f"Pearson r of each unit with each property over {ranking.chars:,} characters "
@@ -212,8 +212,8 @@ def _cells_table(ranking: Any, control: Any, prop: str | None, top: int) -> None
 
 
 def _write_page(output: str, body: str, rows: list, ranking: Any, model_path: str, text: str, console: Any) -> None:
-    from charrnn import console as con
-    from charrnn.heattext import html_page
+    from charrnn.display import console as con
+    from charrnn.display.heattext import html_page
     from charrnn.outputs import write_atomic
 
     meta = ("Each character's background is the unit's value after reading it (tanh(c) for an LSTM's cell "
@@ -224,8 +224,8 @@ def _write_page(output: str, body: str, rows: list, ranking: Any, model_path: st
 
 
 def _write_figure(output: str, draw: Callable[[Any], None], console: Any, width: float, height: float) -> None:
-    from charrnn import console as con
-    from charrnn.figure import new_figure, save_figure
+    from charrnn.display import console as con
+    from charrnn.display.figure import new_figure, save_figure
 
     fig = new_figure(width, height)
     draw(fig)
@@ -249,8 +249,8 @@ def gates(model_path: str, text: str, encoding: str, max_chars: int, as_json: bo
     charrnn inspect gates -m model.pt held_out.txt
     charrnn inspect gates -m model.pt held_out.txt -o gates.png
     """
-    from charrnn import gates as gt
-    from charrnn.trace import trace
+    from charrnn.analysis import gates as gt
+    from charrnn.analysis.trace import trace
 
     kind = common.check_picture(output, [model_path], text)
     model, _, _, ids, console = load_inputs(model_path, text, encoding, max_chars, device,

@@ -35,8 +35,8 @@ def plot_cmd(runs: tuple[str, ...], x_axis: str, y_axis: str, output: str | None
     charrnn plot model.pt --y grad-norm             (gradient norms before clipping)
     charrnn plot model.pt.log.jsonl -o curves.png     (while it trains, too)
     """
+    from charrnn.display.plot import Run, image_plot, load_run, run_names, terminal_plot
     from charrnn.outputs import check_output
-    from charrnn.plot import Run, image_plot, load_run, run_names, terminal_plot
 
     for name, value in (("--width", width), ("--height", height)):
         if value is not None and value < 10:

@@ -1,5 +1,5 @@
 """`charrnn serve`: models loaded once, answering requests on stdin/stdout (--stdio, the line
-protocol) or over HTTP. The requests and their answers are charrnn.service's; this is the shell
+protocol) or over HTTP. The requests and their answers are charrnn.serving.service's; this is the shell
 around them: the options, the lines in and out, the signals."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from click.core import ParameterSource
 from charrnn.cli import common
 from charrnn.cli.common import Finite, IntRange, device_option
 from charrnn.errors import CharrnnError, RequestError, UsageError
-from charrnn.protocol import Limits, ServerOptions
+from charrnn.serving.protocol import Limits, ServerOptions
 
 LIMIT_HELP = {
     "max_body_bytes": "Longest request in bytes: an HTTP body, or a line with --stdio.",
@@ -105,7 +105,7 @@ def serve(ctx: click.Context, model_specs: tuple[str, ...], stdio: bool, host: s
     echo '{"op": "next", "prefix": "The Time Trav", "k": 3}' >&"${COPROC[1]}"
     read -r answer <&"${COPROC[0]}"
     """
-    from charrnn.service import model_spec
+    from charrnn.serving.service import model_spec
 
     http = {name: limits.pop(name) for name in (*HTTP_OPTIONS, "allow_host")}
     try:
@@ -133,11 +133,11 @@ def serve(ctx: click.Context, model_specs: tuple[str, ...], stdio: bool, host: s
 
 def _serve_http(specs: list[tuple[str, str]], device: str, limits: Limits, host: str, port: int,
                 http: dict[str, Any]) -> None:
-    """The HTTP face (charrnn.server; docs/serve.md): the start line, one access-log line per
+    """The HTTP face (charrnn.serving.server; docs/serve.md): the start line, one access-log line per
     request and the closing line on stderr, nothing on stdout; SIGTERM or Ctrl-C end it with exit 0."""
-    from charrnn.model import resolve_device
-    from charrnn.server import check_dependencies, serve_http
-    from charrnn.service import load_models
+    from charrnn.model.network import resolve_device
+    from charrnn.serving.server import check_dependencies, serve_http
+    from charrnn.serving.service import load_models
 
     check_dependencies()  # before the models load: a missing extra is said at once
     models = load_models(specs, resolve_device(device))
@@ -170,10 +170,10 @@ class _Stop(BaseException):
 def _serve_stdio(stream: Any, specs: list[tuple[str, str]], device: str, limits: Limits) -> None:
     """The line protocol: read a line, answer it, flush; until stdin ends or a signal comes (then
     the request being answered is finished first, and the exit is 0)."""
-    from charrnn import console as con
-    from charrnn.model import resolve_device
-    from charrnn.protocol import decode_json
-    from charrnn.service import handle, load_models
+    from charrnn.display import console as con
+    from charrnn.model.network import resolve_device
+    from charrnn.serving.protocol import decode_json
+    from charrnn.serving.service import handle, load_models
 
     models = load_models(specs, resolve_device(device))
     state = {"waiting": False, "stop": False}

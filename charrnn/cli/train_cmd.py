@@ -38,11 +38,11 @@ from charrnn.cli.common import (
     threads_option,
 )
 from charrnn.cli.train_from import check_architecture, fine_tune_vocab, resume_options
+from charrnn.data.labels import DEFAULT_LABEL_MODE, LABEL_MODES
 from charrnn.errors import CharrnnError, DataError, Interrupted, PeerLost, UsageError
-from charrnn.labels import DEFAULT_LABEL_MODE, LABEL_MODES
 
 if TYPE_CHECKING:
-    from charrnn.distributed import Group  # imports torch: only for the type checker
+    from charrnn.training.distributed import Group  # imports torch: only for the type checker
 
 
 class ArgvCommand(click.Command):
@@ -178,7 +178,7 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
 
     Several processes: `--nproc N`, or `torchrun --nproc-per-node N -m charrnn train ...`.
     """
-    from charrnn import distributed as dd
+    from charrnn.training import distributed as dd
 
     group = dd.from_env()
     if nproc is not None:
@@ -216,17 +216,17 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
            preflight: bool = False) -> None:
     """Train, in this process (one of `group`); with `preflight`, only check the usage and the
     corpus arguments (fetching a catalog corpus), for `--nproc` before it starts the processes."""
-    from charrnn import checkpoint
-    from charrnn import console as con
-    from charrnn import distributed as dd
-    from charrnn.cache import encode_corpus
     from charrnn.config import PRESETS, TrainConfig
-    from charrnn.corpora import catalog_entry, expand_sources, training_parts
-    from charrnn.model import ModelConfig, resolve_device
+    from charrnn.data.cache import encode_corpus
+    from charrnn.data.corpora import catalog_entry, expand_sources, training_parts
+    from charrnn.data.vocab import Vocab
+    from charrnn.display import console as con
+    from charrnn.model import checkpoint
+    from charrnn.model.network import ModelConfig, resolve_device
     from charrnn.outputs import check_output, run_files
     from charrnn.threads import fixed, make_chooser
-    from charrnn.train import train as run_training
-    from charrnn.vocab import Vocab
+    from charrnn.training import distributed as dd
+    from charrnn.training.train import train as run_training
 
     def given(name: str) -> bool:
         """Set on the command line (`input` is the parameter `input_`)."""
@@ -300,7 +300,7 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     arch_names = list(ARCH_DEFAULTS)
     internal = ("val_fraction", "val_max_chars", "eval_streams", "log_every")
     train_names = [f for f in TrainConfig.__dataclass_fields__ if f not in internal]
-    from charrnn.records import unescape
+    from charrnn.data.records import unescape
 
     opts["delimiter"] = unescape(opts["delimiter"])
     if given("delimiter") and opts["partition"] != "records" and not resume:
@@ -378,8 +378,8 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     train_parts = valid_parts = None
     record_labels = None
     if labelled is not None:
-        from charrnn.labels import split_labels
-        from charrnn.records import delimiter_ids
+        from charrnn.data.labels import split_labels
+        from charrnn.data.records import delimiter_ids
 
         record_labels = split_labels(labelled.record_labels, train_ids, delimiter_ids(vocab, opts["delimiter"]),
                                      labelled.names)
@@ -397,8 +397,8 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
 def _run(group: Group, dev: Any, console: Any, notices: Any, as_json: bool, training: Any) -> None:
     """Run `training(callbacks)` with progress on `console`, stopping cleanly on SIGINT/SIGTERM, and
     print the summary (rank 0): the summary of what was done before an interruption's error line."""
-    from charrnn import console as con
-    from charrnn import distributed as dd
+    from charrnn.display import console as con
+    from charrnn.training import distributed as dd
 
     callbacks = con.TrainConsole(console, notices)
     try:
@@ -424,8 +424,8 @@ def _run(group: Group, dev: Any, console: Any, notices: Any, as_json: bool, trai
 def _small_for_precision(opts: dict[str, Any], given: Any, console: Any) -> None:
     """The small model (the default) as tuned for the precision the run uses: where it is bf16, the options
     of runconfig.SMALL_BF16 that were not given on the command line, said on stderr."""
-    from charrnn import console as con
     from charrnn.config import SMALL_BF16
+    from charrnn.display import console as con
 
     if opts["precision"] != "bf16":
         return
@@ -438,8 +438,8 @@ def _small_for_precision(opts: dict[str, Any], given: Any, console: Any) -> None
 
 def _auto_precision(dev: Any, console: Any) -> str:
     """What --precision auto picks on `dev`, said on stderr with why."""
-    from charrnn import console as con
-    from charrnn.model import resolve_precision
+    from charrnn.display import console as con
+    from charrnn.model.network import resolve_precision
 
     precision = resolve_precision("auto", dev)
     con.info(console, f"precision auto: {precision} ("
@@ -449,9 +449,9 @@ def _auto_precision(dev: Any, console: Any) -> str:
 
 
 def _read_labelled(parts: Any, encoding: str, opts: dict[str, Any], vocab: Any, min_freq: int) -> Any:
-    """--labels: the records LABEL<TAB>TEXT of the corpus, read whole (charrnn.labels; not cached)."""
-    from charrnn.corpora import join_parts
-    from charrnn.labels import read_labelled
+    """--labels: the records LABEL<TAB>TEXT of the corpus, read whole (charrnn.data.labels; not cached)."""
+    from charrnn.data.corpora import join_parts
+    from charrnn.data.labels import read_labelled
 
     return read_labelled(join_parts(parts, encoding), opts["delimiter"], vocab, min_freq)
 
@@ -464,13 +464,13 @@ def _split(ids: Any, vocab: Any, opts: dict[str, Any], val_fraction: float, val_
     if official:
         return ids, ids[:0] if valid_parts is None else encode_valid(valid_parts), 0.0
     if opts["partition"] == "records":
-        from charrnn.data import split_records_train_val
-        from charrnn.records import delimiter_ids
+        from charrnn.data.partition import split_records_train_val
+        from charrnn.data.records import delimiter_ids
 
         train_ids, val_ids = split_records_train_val(ids, delimiter_ids(vocab, opts["delimiter"]), val_fraction,
                                                      max_chars=val_max_chars)
         return train_ids, val_ids, val_fraction
-    from charrnn.data import split_train_val
+    from charrnn.data.partition import split_train_val
 
     train_ids, val_ids = split_train_val(ids, val_fraction, max_chars=val_max_chars)
     return train_ids, val_ids, val_fraction

@@ -16,7 +16,7 @@ from charrnn.errors import CheckpointError, UsageError
 def check_architecture(opts: dict[str, Any], chosen: Any, names: list[str], saved: dict[str, Any], why: str) -> None:
     """Refuse an architecture option given on the command line (directly or by --preset) that differs
     from the checkpoint's `saved` model config; `why` ends the message."""
-    from charrnn.model import ModelConfig
+    from charrnn.model.network import ModelConfig
 
     # A field added after the checkpoint was written has its default there (weight_drop, embed_dropout).
     saved = {**{f.name: f.default for f in dataclasses.fields(ModelConfig)}, **saved}
@@ -62,10 +62,10 @@ def fine_tune_vocab(base: dict[str, Any], base_path: str, encoded: Any, keep: bo
                      encode: Any) -> tuple[Any, Any, Any]:
     """(vocabulary, encoded text, model config) for fine-tuning `base` on the text counted in
     `encoded`; `encode(vocab)` encodes the text again under the chosen vocabulary."""
-    from charrnn import console as con
-    from charrnn.finetune import choose_vocab
-    from charrnn.model import ModelConfig
-    from charrnn.vocab import Vocab
+    from charrnn.data.vocab import Vocab
+    from charrnn.display import console as con
+    from charrnn.model.network import ModelConfig
+    from charrnn.training.finetune import choose_vocab
 
     try:
         base_vocab = Vocab.from_dict(base["vocab"])
