@@ -90,7 +90,7 @@ def test_export_to_a_name_ending_in_a_slash_or_a_folder_is_one_line(home: Path, 
 def test_complete_escapes_controls_honours_an_ascii_stdout_and_shows_a_space(home: Path, tmp_path: Path) -> None:
     """Regression: complete wrote ESC and BEL raw, é as UTF-8 to an ASCII stdout (click.echo swaps the
     stream), and a space as an invisible character at the line's end."""
-    from charrnn.records import unescape
+    from charrnn.data.records import unescape
 
     text = "caf\u00e9 \x1b[1m\x07 the fire\n" * 40
     (tmp_path / "t.txt").write_text(text, encoding="utf-8")
