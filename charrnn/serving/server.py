@@ -72,18 +72,20 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def connection_room(max_connections: int) -> tuple[int, int]:
-    """(connections, backlog) that fit the descriptor limit: the open descriptors, SPARE_DESCRIPTORS and the
-    backlog (asyncio accepts that many in one go before the first is seen) stay below it."""
+    """(connections, backlog) that fit the descriptor limit: the open descriptors, SPARE_DESCRIPTORS and two
+    backlogs stay below it (asyncio accepts up to a backlog in one go before the first is seen, and the
+    connections closed to make room for them are closed one turn of the event loop later, when a second
+    burst may already have come)."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     try:
         in_use = len(os.listdir("/proc/self/fd"))
     except OSError:
         in_use = 64  # no /proc (macOS): a guess on the side of caution
     room = max_connections + MAX_BACKLOG if soft == resource.RLIM_INFINITY else soft - in_use - SPARE_DESCRIPTORS
-    backlog = max(1, min(MAX_BACKLOG, room // 4))
-    if room - backlog < 1:
+    backlog = max(1, min(MAX_BACKLOG, room // 5))
+    if room - 2 * backlog < 1:
         raise CharrnnError(f"the descriptor limit ({soft}, ulimit -n) leaves no room for connections: raise it")
-    return min(max_connections, room - backlog), backlog
+    return min(max_connections, room - 2 * backlog), backlog
 
 
 def serve_http(models: dict[str, LoadedModel], limits: Limits, options: ServerOptions,
