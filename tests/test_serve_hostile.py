@@ -233,13 +233,7 @@ def test_a_public_bind_warns_and_sighup_stops_gracefully(home: Path) -> None:
 def test_a_stream_whose_client_stops_reading_is_dropped(server: Server) -> None:
     """The client reads the first line and then nothing: the socket's buffers fill, the stream's writes
     wait, and after --send-timeout (1 s here) it is dropped, its generation stopped."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # small buffers fill in a moment
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", server.port))
-    body = json.dumps({"n": 5_000_000, "num_samples": 64, "stream": True}).encode()
-    sock.sendall(head("/charrnn/v1/generate", len(body)) + body)
-    assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
+    sock = stalled_stream(server.port, 64)
     try:
         start = time.monotonic()
         deadline = start + 60
@@ -253,3 +247,63 @@ def test_a_stream_whose_client_stops_reading_is_dropped(server: Server) -> None:
     finally:
         sock.close()
     assert served_in(server) < 1
+
+
+def stalled_stream(port: int, num_samples: int) -> socket.socket:
+    """A streamed generation whose client reads its head and then nothing (small buffers fill at once)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    body = json.dumps({"n": 5_000_000, "num_samples": num_samples, "stream": True}).encode()
+    sock.sendall(head("/charrnn/v1/generate", len(body)) + body)
+    assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
+    return sock
+
+
+def test_a_paused_stream_leaves_its_rows_to_the_others(home: Path) -> None:
+    """--max-streams 64 and a stream of 64 samples whose client stops reading: once paused it is parked out
+    of the engine, so another generation runs at once instead of waiting for --send-timeout (30 s here)."""
+    s = Server("-m", str(home / "m.pt"), "--max-streams", "64", "--send-timeout", "30", "--max-n", "10000000")
+    try:
+        sock = stalled_stream(s.port, 64)
+        deadline = time.monotonic() + 60
+        while s.client.get("/healthz").json()["models"]["m"]["paused"] < 1:
+            assert time.monotonic() < deadline, "the stream never paused"
+            time.sleep(0.05)
+        start = time.monotonic()
+        r = s.client.post("/charrnn/v1/generate", json={"n": 200, "seed": 1})
+        took = time.monotonic() - start
+        print(f"a generation beside a stalled stream of 64 samples took {took:.2f} s")
+        assert r.status_code == 200 and len(r.json()["samples"][0]) == 200 and took < 5, took
+        load = s.client.get("/healthz").json()
+        assert load["models"]["m"]["paused"] == 1 and load["models"]["m"]["waiting"] == 0, load
+        sock.close()
+        while s.client.get("/healthz").json()["models"]["m"]["generating"]:
+            assert time.monotonic() < deadline, "the parked stream went on after its client left"
+            time.sleep(0.05)
+    finally:
+        code, _ = s.stop()
+    assert code == 0
+
+
+def test_clients_that_go_away_free_the_shared_threads(server: Server) -> None:
+    """Three generations with a stop string (the shared pool's work, minutes each) sent and dropped: the
+    pool stops them at their next piece, and a score request is answered at once."""
+    body = json.dumps({"n": 5_000_000, "stop": "zzzzzzzz", "num_samples": 4}).encode()
+    dropped = [raw(server.port, head("/charrnn/v1/generate", len(body)) + body) for _ in range(3)]
+    deadline = time.monotonic() + 30
+    while server.client.get("/healthz").json()["pool"]["running"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert server.client.get("/healthz").json()["pool"] == {"running": 2, "waiting": 1}
+    for sock in dropped:
+        sock.close()
+    start = time.monotonic()
+    r = server.client.post("/charrnn/v1/score", json={"records": ["the time"]})
+    took = time.monotonic() - start
+    print(f"a score after three dropped generations took {took:.2f} s")
+    assert r.status_code == 200 and took < 3, took
+    while server.client.get("/healthz").json()["pool"]["running"]:
+        assert time.monotonic() < deadline, "the pool's work went on after its clients left"
+        time.sleep(0.05)

@@ -140,16 +140,23 @@ class GenerationPlan:
                                                    on_rejected=self.dropped.append, threads=threads):
             yield numbers.setdefault(number, len(numbers)), piece, ended
 
-    def samples(self, threads: ThreadChooser | None = None) -> list[str]:
+    def samples(self, threads: ThreadChooser | None = None, stopped: Callable[[], bool] | None = None) -> list[str]:
         """The whole continuations: plain samples by index; records and beam results in the order they
-        end (as `charrnn generate` prints them)."""
+        end (as `charrnn generate` prints them). `stopped()` true between two pieces ends the generation
+        with GenerationStopped (the server's client has gone)."""
         parts: dict[int, list[str]] = {i: [] for i in range(self.options.num_samples if self.kind == "plain" else 0)}
         ends: list[int] = []
         for i, piece, ended in self.pieces(threads):
+            if stopped is not None and stopped():
+                raise GenerationStopped("the generation was stopped: its client went away")
             parts.setdefault(i, []).append(piece)
             if ended:
                 ends.append(i)
         return ["".join(parts[i]) for i in (ends or sorted(parts))]
+
+
+class GenerationStopped(Exception):
+    """A generation ended by its caller's `stopped()` before it was done."""
 
 
 def plan(model: CharRNN, vocab: Vocab, records: RecordsInfo, options: GenerateOptions, *,

@@ -73,6 +73,7 @@ class Job:
     texts: list[list[str]] = field(default_factory=list)
     made: int = 0  # characters made per sample
     generator: torch.Generator | None = None
+    parked: tuple | None = None  # (its rows of the state, its next inputs) while out of the engine (Engine.park)
 
 
 class Engine:
@@ -171,6 +172,28 @@ class Engine:
                            torch.tensor(top_p, dtype=torch.float32, device=self.device),
                            torch.tensor([s.greedy for s in rows], dtype=torch.bool, device=self.device))
         return self.params
+
+    def park(self, job: Job) -> None:
+        """Take a (paused) job's rows out of the batch, kept on the job, so that they leave their room to
+        others; `unpark` puts them back, and the job goes on where it stopped (same state, input and
+        generator: the same text)."""
+        row = 0
+        for j in self.jobs:
+            if j is job:
+                break
+            row += j.num_samples
+        index = torch.arange(row, row + job.num_samples, device=self.device)
+        job.parked = (select_streams(self.state, index), self.last.index_select(0, index))
+        self._drop([job])
+
+    def unpark(self, job: Job) -> None:
+        assert job.parked is not None
+        state, last = job.parked
+        job.parked = None
+        self.jobs.append(job)
+        self.state = _cat(self.state, state)
+        self.last = torch.cat([self.last, last])
+        self.params = None
 
     def _drop(self, leaving: list[Job]) -> None:
         if not leaving:

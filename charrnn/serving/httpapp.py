@@ -4,7 +4,8 @@
     POST /charrnn/v1/generate   {"prefix", "n", "temperature", ..., "stream"}  -> {"samples": [...], "seed"}
     POST /charrnn/v1/score      {"records": [...], "end", "delimiter", "model"} -> {"scores": [{"text", "chars", ...}]}
     GET  /charrnn/v1/models     -> {"models": [...], "default"}
-    GET  /healthz               -> {"status": "ok", "models": {name: {"generating", "paused", "waiting"}}}
+    GET  /healthz               -> {"status": "ok", "models": {name: {"generating", "paused", "waiting"}},
+                                    "pool": {"running", "waiting"}}
 
 These native routes live under /charrnn/v1/: /v1/ is OpenAI's (charrnn.serving.openai_routes, given to
 build_app as extra routes), where `n` counts samples, not characters; the native routes' old /v1/
@@ -31,6 +32,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,10 +67,9 @@ from charrnn.serving.service import (
     run_score,
     stream_generate,
 )
-from charrnn.serving.worker import ModelWorker, NextTask, Pool
+from charrnn.serving.worker import CLIENT_GONE, ModelWorker, NextTask, Pool
 
 NDJSON = "application/x-ndjson"
-CLIENT_GONE = 499
 PAUSE_AT = 64  # steps of a streamed generation waiting to be sent: its job pauses until they are
 NATIVE = "/charrnn/v1"  # the native routes' prefix
 MOVED = {f"/v1/{op}": f"{NATIVE}/{op}" for op in ("next", "generate", "score")}  # their paths before
@@ -222,13 +223,19 @@ class App:
                        405: f"{request.method} is not allowed on {path}"}.get(e.status_code, str(e.detail))
         return JSONResponse({"error": message}, e.status_code, headers=e.headers)
 
-    async def _in_pool(self, work: Callable[[], Any]) -> Any:
+    async def _in_pool(self, request: Request, work: Callable[[threading.Event], Any]) -> Any:
+        """work(gone) on the shared pool: its result, or None when the client goes away first; then `gone` is
+        set, so that work not yet begun is skipped and work that looks at it stops."""
         future, deliver = _channel()
-        self.b.pool.submit(work, deliver)
-        return await future
+        gone = threading.Event()
+        self.b.pool.submit(lambda: work(gone), deliver, cancelled=gone.is_set)
+        return await _unless_gone(request, future, gone.set)
 
     async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "models": {name: w.load() for name, w in self.b.workers.items()}})
+        """What is in hand: per model, generations running, paused for their readers and requests waiting;
+        the shared pool's tasks running and waiting."""
+        return JSONResponse({"status": "ok", "models": {name: w.load() for name, w in self.b.workers.items()},
+                             "pool": self.b.pool.load()})
 
     async def models(self, request: Request) -> Response:
         return JSONResponse(models_info(self.b.models))
@@ -237,7 +244,8 @@ class App:
         req = parse_next(await _read_json(request, self.b.limits, self.b.body_timeout), self.b.limits)
         lm = pick_model(self.b.models, req.model)
         if req.words is not None or lm.labels is not None:  # a beam per request, or a label's model: the pool
-            return JSONResponse(await self._in_pool(lambda: run_next(lm, req)))
+            answer = await self._in_pool(request, lambda gone: run_next(lm, req))
+            return JSONResponse(answer) if answer is not None else _gone()
         future, deliver = _channel()
         task = NextTask(prefix_ids(lm, req.prefix, req.unk), req.k, deliver)
         self.b.workers[lm.name].submit(task)
@@ -250,7 +258,8 @@ class App:
     async def score(self, request: Request) -> Response:
         req = parse_score(await _read_json(request, self.b.limits, self.b.body_timeout), self.b.limits)
         lm = pick_model(self.b.models, req.model)
-        return JSONResponse(await self._in_pool(lambda: run_score(lm, req)))
+        answer = await self._in_pool(request, lambda gone: run_score(lm, req))
+        return JSONResponse(answer) if answer is not None else _gone()
 
     async def generate(self, request: Request) -> Response:
         req = parse_generate(await _read_json(request, self.b.limits, self.b.body_timeout), self.b.limits)
@@ -265,14 +274,13 @@ class App:
             return JSONResponse({"samples": samples, "seed": req.seed}) if samples is not None else _gone()
         stream_generate(lm, req).close()  # its checks, here, before any work is queued
 
-        def work() -> dict:
-            answer = run_generate(lm, req)
+        def work(gone: threading.Event) -> dict:
+            answer = run_generate(lm, req, stopped=gone.is_set)  # stops at its next piece once the client goes
             echoed = len(req.prefix) if req.echo else 0
             self.b.on_generated(lm.name, sum(len(s) - echoed for s in answer["samples"]))
             return answer
 
-        self.b.pool.submit(work, deliver)
-        answer = await _unless_gone(request, future, lambda: None)  # a pool task runs to its end
+        answer = await self._in_pool(request, work)
         return JSONResponse(answer) if answer is not None else _gone()
 
     def _job(self, lm: LoadedModel, req: GenerateRequest, **callbacks: Any) -> Job:
@@ -330,7 +338,7 @@ class App:
             def resume() -> None:  # a pool thread's text is at most n x num_samples characters: not held back
                 pass
 
-            self.b.pool.submit(work, lambda result: post(("done", result)))
+            self.b.pool.submit(work, lambda result: post(("done", result)), cancelled=lambda: stopped)
         return BoundedStream(_ndjson(events, cancel, resume, None if req.beam is not None else req.seed),
                              self.b.send_timeout, NDJSON)  # type: ignore[return-value]
 

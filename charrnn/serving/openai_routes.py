@@ -144,7 +144,7 @@ class OpenAIRoutes:
             stopped = True
 
         future, deliver = _channel()
-        self.b.pool.submit(work, deliver)
+        self.b.pool.submit(work, deliver, cancelled=lambda: stopped)  # skipped if its client went first
         choices = await _unless_gone(request, future, stop)
         if choices is None:
             return _gone()
@@ -181,7 +181,7 @@ class OpenAIRoutes:
             nonlocal stopped
             stopped = True
 
-        self.b.pool.submit(work, lambda result: post(("done", result)))
+        self.b.pool.submit(work, lambda result: post(("done", result)), cancelled=lambda: stopped)
         return BoundedStream(_events(events, Choices(req), head, cancel), self.b.send_timeout, SSE,
                              ((b"cache-control", b"no-cache"),))  # type: ignore[return-value]
 

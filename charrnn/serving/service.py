@@ -173,13 +173,14 @@ def stream_generate(lm: LoadedModel, req: GenerateRequest) -> Iterator[tuple[int
     return ((i, piece) for i, piece, _ in _pieces(lm, req))
 
 
-def run_generate(lm: LoadedModel, req: GenerateRequest) -> dict:
+def run_generate(lm: LoadedModel, req: GenerateRequest, stopped: Callable[[], bool] | None = None) -> dict:
     """{"samples": [...], "seed": ...} (no seed for beam search, which does not sample); the
     samples are the continuations, each after the prefix when the request asks for "echo". Samples
-    that end at a stop string are listed in the order they end, as `charrnn generate` prints them."""
+    that end at a stop string are listed in the order they end, as `charrnn generate` prints them.
+    `stopped()` true between two pieces ends it with genplan.GenerationStopped (the HTTP client has gone)."""
     job = generation_plan(lm, req)
     echo = req.prefix if req.echo else ""
-    samples = [echo + s for s in job.samples()]
+    samples = [echo + s for s in job.samples(stopped=stopped)]
     if job.kind == "form":  # each sample's log-probabilities per character (charrnn.inference.constrained)
         return {"samples": samples, "seed": req.seed, "logprobs": [list(r.logprobs) for r in job.form_results],
                 "model_logprobs": [list(r.model_logprobs) for r in job.form_results]}

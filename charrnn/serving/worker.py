@@ -7,7 +7,9 @@ seconds after the first task when it is idle (the micro-batch: requests that arr
 a forward pass), and then
 - answers every `next` task taken together with one batched pass (complete.next_chars_batch);
 - starts the generate jobs taken (engine.Engine) and advances all running jobs by one character,
-  so that new jobs join between steps and finished or cancelled ones leave.
+  so that new jobs join between steps and finished or cancelled ones leave. A job paused for its
+  reader (a streaming client that reads slower than the model writes) is parked out of the engine,
+  its rows free for others, and goes back in, before any new job, once resumed.
 When the engine holds `max_rows` streams, jobs that do not fit wait and the thread takes nothing
 more from its inbox until they have started: the inbox is the only queue and it is bounded.
 
@@ -40,6 +42,7 @@ from charrnn.serving.engine import Engine, Job
 Deliver = Callable[[Any], None]  # gets the result, or the exception that stopped the work
 _STOP = object()
 PAUSED_POLL = 0.01  # seconds between looks at paused jobs when nothing else is to be done
+CLIENT_GONE = 499  # the status of work dropped because its client went away (nginx's "client closed request")
 
 
 @dataclass(eq=False)
@@ -66,6 +69,7 @@ class ModelWorker:
         self.inbox: queue.Queue = queue.Queue(maxsize=max_queue)
         self.engine = Engine(model, vocab)
         self.waiting: deque[Job] = deque()  # taken from the inbox, not yet started: no room in the engine
+        self.parked: list[Job] = []  # paused for their readers, out of the engine (Engine.park)
         self.thread = threading.Thread(target=self._run, name=f"charrnn-model-{name}", daemon=True)
         self.batches: list[int] = []  # sizes of the last next batches (the tests look), at most 1000
         self.stopping = False
@@ -88,7 +92,7 @@ class ModelWorker:
     def stop(self, timeout: float | None = None) -> None:
         """Finish the work in hand (jobs still running are cancelled) and end the thread."""
         self.stopping = True
-        for job in self.engine.jobs + list(self.waiting):
+        for job in self.engine.jobs + list(self.waiting) + list(self.parked):
             job.cancelled = True
         try:
             self.inbox.put(_STOP, timeout=timeout)
@@ -106,8 +110,9 @@ class ModelWorker:
             if nexts:
                 self._answer_next(nexts)
             self.waiting.extend(t for t in tasks if isinstance(t, Job))
+            self._park()
             self._start_jobs()
-            self.generating = len(self.engine.jobs)  # before any of their text is sent
+            self.generating = len(self.engine.jobs) + len(self.parked)  # before any of their text is sent
             try:
                 self.engine.step()
             except Exception as e:  # noqa: BLE001 - delivered to every job that was running
@@ -115,13 +120,22 @@ class ModelWorker:
                 failed, self.engine = self.engine.jobs, Engine(self.model, self.vocab)
                 for job in failed:
                     job.on_done(e)
-            self.generating = len(self.engine.jobs)
+            self.generating = len(self.engine.jobs) + len(self.parked)
 
     def load(self) -> dict:
         """What the worker has in hand (for /healthz): generate jobs running, those paused for their reader,
         and requests waiting."""
-        return {"generating": self.generating, "paused": sum(j.paused for j in self.engine.jobs),
+        return {"generating": self.generating, "paused": len(self.parked) + sum(j.paused for j in self.engine.jobs),
                 "waiting": self.inbox.qsize() + len(self.waiting)}
+
+    def _park(self) -> None:
+        """Paused jobs out of the engine; resumed (or cancelled) ones back in line, first."""
+        for job in [j for j in self.engine.jobs if j.paused and not j.cancelled]:
+            self.engine.park(job)
+            self.parked.append(job)
+        back = [j for j in self.parked if j.cancelled or not j.paused]
+        self.parked = [j for j in self.parked if j not in back]
+        self.waiting.extendleft(reversed([j for j in back if not j.cancelled]))
 
     @property
     def engine_chars(self) -> int:
@@ -130,13 +144,16 @@ class ModelWorker:
 
     def _take(self) -> list[Any]:
         """What has arrived: blocks for the first task when there is nothing to do, then gathers more for
-        `batch_wait` seconds; only what is already there while jobs run. Nothing while jobs wait for room."""
+        `batch_wait` seconds; only what is already there while jobs run. Nothing while jobs wait for room;
+        while jobs are parked, it looks again every PAUSED_POLL seconds (one may have been resumed)."""
         if self.waiting:
             return []
         tasks: list[Any] = []
         idle = not self.engine.jobs
         try:
-            if idle:
+            if idle and self.parked:
+                tasks.append(self.inbox.get(timeout=PAUSED_POLL))
+            elif idle:
                 tasks.append(self.inbox.get())
             elif not self.engine.moving:  # every job waits for its reader: look again soon
                 tasks.append(self.inbox.get(timeout=PAUSED_POLL))
@@ -170,6 +187,9 @@ class ModelWorker:
             if self.engine.jobs and self.engine.rows + job.num_samples > self.max_rows:
                 return
             self.waiting.popleft()
+            if job.parked is not None:
+                self.engine.unpark(job)
+                continue
             try:
                 self.engine.add(job)
             except Exception as e:  # noqa: BLE001 - the job's own failure (its prefix, its memory)
@@ -183,25 +203,42 @@ class Pool:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="charrnn-pool")
         self.slots = threading.BoundedSemaphore(workers + max_queue)
         self.stopping = False
+        self.lock = threading.Lock()
+        self.running = self.waiting = 0  # tasks on a thread, and queued (for /healthz)
 
-    def submit(self, work: Callable[[], Any], deliver: Deliver) -> None:
+    def submit(self, work: Callable[[], Any], deliver: Deliver, cancelled: Callable[[], bool] | None = None) -> None:
         """Run work() on a pool thread and deliver its result (or its exception); a RequestError(503)
-        when too much is waiting."""
+        when too much is waiting. A task whose `cancelled()` is true when its turn comes (its client has
+        gone) is skipped, and so is every task once the pool stops."""
         if self.stopping:
             raise RequestError(503, "the server is shutting down")
         if not self.slots.acquire(blocking=False):
             raise busy("the server's queue")
+        self._count(waiting=1)
 
         def run() -> None:
+            self._count(waiting=-1, running=1)
             try:
+                if self.stopping or (cancelled is not None and cancelled()):
+                    raise RequestError(CLIENT_GONE, "the request was dropped before it ran: its client went away")
                 result = work()
             except Exception as e:  # noqa: BLE001 - handed to the caller
                 result = e
             finally:
+                self._count(running=-1)
                 self.slots.release()
             deliver(result)
 
         self.executor.submit(run)
+
+    def _count(self, waiting: int = 0, running: int = 0) -> None:
+        with self.lock:
+            self.waiting += waiting
+            self.running += running
+
+    def load(self) -> dict:
+        """What the pool has in hand (for /healthz): tasks running and waiting for a thread."""
+        return {"running": self.running, "waiting": self.waiting}
 
     def stop(self) -> None:
         self.stopping = True
