@@ -254,3 +254,40 @@ def test_tangshi_gives_labelled_records_that_train_reads() -> None:
     records = [f"{label}\t{poem}" for poem in text if (label := module.label_of(poem)) is not None]
     data = read_labelled("\n".join(records) + "\n", "\n")
     assert set(data.names.names) == {"五言", "七言"} and sum(data.names.counts) == len(records) > 1000
+
+
+def test_classify_without_the_end_scores_one_boundary_less(trained: Path) -> None:
+    records = ["五言\t床前明月", "七言\t眠不覺曉處"]
+    a = CliRunner().invoke(cli, ["eval", "classify", "-m", str(trained), "-", "--json"], input="\n".join(records))
+    b = CliRunner().invoke(cli, ["eval", "classify", "-m", str(trained), "-", "--json", "--no-end"],
+                           input="\n".join(records))
+    full, begun = ([json.loads(line) for line in r.stdout.splitlines()] for r in (a, b))
+    for x, y in zip(full, begun, strict=True):
+        assert set(x["scores"]) == set(y["scores"]) and all(x["scores"][k] < y["scores"][k] for k in x["scores"])
+
+
+def test_the_python_api_takes_labels_forms_and_classifies(trained: Path) -> None:
+    import charrnn
+    from charrnn.forms import Constraint
+
+    model = charrnn.load(str(trained))
+    (form,) = model.generate_form(template="_____，_____。", acrostic="床眠", label="五言", seed=3)
+    assert Constraint(acrostic="床眠", template="_____，_____。").satisfied_by(form["text"])
+    assert form["logprob"] == pytest.approx(sum(form["logprobs"]))
+    assert model.generate(n=20, label="七言", seed=1) == model.generate(n=20, label="七言", seed=1)
+    assert [c for c, _ in model.complete("床", k=3, label="五言")] == \
+        [g["char"] for g in json.loads(charrnn_cli_json("complete", "-m", str(trained), "-p", "床", "-k", "3",
+                                                        "--label", "五言"))["next"]]
+    held_out = (trained.parent / "held_out.txt").read_text(encoding="utf-8").splitlines()[:5]
+    cli_rows = [json.loads(line) for line in run("eval", "classify", "-m", str(trained), str(trained.parent /
+                                                                                              "held_out.txt"),
+                                                 "--json").stdout.splitlines()[:5]]
+    assert [r["label"] for r in model.classify(held_out)] == [r["label"] for r in cli_rows]
+    with pytest.raises(UsageError, match="did you mean"):
+        model.generate(label="五")
+
+
+def charrnn_cli_json(*args: str) -> str:
+    r = run(*args, "--json")
+    assert r.exit_code == 0, r.stderr
+    return r.stdout

@@ -14,12 +14,14 @@ from charrnn.errors import UsageError
 @model_option
 @click.argument("text", default="-")
 @encoding_option
+@click.option("--no-end", is_flag=True,
+              help="Do not score the delimiter after each record: classify texts that may be the beginning of one.")
 @device_option
 @threads_option
 @click.option("--json", "as_json", is_flag=True,
               help="JSON Lines: one object per record with text, label (the best) and scores (label -> score, "
                    "best first); a labelled record also expected and correct.")
-def eval_classify(model_path: str, text: str, encoding: str, device: str, threads: int | None,
+def eval_classify(model_path: str, text: str, encoding: str, no_end: bool, device: str, threads: int | None,
                   as_json: bool) -> None:
     """Classify every record (line) of TEXT (a file or `-` for stdin) with MODEL, a model trained with
     --labels: its labels ranked by log p(text | label) + log p(label), the prior from the training
@@ -52,7 +54,7 @@ def eval_classify(model_path: str, text: str, encoding: str, device: str, thread
     records = split_records(iter_decoded(byte_chunks(stream, name), encoding, name), delimiter)
     out = sys.stdout
     labelled = correct = 0
-    for window in classify_stream(model, vocab, labels, delimiter, records, threads=chooser):
+    for window in classify_stream(model, vocab, labels, delimiter, records, end=not no_end, threads=chooser):
         for c in window:
             if c.expected is not None:
                 labelled += 1

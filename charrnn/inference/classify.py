@@ -46,13 +46,15 @@ def split_expected(record: str) -> tuple[str, str | None]:
 
 
 def classify(model: CharRNN, vocab: Vocab, labels: LabelSet, boundary: str, records: list[str], *,
-             threads: ThreadChooser | None = None) -> list[Classified]:
+             end: bool = True, threads: ThreadChooser | None = None) -> list[Classified]:
     """Each record's labels ranked (records given as TEXT or LABEL<TAB>TEXT); characters the model
-    does not know are skipped alike under every label (as `eval score` does)."""
+    does not know are skipped alike under every label (as `eval score` does). `end`: the boundary
+    after the text is scored too (the text is a whole record); without it, the text may be the
+    beginning of one."""
     split = [split_expected(r) for r in records]
     texts = [t for t, _ in split]
     prior = labels.log_prior()
-    per_label = [score_texts(Scorer(model.for_label(k), vocab, boundary), texts, threads=threads)
+    per_label = [score_texts(Scorer(model.for_label(k), vocab, boundary), texts, end=end, threads=threads)
                  for k in range(len(labels.names))]  # (labels, records)
     out = []
     for i, (text, expected) in enumerate(split):
@@ -63,9 +65,9 @@ def classify(model: CharRNN, vocab: Vocab, labels: LabelSet, boundary: str, reco
 
 
 def classify_stream(model: CharRNN, vocab: Vocab, labels: LabelSet, boundary: str,
-                    record_lists: Iterable[list[str]], *, window: int = 1024,
+                    record_lists: Iterable[list[str]], *, end: bool = True, window: int = 1024,
                     threads: ThreadChooser | None = None) -> Iterator[list[Classified]]:
     """classify() over the lists of records `records.split_records` yields, a list per window."""
     for records in record_lists:
         for i in range(0, len(records), window):
-            yield classify(model, vocab, labels, boundary, records[i : i + window], threads=threads)
+            yield classify(model, vocab, labels, boundary, records[i : i + window], end=end, threads=threads)
