@@ -291,3 +291,31 @@ def charrnn_cli_json(*args: str) -> str:
     r = run(*args, "--json")
     assert r.exit_code == 0, r.stderr
     return r.stdout
+
+
+def test_http_generate_and_next_take_labels_and_forms(trained: Path) -> None:
+    pytest.importorskip("httpx")
+    from test_server import Server
+
+    from charrnn.forms import Constraint
+
+    s = Server("-m", f"tang={trained}")
+    try:
+        r = s.client.post("/charrnn/v1/generate", json={"label": "五言", "acrostic": "床眠",
+                                                        "template": "_____，_____。", "seed": 1})
+        assert r.status_code == 200, r.text
+        (sample,) = r.json()["samples"]
+        assert Constraint(acrostic="床眠", template="_____，_____。").satisfied_by(sample)
+        assert len(r.json()["logprobs"][0]) == len(sample)
+        lines = [json.loads(line) for line in s.client.post("/charrnn/v1/generate", json={
+            "label": "七言", "template": "_______。", "seed": 2, "stream": True}).text.splitlines()]
+        assert len(lines[0]["text"]) == 8 and lines[0]["text"][-1] == "。" and lines[-1]["done"]
+        r = s.client.post("/charrnn/v1/next", json={"label": "五言", "prefix": "床", "k": 2})
+        assert r.status_code == 200 and len(r.json()["next"]) == 2, r.text
+        r = s.client.post("/charrnn/v1/generate", json={"n": 5})
+        assert r.status_code == 422 and "give \"label\"" in r.json()["error"], r.text
+        r = s.client.post("/v1/completions", json={"prompt": "床", "max_tokens": 2})
+        assert r.status_code == 400 and "conditioned on labels" in r.json()["error"]["message"], r.text
+    finally:
+        code, _ = s.stop()
+    assert code == 0
