@@ -319,3 +319,16 @@ def test_http_generate_and_next_take_labels_and_forms(trained: Path) -> None:
     finally:
         code, _ = s.stop()
     assert code == 0
+
+
+@pytest.mark.parametrize("args", [["eval", "perplexity"], ["eval", "score"], ["inspect", "gates"]])
+def test_commands_without_a_label_refuse_a_labelled_model_in_one_line(tmp_path: Path, trained: Path,
+                                                                      args: list[str]) -> None:
+    (tmp_path / "t.txt").write_text(poems(20, 4).replace("五言\t", "").replace("七言\t", ""), encoding="utf-8")
+    assert_one_line_error(run(*args, "-m", str(trained), str(tmp_path / "t.txt")), 2, "conditioned on labels")
+
+
+def test_init_from_a_labelled_model_is_refused(tmp_path: Path, trained: Path) -> None:
+    (tmp_path / "t.txt").write_text(poems(20, 3), encoding="utf-8")
+    assert_one_line_error(run("train", str(tmp_path / "t.txt"), "-o", str(tmp_path / "f.pt"), "--init-from",
+                              str(trained), "--max-steps", "1", "-q"), 2, "--init-from a model trained with --labels")

@@ -315,6 +315,9 @@ def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: st
     if init_from:
         base = checkpoint.load(init_from)
         checkpoint.check_finite(base, init_from)  # refused now, not blamed on the learning rate later
+        if base.get("labels") is not None:
+            raise UsageError("--init-from a model trained with --labels is not supported yet: train it with --labels "
+                             "from scratch, or --resume it")
         check_architecture(opts, chosen, arch_names, base["model_config"],
                            "with --init-from the architecture is the base model's")
     if resume:

@@ -44,6 +44,9 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 # Bounds on a model's shape: far past any useful char model, and they keep a lying checkpoint or a
 # mistyped option from asking for terabytes. MAX_VOCAB: every Unicode code point, plus <unk>.
 MAX_LAYERS = 64
+# What a labelled model says to a reader that gives it no label (a command without --label).
+NEEDS_LABEL = ("this model is conditioned on labels (trained with --labels), and this reads it without one: "
+               "use generate or complete with --label, or eval classify")
 MAX_WIDTH = 65536
 MAX_VOCAB = 0x110000 + 1
 
@@ -232,6 +235,8 @@ class CharRNN(nn.Module):
                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         """Ids (B, T), state and the rows' labels (B,) of a labelled model -> logits (B, T, V) and the
         state after the last step."""
+        if labels is None and self.label_embed is not None:
+            raise UsageError(NEEDS_LABEL)
         if state is None:
             state = self.begin_state(x.shape[0], x.device, labels)
         inputs = self.encode(x)  # (B, T, I)
