@@ -268,7 +268,7 @@ def test_classify_without_the_end_scores_one_boundary_less(trained: Path) -> Non
 
 def test_the_python_api_takes_labels_forms_and_classifies(trained: Path) -> None:
     import charrnn
-    from charrnn.forms import Constraint
+    from charrnn.inference.forms import Constraint
 
     model = charrnn.load(str(trained))
     (form,) = model.generate_form(template="_____，_____。", acrostic="床眠", label="五言", seed=3)
@@ -295,9 +295,9 @@ def charrnn_cli_json(*args: str) -> str:
 
 def test_http_generate_and_next_take_labels_and_forms(trained: Path) -> None:
     pytest.importorskip("httpx")
-    from test_server import Server
+    from serverproc import Server
 
-    from charrnn.forms import Constraint
+    from charrnn.inference.forms import Constraint
 
     s = Server("-m", f"tang={trained}")
     try:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from charrnn.data.vocab import Vocab
-from charrnn.errors import DataError
-from charrnn.model.network import CharRNN, State
+from charrnn.errors import DataError, UsageError
+from charrnn.model.network import NEEDS_LABEL, CharRNN, LabelView, State
 from charrnn.model.stepper import Stepper, gru_update, lstm_update
 
 GATE_NAMES = {"lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update", "new"), "rnn": ()}
@@ -55,6 +55,8 @@ class Trace:
 def trace(model: CharRNN, ids: np.ndarray | torch.Tensor, gates: bool = False, state: State | None = None) -> Trace:
     """Run `model` over `ids` (T,) as one stream from `state` (default: its begin state), recording
     every layer's h (and c) after each character, and with `gates` the gate activations."""
+    if model.config.labels and not isinstance(model, LabelView):
+        raise UsageError(NEEDS_LABEL)  # the analyses read a model without a label
     snap = Stepper(model)
     device = snap.table.device
     x = torch.as_tensor(np.asarray(ids, dtype=np.int64) if not torch.is_tensor(ids) else ids, device=device).long()

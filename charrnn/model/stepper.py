@@ -34,8 +34,6 @@ class Stepper:
     @torch.no_grad()
     def __init__(self, model: CharRNN | LabelView, banned: Iterable[int | None] = ()) -> None:
         config = model.config
-        if config.labels and not isinstance(model, LabelView):
-            raise UsageError(NEEDS_LABEL)
         self.cell, self.hidden, self.layers = config.base_cell, config.hidden, config.layers
         self.lstm = self.cell == "lstm"
         h = self.hidden
