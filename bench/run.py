@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +42,15 @@ from measure import run_measured  # noqa: E402
 from reference import reference_throughput  # noqa: E402
 from transformer import baseline_markdown, bench_baseline  # noqa: E402
 
-from charrnn.config import PRESETS, SMALL_BF16, TrainConfig  # noqa: E402
+from charrnn.config import SMALL_BF16, TrainConfig  # noqa: E402
 from charrnn.data.partition import split_train_val  # noqa: E402
 from charrnn.data.vocab import Vocab  # noqa: E402
 from charrnn.inference.evaluate import evaluate  # noqa: E402
 from charrnn.inference.generate import Sampling, generate  # noqa: E402
 from charrnn.model.checkpoint import load_model  # noqa: E402
-from charrnn.model.network import ModelConfig, resolve_precision  # noqa: E402
+from charrnn.model.network import ModelConfig  # noqa: E402
 from charrnn.training.callbacks import Callbacks  # noqa: E402
+from charrnn.training.prepare import resolved  # noqa: E402
 from charrnn.training.train import train  # noqa: E402
 
 BATCH, STEPS, LAYERS = 32, 64, 2
@@ -311,8 +312,8 @@ def bench_precision_curves(corpus_file: Path, steps: int, device: str, tmp: Path
     """`charrnn train` with its (fp32) defaults for `steps` steps from the same start in fp32 and in bf16 (the last
     10% held out): the validation losses at equal steps, and each precision's training speed. The same model in
     both: the options that bf16 changes (runconfig.SMALL_BF16) are given their fp32 values."""
-    defaults = {**{f.name: f.default for f in fields(TrainConfig)}, **PRESETS["small"]}
-    same_model = [a for k in SMALL_BF16 for a in (f"--{k.replace('_', '-')}", str(defaults[k]))]
+    fp32 = resolved({"precision": "fp32"})  # the options of `charrnn train --precision fp32`
+    same_model = [a for k in SMALL_BF16 for a in (f"--{k.replace('_', '-')}", str(fp32[k]))]
     rows = {}
     for precision in ("fp32", "bf16"):
         r = run_measured(cli("train", str(corpus_file), "-o", str(tmp / f"curve-{precision}.pt"), "--max-steps",
@@ -412,7 +413,7 @@ def main() -> None:
         text = text[: plan.text_chars]
     vocab = Vocab.build(full_text)
     ids = vocab.encode(text)
-    precision = resolve_precision("auto", device)  # what `charrnn train` uses here by default
+    precision = resolved({}, device=device)["precision"]  # what `charrnn train` uses here by default
     results: dict = {"machine": machine(device), "device": str(device), "corpus": name, "mode": mode_name,
                      "batch": [BATCH, STEPS], "precision": precision}
     started = time.perf_counter()

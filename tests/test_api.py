@@ -60,16 +60,18 @@ def test_import_is_cheap_and_the_public_names_are_pinned() -> None:
     ("names", ["-n", "12", "--num-samples", "5", "--top-p", "0.9"], dict(n=12, num_samples=5, top_p=0.9)),
     ("names", ["-n", "12", "--beam", "4", "--num-samples", "3"], dict(n=12, beam=4, num_samples=3)),
     ("names", ["-n", "12", "--num-samples", "3", "--novel"], dict(n=12, num_samples=3, novel=True)),
+    ("lines", ["-n", "60", "--acrostic", "tea", "--num-samples", "2"], dict(n=60, acrostic="tea", num_samples=2)),
+    ("lines", ["--template", "the ___ time"], dict(template="the ___ time")),
 ])
 def test_generate_is_what_the_command_prints(models: dict[str, Path], model: str, cli_args: list[str],
                                              api_args: dict) -> None:
     m = charrnn.load(models[model])
     samples = m.generate(seed=5, **api_args)
     printed = run("generate", "-m", str(models[model]), "--no-echo", "--seed", "5", *cli_args).stdout
-    several = len(samples) > 1 and model == "lines" and "stop" not in api_args
+    several = len(samples) > 1 and model == "lines" and "stop" not in api_args  # separated by a blank line
     assert printed == ("\n\n".join(samples) + "\n" if several else "".join(s + "\n" for s in samples))
     assert len(samples) == api_args.get("num_samples", 1)
-    if api_args.get("num_samples", 1) == 1:
+    if api_args.get("num_samples", 1) == 1 and "template" not in api_args:  # a form is not streamed
         assert "".join(m.stream(seed=5, **api_args)) == samples[0]
 
 
@@ -124,7 +126,8 @@ def test_analyses_are_the_commands(models: dict[str, Path]) -> None:
     context = m.context(text, lengths=(1, 5, 20), targets=50)
     lines = run("eval", "context", "-m", str(models["lines"]), str(path), "--lengths", "1,5,20", "--targets", "50",
                 "--json").stdout.splitlines()
-    assert [json.loads(line) for line in lines] == [p.to_dict() for p in context.points]
+    assert [json.loads(line) for line in lines] == [{**p.to_dict(), "full_nats_per_char": context.full}
+                                                    for p in context.points]
 
 
 def test_errors_are_domain_exceptions(models: dict[str, Path], tmp_path: Path) -> None:

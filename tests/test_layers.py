@@ -28,6 +28,7 @@ FLOORS = {
     "training": 5, "serving": 5, "export": 5,
     "display": 6,
     "api": 7,  # the public Python API (charrnn.load, Model)
+    "api_train": 7,  # the public Python API: charrnn.train
     "__init__": 8,  # the package's face (`import charrnn`): its names are loaded on first use
     "cli": 9,
     "__main__": 10,

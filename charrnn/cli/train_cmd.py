@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -24,7 +22,6 @@ from charrnn.cli.common import (
     DEFAULT_VAL_MAX_CHARS,
     MAX_LAYERS,
     MAX_WIDTH,
-    ONEHOT_WARN_VOCAB,
     PRESET_NAMES,
     SEED,
     Finite,
@@ -37,9 +34,8 @@ from charrnn.cli.common import (
     positive_int,
     threads_option,
 )
-from charrnn.cli.train_from import check_architecture, fine_tune_vocab, resume_options
 from charrnn.data.labels import DEFAULT_LABEL_MODE, LABEL_MODES
-from charrnn.errors import CharrnnError, DataError, Interrupted, PeerLost, UsageError
+from charrnn.errors import CharrnnError, Interrupted, PeerLost, UsageError
 
 if TYPE_CHECKING:
     from charrnn.training.distributed import Group  # imports torch: only for the type checker
@@ -156,10 +152,7 @@ def without_nproc(argv: list[str]) -> list[str]:
               help="Train data-parallel in N processes on this machine (PyTorch DDP, launched like torchrun); "
                    "--batch-size is the global minibatch and must divide by N.")
 @click.pass_context
-def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str | None, init_from: str | None,
-          keep_vocab: bool, encoding: str,
-          val_fraction: float, val_max_chars: int | None, no_cache: bool, min_freq: int, input_: str,
-          preset: str | None, as_json: bool, quiet: bool, device: str, nproc: int | None,
+def train(ctx: click.Context, corpus: tuple[str, ...], output: str, as_json: bool, quiet: bool, nproc: int | None,
           **opts: Any) -> None:
     """Train a model on CORPUS: a text file, `-` for stdin, `pydoc` (built in, the default) or a
     catalog corpus name (`charrnn corpus list`; fetched and verified on first use). Several
@@ -178,8 +171,13 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
 
     Several processes: `--nproc N`, or `torchrun --nproc-per-node N -m charrnn train ...`.
     """
+    from charrnn.data.records import unescape
     from charrnn.training import distributed as dd
 
+    opts["input"] = opts.pop("input_")
+    given = {name for name in opts if ctx.get_parameter_source("input_" if name == "input" else name)
+             not in (ParameterSource.DEFAULT, None)}
+    opts["delimiter"] = unescape(opts["delimiter"])
     group = dd.from_env()
     if nproc is not None:
         if nproc < 1:
@@ -188,13 +186,10 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
             raise UsageError("--nproc launches the processes itself: leave it out under torchrun")
         if nproc > 1:
             # Usage is checked once, here, before any process starts (they would all find the same error).
-            _train(ctx, dd.Group(0, nproc, 0, nproc), corpus, output, resume, init_from, keep_vocab, encoding,
-                   val_fraction, val_max_chars, no_cache, min_freq, input_, preset, as_json, quiet, device,
-                   dict(opts), preflight=True)
+            _train(dd.Group(0, nproc, 0, nproc), corpus, output, opts, given, as_json, quiet, preflight=True)
             ctx.exit(dd.launch(nproc, without_nproc(ctx.meta["argv"])))
     try:
-        _train(ctx, group, corpus, output, resume, init_from, keep_vocab, encoding, val_fraction, val_max_chars,
-               no_cache, min_freq, input_, preset, as_json, quiet, device, opts)
+        _train(group, corpus, output, opts, given, as_json, quiet)
     except CharrnnError as e:
         if not group.active:
             raise
@@ -209,206 +204,37 @@ def train(ctx: click.Context, corpus: tuple[str, ...], output: str, resume: str 
         dd.end_process(0)
 
 
-def _train(ctx: click.Context, group: Group, corpus: tuple[str, ...], output: str, resume: str | None,
-           init_from: str | None, keep_vocab: bool, encoding: str, val_fraction: float, val_max_chars: int | None,
-           no_cache: bool, min_freq: int, input_: str,
-           preset: str | None, as_json: bool, quiet: bool, device: str, opts: dict[str, Any],
-           preflight: bool = False) -> None:
-    """Train, in this process (one of `group`); with `preflight`, only check the usage and the
-    corpus arguments (fetching a catalog corpus), for `--nproc` before it starts the processes."""
-    from charrnn.config import PRESETS, TrainConfig
-    from charrnn.data.cache import encode_corpus
-    from charrnn.data.corpora import catalog_entry, expand_sources, training_parts
-    from charrnn.data.vocab import Vocab
+def _train(group: Group, corpus: tuple[str, ...], output: str, opts: dict[str, Any], given: set[str], as_json: bool,
+           quiet: bool, preflight: bool = False) -> None:
+    """Train, in this process (one of `group`), as charrnn.training.prepare prepares the run; with `preflight`,
+    only check the usage and the corpus arguments (fetching a catalog corpus), for `--nproc`."""
     from charrnn.display import console as con
-    from charrnn.model import checkpoint
-    from charrnn.model.network import ModelConfig, resolve_device
-    from charrnn.outputs import check_output, run_files
-    from charrnn.threads import fixed, make_chooser
-    from charrnn.training import distributed as dd
-    from charrnn.training.train import train as run_training
+    from charrnn.training.prepare import prepare
 
-    def given(name: str) -> bool:
-        """Set on the command line (`input` is the parameter `input_`)."""
-        param = "input_" if name == "input" else name
-        return ctx.get_parameter_source(param) not in (ParameterSource.DEFAULT, None)
-
-    opts["input"] = input_
-    threads = opts.pop("threads")
-    with_labels, label_mode = opts.pop("labels"), opts.pop("label_mode")
-    preset_values = PRESETS[preset] if preset is not None else {}
-
-    def chosen(name: str) -> bool:
-        """Set on the command line, directly or through --preset."""
-        return given(name) or name in preset_values
-
-    for name, value in preset_values.items():
-        if not given(name):
-            opts[name] = value
-    out = Path(output)
-    if resume and init_from:
-        raise UsageError("--resume continues a run and --init-from starts a new one from a model: give one")
-    if keep_vocab and not init_from:
-        raise UsageError("--keep-vocab only applies with --init-from")
-    sources = list(corpus) or ["pydoc"]
-    models = [(init_from, "the base model (--init-from)")] if init_from else []
-    # A run's checkpoints may be the one it resumes from (it continues them); its log and locks may not.
-    resumed = [(resume, "the checkpoint it resumes (--resume)")] if resume else []
-
-    def check_writes(corpus_files: list[str]) -> None:
-        reads = [(f, "an input corpus") for f in corpus_files] + models
-        for path, what in run_files(output):
-            check_output(path, reads + (resumed if what not in ("output", "best checkpoint") else []), what)
-
-    check_writes([s for s in expand_sources(sources) if s != "-"])  # before any read: a bad output costs no stdin
-    if val_max_chars < 2:
-        raise UsageError(f"--val-max-chars must be >= 2, got {val_max_chars}")
     # -q silences progress and routine information; warnings and notices that change what the run
     # means (a stopping rule chosen for you, unknown characters, nothing to do) are said anyway.
     console = con.make_console(quiet or not group.is_main)  # from rank 0 only
     notices = con.make_console(not group.is_main)
-    dev = dd.process_device(group, resolve_device(device))
-    if group.active:
-        if "-" in sources:
-            raise UsageError("several processes cannot share standard input: give the corpus as a file")
-        pipes = [s for s in sources if os.path.exists(s) and not os.path.isfile(s) and not os.path.isdir(s)]
-        if pipes:  # each process reads the corpus: a pipe would give its text to one of them
-            raise UsageError(f"several processes cannot share the pipe {pipes[0]!r}: give the corpus as a file")
-        if dev.type == "cpu":
-            import torch
-
-            torch.set_num_threads(threads or dd.cpu_threads(group))  # --threads wins over the process's share
-    entry = catalog_entry(sources[0]) if len(sources) == 1 else None
-    official = entry is not None and entry.has_splits
-    if official and given("val_fraction"):
-        raise UsageError(f"{sources[0]} has an official validation split, so --val-fraction does not apply")
-    if with_labels and (opts["partition"] != "records" or init_from or official):
-        raise UsageError("--labels needs --partition records, a corpus without an official validation part, and "
-                         "no --init-from" if opts["partition"] == "records" else "--labels needs --partition records")
-    if given("label_mode") and not with_labels:
-        raise UsageError("--label-mode applies to --labels")
-    train_parts, valid_parts = training_parts(sources, common.stdin(), callbacks=con.DownloadConsole(console))
-    check_writes([p.path for p in [*train_parts, *(valid_parts or [])] if p.path is not None])  # catalog files now
-    if preflight:
-        return
-    if not resume:  # a resumed run takes the checkpoint's precision unless one is given (resume_options)
-        if opts["precision"] == "auto":
-            opts["precision"] = _auto_precision(dev, console)
-        if preset in (None, "small") and not init_from:
-            _small_for_precision(opts, given, console)
-
-    arch_names = list(ARCH_DEFAULTS)
-    internal = ("val_fraction", "val_max_chars", "eval_streams", "log_every")
-    train_names = [f for f in TrainConfig.__dataclass_fields__ if f not in internal]
-    from charrnn.data.records import unescape
-
-    opts["delimiter"] = unescape(opts["delimiter"])
-    if given("delimiter") and opts["partition"] != "records" and not resume:
-        raise UsageError("--delimiter applies to --partition records")
-
-    def readable(parts: Any) -> Any:
-        """Records delimited by NUL (`find -print0`): NUL is then text, not the sign of a binary file."""
-        if opts["partition"] == "records" and "\0" in opts["delimiter"]:
-            return [dataclasses.replace(p, nul=True) for p in parts]
-        return parts
-    ckpt = base = None
-    if init_from:
-        base = checkpoint.load(init_from)
-        checkpoint.check_finite(base, init_from)  # refused now, not blamed on the learning rate later
-        if base.get("labels") is not None:
-            raise UsageError("--init-from a model trained with --labels is not supported yet: train it with --labels "
-                             "from scratch, or --resume it")
-        check_architecture(opts, chosen, arch_names, base["model_config"],
-                           "with --init-from the architecture is the base model's")
-    if resume:
-        ckpt = checkpoint.load(resume)
-        checkpoint.check_resume_fields(ckpt, resume)
-        checkpoint.check_finite(ckpt, resume)
-        check_architecture(opts, chosen, arch_names, ckpt["model_config"], "the architecture cannot change on resume")
-        changes, val_fraction, val_max_chars = resume_options(ckpt, opts, given, chosen, train_names, official,
-                                                               val_fraction, val_max_chars)
-        vocab = Vocab.from_dict(ckpt["vocab"])
-        if with_labels != bool(ckpt.get("labels")):
-            raise UsageError("--labels must be given on resume exactly when the run was trained with it")
-        encoded = labelled = None
-        if with_labels:
-            labelled = _read_labelled(readable(train_parts), encoding, opts, vocab, min_freq)
-            if labelled.names.names != tuple(ckpt["labels"]["names"]):
-                raise DataError("the training text's labels differ from the ones this checkpoint was trained on")
-        else:
-            encoded = encode_corpus(readable(train_parts), encoding, vocab=vocab,
-                                    unk="map" if vocab.unk else "error", cache=not no_cache)
-        con.info(notices, f"resuming from {resume} at step {ckpt['step']}"
-                 + (f"; changed: {', '.join(changes)}" if changes else ""))
-        model_config = ModelConfig.from_dict(ckpt["model_config"])
-    elif with_labels:
-        encoded, labelled = None, _read_labelled(readable(train_parts), encoding, opts, None, min_freq)
-        vocab = labelled.vocab
-        model_config = ModelConfig(vocab_size=vocab.size, labels=len(labelled.names.names), label_mode=label_mode,
-                                   **{n: opts[n] for n in arch_names})
-    else:
-        encoded, labelled = encode_corpus(readable(train_parts), encoding, min_freq=min_freq, cache=not no_cache), None
-        vocab = encoded.vocab
-        if not vocab.chars:
-            raise UsageError(f"--min-freq {min_freq} leaves no character in the vocabulary (every character occurs "
-                             f"fewer than {min_freq} times), so there is nothing to train on; lower --min-freq")
-        if base is not None:
-            def encode(v: Vocab) -> Any:
-                return encode_corpus(readable(train_parts), encoding, vocab=v, unk="map", cache=not no_cache)
-
-            vocab, encoded, model_config = fine_tune_vocab(base, init_from, encoded, keep_vocab, notices, encode)
-        else:
-            model_config = ModelConfig(vocab_size=vocab.size, **{n: opts[n] for n in arch_names})
-    ids = encoded.ids if encoded is not None else labelled.ids  # (n,) the training text's ids
-    if model_config.input == "onehot" and vocab.size > ONEHOT_WARN_VOCAB:
-        con.info(notices, f"warning: --input onehot with {vocab.size:,} characters builds inputs of shape "
-                          f"(batch, time, {vocab.size:,}) and multiplies them out: slow; --input embedding is a lookup")
-    if encoded is None:
-        con.info(console, f"{len(labelled.record_labels):,} labelled records, {len(labelled.names.names):,} labels")
-    elif encoded.ids_cached:
-        con.info(console, f"read the encoded corpus ({len(ids):,} characters) from the cache: {encoded.path}")
-    elif encoded.path is not None:
-        con.info(console, f"encoded the corpus ({len(ids):,} characters) into the cache: {encoded.path}")
-    if all(opts[n] is None for n in ("epochs", "max_steps", "time_budget")):
-        opts["time_budget"] = DEFAULT_TIME_BUDGET
-        con.info(notices, f"no stopping rule given: training for {DEFAULT_TIME_BUDGET:g} seconds (--time-budget)")
-    train_ids, val_ids, val_fraction = _split(ids, vocab, opts, val_fraction, val_max_chars, official,
-                                              valid_parts, lambda parts: encode_corpus(
-                                                  readable(parts), encoding, vocab=vocab,
-                                                  unk="map" if vocab.unk else "error",
-                                                  where=f"the {sources[0]} validation text", cache=not no_cache).ids)
-    # Standard input's bytes live in its part: let them go before training (the ids are all it needs).
-    train_parts = valid_parts = None
-    record_labels = None
-    if labelled is not None:
-        from charrnn.data.labels import split_labels
-        from charrnn.data.records import delimiter_ids
-
-        record_labels = split_labels(labelled.record_labels, train_ids, delimiter_ids(vocab, opts["delimiter"]),
-                                     labelled.names)
-    if opts["precision"] == "auto":
-        opts["precision"] = _auto_precision(dev, console)
-    config = TrainConfig(val_fraction=val_fraction, val_max_chars=val_max_chars,
-                         **{n: opts[n] for n in train_names})
-    # Several processes have their share of the cores (distributed.cpu_threads): not chosen again here.
-    chooser = fixed() if group.active else make_chooser(threads, dev)
-    _run(group, dev, console, notices, as_json, lambda callbacks: run_training(
-        train_ids, val_ids, vocab, model_config, config, out, device=dev, callbacks=callbacks, resume=ckpt,
-        init_from=base, init_from_path=init_from, group=group, threads=chooser, labels=record_labels))
+    callbacks = con.TrainConsole(console, notices)
+    job = prepare(corpus, output, opts, given, report=callbacks, group=group, stdin=common.stdin(),
+                  downloads=con.DownloadConsole(console), preflight=preflight)
+    if job is not None:
+        _run(job, callbacks, notices, as_json)
 
 
-def _run(group: Group, dev: Any, console: Any, notices: Any, as_json: bool, training: Any) -> None:
-    """Run `training(callbacks)` with progress on `console`, stopping cleanly on SIGINT/SIGTERM, and
+def _run(job: Any, callbacks: Any, notices: Any, as_json: bool) -> None:
+    """Run the prepared `job` with progress on `callbacks`, stopping cleanly on SIGINT/SIGTERM, and
     print the summary (rank 0): the summary of what was done before an interruption's error line."""
     from charrnn.display import console as con
     from charrnn.training import distributed as dd
 
-    callbacks = con.TrainConsole(console, notices)
+    group = job.group
     try:
         # Signals are caught once the processes have met: before that, torchrun's SIGTERM (a process
         # failed to start) must end this one at once rather than wait on the missing process.
-        with dd.session(group, dev), stop_on_signals(callbacks, repeat_exits=not group.active, say=group.is_main):
-            result = training(callbacks)
+        with dd.session(group, job.device), stop_on_signals(callbacks, repeat_exits=not group.active,
+                                                            say=group.is_main):
+            result = job.run(callbacks)
     except Interrupted as e:
         callbacks.close()
         if e.result is not None and group.is_main:  # the summary of what was done, then the error line and exit code
@@ -422,61 +248,6 @@ def _run(group: Group, dev: Any, console: Any, notices: Any, as_json: bool, trai
         con.info(notices, f"nothing to do: the stopping rule is already reached at step {result.steps} "
                           f"({result.seconds:.1f} s trained); raise --max-steps, --epochs or --time-budget to go on")
     _summary(result, as_json)
-
-
-def _small_for_precision(opts: dict[str, Any], given: Any, console: Any) -> None:
-    """The small model (the default) as tuned for the precision the run uses: where it is bf16, the options
-    of runconfig.SMALL_BF16 that were not given on the command line, said on stderr."""
-    from charrnn.config import SMALL_BF16
-    from charrnn.display import console as con
-
-    if opts["precision"] != "bf16":
-        return
-    changed = {name: value for name, value in SMALL_BF16.items() if not given(name)}
-    opts.update(changed)
-    if changed:
-        con.info(console, "the small model for bf16: " + ", ".join(
-            f"--{name.replace('_', '-')} {value}" for name, value in changed.items()))
-
-
-def _auto_precision(dev: Any, console: Any) -> str:
-    """What --precision auto picks on `dev`, said on stderr with why."""
-    from charrnn.display import console as con
-    from charrnn.model.network import resolve_precision
-
-    precision = resolve_precision("auto", dev)
-    con.info(console, f"precision auto: {precision} ("
-             + ("native bfloat16 on this device)" if precision == "bf16" else
-                f"no native bfloat16 on this {dev.type.upper() if dev.type != 'cpu' else 'CPU'})"))
-    return precision
-
-
-def _read_labelled(parts: Any, encoding: str, opts: dict[str, Any], vocab: Any, min_freq: int) -> Any:
-    """--labels: the records LABEL<TAB>TEXT of the corpus, read whole (charrnn.data.labels; not cached)."""
-    from charrnn.data.corpora import join_parts
-    from charrnn.data.labels import read_labelled
-
-    return read_labelled(join_parts(parts, encoding), opts["delimiter"], vocab, min_freq)
-
-
-def _split(ids: Any, vocab: Any, opts: dict[str, Any], val_fraction: float, val_max_chars: int | None,
-           official: bool, valid_parts: Any, encode_valid: Any) -> tuple[Any, Any, float]:
-    """(training ids, validation ids, the validation fraction used): for a corpus with official splits,
-    its valid part (`valid_parts`, encoded by `encode_valid` with the training vocabulary: characters
-    it lacks become <unk>, not scored, as in `eval perplexity`), else whole records or a tail of the text."""
-    if official:
-        return ids, ids[:0] if valid_parts is None else encode_valid(valid_parts), 0.0
-    if opts["partition"] == "records":
-        from charrnn.data.partition import split_records_train_val
-        from charrnn.data.records import delimiter_ids
-
-        train_ids, val_ids = split_records_train_val(ids, delimiter_ids(vocab, opts["delimiter"]), val_fraction,
-                                                     max_chars=val_max_chars)
-        return train_ids, val_ids, val_fraction
-    from charrnn.data.partition import split_train_val
-
-    train_ids, val_ids = split_train_val(ids, val_fraction, max_chars=val_max_chars)
-    return train_ids, val_ids, val_fraction
 
 
 STOPPED = {"budget": "time budget reached", "steps": "--max-steps reached", "epochs": "--epochs done",

@@ -96,6 +96,9 @@ class TrainConsole(Callbacks):
     def stop_requested(self) -> int | None:
         return self.stop_code
 
+    def on_message(self, message: str, notice: bool) -> None:
+        info(self.notices if notice else self.console, message)
+
     def on_start(self, info: dict[str, Any]) -> None:
         resumed = f", resumed at step {info['resumed_at']}" if info["resumed_at"] is not None else ""
         processes = info.get("processes", 1)

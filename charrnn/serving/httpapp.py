@@ -59,6 +59,7 @@ from charrnn.serving.protocol import (
 from charrnn.serving.service import (
     LoadedModel,
     error_status,
+    generation_plan,
     models_info,
     pick_model,
     prefix_ids,
@@ -189,10 +190,10 @@ def _gone() -> Response:
 
 
 def _plain(lm: LoadedModel, req: GenerateRequest) -> bool:
-    """Whether the engine can run this generation: no stop strings, beam search, --novel, form, records model
-    or labelled model."""
-    return (req.beam is None and not req.stop and not req.novel and not req.min_length and lm.delimiter is None
-            and req.acrostic is None and req.template is None and lm.labels is None)
+    """Whether the engine can run this generation: the generation plan (charrnn.genplan) is plain sampling (no
+    stop strings, beam search, --novel, form or records model) of a model without labels (the engine steps
+    unconditioned models). The request is checked on the way (a 422)."""
+    return generation_plan(lm, req).kind == "plain" and lm.labels is None
 
 
 class App:

@@ -29,6 +29,10 @@ class Progress:
 class Callbacks:
     """Progress hooks; the defaults do nothing. The CLI's console implements them."""
 
+    def on_message(self, message: str, notice: bool) -> None:
+        """Something the preparation of a run says (charrnn.trainprep): routine information, or with
+        `notice` what changes what the run means (a stopping rule chosen, unknown characters, a resume)."""
+
     def on_start(self, info: dict[str, Any]) -> None: ...
 
     def on_step(self, progress: Progress) -> None: ...

@@ -1,4 +1,4 @@
-"""`charrnn train` from a checkpoint: how --resume and --init-from meet the options of the command line.
+"""Training from a checkpoint: how --resume and --init-from meet the options of `charrnn train` (prepare).
 
 A resumed run keeps its checkpoint's training options unless the command line gives others (said
 on stderr), and refuses those that would change its training text; a fine-tuned run takes its base
@@ -8,6 +8,7 @@ model's architecture and vocabulary, grown by the new text's characters or (--ke
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from charrnn.errors import CheckpointError, UsageError
@@ -58,12 +59,12 @@ def resume_options(ckpt: dict[str, Any], opts: dict[str, Any], given: Any, chose
     return changes, saved_train["val_fraction"], saved_train.get("val_max_chars")  # None: older than the option
 
 
-def fine_tune_vocab(base: dict[str, Any], base_path: str, encoded: Any, keep: bool, console: Any,
-                     encode: Any) -> tuple[Any, Any, Any]:
+def fine_tune_vocab(base: dict[str, Any], base_path: str, encoded: Any, keep: bool, say: Callable[[str], None],
+                    encode: Any) -> tuple[Any, Any, Any]:
     """(vocabulary, encoded text, model config) for fine-tuning `base` on the text counted in
-    `encoded`; `encode(vocab)` encodes the text again under the chosen vocabulary."""
+    `encoded`; `encode(vocab)` encodes the text again under the chosen vocabulary; `say` is told what
+    happens to the vocabulary."""
     from charrnn.data.vocab import Vocab
-    from charrnn.display import console as con
     from charrnn.model.network import ModelConfig
     from charrnn.training.finetune import choose_vocab
 
@@ -75,13 +76,13 @@ def fine_tune_vocab(base: dict[str, Any], base_path: str, encoded: Any, keep: bo
     vocab, added = choose_vocab(base_vocab, encoded.vocab, keep)
     shown = ", ".join(repr(c) for c in added[:20]) + (f" and {len(added) - 20} more" if len(added) > 20 else "")
     if added and keep:
-        con.info(console, f"warning: {len(added)} character(s) of the text are not in {base_path}'s vocabulary and "
+        say(f"warning: {len(added)} character(s) of the text are not in {base_path}'s vocabulary and "
                           f"are read as <unk> (--keep-vocab): {shown}")
     elif added:
-        con.info(console, f"fine-tuning {base_path}: adding {len(added)} character(s) to its vocabulary of "
+        say(f"fine-tuning {base_path}: adding {len(added)} character(s) to its vocabulary of "
                           f"{base_vocab.size}: {shown}")
     else:
-        con.info(console, f"fine-tuning {base_path}: its vocabulary covers the text")
+        say(f"fine-tuning {base_path}: its vocabulary covers the text")
     if vocab != encoded.vocab:
         encoded = encode(vocab)
     return vocab, encoded, dataclasses.replace(base_config, vocab_size=vocab.size)
