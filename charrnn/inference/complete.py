@@ -28,10 +28,11 @@ import torch
 
 from charrnn.data.vocab import Vocab
 from charrnn.inference.generate import MAX_WARM_UP_LOGITS, WARM_UP_STEPS, warm_up
-from charrnn.model.network import CharRNN, State, select_streams
+from charrnn.model.network import CharRNN, State, cat_streams, select_streams
 from charrnn.model.stepper import Stepper
 
 MAX_WORD = 40  # characters a word continuation may have
+CHUNK_ELEMENTS = 1 << 22  # partial words x vocabulary in one pass of next_words (32 MiB per float64 matrix)
 
 
 @dataclass(frozen=True)
@@ -140,26 +141,49 @@ def next_words(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray, k: int = 5,
                start_ids: np.ndarray | None = None, max_length: int = MAX_WORD,
                width: int | None = None) -> list[Guess]:
     """The k likeliest continuations up to the next word boundary, best first (see the module docstring).
-    `width` partial words are kept at each step (default max(4k, 16))."""
+    `width` partial words are kept at each step (default max(4k, 16)). The partial words go through the
+    model CHUNK_ELEMENTS // V at a time, so that memory stays bounded whatever k x V (k = 1000 on a
+    20,000-character vocabulary held 4,000 x 20,000 float64 matrices at once: 3.1 GB)."""
     step, state, logp = after_prefix(model, vocab, prefix_ids, start_ids)
     width = width or max(4 * k, 16)
     n_chars = len(vocab.chars)
     boundary = torch.tensor([is_boundary(c) for c in vocab.chars] + [False] * (vocab.size - n_chars))
     extends = torch.zeros(vocab.size, dtype=torch.bool)
     extends[:n_chars] = ~boundary[:n_chars]
-    texts, totals, logps = [""], torch.zeros(1, dtype=torch.float64), logp[None]  # (P,), (P, V)
+    chunk = max(1, CHUNK_ELEMENTS // vocab.size)  # partial words per pass
+    texts, totals = [""], torch.zeros(1, dtype=torch.float64)  # (P,)
+    rows = ids = None  # the current partial words' parents (rows of `state`) and last characters, (P,) each
     finished: dict[str, float] = {}
     for depth in range(max_length + 1):
-        # A partial word ends here with the probability of any boundary after it.
-        ends = totals + torch.logsumexp(logps[:, boundary], dim=1) if bool(boundary.any()) else None
-        if ends is not None:
-            for text, end in zip(texts, ends.tolist(), strict=True):
-                if end > -math.inf:
-                    finished[text] = math.exp(end)
+        values_parts, flat_parts, states = [], [], []
+        for a in range(0, len(texts), chunk):
+            b = min(a + chunk, len(texts))
+            if rows is None:
+                logps = logp[None]  # (1, V): the prefix's own
+            else:
+                logits, after = step(ids[a:b], select_streams(state, rows[a:b]))  # (c, V)
+                states.append(after)
+                logps = torch.log_softmax(logits.double(), dim=1)
+                if vocab.unk_id is not None:
+                    logps[:, vocab.unk_id] = -math.inf
+            # A partial word ends here with the probability of any boundary after it.
+            if bool(boundary.any()):
+                ends = totals[a:b] + torch.logsumexp(logps[:, boundary], dim=1)
+                for text, end in zip(texts[a:b], ends.tolist(), strict=True):
+                    if end > -math.inf:
+                        finished[text] = math.exp(end)
+            if depth < max_length:
+                grown = (totals[a:b, None] + logps).masked_fill(~extends, -math.inf)  # (c, V)
+                values, flat = torch.topk(grown.flatten(), min(width, grown.numel()))
+                values_parts.append(values)
+                flat_parts.append(flat + a * vocab.size)
+        if states:
+            state = cat_streams(states)
         if depth == max_length:
             break
-        grown = (totals[:, None] + logps).masked_fill(~extends, -math.inf)  # (P, V)
-        values, flat = torch.topk(grown.flatten(), min(width, grown.numel()))
+        values, flat = torch.cat(values_parts), torch.cat(flat_parts)
+        values, order = torch.topk(values, min(width, len(values)))
+        flat = flat[order]
         keep = values > -math.inf
         values, flat = values[keep], flat[keep]
         best = sorted(finished.values(), reverse=True)
@@ -168,9 +192,6 @@ def next_words(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray, k: int = 5,
         rows, ids = flat // vocab.size, flat % vocab.size
         texts = [texts[r] + vocab.chars[i] for r, i in zip(rows.tolist(), ids.tolist(), strict=True)]
         totals = values
-        logits, state = step(ids, select_streams(state, rows))  # (P, V)
-        logps = torch.log_softmax(logits.double(), dim=1)
-        if vocab.unk_id is not None:
-            logps[:, vocab.unk_id] = -math.inf
     ranked = sorted(finished.items(), key=lambda item: -item[1])[:k]
     return [Guess(text, prob) for text, prob in ranked]
+

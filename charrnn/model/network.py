@@ -375,6 +375,13 @@ def select_streams(state: State, index: torch.Tensor) -> State:
     return state.index_select(1, index)
 
 
+def cat_streams(states: list[State]) -> State:
+    """States side by side: (layers, Ri, H) each -> (layers, sum Ri, H); LSTM's (h, c) alike."""
+    if isinstance(states[0], tuple):
+        return tuple(torch.cat(parts, dim=1) for parts in zip(*states, strict=True))  # type: ignore[return-value]
+    return torch.cat(states, dim=1)  # type: ignore[arg-type]
+
+
 def repeat_stream(state: State, rows: int) -> State:
     """A state of one stream (layers, 1, H) repeated for `rows` streams (layers, rows, H)."""
     if isinstance(state, tuple):

@@ -26,7 +26,7 @@ import torch
 
 from charrnn.data.vocab import Vocab
 from charrnn.inference.generate import Sampling, draw_with, temper, warm_up
-from charrnn.model.network import CharRNN, State, repeat_stream, select_streams
+from charrnn.model.network import CharRNN, State, cat_streams, repeat_stream, select_streams
 from charrnn.model.stepper import Stepper
 
 
@@ -115,7 +115,7 @@ class Engine:
             job.on_done(["".join(t) for t in job.texts])
             return
         self.jobs.append(job)
-        self.state = _cat(self.state, repeat_stream(state, job.num_samples))
+        self.state = cat_streams([self.state, repeat_stream(state, job.num_samples)])
         self.last = torch.cat([self.last, first])
         self.params = None
 
@@ -191,7 +191,7 @@ class Engine:
         state, last = job.parked
         job.parked = None
         self.jobs.append(job)
-        self.state = _cat(self.state, state)
+        self.state = cat_streams([self.state, state])
         self.last = torch.cat([self.last, last])
         self.params = None
 
@@ -216,9 +216,3 @@ def _where(rows: torch.Tensor, a: State, b: State) -> State:
         return tuple(torch.where(rows[None, :, None], x, y) for x, y in zip(a, b, strict=True))  # type: ignore
     return torch.where(rows[None, :, None], a, b)
 
-
-def _cat(a: State, b: State) -> State:
-    """Two states side by side: (layers, Ra, H) and (layers, Rb, H) -> (layers, Ra + Rb, H)."""
-    if isinstance(a, tuple):
-        return tuple(torch.cat([x, y], dim=1) for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
-    return torch.cat([a, b], dim=1)
