@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 # Each public name -> the module it lives in (imported when the name is first used).
 _HOMES = {
     "load": "charrnn.api", "Model": "charrnn.api", "CellReport": "charrnn.api",
-    "TrainResult": "charrnn.training.runconfig",
+    "train": "charrnn.api_train", "CallbackEvent": "charrnn.api_train", "TrainResult": "charrnn.training.runconfig",
     "Callbacks": "charrnn.training.callbacks", "Progress": "charrnn.training.callbacks",
     "EvalResult": "charrnn.inference.evaluate",
     "CharrnnError": "charrnn.errors", "UsageError": "charrnn.errors", "DataError": "charrnn.errors",
@@ -28,13 +28,14 @@ _HOMES = {
 }
 
 __all__ = [  # written out (tests/test_api.py holds it equal to _HOMES and pins it)
-    "Callbacks", "CellReport", "CharrnnError", "CheckpointError", "DataError", "EvalResult",
+    "CallbackEvent", "Callbacks", "CellReport", "CharrnnError", "CheckpointError", "DataError", "EvalResult",
     "Interrupted", "MissingDependency", "Model", "Progress", "TrainResult", "TrainingError", "UnknownCharacterError",
-    "UsageError", "__version__", "load",
+    "UsageError", "__version__", "load", "train",
 ]
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from charrnn.api import CellReport, Model, load
+    from charrnn.api_train import CallbackEvent, train
     from charrnn.errors import (
         CharrnnError,
         CheckpointError,

@@ -18,9 +18,9 @@ TINY = ["--hidden", "16", "--layers", "1", "--embed-dim", "8", "-b", "8", "-t", 
         "--val-every", "3", "--precision", "fp32", "-q"]
 NAMES = ["anna", "bob", "carol", "dave", "eve", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar"] * 3
 LINES = ["the time traveller smiled", "and we sat about the fire", "in the room while he spoke"] * 10
-PUBLIC = ["Callbacks", "CellReport", "CharrnnError", "CheckpointError", "DataError", "EvalResult",
+PUBLIC = ["CallbackEvent", "Callbacks", "CellReport", "CharrnnError", "CheckpointError", "DataError", "EvalResult",
           "Interrupted", "MissingDependency", "Model", "Progress", "TrainResult", "TrainingError",
-          "UnknownCharacterError", "UsageError", "__version__", "load"]
+          "UnknownCharacterError", "UsageError", "__version__", "load", "train"]
 
 
 def run(*args: str, input: str | None = None):

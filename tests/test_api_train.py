@@ -11,7 +11,6 @@ import torch
 from click.testing import CliRunner
 
 import charrnn
-from charrnn.api_train import train as api_train
 from charrnn.cli import cli
 
 TEXT = "the time traveller smiled and we sat about the fire\n" * 40
@@ -37,7 +36,7 @@ def test_train_writes_what_the_command_writes(tmp_path: Path, capsys: pytest.Cap
     r = CliRunner().invoke(cli, ["train", str(corpus), "-o", str(tmp_path / "cli.pt"), "--json", "-q", *as_args(TINY)])
     assert r.exit_code == 0, r.stderr
     events: list[charrnn.CallbackEvent] = []
-    result = api_train(corpus, tmp_path / "api.pt", callback=events.append, **TINY)
+    result = charrnn.train(corpus, tmp_path / "api.pt", callback=events.append, **TINY)
     assert capsys.readouterr() == ("", "")  # the library prints nothing
     a, b = weights(tmp_path / "cli.pt"), weights(tmp_path / "api.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -56,13 +55,13 @@ def test_resume_and_the_bf16_small_model_follow_the_command_rules(tmp_path: Path
     corpus = tmp_path / "c.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     said: list[str] = []
-    api_train(corpus, tmp_path / "m.pt", callback=lambda e: said.append(e.text or ""),
+    charrnn.train(corpus, tmp_path / "m.pt", callback=lambda e: said.append(e.text or ""),
                   **{**TINY, "precision": "bf16", "max_steps": 2})
     saved = torch.load(tmp_path / "m.pt", map_location="cpu", weights_only=True)
     assert saved["train_config"]["optimizer"] == "adamw" and saved["train_config"]["average"] == "ema"
     assert saved["model_config"]["hidden"] == 16  # given: the preset's 512 does not override it
     assert any("the small model for bf16" in s for s in said)
-    result = api_train(corpus, tmp_path / "m.pt", resume=tmp_path / "m.pt", max_steps=4, threads=1)
+    result = charrnn.train(corpus, tmp_path / "m.pt", resume=tmp_path / "m.pt", max_steps=4, threads=1)
     assert result.steps == 4 and result.precision == "bf16"
 
 
@@ -70,10 +69,10 @@ def test_errors_are_domain_exceptions(tmp_path: Path) -> None:
     corpus = tmp_path / "c.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     with pytest.raises(charrnn.UsageError, match="unknown training option 'hiden'"):
-        api_train(corpus, tmp_path / "m.pt", hiden=3)
+        charrnn.train(corpus, tmp_path / "m.pt", hiden=3)
     with pytest.raises(charrnn.UsageError, match="give one"):
-        api_train(corpus, tmp_path / "m.pt", resume="a.pt", init_from="b.pt")
+        charrnn.train(corpus, tmp_path / "m.pt", resume="a.pt", init_from="b.pt")
     with pytest.raises(charrnn.UsageError):
-        api_train(corpus, tmp_path / "m.pt", max_steps=0, **{k: v for k, v in TINY.items() if k != "max_steps"})
+        charrnn.train(corpus, tmp_path / "m.pt", max_steps=0, **{k: v for k, v in TINY.items() if k != "max_steps"})
     with pytest.raises(charrnn.CharrnnError):
-        api_train(tmp_path / "missing.txt", tmp_path / "m.pt", **TINY)
+        charrnn.train(tmp_path / "missing.txt", tmp_path / "m.pt", **TINY)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -108,11 +109,16 @@ def fenced_blocks(page: Path) -> list[Block]:
 
 
 def examples() -> list[Block]:
-    return [b for page in PAGES for b in fenced_blocks(page) if b.info == "sh"]
+    return [b for page in PAGES for b in fenced_blocks(page) if b.info in ("sh", "py")]
 
 
 def script(block: Block) -> str:
-    """The block as a bash script that stops at the first command ending otherwise than it says."""
+    """The block as a bash script that stops at the first command ending otherwise than it says (a `py`
+    block: one Python program, run whole)."""
+    if block.info == "py":
+        code = "\n".join(block.lines) + "\n"
+        failed = f'echo "EXAMPLE FAILED: {block.id}" >&2; exit 97'
+        return f'"$EXAMPLES_PYTHON" -c {shlex.quote(code)} || {{ {failed}; }}\n'
     out = ["set -o pipefail", 'charrnn() { "$EXAMPLES_PYTHON" -S "$EXAMPLES_RUNNER" client "$@"; }',
            "less() { cat; }  # a pager shows its input"]
     pending, start = "", 0
