@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -76,3 +77,20 @@ def test_errors_are_domain_exceptions(tmp_path: Path) -> None:
         charrnn.train(corpus, tmp_path / "m.pt", max_steps=0, **{k: v for k, v in TINY.items() if k != "max_steps"})
     with pytest.raises(charrnn.CharrnnError):
         charrnn.train(tmp_path / "missing.txt", tmp_path / "m.pt", **TINY)
+
+
+def test_the_command_and_the_library_have_the_same_defaults() -> None:
+    """`charrnn train`'s options default to what charrnn.train takes when an option is left out."""
+    from charrnn.cli.train_cmd import train as command
+    from charrnn.training.prepare import OPTION_DEFAULTS
+
+    def default(p: Any) -> Any:
+        value = p.default
+        if value is None or type(value).__name__ == "Sentinel":  # click's "no default"
+            return False if getattr(p, "is_flag", False) else None
+        return value
+
+    defaults = {("input" if p.name == "input_" else p.name): default(p) for p in command.params}
+    library = {**OPTION_DEFAULTS, "delimiter": OPTION_DEFAULTS["delimiter"].encode("unicode_escape").decode()}
+    assert {k: defaults[k] for k in OPTION_DEFAULTS} == library
+    assert set(defaults) - set(OPTION_DEFAULTS) == {"corpus", "output", "as_json", "quiet", "nproc"}
