@@ -306,3 +306,37 @@ def test_records_model_generates_records(tmp_path: Path) -> None:
     assert finished and all(line.startswith("He") and len(line) > 2 for line in finished)  # none empty
     assert last == "" or last.startswith("He")  # cut at 300 characters, or right after a record
     assert sum(len(line) - 1 for line in finished) + max(0, len(last) - 2) == 300  # the "\n" counts, "He" not
+
+
+@needs_chromium
+@pytest.mark.parametrize(("fragment", "needle"), [
+    ("generate=50&temperature=abc", 'the temperature must be a finite number > 0, got "abc"'),
+    ("generate=50&temperature=0", "the temperature must be"), ("generate=50&temperature=-1", "the temperature must be"),
+    ("generate=50&temperature=Infinity", "the temperature must be"),
+    ("generate=50&seed=4294967296", 'the seed must be a whole number from 0 to 4294967295'),
+    ("generate=50&seed=1.5", "the seed must be"), ("generate=abc", "the length must be")])
+def test_the_generate_hook_refuses_what_it_cannot_honour(tmp_path: Path, fragment: str, needle: str) -> None:
+    """Regression (issue 27): a bad temperature wrote "undefined" characters; a seed past 2^32 wrapped silently."""
+    report = browse(write_page(tmp_path / "m.html", tiny()), fragment, tmp_path / "profile", budget_ms=20000,
+                    error=True)
+    assert needle in report["error"] and "undefined" not in report["error"]
+
+
+@needs_chromium
+def test_extreme_temperatures_on_the_page_are_exact(tmp_path: Path) -> None:
+    m = tiny("lstm", 2, "embedding")
+    page = write_page(tmp_path / "m.html", m)
+    report = browse(page, "generate=60&seed=3&prefix=the&temperature=1e-300", tmp_path / "profile", budget_ms=20000)
+    greedy = reference_sample(m, "the", 60, 3, 1e-300)  # (z - max) / 1e-300: 0 for the best, -inf for the rest
+    assert report["text"] == "the" + greedy and "undefined" not in report["text"]
+
+
+@needs_chromium
+def test_a_records_models_multi_character_delimiter_is_not_shown(tmp_path: Path) -> None:
+    """Regression (issue 27): the page showed a delimiter of several characters ("ab") in its output."""
+    m = tiny("gru", 1, "embedding", seed=3)
+    ckpt = {**CKPT, "train_config": {"partition": "records", "delimiter": "e "}}
+    page = write_page(tmp_path / "m.html", m, ckpt)
+    report = browse(page, "generate=20000&seed=1&prefix=t&temperature=1", tmp_path / "profile", budget_ms=60000)
+    text = report["text"]  # records may hold newlines of their own: each ends with one more
+    assert "e " not in text and text.count("\nt") >= 2, text[:300]  # every record shown, none with its delimiter

@@ -6,6 +6,8 @@
 (function () {
   const { Model, softmax, draw, prng } = globalThis.charrnnModel;
   const CHUNK_MS = 12; // sampling time between two paints
+  const MAX_LENGTH = 100000; // characters of one generation
+  const MAX_SEED = 4294967295; // the generator (model.js prng) has 32 bits of state
   const violations = [];
   document.addEventListener("securitypolicyviolation", (e) => violations.push(e.violatedDirective));
 
@@ -69,6 +71,7 @@
 
     begin() {
       this.text = "";
+      this.sent = 0; // characters of this.text already shown
       if (this.start) {
         this.state = copyState(this.start.state);
         this.last = this.start.last;
@@ -96,18 +99,48 @@
         id = draw(softmax(model.step(this.last, this.state), this.temperature, this.banned()), this.random);
       }
       this.last = id;
-      const ch = vocab[id];
-      let shown = this.lead + ch;
+      this.text += vocab[id];
+      const d = this.delimiter, lead = this.lead;
       this.lead = "";
-      this.text += ch;
-      const d = this.delimiter;
       if (d !== null && this.text.endsWith(d) && this.text.length > d.length) {
-        if (!d.endsWith("\n")) shown += "\n";
+        // A record ends: its delimiter is not shown (a multi-character one, "<eos>", would be), a line break is.
+        const shown = lead + this.text.slice(this.sent, this.text.length - d.length) + "\n";
         this.begin();
         this.lead = this.prefix;
+        return shown;
       }
+      // Characters that may still turn out to begin the delimiter wait until the next ones decide (all are
+      // shown when the length runs out), as `charrnn generate` holds back what may begin a stop string.
+      const safe = d === null || this.remaining <= 0 ? this.text.length : this.text.length - pending(this.text, d);
+      const shown = lead + this.text.slice(this.sent, safe);
+      this.sent = Math.max(this.sent, safe);
       return shown;
     }
+  }
+
+  // How many characters at the end of `text` begin `delimiter` (the longest such end, shorter than it).
+  function pending(text, delimiter) {
+    for (let n = Math.min(delimiter.length - 1, text.length); n > 0; n--) {
+      if (text.endsWith(delimiter.slice(0, n))) return n;
+    }
+    return 0;
+  }
+
+  // The settings of a generation, checked: a temperature, length or seed the page cannot honour is an
+  // error said on the page, not "undefined" in the output or a seed silently wrapped to 32 bits.
+  function checked(settings) {
+    const { temperature, length, seed } = settings;
+    if (!(Number.isFinite(temperature) && temperature > 0)) {
+      throw new Error(`the temperature must be a finite number > 0, got ${settings.shown?.temperature ?? temperature}`);
+    }
+    if (!(Number.isInteger(length) && length >= 1 && length <= MAX_LENGTH)) {
+      throw new Error(`the length must be a whole number from 1 to ${MAX_LENGTH}, got ${settings.shown?.length ?? length}`);
+    }
+    if (!(Number.isSafeInteger(seed) && seed >= 0 && seed <= MAX_SEED)) {
+      throw new Error(`the seed must be a whole number from 0 to ${MAX_SEED} (the page's generator has 32 bits), ` +
+                      `got ${settings.shown?.seed ?? seed}`);
+    }
+    return settings;
   }
 
   let running = null; // the generation in progress: {sampler, stop}
@@ -136,24 +169,26 @@
     tick();
   }
 
+  // The typed seed (checked by start), or a random one when the box is empty.
   function readSeed() {
     const typed = $("seed").value.trim();
-    if (/^\d+$/.test(typed)) return Number(typed) >>> 0;
-    return crypto.getRandomValues(new Uint32Array(1))[0];
+    if (typed === "") return crypto.getRandomValues(new Uint32Array(1))[0];
+    return /^\d+$/.test(typed) ? Number(typed) : NaN;
   }
 
   function readControls() {
-    const length = Math.max(1, Math.min(100000, Math.floor(Number($("length").value)) || 500));
-    return { prefix: $("prefix").value, temperature: Number($("temperature").value), length, seed: readSeed() };
+    const length = Math.max(1, Math.min(MAX_LENGTH, Math.floor(Number($("length").value)) || 500));
+    return { prefix: $("prefix").value, temperature: Number($("temperature").value), length, seed: readSeed(),
+             shown: { seed: JSON.stringify($("seed").value) } };
   }
 
   // A generation with settings {prefix, temperature, length, seed}; `done(stats)` (optional) at its end.
   function start(settings, done = () => {}) {
     if (running) running.stop = true;
-    const { prefix, temperature, length, seed } = settings;
     const status = $("status");
-    status.textContent = `generating (seed ${seed})…`;
     try {
+      const { prefix, temperature, length, seed } = checked(settings);
+      status.textContent = `generating (seed ${seed})…`;
       generate(prefix, temperature, length, seed, (s) => {
         status.textContent = `seed ${seed}: ${length} characters`;
         done(s);
@@ -194,8 +229,12 @@
         for (let i = 0; i < n; i++) model.step(i % meta.counts.length, state);
         report({ steps: n, ms_per_step: (performance.now() - t0) / n, load_ms: t0 });
       } else if (params.has("generate")) {
-        const settings = { prefix: params.get("prefix") || "", temperature: Number(params.get("temperature") || "1"),
-                           length: Number(params.get("generate")), seed: Number(params.get("seed") || "0") >>> 0 };
+        const raw = { temperature: params.get("temperature") ?? "1", length: params.get("generate"),
+                      seed: params.get("seed") ?? "0" };
+        const number = (text) => (text.trim() === "" ? NaN : Number(text)); // Number("") would be 0
+        const settings = { prefix: params.get("prefix") || "", temperature: number(raw.temperature),
+                           length: number(raw.length), seed: number(raw.seed),
+                           shown: Object.fromEntries(Object.entries(raw).map(([k, v]) => [k, JSON.stringify(v)])) };
         $("prefix").value = settings.prefix; // shown as if typed (the slider rounds to its steps)
         $("temperature").value = String(settings.temperature);
         $("temperature").dispatchEvent(new Event("input"));
