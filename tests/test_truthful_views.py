@@ -124,3 +124,48 @@ def test_the_most_surprising_lines_recipe_ranks_lines_not_blank_ones(home: Path)
     assert len(top) == 3 and all(row[5] for row in top), top  # lines of text, none blank
     r = run("eval", "score", "-m", home / "m.pt", home / "c.txt")
     assert len(r.stdout.splitlines()) == TEXT.count("\n")  # without it: one line per record, blank ones too
+
+
+# inspect cells: constant properties, the user's own, memory -------------------------------------------------------
+
+def test_cells_leaves_out_properties_constant_on_the_text_and_says_so(home: Path, tmp_path: Path) -> None:
+    """Regression: on prose, bracket/indent/comment (constant) were ranked with units "found" for them."""
+    prose = "the time traveller smiled. We sat about the fire, and He spoke.\n" * 30  # no bracket, quote, digit...
+    (tmp_path / "prose.txt").write_text(prose, encoding="utf-8")
+    r = run("inspect", "cells", "-m", home / "m.pt", tmp_path / "prose.txt")
+    assert r.exit_code == 0, r.stderr
+    assert "constant on this text, so not ranked: bracket, comment, digit, indent, quote" in r.stderr
+    table = [line.split()[0] for line in r.stdout.splitlines() if line[:1].isalpha()]
+    assert "bracket" not in table and "indent" not in table and "in_word" in table
+    r = run("inspect", "cells", "-m", home / "m.pt", tmp_path / "prose.txt", "--json")
+    assert {json.loads(line)["property"] for line in r.stdout.splitlines()} <= {"line_position", "in_word",
+                                                                                "word_position", "upper"}
+    r = run("inspect", "cells", "-m", home / "m.pt", tmp_path / "prose.txt", "--property", "bracket")
+    assert r.exit_code == 1 and "the same on every character" in r.stderr and r.stdout == "", r.stderr
+
+
+def test_cells_ranks_a_property_of_the_users_own(home: Path) -> None:
+    r = run("inspect", "cells", "-m", home / "m.pt", home / "c.txt", "--property-regex", "vowel=[aeiou]",
+            "--property", "vowel", "--json")
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert rows and all(o["property"] == "vowel" for o in rows) and abs(rows[0]["r"]) >= abs(rows[-1]["r"])
+    r = run("inspect", "cells", "-m", home / "m.pt", home / "c.txt", "--property-regex", "the=\\bthe\\b")
+    assert r.exit_code == 0 and any(line.startswith("the ") for line in r.stdout.splitlines()), r.stdout
+    for bad, needle in [("vowel", "NAME=REGEX"), ("quote=x", "built-in"), ("v=[", "bad --property-regex")]:
+        r = run("inspect", "cells", "-m", home / "m.pt", home / "c.txt", "--property-regex", bad)
+        assert r.exit_code == 2 and needle in r.stderr, r.stderr
+
+
+def test_cells_refuses_a_text_whose_states_would_not_fit_before_tracing(home: Path, tmp_path: Path) -> None:
+    """Regression: --max-chars 1000000 held 1.72 GB for a 1x32 model, silently."""
+    from charrnn import cells
+    from charrnn.errors import DataError
+
+    (tmp_path / "long.txt").write_text(TEXT * 1600, encoding="utf-8")  # 1.5 million characters
+    # the 1x16 LSTM holds 2*4*32 + 3*8*16 + 2*8*9 = 784 bytes a character: 1.1 GiB, refused before the trace
+    r = run("inspect", "cells", "-m", home / "m.pt", tmp_path / "long.txt", "--max-chars", "1500000")
+    assert r.exit_code == 1 and "lower --max-chars" in r.stderr and "1,369," in r.stderr, r.stderr
+    with pytest.raises(DataError, match="lower --max-chars"):
+        cells.check_memory(1, 32, True, 1_000_000)  # the issue's 1x32 LSTM: 1.33 GiB
+    cells.check_memory(1, 32, True, 700_000)

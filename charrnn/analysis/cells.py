@@ -26,10 +26,11 @@ import torch
 
 from charrnn.analysis.textprops import PROPERTIES, properties
 from charrnn.analysis.trace import Trace
-from charrnn.errors import UsageError
+from charrnn.errors import DataError, UsageError
 from charrnn.model.network import CharRNN
 
 MIN_STD = 1e-6  # a column whose standard deviation is below this is constant: r = 0
+MAX_BYTES = 1 << 30  # what `inspect cells` may hold for the states of the model and of its control
 
 
 @dataclass(frozen=True, order=True)
@@ -94,15 +95,23 @@ def correlate(values: np.ndarray, props: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Ranking:
-    """r (U, P): Pearson r of units[u] with PROPERTIES[p] over `chars` characters."""
+    """r (U, P): Pearson r of units[u] with property names[p] over `chars` characters. The properties in
+    `constant` do not vary over the text: no unit correlates with them (r = 0), and nothing ranks them."""
 
     units: list[Unit]
     r: np.ndarray
     chars: int
     lstm: bool
+    names: tuple[str, ...] = PROPERTIES
+    constant: frozenset[str] = frozenset()
+
+    @property
+    def scored(self) -> list[str]:
+        """The properties that vary over the text, in order: the ones a unit can be found for."""
+        return [n for n in self.names if n not in self.constant]
 
     def column(self, prop: str) -> np.ndarray:
-        return self.r[:, PROPERTIES.index(prop)]
+        return self.r[:, self.names.index(prop)]
 
     def by_property(self, prop: str) -> list[int]:
         """Unit rows ranked by |r| with `prop`, best first (ties: model order)."""
@@ -113,8 +122,9 @@ class Ranking:
         return float(self.column(prop)[self.by_property(prop)[0]])
 
     def best_properties(self) -> np.ndarray:
-        """Each unit's best property (index into PROPERTIES), (U,)."""
-        return np.argmax(np.abs(self.r), axis=1)
+        """Each unit's best property among those that vary (index into names), (U,)."""
+        varying = np.array([n not in self.constant for n in self.names])
+        return np.argmax(np.where(varying[None, :], np.abs(self.r), -1.0), axis=1)
 
     def by_unit(self) -> list[int]:
         """Unit rows ranked by |r| with their own best property, best first."""
@@ -128,29 +138,46 @@ class Ranking:
         rows = self.by_property(prop) if prop is not None else self.by_unit()
         out = []
         for u in rows:
-            p = PROPERTIES.index(prop) if prop is not None else int(best[u])
+            p = self.names.index(prop) if prop is not None else int(best[u])
             unit = self.units[u]
-            record = {"layer": unit.layer, "unit": unit.index, "state": unit.state, "property": PROPERTIES[p],
+            record = {"layer": unit.layer, "unit": unit.index, "state": unit.state, "property": self.names[p],
                       "r": round(float(self.r[u, p]), 6)}
             if control is not None:
-                record["control"] = round(abs(control.best_r(PROPERTIES[p])), 6)
+                record["control"] = round(abs(control.best_r(self.names[p])), 6)
             out.append(record)
         return out
 
 
-def rank(t: Trace, text: str) -> Ranking:
-    """Score every unit of trace `t` (over `text`, one row per character) against every property."""
+def rank(t: Trace, text: str, extra: dict[str, np.ndarray] | None = None) -> Ranking:
+    """Score every unit of trace `t` (over `text`, one row per character) against every property, and
+    against the `extra` ones (name -> (T,) values: the user's own)."""
     if len(text) != t.length:
         raise ValueError(f"the trace has {t.length} steps for {len(text)} characters")
-    props = properties(text)
-    p = np.stack([props[name] for name in PROPERTIES], axis=1)  # (T, P)
+    props = {**properties(text), **(extra or {})}
+    p = np.stack(list(props.values()), axis=1)  # (T, P)
+    # Correlation with a constant is undefined: such a property (no bracket in prose) is not ranked.
+    constant = frozenset(name for name, v in props.items() if v.std() < MIN_STD)
     units = units_of(t)
     blocks = []  # one (T, H) block at a time: memory stays at one layer's state in float64
     for layer in t.layers:
         if layer.c is not None:
             blocks.append(correlate(np.tanh(layer.c.astype(np.float64)), p))
         blocks.append(correlate(layer.h.astype(np.float64), p))
-    return Ranking(units, np.concatenate(blocks, axis=0), len(text), t.layers[0].c is not None)
+    return Ranking(units, np.concatenate(blocks, axis=0), len(text), t.layers[0].c is not None, tuple(props),
+                   constant)
+
+
+def check_memory(layers: int, hidden: int, lstm: bool, chars: int) -> None:
+    """A DataError when scoring `chars` characters would hold more than MAX_BYTES: the float32 states of the
+    model and of its control (4 bytes per unit per character each), one layer's float64 working copies
+    (3 x 8 bytes per unit) and the properties (2 x 8 bytes per property)."""
+    units = layers * hidden * (2 if lstm else 1)
+    per_char = 2 * 4 * units + 3 * 8 * hidden + 2 * 8 * len(PROPERTIES)
+    if chars * per_char > MAX_BYTES:
+        most = MAX_BYTES // per_char
+        raise DataError(f"scoring {chars:,} characters would hold about {chars * per_char / 2**30:.1f} GiB for this "
+                        f"model's {units:,} units (and its control's); at most {most:,} fit in "
+                        f"{MAX_BYTES / 2**30:.0f} GiB: lower --max-chars")
 
 
 def control_model(model: CharRNN, seed: int = 0) -> CharRNN:
@@ -166,18 +193,19 @@ def draw(fig: Any, ranking: Ranking, control: Ranking | None = None, title: str 
     """On a matplotlib Figure: for every property, the best unit's |r| in the model (labelled with
     the unit) beside the best |r| of the random-weights control."""
     ax = fig.add_subplot()
-    x = np.arange(len(PROPERTIES))
+    names = ranking.scored
+    x = np.arange(len(names))
     width = 0.4 if control is not None else 0.7
-    best = [abs(ranking.best_r(p)) for p in PROPERTIES]
+    best = [abs(ranking.best_r(p)) for p in names]
     bars = ax.bar(x - (width / 2 if control is not None else 0), best, width, color="tab:red", label="model")
-    for bar, p in zip(bars, PROPERTIES, strict=True):
+    for bar, p in zip(bars, names, strict=True):
         unit = ranking.units[ranking.by_property(p)[0]]
         ax.annotate(unit.label(ranking.lstm), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize="x-small", xytext=(0, 2), textcoords="offset points")
     if control is not None:
-        ax.bar(x + width / 2, [abs(control.best_r(p)) for p in PROPERTIES], width, color="0.65",
+        ax.bar(x + width / 2, [abs(control.best_r(p)) for p in names], width, color="0.65",
                label="same architecture, random weights (control)")
-    ax.set_xticks(x, [p.replace("_", " ") for p in PROPERTIES], rotation=20)
+    ax.set_xticks(x, [p.replace("_", " ") for p in names], rotation=20)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("best unit's |Pearson r|")
     ax.grid(True, axis="y", alpha=0.3)

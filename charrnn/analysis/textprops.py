@@ -24,6 +24,8 @@ what the model's state after character t can know:
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from charrnn.errors import UsageError
@@ -33,10 +35,33 @@ PROPERTIES = ("quote", "bracket", "line_position", "indent", "comment", "in_word
 OPENERS, CLOSERS = "([{", ")]}"
 
 
-def check_property(name: str) -> str:
-    if name not in PROPERTIES:
-        raise UsageError(f"unknown property {name!r}: choose one of {', '.join(PROPERTIES)}")
+def check_property(name: str, own: tuple[str, ...] = ()) -> str:
+    """`name` if it is a property (built in, or one of the user's `own`), else a UsageError."""
+    if name not in PROPERTIES and name not in own:
+        raise UsageError(f"unknown property {name!r}: choose one of {', '.join((*PROPERTIES, *own))}")
     return name
+
+
+def regex_property(spec: str) -> tuple[str, re.Pattern]:
+    """`NAME=REGEX` (--property-regex) -> (NAME, the compiled REGEX); a UsageError for a bad one."""
+    name, sep, pattern = spec.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or not pattern:
+        raise UsageError(f"bad --property-regex {spec!r}: write it NAME=REGEX, e.g. vowel=[aeiou]")
+    if name in PROPERTIES:
+        raise UsageError(f"--property-regex {name}: {name!r} is a built-in property; choose another name")
+    try:
+        return name, re.compile(pattern)
+    except re.error as e:
+        raise UsageError(f"bad --property-regex {spec!r}: {e}") from None
+
+
+def regex_values(text: str, pattern: re.Pattern) -> np.ndarray:
+    """(len(text),) float64: 1 on every character inside a match of `pattern`, else 0 (matches found left
+    to right without overlap, as re.finditer finds them; an empty match marks nothing)."""
+    values = np.zeros(len(text))
+    for m in pattern.finditer(text):
+        values[m.start() : m.end()] = 1
+    return values
 
 
 def is_word_char(c: str) -> bool:

@@ -77,6 +77,9 @@ def load_inputs(model_path: str, text: str, encoding: str, max_chars: int, devic
                  ".html (the heat text of the units shown).")
 @click.option("--property", "prop", default=None, metavar="NAME",
               help=f"Rank the units by this property alone and show its best unit: {PROPERTY_HELP}.")
+@click.option("--property-regex", "regexes", multiple=True, metavar="NAME=REGEX",
+              help="A property of your own, ranked beside the others: 1 on every character inside a match of "
+                   "REGEX (Python syntax), else 0 (repeatable; --property NAME ranks by it alone).")
 @click.option("--unit", "unit_specs", multiple=True, metavar="LAYER:INDEX",
               help="Show this unit's activation over the text (repeat for stacked rows); an LSTM's LAYER:INDEX "
                    "is its cell state, LAYER:INDEX:h its h.")
@@ -85,7 +88,8 @@ def load_inputs(model_path: str, text: str, encoding: str, max_chars: int, devic
 @click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
               help="Colours in the heat text: auto uses them when stdout is a terminal.")
 def cells(model_path: str, text: str, encoding: str, max_chars: int, as_json: bool, output: str | None,
-          device: str, prop: str | None, unit_specs: tuple[str, ...], top: int, seed: int, color: str) -> None:
+          device: str, prop: str | None, regexes: tuple[str, ...], unit_specs: tuple[str, ...], top: int, seed: int,
+          color: str) -> None:
     """What MODEL's hidden units track in TEXT (a file, `-` for stdin, or a corpus name).
 
     Every unit (every layer's h, and an LSTM's cell state as tanh(c)) is scored against simple
@@ -93,7 +97,8 @@ def cells(model_path: str, text: str, encoding: str, max_chars: int, as_json: bo
     the best property of each unit, beside a control (the same architecture with random weights).
     Layers count from 1, units from 0. --json: one object per unit, best first, with the keys layer,
     unit, state (c or h), property (--property, or the unit's best), r (signed) and control (the
-    control's best |r| for that property).
+    control's best |r| for that property). A property constant on the text (no bracket in prose) has
+    no correlation with anything: it is left out of the ranking, and stderr says so.
 
     \b
     charrnn inspect cells -m model.pt held_out.txt
@@ -101,12 +106,14 @@ def cells(model_path: str, text: str, encoding: str, max_chars: int, as_json: bo
     charrnn inspect cells -m model.pt held_out.txt --unit 1:17 --unit 1:40 -o units.html
     """
     from charrnn.analysis import cells as cl
-    from charrnn.analysis.textprops import check_property
+    from charrnn.analysis.textprops import check_property, regex_property, regex_values
     from charrnn.analysis.trace import trace
     from charrnn.display import console as con
+    from charrnn.errors import DataError
 
+    own = dict(regex_property(spec) for spec in regexes)
     if prop is not None:
-        check_property(prop)
+        check_property(prop, tuple(own))
     kind = common.check_picture(output, [model_path], text, html=True)
     specs: list[cl.Unit] = []
 
@@ -117,10 +124,20 @@ def cells(model_path: str, text: str, encoding: str, max_chars: int, as_json: bo
     model, _, body, ids, console = load_inputs(model_path, text, encoding, max_chars, device, check)
     if len(body) < FEW_CHARS:
         con.info(console, f"warning: only {len(body):,} characters: correlations over so few say little")
+    c = model.config
+    cl.check_memory(c.layers, c.hidden, c.base_cell == "lstm", len(body))
+    extra = {name: regex_values(body, pattern) for name, pattern in own.items()}
     t = trace(model, ids)
-    ranking = cl.rank(t, body)
+    ranking = cl.rank(t, body, extra)
+    if prop in ranking.constant:
+        raise DataError(f"the property {prop} is the same on every character of this text: no unit can "
+                        "correlate with it")
+    if ranking.constant and not specs:
+        con.info(console, f"constant on this text, so not ranked: {', '.join(sorted(ranking.constant))}")
+    if not ranking.scored:
+        raise DataError("every property is the same on every character of this text: nothing to rank")
     need_control = not specs or as_json or kind in ("png", "svg")
-    control = cl.rank(trace(cl.control_model(model, seed), ids), body) if need_control else None
+    control = cl.rank(trace(cl.control_model(model, seed), ids), body, extra) if need_control else None
     rows = _heat_rows(t, ranking, specs, prop)
     if as_json:
         for record in (_unit_records(ranking, specs, prop, control) if specs else ranking.records(prop, control)):
@@ -150,19 +167,18 @@ def _title(model_path: str, text: str, chars: int) -> str:
 def _heat_rows(t: Any, ranking: Any, specs: list, prop: str | None) -> list:
     """The units a heat view shows: those asked for, else the best for --property, else the best of each property."""
     from charrnn.analysis import cells as cl
-    from charrnn.analysis.textprops import PROPERTIES
     from charrnn.display.heattext import HeatRow
 
     index = {u: i for i, u in enumerate(ranking.units)}
     if specs:
         chosen: list[tuple[Any, str | None]] = [(u, prop) for u in specs]
     else:
-        chosen = [(ranking.units[ranking.by_property(p)[0]], p) for p in ([prop] if prop else PROPERTIES)]
+        chosen = [(ranking.units[ranking.by_property(p)[0]], p) for p in ([prop] if prop else ranking.scored)]
     best = ranking.best_properties()
     rows = []
     for unit, p in chosen:
         u = index[unit]
-        name = p or PROPERTIES[int(best[u])]
+        name = p or ranking.names[int(best[u])]
         rows.append(HeatRow(f"{unit.label(ranking.lstm)}  {name} r={float(ranking.column(name)[u]):+.2f}",
                             cl.activation(t, unit)))
     return rows
@@ -185,8 +201,6 @@ def _heat(body: str, rows: list, color: str, console: Any) -> None:
 def _cells_table(ranking: Any, control: Any, prop: str | None, top: int) -> None:
     """The readable tables: the best units of each property (or of --property), and the best
     property of the best units; |r| of the random-weights control beside them."""
-    from charrnn.analysis.textprops import PROPERTIES
-
     label = lambda u: ranking.units[u].label(ranking.lstm)  # noqa: E731
     click.echo(f"Pearson r of each unit with each property over {ranking.chars:,} characters "
                "(ranked by |r|; control: the best |r| of the same architecture with random weights)")
@@ -199,7 +213,7 @@ def _cells_table(ranking: Any, control: Any, prop: str | None, top: int) -> None
         return
     click.echo(f"\n{'property':<14} {'best unit':<10} {'r':>7}  {'2nd':<10} {'r':>7}  {'3rd':<10} {'r':>7}  "
                f"{'control':>7}")
-    for p in PROPERTIES:
+    for p in ranking.scored:
         column, cells = ranking.column(p), []
         for u in ranking.by_property(p)[:3]:
             cells.append(f"{label(u):<10} {column[u]:>+7.3f}")
@@ -208,7 +222,7 @@ def _cells_table(ranking: Any, control: Any, prop: str | None, top: int) -> None
     click.echo(f"\nbest property of each unit (the {min(top, len(ranking.units))} best of {len(ranking.units)} units)")
     click.echo(f"{'unit':<10} {'property':<14} {'r':>7}")
     for u in ranking.by_unit()[:top]:
-        click.echo(f"{label(u):<10} {PROPERTIES[best[u]]:<14} {ranking.r[u, best[u]]:>+7.3f}")
+        click.echo(f"{label(u):<10} {ranking.names[best[u]]:<14} {ranking.r[u, best[u]]:>+7.3f}")
 
 
 def _write_page(output: str, body: str, rows: list, ranking: Any, model_path: str, text: str, console: Any) -> None:
