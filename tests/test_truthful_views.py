@@ -159,7 +159,7 @@ def test_cells_ranks_a_property_of_the_users_own(home: Path) -> None:
 
 def test_cells_refuses_a_text_whose_states_would_not_fit_before_tracing(home: Path, tmp_path: Path) -> None:
     """Regression: --max-chars 1000000 held 1.72 GB for a 1x32 model, silently."""
-    from charrnn import cells
+    from charrnn.analysis import cells
     from charrnn.errors import DataError
 
     (tmp_path / "long.txt").write_text(TEXT * 1600, encoding="utf-8")  # 1.5 million characters

@@ -170,8 +170,8 @@ def test_model_card_says_what_the_checkpoint_holds() -> None:
 def test_the_web_assets_are_package_data() -> None:
     tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "charrnn.web" in config["tool"]["setuptools"]["packages"]
-    patterns = config["tool"]["setuptools"]["package-data"]["charrnn.web"]
+    assert "charrnn.export.web" in config["tool"]["setuptools"]["packages"]
+    patterns = config["tool"]["setuptools"]["package-data"]["charrnn.export.web"]
     for name in ("page.html", "page.css", "model.js", "page.js"):
         assert (ROOT / "charrnn" / "export" / "web" / name).is_file()
         assert any(Path(name).match(p) for p in patterns), name
