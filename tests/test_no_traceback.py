@@ -162,7 +162,7 @@ def test_coloured_views_stop_quietly_with_exit_0_when_the_reader_goes_away(home:
     (home / "long.txt").write_text(TEXT * 70, encoding="utf-8")  # 74k characters: more than a pipe holds
     for args in [("eval", "show", "-m", "m.pt", "long.txt", "--max-chars", "80000"),
                  ("inspect", "cells", "-m", "m.pt", "long.txt", "--unit", "1:3", "--max-chars", "80000"),
-                 ("inspect", "cells", "-m", "m.pt", "long.txt", "--property", "quote", "--max-chars", "80000")]:
+                 ("inspect", "cells", "-m", "m.pt", "long.txt", "--property", "in_word", "--max-chars", "80000")]:
         r = charrnn(home, *args, shell_tail="| head -1")
         assert r.returncode == 0 and len(r.stdout.splitlines()) == 1, (args, r.returncode, r.stderr.decode()[-2000:])
         assert "Error" not in r.stderr.decode() and "Traceback" not in r.stderr.decode(), r.stderr.decode()
