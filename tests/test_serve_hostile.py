@@ -307,3 +307,11 @@ def test_clients_that_go_away_free_the_shared_threads(server: Server) -> None:
     while server.client.get("/healthz").json()["pool"]["running"]:
         assert time.monotonic() < deadline, "the pool's work went on after its clients left"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("data", [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000])
+def test_a_malformed_or_oversized_head_gets_a_json_400(server: Server, data: bytes) -> None:
+    got = answer_of(raw(server.port, data))
+    assert got.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in got.lower(), got[:300]
+    assert json.loads(got.split(b"\r\n\r\n", 1)[1])["error"].startswith("malformed HTTP request")
+    assert served_in(server) < 1
