@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from charrnn.analysis.cells import control_model, rank  # noqa: E402
 from charrnn.analysis.textprops import PROPERTIES  # noqa: E402
 from charrnn.analysis.trace import trace  # noqa: E402
-from charrnn.cli.common import DEFAULT_VAL_MAX_CHARS  # noqa: E402
+from charrnn.config import DEFAULT_VAL_MAX_CHARS  # noqa: E402
 from charrnn.data.corpora import builtin_text  # noqa: E402
 from charrnn.model.checkpoint import load_model  # noqa: E402
 

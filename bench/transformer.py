@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from charrnn.cli.common import DEFAULT_VAL_MAX_CHARS  # noqa: E402
+from charrnn.config import DEFAULT_VAL_MAX_CHARS  # noqa: E402
 from charrnn.data.partition import split_train_val  # noqa: E402
 from charrnn.data.vocab import Vocab  # noqa: E402
 from charrnn.model.network import resolve_precision  # noqa: E402

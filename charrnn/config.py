@@ -14,7 +14,19 @@ from typing import Any
 
 from charrnn.errors import UsageError
 
+CELLS = ("rnn", "gru", "lstm", "scratch-rnn", "scratch-gru", "scratch-lstm")
+INPUTS = ("onehot", "embedding")
 PARTITIONS = ("sequential", "random", "records")
+# Bounds on a model's shape: far past any useful char model, and they keep a lying checkpoint or a
+# mistyped option from asking for terabytes. MAX_VOCAB: every Unicode code point, plus <unk>.
+MAX_LAYERS = 64
+MAX_WIDTH = 65536
+MAX_VOCAB = 0x110000 + 1
+MAX_THREADS = 1024  # --threads above this is a mistake, not a machine
+# One-hot inputs past this many characters are slow (the inputs are (batch, time, vocabulary)): said.
+ONEHOT_WARN_VOCAB = 1024
+DEFAULT_TIME_BUDGET = 300.0  # seconds a run trains when it is given no stopping rule
+DEFAULT_VAL_MAX_CHARS = 250_000  # at most this many characters held out for validation
 
 AVERAGES = ("none", "ema", "tail")
 DEFAULT_EMA_DECAY = 0.998

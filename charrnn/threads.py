@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from charrnn.config import MAX_THREADS
 from charrnn.errors import UsageError
 
-MAX_THREADS = 1024  # --threads above this is a mistake, not a machine
 MAX_GAP = 4096  # units between trials, at most, after trials that keep confirming the same count
 MAX_CANDIDATES = 3
 TRIAL_CUT = 8  # see ThreadChooser.unit_size

@@ -16,9 +16,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn.cli.common import AVERAGES as CLI_AVERAGES
-from charrnn.cli.common import DEFAULT_EMA_DECAY as CLI_EMA_DECAY
-from charrnn.cli.common import DEFAULT_TAIL as CLI_TAIL
 from charrnn.config import TrainConfig, check_settings
 from charrnn.data.corpora import builtin_text
 from charrnn.data.vocab import Vocab
@@ -58,13 +55,6 @@ def params(model: CharRNN) -> dict[str, torch.Tensor]:
 
 
 # ---- the average ------------------------------------------------------------------------------------
-
-def test_cli_defaults_equal_the_modules() -> None:
-    from charrnn import config
-
-    assert (CLI_EMA_DECAY, CLI_TAIL) == (config.DEFAULT_EMA_DECAY, config.DEFAULT_TAIL)
-    assert tuple(CLI_AVERAGES) == config.AVERAGES
-
 
 def test_ema_follows_its_formula_with_the_warm_up() -> None:
     model, avg = tiny_model(), WeightAverage("ema", decay=0.9)

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charrnn.cli import cli
+from charrnn.config import CELLS
 from charrnn.errors import DataError, UsageError
 from charrnn.inference.dynamic import (
     DEFAULT_DECAY,
@@ -31,7 +32,7 @@ from charrnn.inference.dynamic import (
     rms_update,
 )
 from charrnn.inference.evaluate import evaluate
-from charrnn.model.network import CELLS, CharRNN, ModelConfig
+from charrnn.model.network import CharRNN, ModelConfig
 
 TINY = ["--hidden", "16", "--layers", "1", "-b", "4", "-t", "16", "--max-steps", "6", "--val-every", "3", "-q"]
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from charrnn.config import CELLS, INPUTS
 from charrnn.data.vocab import one_hot
 from charrnn.errors import UsageError
-from charrnn.model.network import CELLS, INPUTS, CharRNN, ModelConfig, ScratchRNN, detach_state, resolve_device
+from charrnn.model.network import CharRNN, ModelConfig, ScratchRNN, detach_state, resolve_device
 
 TORCH_MODULES = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 

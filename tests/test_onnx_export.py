@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from charrnn import __version__
+from charrnn.config import CELLS
 from charrnn.data.vocab import Vocab
 from charrnn.errors import MissingDependency, UsageError
-from charrnn.model.network import CELLS, CharRNN, ModelConfig
+from charrnn.model.network import CharRNN, ModelConfig
 
 ort = pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is not installed")
 onnx = pytest.importorskip("onnx", reason="the export extra (onnx) is not installed")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charrnn.model.network import CELLS, INPUTS, CharRNN, ModelConfig
+from charrnn.config import CELLS, INPUTS
+from charrnn.model.network import CharRNN, ModelConfig
 from charrnn.model.stepper import Stepper
 
 

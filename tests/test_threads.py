@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from charrnn import threads as th
-from charrnn.cli import cli, common
-from charrnn.config import TrainConfig
+from charrnn.cli import cli
+from charrnn.config import MAX_THREADS, TrainConfig
 from charrnn.data.vocab import Vocab
 from charrnn.errors import UsageError
 from charrnn.model.network import ModelConfig
@@ -205,7 +205,7 @@ def test_a_fixed_chooser_sets_nothing_and_measures_nothing() -> None:
 def test_explicit_threads_win() -> None:
     chooser = th.make_chooser(1, "cpu", env={"OMP_NUM_THREADS": "2"})
     assert torch.get_num_threads() == 1 and not chooser.adaptive and chooser.threads == 1
-    for bad in (0, -1, th.MAX_THREADS + 1):
+    for bad in (0, -1, MAX_THREADS + 1):
         with pytest.raises(UsageError, match="--threads"):
             th.make_chooser(bad)
 
@@ -228,10 +228,6 @@ def test_choice_describes_itself() -> None:
     assert c.describe() == "threads: 1 (2: 2.4x slower per character)"
     assert "drifted" in th.Choice(2, {1: 0.02, 2: 0.01}, "drift", 40).describe()
     assert th.Choice(4, {4: 0.01}, "start", 3).describe() == "threads: 4"
-
-
-def test_the_cli_limit_is_the_modules() -> None:
-    assert common.MAX_THREADS == th.MAX_THREADS
 
 
 class Recorder(Callbacks):

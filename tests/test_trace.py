@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from charrnn.analysis.trace import GATE_NAMES, trace
-from charrnn.model.network import CELLS, INPUTS, CharRNN, ModelConfig
+from charrnn.config import CELLS, INPUTS
+from charrnn.model.network import CharRNN, ModelConfig
 
 
 def model_with_biases(cell: str, input: str, layers: int, seed: int = 0) -> CharRNN:

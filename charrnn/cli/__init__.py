@@ -11,7 +11,7 @@ import click
 from charrnn import __version__
 from charrnn.cli.bptt_cmd import inspect_bptt
 from charrnn.cli.classify_cmd import eval_classify
-from charrnn.cli.common import ARCH_DEFAULTS, PRESET_NAMES, CharrnnGroup
+from charrnn.cli.common import ARCH_DEFAULTS, CharrnnGroup
 from charrnn.cli.complete_cmd import complete
 from charrnn.cli.context_cmd import eval_context
 from charrnn.cli.corpus_cmd import corpus_group
@@ -24,7 +24,7 @@ from charrnn.cli.plot_cmd import plot_cmd
 from charrnn.cli.serve_cmd import serve
 from charrnn.cli.train_cmd import train
 
-__all__ = ["ARCH_DEFAULTS", "PRESET_NAMES", "cli", "main"]
+__all__ = ["ARCH_DEFAULTS", "cli", "main"]
 
 
 @click.group(cls=CharrnnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -19,23 +19,11 @@ from typing import Any
 
 import click
 
+from charrnn.config import MAX_THREADS
 from charrnn.errors import CharrnnError, UsageError
 
-CELLS = ["rnn", "gru", "lstm", "scratch-rnn", "scratch-gru", "scratch-lstm"]
 ARCH_DEFAULTS = {"cell": "lstm", "layers": 1, "hidden": 384, "dropout": 0.0, "input": "embedding", "embed_dim": 64,
                  "weight_drop": 0.0, "embed_dropout": 0.0}
-DEFAULT_TIME_BUDGET = 300.0
-DEFAULT_VAL_MAX_CHARS = 250_000
-ONEHOT_WARN_VOCAB = 1024
-# charrnn.model.network.MAX_LAYERS / MAX_WIDTH (kept here: no torch at import); a test keeps them equal.
-MAX_LAYERS = 64
-MAX_WIDTH = 65536
-# charrnn.training.averaging.AVERAGES / DEFAULT_EMA_DECAY / DEFAULT_TAIL (kept here: no torch at import); a test keeps
-# them equal.
-AVERAGES = ["none", "ema", "tail"]
-DEFAULT_EMA_DECAY = 0.998
-DEFAULT_TAIL = 0.25
-PRESET_NAMES = ["tiny", "small", "medium", "large"]  # charrnn.config.PRESETS (kept here: no torch at import)
 
 
 class CharrnnGroup(click.Group):
@@ -251,8 +239,6 @@ def positive_int() -> click.IntRange:
     return IntRange(min=1)
 
 
-# charrnn.threads.MAX_THREADS (kept here: no torch at import); a test keeps them equal.
-MAX_THREADS = 1024
 threads_option = click.option(
     "--threads", type=IntRange(1, MAX_THREADS), default=None,
     help="CPU threads for the model's operators (default: chosen by timing the first units of work with 1 and "

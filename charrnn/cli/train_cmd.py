@@ -14,15 +14,6 @@ from click.core import ParameterSource
 from charrnn.cli import common
 from charrnn.cli.common import (
     ARCH_DEFAULTS,
-    AVERAGES,
-    CELLS,
-    DEFAULT_EMA_DECAY,
-    DEFAULT_TAIL,
-    DEFAULT_TIME_BUDGET,
-    DEFAULT_VAL_MAX_CHARS,
-    MAX_LAYERS,
-    MAX_WIDTH,
-    PRESET_NAMES,
     SEED,
     Finite,
     IntRange,
@@ -33,6 +24,18 @@ from charrnn.cli.common import (
     num,
     positive_int,
     threads_option,
+)
+from charrnn.config import (
+    AVERAGES,
+    CELLS,
+    DEFAULT_EMA_DECAY,
+    DEFAULT_TAIL,
+    DEFAULT_TIME_BUDGET,
+    DEFAULT_VAL_MAX_CHARS,
+    INPUTS,
+    MAX_LAYERS,
+    MAX_WIDTH,
+    PRESETS,
 )
 from charrnn.data.labels import DEFAULT_LABEL_MODE, LABEL_MODES
 from charrnn.errors import CharrnnError, Interrupted, PeerLost, UsageError
@@ -80,7 +83,7 @@ def without_nproc(argv: list[str]) -> list[str]:
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the encoded-corpus cache.")
 @click.option("--min-freq", default=1, type=positive_int(), show_default=True,
               help="Characters seen fewer times map to <unk>.")
-@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
               help="A model size with the batch and learning rate that suit it: tiny (1x128), small (the default: "
                    "1x384; in bf16 1x512 with AdamW weight decay 0.1, dropout 0.1 and --average ema), medium "
                    "(2x512), large (3x1024, for GPUs); other options override it.")
@@ -95,7 +98,7 @@ def without_nproc(argv: list[str]) -> list[str]:
               show_default=True, help="DropConnect on the recurrent weight matrices, one mask per minibatch.")
 @click.option("--embed-dropout", default=ARCH_DEFAULTS["embed_dropout"], type=Finite(0, 1, high_open=True),
               show_default=True, help="Drop whole characters from a minibatch's input (per vocabulary entry).")
-@click.option("--input", "input_", type=click.Choice(["onehot", "embedding"]), default=ARCH_DEFAULTS["input"],
+@click.option("--input", "input_", type=click.Choice(INPUTS), default=ARCH_DEFAULTS["input"],
               show_default=True, help="One-hot vectors, or the equivalent lookup in a learned table.")
 @click.option("--embed-dim", default=ARCH_DEFAULTS["embed_dim"], type=IntRange(1, MAX_WIDTH), show_default=True,
               help="Width of the embedding.")

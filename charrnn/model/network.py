@@ -30,25 +30,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from charrnn.config import CELLS, INPUTS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH
 from charrnn.data.labels import DEFAULT_LABEL_MODE, LABEL_MODES, MAX_LABELS
 from charrnn.data.vocab import one_hot
 from charrnn.errors import UsageError
-
-CELLS = ("rnn", "gru", "lstm", "scratch-rnn", "scratch-gru", "scratch-lstm")
-INPUTS = ("onehot", "embedding")
 
 # Overrides what a CPU's flags say about native bfloat16 (native_bf16): "1" or "0".
 NATIVE_BF16_ENV = "CHARRNN_NATIVE_BF16"
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-# Bounds on a model's shape: far past any useful char model, and they keep a lying checkpoint or a
-# mistyped option from asking for terabytes. MAX_VOCAB: every Unicode code point, plus <unk>.
-MAX_LAYERS = 64
 # What a labelled model says to a reader that gives it no label (a command without --label).
 NEEDS_LABEL = ("this model is conditioned on labels (trained with --labels), and this reads it without one: "
                "use generate or complete with --label, or eval classify")
-MAX_WIDTH = 65536
-MAX_VOCAB = 0x110000 + 1
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from charrnn.config import DEFAULT_TIME_BUDGET, DEFAULT_VAL_MAX_CHARS, ONEHOT_WARN_VOCAB
 from charrnn.data.labels import DEFAULT_LABEL_MODE
 from charrnn.errors import DataError, UsageError
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 # Every option of `charrnn train` (charrnn.train's keywords) with its default.
 OPTION_DEFAULTS: dict[str, Any] = {
     "resume": None, "init_from": None, "keep_vocab": False, "encoding": "utf-8", "val_fraction": 0.1,
-    "val_max_chars": 250_000, "no_cache": False, "min_freq": 1, "preset": None,
+    "val_max_chars": DEFAULT_VAL_MAX_CHARS, "no_cache": False, "min_freq": 1, "preset": None,
     "cell": "lstm", "layers": 1, "hidden": 384, "dropout": 0.0, "weight_drop": 0.0, "embed_dropout": 0.0,
     "input": "embedding", "embed_dim": 64, "partition": "sequential", "delimiter": "\n", "batch_size": 32,
     "num_steps": 64, "warmup": 0, "optimizer": "adam", "lr": 5e-3, "weight_decay": 0.0, "schedule": "cosine",
@@ -43,8 +44,6 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "time_budget": None, "val_every": 200, "val_share": 0.1, "save_every": None, "patience": None, "seed": 0,
     "device": "auto", "precision": "auto", "threads": None, "labels": False, "label_mode": DEFAULT_LABEL_MODE,
 }
-DEFAULT_TIME_BUDGET = 300.0
-ONEHOT_WARN_VOCAB = 1024
 ARCH_NAMES = ("cell", "layers", "hidden", "dropout", "input", "embed_dim", "weight_drop", "embed_dropout")
 # TrainConfig's fields that are not options of their own (val_fraction and val_max_chars are, apart).
 INTERNAL = ("val_fraction", "val_max_chars", "eval_streams", "log_every")
