@@ -21,17 +21,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "charrnn"
 # Each package of charrnn/ (or module at its root) and its floor, bottom up. A new one gets a floor here.
 FLOORS = {
     "errors": 0,
-    "config": 1, "outputs": 1, "threads": 1,
-    "data": 2,
-    "model": 3,
-    "inference": 4, "analysis": 4,
-    "training": 5, "serving": 5, "export": 5,
-    "display": 6,
-    "api": 7,  # the public Python API (charrnn.load, Model)
-    "api_train": 7,  # the public Python API: charrnn.train
-    "__init__": 8,  # the package's face (`import charrnn`): its names are loaded on first use
-    "cli": 9,
-    "__main__": 10,
+    "config": 1,
+    "outputs": 2, "threads": 2,
+    "data": 3,
+    "model": 4,
+    "inference": 5, "analysis": 5,
+    "training": 6, "serving": 6, "export": 6,
+    "display": 7,
+    "api": 8,  # the public Python API (charrnn.load, Model)
+    "api_train": 8,  # the public Python API: charrnn.train
+    "__init__": 9,  # the package's face (`import charrnn`): its names are loaded on first use
+    "cli": 10,
+    "__main__": 11,
 }
 ONLY = {"click": {"cli"}, "rich": {"display"}}  # a third-party package and the only units that import it
 # The one name that any floor may take from the package's face: the face is imported before any module
