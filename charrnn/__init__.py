@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from charrnn.config import CHARRNN_VERSION as __version__
 
 # Each public name -> the module it lives in (imported when the name is first used).
 _HOMES = {

@@ -14,6 +14,7 @@ from typing import Any
 
 from charrnn.errors import UsageError
 
+CHARRNN_VERSION = "0.1.0"  # charrnn.__version__, written into checkpoints and exported files
 CELLS = ("rnn", "gru", "lstm", "scratch-rnn", "scratch-gru", "scratch-lstm")
 INPUTS = ("onehot", "embedding")
 PARTITIONS = ("sequential", "random", "records")

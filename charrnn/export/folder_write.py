@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from charrnn import __version__
+from charrnn.config import CHARRNN_VERSION
 from charrnn.data.vocab import Vocab
 from charrnn.errors import DataError, UsageError
 from charrnn.export.safetensors_write import metadata
@@ -41,7 +41,7 @@ def write(output: str | os.PathLike, model: Any, vocab: Vocab, ckpt: dict[str, A
         raise UsageError(f"output {str(out)!r}: its folder {str(out.parent)!r} does not exist")
     meta = metadata(ckpt)
     config = {"model_type": "charrnn", "architectures": ["CharRNN"], **ckpt["model_config"],
-              "charrnn": {"format": FORMAT, "version": VERSION, "charrnn_version": __version__,
+              "charrnn": {"format": FORMAT, "version": VERSION, "charrnn_version": CHARRNN_VERSION,
                           "training": json.loads(meta["training"])}}
     files = {CONFIG: (json.dumps(config, indent=2) + "\n").encode("utf-8"),
              VOCAB: (json.dumps({"chars": json.loads(meta["vocab"]), "counts": json.loads(meta["vocab_counts"])})
@@ -99,7 +99,7 @@ def model_card(model: Any, vocab: Vocab, ckpt: dict[str, Any]) -> str:
                 ("precision", train.get("precision")), ("fine-tuned from", ckpt.get("init_from"))]
     lines = [f"# charrnn model: {shape}", "",
              f"A character-level language model trained with [charrnn](https://pypi.org/project/charrnn/) "
-             f"{__version__ if ckpt.get('charrnn_version') is None else ckpt['charrnn_version']}. "
+             f"{CHARRNN_VERSION if ckpt.get('charrnn_version') is None else ckpt['charrnn_version']}. "
              "`charrnn generate -m THIS_FOLDER` (and every command's `-m`) reads this folder.", "",
              "## Architecture", "", "| | |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in rows], "",
              "## Training", "", "| | |", "| --- | --- |",

@@ -30,7 +30,7 @@ import warnings
 import torch
 from torch import nn
 
-from charrnn import __version__
+from charrnn.config import CHARRNN_VERSION
 from charrnn.data.vocab import Vocab, one_hot
 from charrnn.errors import MissingDependency, UsageError
 from charrnn.model.network import CharRNN, layer_weights
@@ -45,7 +45,7 @@ def metadata(model: CharRNN, vocab: Vocab) -> dict[str, str]:
     """The metadata properties of an exported file."""
     # ASCII JSON (\u escapes): a vocabulary may hold a lone surrogate, which UTF-8 (protobuf's strings) cannot.
     return {"vocab": json.dumps(vocab.id_chars()),
-            "config": json.dumps(model.config.to_dict()), "charrnn_version": __version__}
+            "config": json.dumps(model.config.to_dict()), "charrnn_version": CHARRNN_VERSION}
 
 
 class _Graph(nn.Module):
@@ -110,5 +110,5 @@ def to_onnx(model: CharRNN, vocab: Vocab) -> bytes:
     for key, value in metadata(model, vocab).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.producer_name, proto.producer_version = "charrnn", __version__
+    proto.producer_name, proto.producer_version = "charrnn", CHARRNN_VERSION
     return proto.SerializeToString()

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from charrnn import __version__
+from charrnn.config import CHARRNN_VERSION
 from charrnn.data.vocab import Vocab
 from charrnn.model.safetensors_read import FORMAT, VERSION
 
@@ -21,7 +21,7 @@ def metadata(ckpt: dict[str, Any]) -> dict[str, str]:
     training = {"step": ckpt.get("step"), "epoch": ckpt.get("epoch"), "val_loss": ckpt.get("val_loss"),
                 "best_val_loss": ckpt.get("best_val_loss"), "training_chars": (ckpt.get("data") or {}).get("chars"),
                 "init_from": ckpt.get("init_from"), "train_config": ckpt.get("train_config")}
-    return {"format": FORMAT, "version": str(VERSION), "charrnn_version": __version__,
+    return {"format": FORMAT, "version": str(VERSION), "charrnn_version": CHARRNN_VERSION,
             "config": json.dumps(ckpt["model_config"]),
             "vocab": json.dumps(vocab.id_chars()),
             "vocab_counts": json.dumps(list(vocab.counts)),

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from charrnn import __version__
+from charrnn.config import CHARRNN_VERSION
 from charrnn.data.vocab import Vocab
 from charrnn.errors import UsageError
 from charrnn.model.checkpoint import record_delimiter
@@ -107,7 +107,7 @@ def model_card(model: CharRNN, vocab: Vocab, ckpt: dict[str, Any], weights: str)
     delimiter = record_delimiter(ckpt)
     if delimiter is not None:
         card.append(("records", f"each ends with {json.dumps(delimiter)}"))
-    card.append(("made by", f"charrnn {ckpt.get('charrnn_version') or __version__}"))
+    card.append(("made by", f"charrnn {ckpt.get('charrnn_version') or CHARRNN_VERSION}"))
     return card
 
 
@@ -137,7 +137,7 @@ def page_html(model: CharRNN, vocab: Vocab, ckpt: dict[str, Any], *, weights: st
     css, model_js, page_js = asset("page.css"), asset("model.js"), asset("page.js")
     values = {
         "csp": html.escape(content_security_policy([model_js, page_js], [css])),
-        "version": html.escape(__version__), "title": html.escape(title), "cell": html.escape(c.base_cell.upper()),
+        "version": html.escape(CHARRNN_VERSION), "title": html.escape(title), "cell": html.escape(c.base_cell.upper()),
         "css": css, "meta": json_block(meta), "weights": data, "model_js": model_js, "page_js": page_js,
     }
     # One pass: a substituted value is never scanned again (a title may hold "{css}").

@@ -9,8 +9,7 @@ from typing import Any, Protocol
 
 import torch
 
-from charrnn import __version__
-from charrnn.config import TrainConfig
+from charrnn.config import CHARRNN_VERSION, TrainConfig
 from charrnn.data.vocab import Vocab
 from charrnn.model import checkpoint
 from charrnn.model.history import History
@@ -136,7 +135,7 @@ def payload(self: Run) -> dict[str, Any] | None:
         averaged.update(weights_from=st.weights_from, training_weights=weights)
         weights = average.weights_for(weights)
     return {
-        "format": checkpoint.FORMAT, "version": checkpoint.VERSION, "charrnn_version": __version__,
+        "format": checkpoint.FORMAT, "version": checkpoint.VERSION, "charrnn_version": CHARRNN_VERSION,
         "model_config": self.model_config.to_dict(), "train_config": self.config.to_dict(),
         "vocab": self.vocab.to_dict(), "weights": weights,
         "optimizer": self.optimizer.state_dict(), "step": st.step, "epoch": st.epoch,
