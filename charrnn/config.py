@@ -58,6 +58,7 @@ SCHEDULES = ("cosine", "constant")
 # Why a run ended: its time budget, --max-steps, --epochs, --patience, or a signal.
 STOP_REASONS = ("budget", "steps", "epochs", "patience", "interrupted")
 PRECISIONS = ("fp32", "bf16")
+DEFAULT_VAL_EVERY = 200  # steps between validations, unless --val-every says otherwise
 
 # Named starting points: model (ModelConfig fields) and minibatch/learning-rate (TrainConfig fields)
 # settings that go together. Explicit options override them. "small" is the default: on a CPU, one
@@ -96,9 +97,11 @@ class TrainConfig:
     epochs: int | None = None
     max_steps: int | None = None
     time_budget: float | None = None
-    val_every: int = 200
-    # At most this share of the time goes to validation: a validation due by val_every waits for the next
-    # multiple once the last one took more than val_share of the time since (1: every val_every steps).
+    # Validate every this many steps; None: every DEFAULT_VAL_EVERY and at each tenth of the run too
+    # (charrnn.training.validation.due).
+    val_every: int | None = None
+    # At most this share of the run goes to validation, by an estimate from sizes (charrnn.training.validation.gap):
+    # a validation that is due waits while the last was too few steps ago (1: every one that is due).
     val_share: float = 1.0
     save_every: int | None = None  # None: save the last checkpoint at every validation
     patience: int | None = None  # stop after this many validations without a new best
@@ -127,7 +130,7 @@ class TrainConfig:
         if self.warmup and self.partition != "random":
             raise UsageError("--warmup only applies to --partition random (sequential carries the state)")
         for name in ("batch_size", "num_steps", "val_every", "log_every", "eval_streams"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("epochs", "max_steps", "time_budget", "save_every"):
             value = getattr(self, name)
@@ -143,6 +146,11 @@ class TrainConfig:
             raise UsageError("--clip and --weight-decay must be >= 0")
         if self.epochs is None and self.max_steps is None and self.time_budget is None:
             raise UsageError("give a stopping rule: --epochs, --max-steps or --time-budget")
+
+    @property
+    def validate_every(self) -> int:
+        """The steps between two validations due by count (val_every, or its default)."""
+        return self.val_every if self.val_every is not None else DEFAULT_VAL_EVERY
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -668,38 +668,82 @@ def test_bf16_training_curve_agrees_with_fp32(tmp_path: Path) -> None:
     assert abs(val_bf16 - val_fp32) <= abs(val_other - val_fp32) + 0.02, (val_fp32, val_bf16, val_other)
 
 
-def test_validation_waits_while_it_would_take_more_than_its_share(tmp_path: Path, small) -> None:
+class FakeClock:
+    """Seconds that pass only when a test says so: each step, validation and save costs what it is given."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, step: float = 1.0, validate: float = 0.0, save: float = 0.0,
+                 jitter: float = 0.0) -> None:
+        self.now, self.rng = 0.0, np.random.default_rng(0)
+        monkeypatch.setattr(train_module.Trainer, "clock", staticmethod(lambda: self.now))
+        for name, cost in (("step", step), ("score_held_out", validate), ("save", save)):
+            real = getattr(train_module.Trainer, name)
+
+            def timed(trainer, *args, _real=real, _cost=cost):
+                self.now += _cost * (1 + jitter * self.rng.uniform(-1, 1))
+                return _real(trainer, *args)
+
+            monkeypatch.setattr(train_module.Trainer, name, timed)
+
+
+def test_validation_waits_its_gap_in_steps_decided_from_sizes(tmp_path: Path, small) -> None:
+    """The gap between validations is the estimated cost of one, in steps, scaled by the share: 100 held-out
+    characters at a third of a training character each, over 4 x 8 characters a step: 1.04 steps; with a
+    20% share, 4.2 -> 5 steps, so a validation due at step 4 after one at step 0 waits for step 8."""
     vocab, ids = small
     trainer = train_module.Trainer(ids[:300], ids[300:], vocab, tiny_model_config(vocab),
-                                   tiny_config(val_every=4, val_share=0.2), tmp_path / "m.pt")
+                                   tiny_config(val_every=4, val_share=0.2, precision="fp32"), tmp_path / "m.pt")
+    assert validation.cost_in_steps(trainer) == pytest.approx(100 / 3 / 32) and trainer.val_gap == 5
+    trainer.state.step = 4
+    assert not validation.due(trainer, 0.3, 0.35)
     trainer.state.step = 8
-    assert validation.due(trainer)  # no validation yet: nothing to wait for
-    trainer.val_seconds, trainer.train_since_val = 1.0, 3.9  # 1 s of validation needs 4 s of training at 20%
-    assert not validation.due(trainer)
-    trainer.train_since_val = 4.0
-    assert validation.due(trainer)
-    trainer.state.step = 9  # not a multiple of --val-every
-    assert not validation.due(trainer)
+    assert validation.due(trainer, 0.6, 0.65)
+    trainer.last_val_step = 8
+    trainer.state.step = 12
+    assert not validation.due(trainer, 0.9, 1.0)  # 4 steps after the last one
+    trainer.state.step = 13  # not a multiple of --val-every
+    assert not validation.due(trainer, 0.9, 1.0)
     with pytest.raises(UsageError, match="--val-share"):
         tiny_config(val_share=0.0)
 
 
-def test_a_slow_validation_is_postponed_in_a_run(tmp_path: Path, small, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Validation that takes 10x a step's time with a 50% share: after the first, the next waits about ten
-    steps (the multiples of --val-every in between are skipped)."""
-    import time as time_module
-
+def test_without_val_every_a_run_validates_at_each_tenth(tmp_path: Path, small) -> None:
     vocab, ids = small
-    real = train_module.Trainer.score_held_out
-
-    def slow(self):
-        time_module.sleep(0.05)
-        return real(self)
-
-    monkeypatch.setattr(train_module.Trainer, "score_held_out", slow)
     rec = Recorder()
-    train(ids[:300], ids[300:], vocab, tiny_model_config(vocab), tiny_config(val_every=1, val_share=0.5,
-                                                                           max_steps=12), tmp_path / "m.pt",
+    train(ids[:300], ids[300:], vocab, tiny_model_config(vocab), tiny_config(max_steps=30), tmp_path / "m.pt",
           callbacks=rec)
-    steps = [s for s, _, _ in rec.validations]
-    assert steps[0] == 1 and steps[-1] == 12 and len(steps) < 12
+    assert [s for s, _, _ in rec.validations] == list(range(3, 31, 3))
+    rec = Recorder()
+    train(ids[:300], ids[300:], vocab, tiny_model_config(vocab), tiny_config(max_steps=30, val_every=20),
+          tmp_path / "e.pt", callbacks=rec)
+    assert [s for s, _, _ in rec.validations] == [20, 30]  # --val-every given: its multiples and the end
+
+
+def test_the_clock_never_decides_which_steps_validate(tmp_path: Path, small, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same command, same seed: same model, however long validation takes against the steps (it once
+    decided, by the clock, which steps validated, and so where --patience stopped)."""
+    vocab, ids = small
+    runs = []
+    for i, (validate, jitter) in enumerate([(0.0, 0.0), (50.0, 0.9)]):
+        FakeClock(monkeypatch, step=1.0, validate=validate, jitter=jitter)
+        rec = Recorder()
+        result = train(ids[:300], ids[300:], vocab, tiny_model_config(vocab),
+                       tiny_config(max_steps=60, val_every=2, val_share=0.1, patience=3, lr=0.3, precision="fp32"),
+                       tmp_path / f"m{i}.pt", callbacks=rec)
+        runs.append(([s for s, _, _ in rec.validations], result.steps, weights(tmp_path / f"m{i}.pt")))
+    assert runs[0][:2] == runs[1][:2]
+    assert_bit_identical(runs[0][2], runs[1][2])
+
+
+def test_the_time_budget_covers_the_final_validation_and_save(tmp_path: Path, small,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps of 1 s, a validation of 5 s and saves of 2 s (a fake clock): a 40 s budget ends at 40 s at most,
+    the final validation and save included, and not much sooner."""
+    vocab, ids = small
+    clock = FakeClock(monkeypatch, step=1.0, validate=5.0, save=2.0)
+    rec = Recorder()
+    result = train(ids[:300], ids[300:], vocab, tiny_model_config(vocab),
+                   tiny_config(max_steps=None, time_budget=40.0, val_every=10, val_share=1.0), tmp_path / "m.pt",
+                   callbacks=rec)
+    assert result.stop_reason == "budget" and result.seconds == clock.now <= 40.0
+    assert result.seconds >= 40.0 - 1.0 - 5.0 - 2.0  # it stopped when one more step would not have fitted
+    assert rec.validations[-1][0] == result.steps and rec.saves[-1][1] == "final"

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from charrnn.errors import DataError, UsageError
 from charrnn.inference.evaluate import IGNORE, EvalResult
+from charrnn.inference.exactsum import ExactSum
 from charrnn.model.network import CharRNN, detach_state
 
 # Chosen by a grid on tinyshakespeare's validation part: docs/eval.md, "Dynamic evaluation".
@@ -238,8 +239,8 @@ def dynamic_evaluate(
     """Mean nats per scored character of `model` on `ids` under dynamic evaluation (`dynamic_losses`)."""
     if len(ids) < 2:
         raise DataError("need at least 2 characters to measure perplexity")
-    total, scored, seen = 0.0, 0, 0
+    total, scored, seen = ExactSum(), 0, 0  # exact: with lr 0, the same bits as `evaluate` with one stream
     for losses, mask in dynamic_losses(model, ids, config=config, unk_id=unk_id, stats=stats):
-        total += float(losses.sum())
+        total.add(torch.from_numpy(losses))  # float64 copies of float32 losses: converted back exactly
         scored, seen = scored + int(mask.sum()), seen + len(mask)
-    return EvalResult.from_sums(total, scored, seen - scored)
+    return EvalResult.from_sums(total.total(), scored, seen - scored)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from charrnn.data.vocab import Vocab
 from charrnn.errors import DataError
 from charrnn.inference.evaluate import EvalResult
+from charrnn.inference.exactsum import ExactSum
 from charrnn.model.network import CharRNN, State, repeat_stream
 from charrnn.threads import ThreadChooser, fixed
 
@@ -142,7 +143,8 @@ def score_rows(model: CharRNN, rows: list[np.ndarray], boundary_ids: np.ndarray,
         return [RecordScore(0.0, 0, 0) for _ in rows]
     state = repeat_stream(state0, b)
     step = max(1, min(num_steps, MAX_BATCH_LOGITS // (b * model.config.vocab_size)))
-    nats = torch.zeros(b, dtype=torch.float64, device=device)
+    nats = ExactSum(b, device)  # each row's losses, summed exactly: the same whatever the windows and threads
+    row_of = torch.arange(b, device=device)[:, None]  # (B, 1): the group of each row's losses
     chars = np.zeros(b, dtype=np.int64)
     unknown = np.zeros(b, dtype=np.int64)
     start = 0
@@ -164,10 +166,10 @@ def score_rows(model: CharRNN, rows: list[np.ndarray], boundary_ids: np.ndarray,
         logits, state = model(torch.from_numpy(x).to(device), state)  # (B, w, V)
         loss = F.cross_entropy(logits.reshape(b * w, -1).float(), torch.from_numpy(y).to(device).reshape(-1),
                                ignore_index=IGNORE, reduction="none")  # (B * w,), 0 where ignored
-        nats += loss.view(b, w).double().sum(dim=1)
+        nats.add(loss, row_of.expand(b, w))
         threads.after(b * w)  # the work is the padded window, scored or not
         start += w
-    totals = nats.cpu().tolist()
+    totals = nats.totals()
     return [RecordScore(totals[i], int(chars[i]), int(unknown[i])) for i in range(b)]
 
 

@@ -138,6 +138,8 @@ def train(
 class Trainer:
     """One training run: the model, its optimizer and the RunState, with the steps of the loop."""
 
+    clock = staticmethod(time.perf_counter)  # seconds, for the time budget and the speed (a test may fake it)
+
     def __init__(self, train_ids: np.ndarray, val_ids: np.ndarray, vocab: Vocab, model_config: ModelConfig,
                  config: TrainConfig, out: str | Path, *, device: torch.device | str = "cpu",
                  callbacks: Callbacks | None = None, resume: dict[str, Any] | None = None,
@@ -220,16 +222,38 @@ class Trainer:
             self.n_batches = max(1, batches_per_epoch(config.partition, len(train_ids), config.batch_size,
                                                       config.num_steps, config.warmup))
             self.record_hashes = None
-        self.start_time = time.perf_counter()
+        self.start_time = self.clock()
         self.train_time = 0.0  # seconds inside steps in this process (for chars/s)
-        # Seconds the last validation took, and seconds of steps since (for config.val_share).
-        self.val_seconds, self.train_since_val = 0.0, 0.0
+        # The validation schedule (charrnn.validation.due): counted in steps from the last validation, which
+        # a resumed run reads from its history, so that it validates where the run straight would have.
+        self.last_val_step = int(self.state.history.val[-1]["step"]) if self.state.history.val else 0
+        self.val_gap = validation.gap(self)
+        # Seconds the last validation, save and step took: what the end of a time budget must leave room for.
+        self.val_seconds: float | None = None
+        self.save_seconds, self.step_seconds = 0.0, 0.0
         self.chars_this_run = 0
         self.log: LiveLog | None = None  # the live log, open while run() runs
         self.grads = GradStats(self.device)  # gradient norms since the last report
 
     def elapsed(self) -> float:
-        return self.state.elapsed_before + time.perf_counter() - self.start_time
+        return self.state.elapsed_before + self.clock() - self.start_time
+
+    def closing_seconds(self) -> float:
+        """What the end of the run will take, so that a time budget covers it: the step about to start, the
+        final validation (as long as the last one, or by its estimate in steps before any) and the final save."""
+        validating = 0.0
+        if self.can_validate:
+            validating = self.val_seconds if self.val_seconds is not None else \
+                validation.cost_in_steps(self) * self.step_seconds
+        return self.step_seconds + validating + self.save_seconds
+
+    def shared_fraction(self) -> float:
+        """The fraction of the run done now, rank 0's in every process (under a time budget it reads the clock,
+        which differs between processes by a little)."""
+        fraction = self.fraction(self.state.epoch, self.state.batch_in_epoch)
+        if self.group.active and self.config.time_budget:
+            fraction = dd.agree(self.group, None, (fraction,), self.device)[1][0]
+        return fraction
 
     def fraction(self, next_epoch: int, next_batch: int) -> float:
         """Fraction of the run done, by the stopping rule closest to firing."""
@@ -247,12 +271,14 @@ class Trainer:
         # the loss only shows it one step later.
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             self.non_finite(self.state.step, math.nan)
+        started = self.clock()
         payload = runstate_payload(self)
         if payload is not None:  # rank 0
             checkpoint.save(payload, path)
             self.cb.on_save(str(path), reason)
         self.saved["best" if path == self.best_out else "last"] = path
         dd.barrier(self.group)
+        self.save_seconds = self.clock() - started
 
     def non_finite(self, step: int, value: float) -> None:
         """Stop on a non-finite loss, gradient or weight, naming only checkpoints this run wrote."""
@@ -359,14 +385,15 @@ class Trainer:
 
     def _loop(self) -> TrainResult:
         st, config, cb = self.state, self.config, self.cb
-        save_every = config.save_every or config.val_every
+        save_every = config.save_every or config.validate_every
         loss_sum = torch.zeros((), device=self.device)
-        loss_count, train_loss, last_val_step, reason, lr = 0, math.nan, -1, "steps", config.lr
+        loss_count, train_loss, reason, lr = 0, math.nan, "steps", config.lr
         first_step = st.step
         try:
             for e, i, batch in self.batches():
-                # Every process takes the same decision here (rank 0's clock, anyone's signal).
-                spent = bool(config.time_budget and self.elapsed() >= config.time_budget)
+                # Every process takes the same decision here (rank 0's clock, anyone's signal). The budget
+                # ends early enough for the step, the final validation and the save to end within it.
+                spent = bool(config.time_budget and self.elapsed() + self.closing_seconds() >= config.time_budget)
                 stop_code, (spent_on_main, fraction) = dd.agree(
                     self.group, cb.stop_requested(), (float(spent), self.fraction(e, i)), self.device)
                 if stop_code is not None:
@@ -374,7 +401,7 @@ class Trainer:
                 reason = self.stop_reason(e, i, budget_spent=spent_on_main >= 1.0)
                 if reason is not None:
                     break
-                t_step = time.perf_counter()
+                t_step = self.clock()
                 self.threads.before()
                 lr = config.lr * lr_factor(config.schedule, fraction)
                 loss_sum += self.step(e, i, batch, lr)
@@ -387,9 +414,8 @@ class Trainer:
                         self.non_finite(st.step, train_loss)
                     loss_sum.zero_()
                     loss_count = 0
-                step_seconds = time.perf_counter() - t_step
-                self.train_time += step_seconds
-                self.train_since_val += step_seconds
+                self.step_seconds = self.clock() - t_step
+                self.train_time += self.step_seconds
                 choice = self.threads.after(batch.targets)
                 if choice is not None:
                     cb.on_threads(choice)
@@ -397,10 +423,10 @@ class Trainer:
                     self.record_train(train_loss, lr)
                     cb.on_step(Progress(st.step, st.epoch, train_loss, lr, self.elapsed(), self.chars_per_second(),
                                         self.fraction(st.epoch, st.batch_in_epoch)))
-                if validation.due(self):
+                validated = validation.due(self, fraction, self.shared_fraction())
+                if validated:
                     self.validate()
-                    last_val_step = st.step
-                if st.step % save_every == 0 or self.out_of_patience():
+                if validated and config.save_every is None or st.step % save_every == 0 or self.out_of_patience():
                     self.save(self.out, "periodic")
                 if self.out_of_patience():
                     reason = "patience"
@@ -425,7 +451,7 @@ class Trainer:
         if loss_count:  # the steps since the last report get a record of their own
             train_loss = self.mean_over_processes(loss_sum.item()) / loss_count
             self.record_train(train_loss, lr)
-        if self.can_validate and last_val_step != st.step:
+        if self.can_validate and self.last_val_step != st.step:
             self.validate()
         self.save(self.out, "final")
         return self.result(train_loss, reason or "steps", first_step)

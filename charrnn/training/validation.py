@@ -1,13 +1,19 @@
 """How a training run validates: the held-out text scored with the raw weights and, with --average, with the
 averaged ones; the better is what the checkpoints hold from then on and what counts for the best
-(charrnn.training.averaging). Validation costs a pass over the held-out text, two with an average: `due` keeps it
-under --val-share of the time, postponing a validation due by --val-every while the last one took longer.
+(charrnn.training.averaging).
+
+When (`due`): at every --val-every-th step, and (unless --val-every is given) at each tenth of the run too,
+so that even a short run draws a curve; but never sooner after the last validation than `gap` steps, which
+keep validation under --val-share of the run. The schedule is decided from sizes and step counts, never
+from the clock: which steps validate decides what --patience stops on and what the best checkpoint holds,
+so a clock there would make the same command with the same seed give another model. Validation costs a
+pass over the held-out text, two with an average; its cost in training steps is estimated from the
+characters scored against the characters a step trains on (VAL_CHAR_COST).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,6 +30,15 @@ from charrnn.training.averaging import WeightAverage
 from charrnn.training.callbacks import Callbacks
 from charrnn.training.runconfig import finite_loss
 from charrnn.training.runstate import RunState
+
+# Scoring one held-out character costs this many times training on one character (forward, backward and
+# the optimizer step). Validation runs the forward pass alone, in float32 whatever the training precision:
+# about a third of a float32 step's arithmetic, and measured at 0.25-0.33 (1x384 LSTM, tinyshakespeare;
+# AMD EPYC and Xeon, 2 cores); a bf16 step runs about 1.7x faster, and scoring PTB-char's 393,042 held-out
+# characters took as long as 100 bf16 steps of 2,048 characters (0.52, docs/train.md). Estimates on the high
+# side: validation then stays under its share.
+VAL_CHAR_COST = {"fp32": 1 / 3, "bf16": 0.55}
+VAL_POINTS = 10  # without --val-every, a run validates at each tenth of it too (a curve, even for a short run)
 
 
 class Validating(Protocol):
@@ -43,8 +58,11 @@ class Validating(Protocol):
     delimiter_ids: Any
     can_validate: bool
     best_out: Any
-    val_seconds: float  # how long the last validation took
-    train_since_val: float  # seconds of training steps since
+    val_seconds: float  # how long the last validation took (for the time budget only)
+    last_val_step: int  # the step of the last validation (0 before any)
+    val_gap: int  # gap(run), computed once
+
+    def clock(self) -> float: ...
 
     def score_held_out(self) -> EvalResult: ...
     def elapsed(self) -> float: ...
@@ -53,27 +71,44 @@ class Validating(Protocol):
     def non_finite(self, step: int, value: float) -> None: ...
 
 
-def due(run: Validating) -> bool:
-    """At every val_every-th step, unless the last validation took more than val_share of the time
-    since: then at a later multiple (a big held-out text must not eat a short run's budget)."""
-    config = run.config
-    if not run.can_validate or run.state.step % config.val_every:
+def cost_in_steps(run: Validating) -> float:
+    """What one validation costs, in training steps of this run: estimated from sizes (the characters scored
+    against those a step trains on, VAL_CHAR_COST), the same in every process and every time."""
+    config, group = run.config, run.group
+    passes = 2 if run.average is not None else 1  # the raw weights, and the average
+    # Each process scores its share of the streams, but whole records are scored by every process.
+    scored = len(run.val_ids) / (1 if run.val_records is not None else group.world_size)
+    trained = config.batch_size * config.num_steps / group.world_size  # this process's rows of a step
+    return passes * scored * VAL_CHAR_COST[config.precision] / trained
+
+
+def gap(run: Validating) -> int:
+    """Steps that must pass between two validations for them to take at most --val-share of the run (0 with
+    a share of 1: every validation that is due runs)."""
+    share = run.config.val_share
+    return 0 if share >= 1.0 else math.ceil(cost_in_steps(run) * (1 - share) / share)
+
+
+def due(run: Validating, before: float, after: float) -> bool:
+    """Whether to validate after the step just done, which took the run's fraction done from `before` to
+    `after` (rank 0's, the same in every process): at every --val-every-th step, and where --val-every is not
+    given at each tenth of the run, unless the last validation was fewer than `gap` steps ago."""
+    config, step = run.config, run.state.step
+    if not run.can_validate or step - run.last_val_step < run.val_gap:
         return False
-    if config.val_share >= 1.0:
-        return True
-    # Rank 0's clock decides for every process (a collective: all must validate together).
-    val_seconds, train_since = dd.agree(run.group, None, (run.val_seconds, run.train_since_val), run.device)[1]
-    return val_seconds * (1 - config.val_share) <= config.val_share * train_since
+    tenth = config.val_every is None and math.floor(after * VAL_POINTS) > math.floor(before * VAL_POINTS)
+    return step % config.validate_every == 0 or tenth
 
 
 def validate(run: Validating) -> None:
     """Score the held-out text with the raw weights, and with the average when there is one; the better
-    is what the checkpoints hold from now on (RunState.weights_from) and what counts for the best."""
-    started = time.perf_counter()
+    is what the checkpoints hold from now on (RunState.weights_from) and what counts for the best.
+    How long it took (`val_seconds`) is kept only to end a time budget in time (charrnn.train)."""
+    started = run.clock()
     try:
         _validate(run)
     finally:
-        run.val_seconds, run.train_since_val = time.perf_counter() - started, 0.0
+        run.val_seconds, run.last_val_step = run.clock() - started, run.state.step
 
 
 def _validate(run: Validating) -> None:
