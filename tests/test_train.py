@@ -688,18 +688,18 @@ class FakeClock:
 def test_validation_waits_its_gap_in_steps_decided_from_sizes(tmp_path: Path, small) -> None:
     """The gap between validations is the estimated cost of one, in steps, scaled by the share: 100 held-out
     characters at a third of a training character each, over 4 x 8 characters a step: 1.04 steps; with a
-    20% share, 4.2 -> 5 steps, so a validation due at step 4 after one at step 0 waits for step 8."""
+    20% share, 4.2 -> 5 steps, so after one at step 4 the validation due at step 8 waits for step 12."""
     vocab, ids = small
     trainer = train_module.Trainer(ids[:300], ids[300:], vocab, tiny_model_config(vocab),
                                    tiny_config(val_every=4, val_share=0.2, precision="fp32"), tmp_path / "m.pt")
     assert validation.cost_in_steps(trainer) == pytest.approx(100 / 3 / 32) and trainer.val_gap == 5
     trainer.state.step = 4
-    assert not validation.due(trainer, 0.3, 0.35)
+    assert validation.due(trainer, 0.3, 0.35)  # the first validation waits for nothing
+    trainer.last_val_step = 4
     trainer.state.step = 8
-    assert validation.due(trainer, 0.6, 0.65)
-    trainer.last_val_step = 8
+    assert not validation.due(trainer, 0.6, 0.65)  # 4 steps after the last one
     trainer.state.step = 12
-    assert not validation.due(trainer, 0.9, 1.0)  # 4 steps after the last one
+    assert validation.due(trainer, 0.9, 1.0)
     trainer.state.step = 13  # not a multiple of --val-every
     assert not validation.due(trainer, 0.9, 1.0)
     with pytest.raises(UsageError, match="--val-share"):

@@ -31,6 +31,7 @@ from charrnn.config import (
     DEFAULT_EMA_DECAY,
     DEFAULT_TAIL,
     DEFAULT_TIME_BUDGET,
+    DEFAULT_VAL_EVERY,
     DEFAULT_VAL_MAX_CHARS,
     INPUTS,
     MAX_LAYERS,
@@ -134,11 +135,13 @@ def without_nproc(argv: list[str]) -> list[str]:
 @click.option("--epochs", type=positive_int(), help="Stop after this many passes over the text.")
 @click.option("--max-steps", type=positive_int(), help="Stop after this many minibatches.")
 @click.option("--time-budget", type=Finite(0, low_open=True),
-              help=f"Stop after this many seconds (default {DEFAULT_TIME_BUDGET:g} when no stopping rule is given).")
-@click.option("--val-every", default=200, type=positive_int(), show_default=True, help="Validate every N steps.")
+              help=f"Stop after this many seconds, the final validation and save included (default "
+                   f"{DEFAULT_TIME_BUDGET:g} when no stopping rule is given).")
+@click.option("--val-every", type=positive_int(),
+              help=f"Validate every N steps (default: every {DEFAULT_VAL_EVERY} and at each tenth of the run).")
 @click.option("--val-share", default=0.1, type=Finite(0, 1, low_open=True), show_default=True,
-              help="At most this share of the time goes to validation: a validation due by --val-every waits "
-                   "for a later one while the last took longer than that (1: every --val-every steps).")
+              help="At most this share of the run goes to validation, estimated from the held-out and minibatch "
+                   "sizes: a validation that is due waits while the last was too few steps ago (1: never waits).")
 @click.option("--save-every", type=positive_int(),
               help="Save the checkpoint every N steps (default: at each validation).")
 @click.option("--patience", type=positive_int(),

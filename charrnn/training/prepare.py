@@ -41,7 +41,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "input": "embedding", "embed_dim": 64, "partition": "sequential", "delimiter": "\n", "batch_size": 32,
     "num_steps": 64, "warmup": 0, "optimizer": "adam", "lr": 5e-3, "weight_decay": 0.0, "schedule": "cosine",
     "clip": 1.0, "average": "none", "ema_decay": 0.998, "average_tail": 0.25, "epochs": None, "max_steps": None,
-    "time_budget": None, "val_every": 200, "val_share": 0.1, "save_every": None, "patience": None, "seed": 0,
+    "time_budget": None, "val_every": None, "val_share": 0.1, "save_every": None, "patience": None, "seed": 0,
     "device": "auto", "precision": "auto", "threads": None, "labels": False, "label_mode": DEFAULT_LABEL_MODE,
 }
 ARCH_NAMES = ("cell", "layers", "hidden", "dropout", "input", "embed_dim", "weight_drop", "embed_dropout")

@@ -226,7 +226,7 @@ class Trainer:
         self.train_time = 0.0  # seconds inside steps in this process (for chars/s)
         # The validation schedule (charrnn.validation.due): counted in steps from the last validation, which
         # a resumed run reads from its history, so that it validates where the run straight would have.
-        self.last_val_step = int(self.state.history.val[-1]["step"]) if self.state.history.val else 0
+        self.last_val_step: int | None = int(self.state.history.val[-1]["step"]) if self.state.history.val else None
         self.val_gap = validation.gap(self)
         # Seconds the last validation, save and step took: what the end of a time budget must leave room for.
         self.val_seconds: float | None = None

@@ -59,7 +59,7 @@ class Validating(Protocol):
     can_validate: bool
     best_out: Any
     val_seconds: float  # how long the last validation took (for the time budget only)
-    last_val_step: int  # the step of the last validation (0 before any)
+    last_val_step: int | None  # the step of the last validation (None before any)
     val_gap: int  # gap(run), computed once
 
     def clock(self) -> float: ...
@@ -92,10 +92,11 @@ def gap(run: Validating) -> int:
 def due(run: Validating, before: float, after: float) -> bool:
     """Whether to validate after the step just done, which took the run's fraction done from `before` to
     `after` (rank 0's, the same in every process): at every --val-every-th step, and where --val-every is not
-    given at each tenth of the run, unless the last validation was fewer than `gap` steps ago."""
+    given at each tenth of the run, unless the last validation was fewer than `gap` steps ago (the first one
+    waits for nothing)."""
     config, step = run.config, run.state.step
-    if not run.can_validate or step - run.last_val_step < run.val_gap:
-        return False
+    if not run.can_validate or run.last_val_step is not None and step - run.last_val_step < run.val_gap:
+        return False  # the first validation has nothing to wait for
     tenth = config.val_every is None and math.floor(after * VAL_POINTS) > math.floor(before * VAL_POINTS)
     return step % config.validate_every == 0 or tenth
 
