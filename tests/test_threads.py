@@ -368,14 +368,14 @@ def test_eval_and_score_give_the_same_result_with_a_chooser() -> None:
                          ids=lambda c: " ".join(c))
 def test_every_figure_is_the_same_whatever_the_threads(tmp_path: Path, command: list[str]) -> None:
     """One model, one text, one number: --threads 1, 2 and the chooser (whose trial cuts the windows
-    finer) give the same bits, because every loss is summed exactly (charrnn.exactsum)."""
+    finer) give the same bits, because every loss is summed exactly (charrnn.inference.exactsum)."""
     text = "".join(f"the time traveller smiled {i * 7919 % 1000} times, and we sat about the fire\n"
                    for i in range(300))
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(text, encoding="utf-8")
     torch.manual_seed(3)
     vocab = Vocab.build(text)
-    from charrnn.model import CharRNN
+    from charrnn.model.network import CharRNN
 
     model = CharRNN(ModelConfig(vocab_size=vocab.size, hidden=32))
     train(vocab.encode(text), vocab.encode(text[:500]), vocab, model.config,
