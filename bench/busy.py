@@ -10,12 +10,15 @@ or, with --neighbour matmul, a one-thread torch matmul loop; it runs through the
     python bench/busy.py --busy-only      # skip the quiet half (when the machine cannot be made quiet)
 
 Speeds are characters per second of the work itself: training's own figure (time inside the steps), and
-for eval and score the time of the scoring call in the child (the model already loaded). The target of
-issue 22: adaptive >= 0.9x the better fixed count beside the neighbour, and unchanged (>= 0.95x the default)
-when quiet. The times above are those of a 2-vCPU AMD EPYC whose load average was near 0 before the run (2026-12-01):
-the whole run, 9 minutes, gave adaptive/best fixed 0.95 (train), 1.01 (eval), 0.97 (score) beside a busy
-loop, and adaptive/default 1.01, 0.95, 0.95 when quiet (the quiet ratios are within the run-to-run noise
-of 5%). The machine must be otherwise idle: every other process is a neighbour too.
+for eval and score the time of the scoring call in the child (the model already loaded). The targets
+(issues 22 and 27): adaptive >= 0.9x the better fixed count beside the neighbour, and >= 0.95x the better
+fixed count when quiet, each a median of three interleaved runs; every row says whether it meets its
+target, and `--check` exits 1 when one does not. The times above are those of a 2-vCPU AMD EPYC whose
+load average was near 0 before the run (2026-12-01): the whole run, 9 minutes, gave adaptive/best fixed
+0.95 (train), 1.01 (eval), 0.97 (score) beside a busy loop, and adaptive/default 1.01, 0.95, 0.95 when
+quiet (the quiet ratios are within the run-to-run noise of 5%); that was before the chooser's longer
+trials on close calls, its tie rule and its checks of a count below the most (issue 27), not measured
+since. The machine must be otherwise idle: every other process is a neighbour too.
 """
 
 from __future__ import annotations
@@ -117,15 +120,22 @@ def row(work: str, busy: bool, modes: list[str], args: argparse.Namespace, model
             "adaptive_threads": [r["threads"] for r in runs["adaptive"]]}
 
 
+TARGETS = {True: 0.9, False: 0.95}  # adaptive / the better fixed count, busy and quiet
+
+
+def meets(r: dict) -> bool:
+    s = r["speeds"]
+    return s["adaptive"] >= TARGETS[r["busy"]] * max(v for m, v in s.items() if m != "adaptive")
+
+
 def show(r: dict, default: str) -> str:
     s = r["speeds"]
     fixed = {m: v for m, v in s.items() if m != "adaptive"}
-    best = max(fixed.values())
-    ratio = s["adaptive"] / (best if r["busy"] else s[default])
-    against = "best fixed" if r["busy"] else f"default {default}"
+    ratio = s["adaptive"] / max(fixed.values())
     cells = "  ".join(f"{m} threads {v:8,.0f}" for m, v in fixed.items())
     return (f"{r['work']:<6} {'busy ' if r['busy'] else 'quiet'}  {cells}  adaptive {s['adaptive']:8,.0f}  "
-            f"adaptive/{against} {ratio:.2f}  chose {r['adaptive_threads']}")
+            f"adaptive/best fixed {ratio:.2f} (target {TARGETS[r['busy']]:.2f}: "
+            f"{'meets' if meets(r) else 'MISSES'})  chose {r['adaptive_threads']}")
 
 
 def main() -> None:
@@ -136,6 +146,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="training steps (default 40)")
     ap.add_argument("--neighbour", choices=sorted(NEIGHBOURS), default="python")
     ap.add_argument("--json", dest="json_out", type=Path, help="also write the results here")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a row misses its target")
     ap.add_argument("--child", choices=["eval", "score"], help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -171,6 +182,8 @@ def main() -> None:
                     print(f"    adaptive said: {line}", flush=True)
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=1) + "\n")
+    if args.check and not all(meets(r) for r in results):
+        sys.exit("a row misses its target")
 
 
 if __name__ == "__main__":

@@ -15,14 +15,21 @@ them fastest per character:
    slower (each operator waits at a barrier for a thread whose core is taken);
 2. trial: the candidates take one unit each in turn, ascending; after each round a candidate whose
    median time per character is more than `abandon` times the best one's is dropped, so a clear
-   loser costs one unit; after `trial_units` rounds the lowest median wins;
+   loser costs one unit; after `trial_units` rounds the lowest median wins, unless the two best are
+   within `close` of each other: then the rounds go on, up to `max_trial_units`, since a median of
+   three units is easily swayed by a noisy unit on a quiet machine (where the counts are close, a
+   wrong pick costs that ratio for the whole run). Medians within `tie` of the best count as equal,
+   and the most threads among them win: torch's default, the best on a quiet machine;
 3. settle: the next `window` units at the chosen count give the baseline (no switching in them);
 4. watch: when the median of the last `window` units drifts more than `drift` from the baseline
    (either way: a neighbour started or stopped), and at least `gap` units have passed since the
    last trial, the trial runs again. A trial that confirms the same count doubles `gap` (up to
    MAX_GAP), so that a noisy machine does not keep paying for trials; a changed count resets it. A
    trial costs about r - 1 units when the loser is r times slower, so the gap is also at least
-   (r - 1) / `retrial_share` units: trials take at most that share of the time.
+   (r - 1) / `retrial_share` units: trials take at most that share of the time. A count below the
+   most is also checked again once the gap has passed, drift or not (the gap doubling after every
+   check): a pick that a noisy trial got wrong would otherwise hold for the whole run, since a wrong
+   count runs steadily and never drifts.
 
 An explicit count (`--threads`, or OMP_NUM_THREADS in the environment) and any device but the CPU
 make a fixed chooser: it sets nothing adaptive and measures nothing. The interface is callback-free
@@ -57,10 +64,21 @@ def env_threads(env: Mapping[str, str] | None = None) -> int | None:
     return int(raw) if raw.isdigit() and int(raw) >= 1 else None
 
 
-def check_threads(threads: int) -> int:
-    """`threads` if it is a usable count, else a UsageError (exit 2)."""
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_threads(threads: int, cores: int | None = None) -> int:
+    """`threads` if it is a usable count, else a UsageError (exit 2): more threads than the process's `cores`
+    never run faster (each operator's threads wait at a barrier for the ones that have no core), so a count
+    past them is a mistake (`--threads 999` on 2 cores ran at 139 chars/s), said rather than taken."""
     if not 1 <= threads <= MAX_THREADS:
         raise UsageError(f"--threads must be between 1 and {MAX_THREADS}, got {threads}")
+    cores = usable_cores() if cores is None else cores
+    if threads > cores:
+        raise UsageError(f"--threads {threads} is more than the {cores} CPU core(s) this process can use: "
+                         f"give at most {cores}")
     return threads
 
 
@@ -80,7 +98,7 @@ class Choice:
 
     threads: int
     seconds_per_char: dict[int, float]
-    reason: str  # "start", or "drift" (the step time moved past the threshold)
+    reason: str  # "start", "drift" (the step time moved past the threshold) or "check" (a count below the most)
     unit: int  # units done when the choice was made
 
     def slower(self) -> dict[int, float]:
@@ -91,7 +109,8 @@ class Choice:
     def describe(self) -> str:
         """One line for stderr: `threads: 1 (2: 2.4x slower per character)`."""
         others = ", ".join(f"{n}: {r:.1f}x slower" for n, r in sorted(self.slower().items()))
-        why = "" if self.reason == "start" else ", chosen again as the step time drifted"
+        why = {"start": "", "drift": ", chosen again as the step time drifted",
+               "check": ", checked again"}[self.reason]
         return f"threads: {self.threads} ({others} per character{why})" if others else f"threads: {self.threads}"
 
 
@@ -103,6 +122,9 @@ class ThreadChooser:
     options: tuple[int, ...]
     warmup: int = 1
     trial_units: int = 3
+    max_trial_units: int = 7
+    close: float = 1.25
+    tie: float = 1.05
     abandon: float = 1.5
     window: int = 5
     drift: float = 0.3
@@ -188,8 +210,11 @@ class ThreadChooser:
                 self.baseline, self.phase = statistics.median(self.recent), "watch"
             return None
         moved = abs(statistics.median(self.recent) / self.baseline - 1) if self.baseline > 0 else 0.0
-        if moved > self.drift and self.units - self.chosen_at >= self.next_gap:
-            self._start_trial("drift")
+        if self.units - self.chosen_at >= self.next_gap:
+            if moved > self.drift:
+                self._start_trial("drift")
+            elif self.threads < self.options[-1]:
+                self._start_trial("check")
         return None
 
     def _start_trial(self, reason: str) -> None:
@@ -208,7 +233,10 @@ class ThreadChooser:
         medians = {n: statistics.median(self.samples[n]) for n in self.alive}
         best = min(medians.values())
         self.alive = [n for n in self.alive if medians[n] <= self.abandon * best]
-        if len(self.alive) > 1 and len(self.samples[self.alive[0]]) < self.trial_units:
+        rounds = len(self.samples[self.alive[0]])
+        two_best = sorted(medians[n] for n in self.alive)[:2]
+        close = len(two_best) > 1 and two_best[1] <= self.close * two_best[0]
+        if len(self.alive) > 1 and (rounds < self.trial_units or close and rounds < self.max_trial_units):
             self.turn = 0
             self._use(self.alive[0])
             return None
@@ -216,10 +244,11 @@ class ThreadChooser:
 
     def _decide(self) -> Choice:
         measured = {n: statistics.median(s) for n, s in self.samples.items() if s}
-        chosen = min(self.alive, key=lambda n: measured[n])
+        best = min(measured[n] for n in self.alive)
+        chosen = max(n for n in self.alive if measured[n] <= self.tie * best)  # a tie: the most threads
         previous = self.choices[-1].threads if self.choices else None
         choice = Choice(chosen, measured, self.reason, self.units)
-        doubled = self.next_gap * 2 if chosen == previous else self.gap
+        doubled = self.next_gap * 2 if chosen == previous or self.reason == "check" else self.gap
         worst = max(choice.slower().values(), default=1.0)
         self.next_gap = min(MAX_GAP, max(doubled, math.ceil((worst - 1) / self.retrial_share)))
         self.choices.append(choice)
