@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := build/demo
 
-.PHONY: install browser demo test lint bench bench-quick bench-records clean
+.PHONY: install browser demo test lint bench bench-quick bench-records bench-tangshi clean
 
 # torch is pinned to the CPU build first, so that the looser `torch>=2.5` in pyproject.toml is
 # already satisfied and pip never pulls the multi-GB CUDA build.
@@ -48,6 +48,9 @@ bench-quick: install
 
 bench-records: install
 	$(BIN)/python bench/records.py
+
+bench-tangshi: install
+	$(BIN)/python bench/run.py --only tangshi
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache *.egg-info

@@ -11,7 +11,8 @@ run's budget, then its scoring: about 3 minutes by default, 1 with --quick; --fu
 turn (about 12 minutes).
 Writes results.json and results.md into --out and prints the markdown. Corpora come from --shared
 (../shared/corpora): tinyshakespeare when present (the quality run is skipped without it), else the
-built-in pydoc corpus.
+built-in pydoc corpus. With tangshi.txt there too, the large-vocabulary row (bench/bigvocab.py) trains the same
+command on both for the quality run's budget; `--only tangshi` runs that row alone (results-tangshi.json/.md).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 if str(BENCH) not in sys.path:
     sys.path.insert(1, str(BENCH))
 
+from bigvocab import bench_tangshi, tangshi_markdown, tangshi_targets  # noqa: E402
 from flops import input_width, matmul_limit, sync, train_flops_per_char  # noqa: E402
 from measure import run_measured  # noqa: E402
 from reference import reference_throughput  # noqa: E402
@@ -374,6 +376,31 @@ def run_baseline(text: Path, plan: Plan, device: str) -> dict:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
+def run_tangshi(shared: Path, plan: Plan, device: str, tmp: Path) -> dict | None:
+    """The large-vocabulary row (bench/bigvocab.py) for the quality run's budget."""
+    return bench_tangshi(shared, plan.quality_seconds, device, tmp, cli(), run_measured, log,
+                         baseline=lambda text, seconds: bench_baseline(text, seconds, False, device,
+                                                                       tiny=plan.text_chars is not None))
+
+
+def only_tangshi(shared: Path, plan: Plan, device: str, out: Path, mode: str) -> None:
+    """`--only tangshi`: the row alone, written to results-tangshi.json and .md beside the full run's."""
+    with tempfile.TemporaryDirectory(prefix="charrnn-bench-") as tmp_name:
+        row = run_tangshi(shared, plan, device, Path(tmp_name))
+    if row is None:
+        raise SystemExit(f"error: --only tangshi needs tangshi.txt and tinyshakespeare.txt in {shared}")
+    results = {"machine": machine(torch.device(device)), "device": device, "mode": mode, "tangshi": row}
+    results["targets"] = [{"target": n, "value": v, "shown": s, "met": m} for n, v, s, m in tangshi_targets(row)]
+    (out / "results-tangshi.json").write_text(json.dumps(results, indent=2) + "\n")
+    m = results["machine"]
+    md = "\n".join([f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['threads']} threads), "
+                    f"device {device}, mode {mode}.", "", *tangshi_markdown(row), "", "| target | measured | |",
+                    "| --- | ---: | --- |", *(f"| {t['target']} | {t['shown']} | {_fmt_met(t['met'])} |"
+                                             for t in results["targets"])]) + "\n"
+    (out / "results-tangshi.md").write_text(md)
+    print(md)
+
+
 def bench_scale(quick: bool, tmp: Path) -> dict | None:
     try:
         from scale import run_scale
@@ -401,12 +428,16 @@ def main() -> None:
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "corpora"))
     ap.add_argument("--no-scale", action="store_true", help="skip bench/scale.py")
     ap.add_argument("--no-finetune", action="store_true", help="skip bench/finetune.py")
+    ap.add_argument("--only", choices=["tangshi"], help="run only this row: tangshi, the large-vocabulary row")
     args = ap.parse_args()
     mode_name = "quick" if args.quick else "full" if args.full else "smoke" if args.smoke else "default"
     plan = plan_for(mode_name)
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.only == "tangshi":
+        only_tangshi(Path(args.shared), plan, args.device, out, mode_name)
+        return
     text, name = corpus(Path(args.shared))
     full_text = text
     if plan.text_chars:
@@ -490,6 +521,9 @@ def main() -> None:
             results["baseline"] = run_baseline(corpus_file if plan.text_chars else shakespeare, plan, args.device)
         else:
             log("quality and transformer baseline skipped: no tinyshakespeare in --shared")
+        tangshi = run_tangshi(Path(args.shared), plan, args.device, tmp)
+        if tangshi is not None:
+            results["tangshi"] = tangshi
         log(f"precision: {plan.curve_steps} steps of the defaults in fp32 and in bf16")
         results["precision_curves"] = bench_precision_curves(corpus_file, plan.curve_steps, args.device, tmp)
         save()
@@ -582,6 +616,9 @@ def targets(r: dict) -> list[dict]:
         c = r["precision_curves"]
         add(f"bf16 validation within 0.02 nats/char of fp32 at equal steps ({c['steps']} steps)", c["val_difference"],
             f"{c['val_difference']:+.4f}", abs(c["val_difference"]) <= 0.02)
+    if "tangshi" in r:
+        for name, value, shown, met in tangshi_targets(r["tangshi"]):
+            add(name, value, shown, met)
     if "ptb" in r:
         p = r["ptb"]
         add("PTB-char test <= 1.43 bits/char after 20 minutes of default training", p["test_bits_per_char"],
@@ -690,6 +727,8 @@ def to_markdown(r: dict) -> str:
 
     if "best" in r.get("baseline", {}):
         lines += ["", *baseline_markdown(r["baseline"], r.get("quality"))]
+    if "tangshi" in r:
+        lines += ["", *tangshi_markdown(r["tangshi"])]
     elif "baseline" in r:
         lines += ["", f"Transformer baseline failed: {r['baseline']['error']}"]
     lines += ["", "| target | measured | |", "| --- | ---: | --- |"]

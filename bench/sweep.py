@@ -9,6 +9,17 @@ else the machine is doing.
 (bench/results/sweep-speed.json). `run` trains each for budget x speed x (1 - --validation-share) characters'
 worth of steps, two runs at a time with one thread each, and appends one JSON line per run to
 bench/results/sweep.jsonl. Precision is what auto picks unless a configuration says otherwise.
+
+On a shared machine (issue 29, the large-vocabulary defaults on tangshi.txt), two modes that need no quiet one:
+
+    nice python bench/sweep.py steps --corpus ../shared/corpora/tangshi.txt --steps 150 --only ts-full ts-adaptive
+    nice python bench/sweep.py ratio --corpus ../shared/corpora/tangshi.txt --only ts-adaptive ts-full --rounds 3
+
+`steps` trains each configuration for --steps steps with one thread, validating every --steps / 3 on the last
+--val-chars characters, and appends its validation curve to bench/results/sweep-steps.jsonl: loss by steps,
+whatever else runs. `ratio` times the configurations' training in alternation (--ratio-steps steps each, one
+thread, --rounds rounds) and gives each one's chars/s as a ratio to the first's (the median of the rounds):
+what survives a busy machine is the ratio of interleaved runs, not a speed.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,6 +71,18 @@ CONFIGS: dict[str, list[str]] = {
     "1x512-wdrop-ema": ["--hidden", "512", "--weight-drop", "0.2", "--average", "ema"],
     "1x640-wd-ema": ["--hidden", "640", "--lr", "4e-3", "--optimizer", "adamw", "--weight-decay", "0.1",
                      "--average", "ema"],
+    # tangshi.txt (9,589 characters): the output layer, then the defaults around the adaptive softmax.
+    "ts-full": ["--softmax", "full"],
+    "ts-adaptive": ["--softmax", "adaptive"],
+    "ts-e128": ["--softmax", "adaptive", "--embed-dim", "128"],
+    "ts-e256": ["--softmax", "adaptive", "--embed-dim", "256"],
+    "ts-lr1e-2": ["--softmax", "adaptive", "--lr", "1e-2"],
+    "ts-lr2e-3": ["--softmax", "adaptive", "--lr", "2e-3"],
+    "ts-b64": ["--softmax", "adaptive", "-b", "64"],
+    "ts-b16": ["--softmax", "adaptive", "-b", "16"],
+    "ts-h512": ["--softmax", "adaptive", "--hidden", "512"],
+    "ts-h256": ["--softmax", "adaptive", "--hidden", "256"],
+    "ts-e128-lr1e-2": ["--softmax", "adaptive", "--embed-dim", "128", "--lr", "1e-2"],
 }
 
 
@@ -132,9 +156,48 @@ def run(names: list[str], seeds: list[int], corpus: str, budget: float, jobs: in
         list(pool.map(one, plan))
 
 
+def steps(names: list[str], corpus: str, n: int, val_chars: int) -> None:
+    """Loss by steps: each configuration for `n` steps with one thread, its validation curve appended."""
+    for name in names:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "m.pt"
+            s = train(corpus, CONFIGS[name], out, ["--max-steps", str(n), "--threads", "1", "--val-every",
+                                                   str(max(1, n // 3)), "--val-share", "1", "--val-max-chars",
+                                                   str(val_chars)])
+            log = [json.loads(line) for line in out.with_name(out.name + ".log.jsonl").read_text().splitlines()]
+        vals = [(r["step"], round(r["loss"], 4)) for r in log if r.get("kind") == "val"]
+        row = {"name": name, "corpus": Path(corpus).name, "options": CONFIGS[name], "steps": n,
+               "val_chars": val_chars, "val_curve": vals, "val_nats_per_char": round(s["val_loss"], 4),
+               "train_loss": round(s["train_loss"], 4), "chars_per_s_busy": round(s["chars_per_second"]),
+               "machine": cpu_name(), "date": datetime.date.today().isoformat()}
+        with (RESULTS / "sweep-steps.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps({k: row[k] for k in ("name", "val_curve", "train_loss", "chars_per_s_busy")}),
+              file=sys.stderr)
+
+
+def ratio(names: list[str], corpus: str, n: int, rounds: int) -> None:
+    """chars/s of each configuration over the first's, from runs taken in turn (median over `rounds`)."""
+    speeds: dict[str, list[float]] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):
+            for name in names:
+                s = train(corpus, CONFIGS[name], Path(tmp) / "m.pt",
+                          ["--max-steps", str(n), "--threads", "1", "--val-every", str(10 * n), "--val-max-chars", "2"])
+                speeds[name].append(s["chars_per_second"])
+    first = statistics.median(speeds[names[0]])
+    row = {"corpus": Path(corpus).name, "steps": n, "rounds": rounds, "reference": names[0],
+           "ratios": {name: round(statistics.median(v) / first, 3) for name, v in speeds.items()},
+           "chars_per_s_busy": {name: [round(x) for x in v] for name, v in speeds.items()},
+           "machine": cpu_name(), "date": datetime.date.today().isoformat()}
+    with (RESULTS / "sweep-ratio.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), file=sys.stderr)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["measure", "run"])
+    p.add_argument("what", choices=["measure", "run", "steps", "ratio"])
     p.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="these configurations (default: all)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--corpus", default=str(SHARED / "tinyshakespeare.txt"), help="a file, or a catalog corpus name")
@@ -146,6 +209,10 @@ def main() -> None:
     p.add_argument("--keep", type=Path, help="keep the models in this folder")
     p.add_argument("--test", action="store_true", help="score the best checkpoint on the corpus's test part")
     p.add_argument("--dynamic", action="store_true", help="with --test: dynamic evaluation too")
+    p.add_argument("--steps", type=int, default=150, help="steps: the steps of each configuration")
+    p.add_argument("--val-chars", type=int, default=50_000, help="steps: the held-out characters validated on")
+    p.add_argument("--ratio-steps", type=int, default=20, help="ratio: the steps of each timed run")
+    p.add_argument("--rounds", type=int, default=3, help="ratio: runs of each configuration, in turn")
     args = p.parse_args()
     if not (Path(args.corpus).is_file() or (SHARED / args.corpus).is_dir()):
         sys.exit(f"Error: {args.corpus} not found (the shared corpora are needed)")
@@ -153,6 +220,10 @@ def main() -> None:
     names = args.only or list(CONFIGS)
     if args.what == "measure":
         measure(names, args.corpus, args.measure_steps)
+    elif args.what == "steps":
+        steps(names, args.corpus, args.steps, args.val_chars)
+    elif args.what == "ratio":
+        ratio(names, args.corpus, args.ratio_steps, args.rounds)
     else:
         run(names, args.seeds, args.corpus, args.budget, args.jobs, args)
 

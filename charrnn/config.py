@@ -64,6 +64,11 @@ DEFAULT_VAL_EVERY = 200  # steps between validations, unless --val-every says ot
 # settings that go together. Explicit options override them. "small" is the default: on a CPU, one
 # wide layer learns more per second than two narrow ones (the README's sweep: 1x384 at lr 5e-3 reached
 # 1.47 nats/char on tinyshakespeare in 150 s where 2x256 at 3e-3 reached 1.53).
+# The output layers of --softmax (charrnn.model.heads builds them): "auto" takes the adaptive softmax from
+# ADAPTIVE_FROM vocabulary entries on (measured: docs/models.md, "The output layer").
+SOFTMAXES = ("auto", "full", "adaptive")
+ADAPTIVE_FROM = 2000
+
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"cell": "lstm", "layers": 1, "hidden": 128, "embed_dim": 32, "dropout": 0.0,
              "batch_size": 32, "num_steps": 64, "lr": 4e-3},
@@ -81,6 +86,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 # dropout before the head, and the EMA of the weights. Options given on the command line win.
 SMALL_BF16: dict[str, Any] = {"hidden": 512, "dropout": 0.1, "optimizer": "adamw", "weight_decay": 0.1,
                               "average": "ema"}
+
+# The default model where the vocabulary takes the adaptive softmax (--softmax auto or adaptive: thousands of
+# characters, as Chinese has): the sweep on tangshi.txt by steps (docs/benchmarks.md, 2026-12-06) found that
+# the learning rate tuned on a 65-character alphabet is too low for rows each character rarely trains.
+# Options given on the command line (and --preset other than small) win.
+LARGE_VOCAB: dict[str, Any] = {"lr": 1e-2}
 
 
 @dataclass(frozen=True)

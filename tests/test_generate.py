@@ -347,15 +347,16 @@ def test_draw_follows_the_weights() -> None:
 # --- memory bounded by the model: the prefix is read a window at a time ---------------------------
 
 def record_calls(model: CharRNN) -> list[int]:
-    """Lengths T of the (B, T) inputs of every forward call of `model` from now on."""
+    """Lengths T of the (B, T) inputs of every call of `model`'s recurrence (features: what forward,
+    log_probs and nll run) from now on."""
     lengths: list[int] = []
-    forward = model.forward
+    features = model.features
 
     def recording(x: torch.Tensor, state=None):  # noqa: ANN001, ANN202
         lengths.append(int(x.shape[1]))
-        return forward(x, state)
+        return features(x, state)
 
-    model.forward = recording  # type: ignore[method-assign]
+    model.features = recording  # type: ignore[method-assign]
     return lengths
 
 

@@ -198,3 +198,13 @@ def test_unknown_character_hint_fits_the_vocabulary() -> None:
     with pytest.raises(UnknownCharacterError, match="the model has no <unk> to read them as") as e:
         Vocab.build("abc", unk=False).encode("abz", unk="map")
     assert "--unk" not in str(e.value)
+
+
+def test_max_chars_keeps_the_most_frequent_ties_to_the_lower_code_point() -> None:
+    v = Vocab.build("aaaabbbcccdde", max_chars=3)  # b and c tie at 3: both kept; then d (2) is out
+    assert v.chars == ("a", "b", "c") and v.counts == (4, 3, 3) and v.unk
+    assert Vocab.build("ccbbaa", max_chars=2).chars == ("a", "b")  # a three-way tie: the lowest code points
+    assert Vocab.build("aab", min_freq=2, max_chars=5).chars == ("a",)  # after --min-freq
+    assert list(v.encode("abcde", unk="map")) == [0, 1, 2, 3, 3]
+    with pytest.raises(ValueError, match="need the <unk> token"):
+        Vocab.build("ab", unk=False, max_chars=1)

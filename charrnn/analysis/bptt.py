@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from charrnn.analysis.context import pick_targets, start_state
 from charrnn.errors import DataError, UsageError
@@ -76,8 +75,7 @@ def window_gradients(model: CharRNN, x: torch.Tensor, y: torch.Tensor, state: St
             hs.append(_h(state))  # (layers, B, H), a node every later step reads
         # The head on h_T's top layer: the logits `step` returns, as a function of the state itself (in
         # eval mode the model's dropout is the identity), so that k = 0 is the gradient w.r.t. h_T.
-        logits = model.head(hs[-1][-1])  # (B, V)
-        loss = F.cross_entropy(logits.float(), y, reduction="sum")  # rows are independent: each gets its own
+        loss = model.head.nll(hs[-1][-1], y).sum()  # (B,) summed: rows are independent, each gets its own
         grads = torch.autograd.grad(loss, hs)
     norms = torch.stack([g.transpose(0, 1).reshape(g.shape[1], -1).norm(dim=1) for g in grads], dim=1)  # (B, T)
     return norms.flip(1)

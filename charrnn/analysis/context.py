@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from charrnn.errors import DataError, UsageError
 from charrnn.model.network import CharRNN, State, repeat_stream
@@ -98,7 +97,8 @@ def start_state(model: CharRNN, boundary_ids: np.ndarray | None = None, rows: in
     state = model.begin_state(1, param.device)
     state = tuple(s.to(param.dtype) for s in state) if isinstance(state, tuple) else state.to(param.dtype)
     if boundary_ids is not None and len(boundary_ids):
-        _, state = model(torch.as_tensor(np.asarray(boundary_ids, dtype=np.int64)[None], device=param.device), state)
+        ids = torch.as_tensor(np.asarray(boundary_ids, dtype=np.int64)[None], device=param.device)  # (1, n)
+        _, state = model.features(ids, state)
     return repeat_stream(state, rows)
 
 
@@ -144,12 +144,11 @@ def full_context_losses(model: CharRNN, ids: np.ndarray, targets: np.ndarray, wa
     state = start_state(model, boundary_ids, s)
     step = _window(s, model)
     for start in range(0, width, step):
-        logits, state = model(x[:, start : start + step], state)  # (S, w, V)
-        inside = np.flatnonzero((column >= start) & (column < start + logits.shape[1]))
+        out, state = model.features(x[:, start : start + step], state)  # (S, w, H)
+        inside = np.flatnonzero((column >= start) & (column < start + out.shape[1]))
         if len(inside):
-            picked = logits[torch.from_numpy(stream[inside]), torch.from_numpy(column[inside] - start)]  # (k, V)
-            loss = F.cross_entropy(picked.float(), y[inside], reduction="none")
-            losses[inside] = loss.double().cpu().numpy()
+            picked = out[torch.from_numpy(stream[inside]), torch.from_numpy(column[inside] - start)]  # (k, H)
+            losses[inside] = model.head.nll(picked, y[inside]).double().cpu().numpy()
     return losses
 
 
@@ -185,9 +184,9 @@ def truncated_losses(model: CharRNN, ids: np.ndarray, targets: np.ndarray, lengt
     state = start_state(model, boundary_ids, len(targets))
     step = _window(len(targets), model)
     for start in range(0, length, step):
-        logits, state = model(x[:, start : start + step], state)  # (B, w, V); only the last column is a target
+        out, state = model.features(x[:, start : start + step], state)  # (B, w, H); only the last column is read
     y = torch.from_numpy(np.asarray(ids[targets], dtype=np.int64)).to(device)
-    return F.cross_entropy(logits[:, -1].float(), y, reduction="none").double().cpu().numpy()
+    return model.head.nll(out[:, -1], y).double().cpu().numpy()
 
 
 def context_curve(model: CharRNN, ids: np.ndarray, *, lengths: tuple[int, ...] = DEFAULT_LENGTHS,

@@ -43,8 +43,10 @@ def info_cmd(model_path: str, as_json: bool) -> None:
         json_out(summary)
         return
     m = summary["model"]
+    head = (f", adaptive softmax (shortlist {m['cutoffs'][0]:,}, {len(m['cutoffs'])} tail clusters)"
+            if m.get("output") == "adaptive" else "")  # older checkpoints lack the field: a full softmax
     click.echo(f"{m['cell']} {m['layers']}x{m['hidden']}, {m['input']} input, {summary['parameters']:,} parameters, "
-               f"vocabulary {summary['vocab_size']}")
+               f"vocabulary {summary['vocab_size']}{head}")
     precision = (summary["train"] or {}).get("precision", "fp32") if isinstance(summary["train"], dict) else "fp32"
     click.echo(f"step {summary['step']}, validation loss {num(summary['val_loss'])} nats/char "
                f"(best {num(summary['best_val_loss'])}), trained on {summary['training_chars']} characters "

@@ -26,6 +26,7 @@ from charrnn.cli.common import (
     threads_option,
 )
 from charrnn.config import (
+    ADAPTIVE_FROM,
     AVERAGES,
     CELLS,
     DEFAULT_EMA_DECAY,
@@ -37,6 +38,7 @@ from charrnn.config import (
     MAX_LAYERS,
     MAX_WIDTH,
     PRESETS,
+    SOFTMAXES,
 )
 from charrnn.data.labels import DEFAULT_LABEL_MODE, LABEL_MODES
 from charrnn.errors import CharrnnError, Interrupted, PeerLost, UsageError
@@ -84,6 +86,11 @@ def without_nproc(argv: list[str]) -> list[str]:
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the encoded-corpus cache.")
 @click.option("--min-freq", default=1, type=positive_int(), show_default=True,
               help="Characters seen fewer times map to <unk>.")
+@click.option("--max-vocab", type=positive_int(), default=None,
+              help="Keep only the K most frequent characters (after --min-freq); the others map to <unk>.")
+@click.option("--softmax", type=click.Choice(SOFTMAXES), default="auto", show_default=True,
+              help="The output layer: a full softmax, or the adaptive softmax (cost that grows far slower with "
+                   f"the vocabulary; exact probabilities); auto: adaptive from {ADAPTIVE_FROM:,} characters on.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
               help="A model size with the batch and learning rate that suit it: tiny (1x128), small (the default: "
                    "1x384; in bf16 1x512 with AdamW weight decay 0.1, dropout 0.1 and --average ema), medium "

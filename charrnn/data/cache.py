@@ -172,12 +172,14 @@ def encode_corpus(
     *,
     vocab: Vocab | None = None,
     min_freq: int = 1,
+    max_chars: int | None = None,
     unk: UnkPolicy = "map",
     where: str = "the corpus",
     cache: bool = True,
     env: Mapping[str, str] | None = None,
 ) -> Encoded:
-    """The ids of the text of `parts`, under `vocab` (built from the text with `min_freq` when None).
+    """The ids of the text of `parts`, under `vocab` (built from the text with `min_freq` and `max_chars`
+    when None: Vocab.from_counts).
 
     With `cache`, counts and ids are read from and written to `encoded_dir(env)`; a cache folder
     that cannot be written is not an error (the ids are then built in memory).
@@ -200,7 +202,7 @@ def encode_corpus(
                 folder = None
     freq, n = counted
     if vocab is None:
-        vocab = Vocab.from_counts(freq, unk=True, min_freq=min_freq)
+        vocab = Vocab.from_counts(freq, unk=True, min_freq=min_freq, max_chars=max_chars)
     if folder is not None:
         path = folder / f"ids-{vocab_key(vocab, unk)}.npy"
         opened = _open_ids(path, n, vocab)

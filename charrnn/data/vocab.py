@@ -59,16 +59,23 @@ class Vocab:
     unk: bool = True  # <unk> has id len(chars) when present
 
     @classmethod
-    def build(cls, text: str, unk: bool = True, min_freq: int = 1) -> Vocab:
-        """Vocabulary of `text`; characters seen fewer than `min_freq` times map to <unk>."""
-        return cls.from_counts(count_code_points(text), unk=unk, min_freq=min_freq)
+    def build(cls, text: str, unk: bool = True, min_freq: int = 1, max_chars: int | None = None) -> Vocab:
+        """Vocabulary of `text`; characters seen fewer than `min_freq` times, or beyond the `max_chars`
+        most frequent, map to <unk>."""
+        return cls.from_counts(count_code_points(text), unk=unk, min_freq=min_freq, max_chars=max_chars)
 
     @classmethod
-    def from_counts(cls, freq: np.ndarray, unk: bool = True, min_freq: int = 1) -> Vocab:
-        """Vocabulary from `freq[c]` = occurrences of code point c (see `count_code_points`)."""
-        if min_freq > 1 and not unk:
-            raise ValueError("min_freq > 1 needs the <unk> token")
+    def from_counts(cls, freq: np.ndarray, unk: bool = True, min_freq: int = 1,
+                    max_chars: int | None = None) -> Vocab:
+        """Vocabulary from `freq[c]` = occurrences of code point c (see `count_code_points`): the characters
+        seen at least `min_freq` times and, when `max_chars` is given, only the `max_chars` most frequent of
+        them (ties go to the lower code point); <unk> is not counted in `max_chars`."""
+        if (min_freq > 1 or max_chars is not None) and not unk:
+            raise ValueError("min_freq > 1 and max_chars need the <unk> token")
         kept = np.flatnonzero(freq >= max(min_freq, 1))
+        if max_chars is not None and kept.size > max_chars:
+            best = np.lexsort((kept, -freq[kept]))[:max_chars]  # by count, then code point
+            kept = np.sort(kept[best])
         return cls(
             chars=tuple(chr(c) for c in kept.tolist()),
             counts=tuple(int(n) for n in freq[kept].tolist()),

@@ -71,7 +71,7 @@ class _Graph(nn.Module):
     def forward(self, ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         x = self.embed(ids) if self.embed is not None else one_hot(ids, self.vocab_size)  # (B, T, I)
         out, state = self.rnn(x, (h, c) if c is not None else h)  # (B, T, H)
-        logits = self.head(out)
+        logits = self.head.logits(out)  # the adaptive head's are log-probabilities (charrnn.model.heads)
         return (logits, *state) if isinstance(state, tuple) else (logits, state)
 
 

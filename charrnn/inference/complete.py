@@ -70,8 +70,8 @@ def after_prefix(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray,
         logp = frequency_logprobs(vocab, device)
     else:
         state = warm_up(model, ids[:-1], state)
-        logits, state = step(torch.tensor([int(ids[-1])], device=device), state)  # (1, V)
-        logp = torch.log_softmax(logits[0].double(), dim=0)
+        logp, state = step.log_probs(torch.tensor([int(ids[-1])], device=device), state, torch.float64)
+        logp = logp[0]  # (V,)
     if vocab.unk_id is not None:
         logp[vocab.unk_id] = -math.inf
     return step, state, logp
@@ -115,10 +115,10 @@ def next_logprobs(model: CharRNN, vocab: Vocab, prefixes: Sequence[np.ndarray], 
         while active:
             window = max(1, min(WARM_UP_STEPS, limit // (active * model.config.vocab_size)))
             x = torch.as_tensor(ids[:active, start : start + window], device=device)  # (active, w)
-            logits, state = model(x, state)  # (active, w, V)
+            logp, state = model.log_probs(x, state, torch.float64)  # (active, w, V)
             for row in range(active):
                 if start <= lengths[row] - 1 < start + window:
-                    out[order[row]] = torch.log_softmax(logits[row, lengths[row] - 1 - start].double(), dim=0)
+                    out[order[row]] = logp[row, lengths[row] - 1 - start]
             start += window
             while active and lengths[active - 1] <= start:
                 active -= 1
@@ -161,9 +161,8 @@ def next_words(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray, k: int = 5,
             if rows is None:
                 logps = logp[None]  # (1, V): the prefix's own
             else:
-                logits, after = step(ids[a:b], select_streams(state, rows[a:b]))  # (c, V)
+                logps, after = step.log_probs(ids[a:b], select_streams(state, rows[a:b]), torch.float64)  # (c, V)
                 states.append(after)
-                logps = torch.log_softmax(logits.double(), dim=1)
                 if vocab.unk_id is not None:
                     logps[:, vocab.unk_id] = -math.inf
             # A partial word ends here with the probability of any boundary after it.

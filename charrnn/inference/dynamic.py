@@ -36,10 +36,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from charrnn.data.partition import IGNORE
 from charrnn.errors import DataError, UsageError
-from charrnn.inference.evaluate import IGNORE, EvalResult
+from charrnn.inference.evaluate import EvalResult
 from charrnn.inference.exactsum import ExactSum
 from charrnn.model.network import CharRNN, detach_state
 
@@ -145,9 +145,9 @@ def _segments(model: CharRNN, ids: np.ndarray, segment: int,
         scored = (y != unk_id) if unk_id is not None else np.ones(len(y), dtype=bool)
         y[~scored] = IGNORE
         with no_cudnn:
-            logits, state = model(torch.from_numpy(x).to(device)[None], state)  # (1, T, V)
-            losses = F.cross_entropy(logits[0].float(), torch.from_numpy(y).to(device), ignore_index=IGNORE,
-                                     reduction="none")  # (T,)
+            losses, state = model.nll(torch.from_numpy(x).to(device)[None], torch.from_numpy(y).to(device)[None],
+                                      state, ignore_index=IGNORE)
+            losses = losses[0]  # (T,), 0 where ignored
         state = detach_state(state)
         yield losses, scored
 

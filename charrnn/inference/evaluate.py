@@ -20,14 +20,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from charrnn.data.partition import IGNORE
 from charrnn.errors import DataError
 from charrnn.inference.exactsum import ExactSum
 from charrnn.model.network import CharRNN
 from charrnn.threads import ThreadChooser, fixed
 
-IGNORE = -100
 MAX_WINDOW_LOGITS = 1 << 24  # elements of one window's logits: 64 MB of float32
 
 
@@ -141,10 +140,9 @@ def evaluate_sums(
             y[~valid] = IGNORE
             scored += int(valid.sum())
             threads.before()
-            logits, state = model(torch.from_numpy(x).to(device), state)
-            total.add(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                      torch.from_numpy(y).to(device).reshape(-1),
-                                      ignore_index=IGNORE, reduction="none"))  # (S' * T,), 0 where ignored
+            nats, state = model.nll(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), state,
+                                    ignore_index=IGNORE)  # (S', T), 0 where ignored
+            total.add(nats.reshape(-1))  # (S' * T,)
             threads.after(x.size)
             if on_progress is not None:
                 on_progress(end * len(mine), length * len(mine))

@@ -220,7 +220,7 @@ def warm_up(model: CharRNN, ids: np.ndarray, state: State, max_logits: int | Non
     window = max(1, min(WARM_UP_STEPS, limit // model.config.vocab_size))
     for start in range(0, len(ids), window):
         x = torch.as_tensor(np.asarray(ids[start : start + window], dtype=np.int64), device=device)[None]  # (1, T)
-        _, state = model(x, state)
+        _, state = model.features(x, state)
     return state
 
 
@@ -443,8 +443,7 @@ def beam_search(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray, beam: int,
         logp = (counts / counts.sum()).log()[None, :]
     else:
         last = torch.as_tensor(np.asarray(prefix_ids[-1:], dtype=np.int64), device=device)
-        logits, state = step(last, state)
-        logp = torch.log_softmax(logits.double(), dim=-1)
+        logp, state = step.log_probs(last, state, torch.float64)
     finished: list[BeamResult] = []
     while True:
         if vocab.unk_id is not None and logp.shape[1] > vocab.unk_id:
@@ -462,7 +461,6 @@ def beam_search(model: CharRNN, vocab: Vocab, prefix_ids: np.ndarray, beam: int,
         index = torch.tensor(keep_rows, device=device)
         state = select_streams(state, index)
         texts, lps = keep_text, torch.tensor(keep_lp, dtype=torch.float64, device=device)
-        logits, state = step(torch.tensor(keep_ids, device=device), state)
-        logp = torch.log_softmax(logits.double(), dim=-1)
+        logp, state = step.log_probs(torch.tensor(keep_ids, device=device), state, torch.float64)
     finished.sort(key=lambda r: -r.score)
     return finished[:num_results]

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from charrnn.data.partition import IGNORE
 from charrnn.data.vocab import Vocab
 from charrnn.errors import DataError
 from charrnn.inference.evaluate import EvalResult
@@ -33,7 +33,6 @@ from charrnn.inference.exactsum import ExactSum
 from charrnn.model.network import CharRNN, State, repeat_stream
 from charrnn.threads import ThreadChooser, fixed
 
-IGNORE = -100
 # What a character a model cannot read costs when several models are compared (see RecordScore.cost):
 # a uniform guess among all Unicode code points, ln(0x110000) = 13.92 nats (20.09 bits). That is
 # more than any model trained on text pays for a character it knows, and the same for every model.
@@ -103,7 +102,7 @@ def start_state(model: CharRNN, boundary_ids: np.ndarray) -> State:
     state = model.begin_state(1, device)
     if len(boundary_ids) > 1:
         x = torch.as_tensor(boundary_ids[None, :-1], dtype=torch.int64, device=device)
-        _, state = model(x, state)
+        _, state = model.features(x, state)
     return state
 
 
@@ -163,10 +162,9 @@ def score_rows(model: CharRNN, rows: list[np.ndarray], boundary_ids: np.ndarray,
             y[is_unk] = IGNORE
         chars += (y != IGNORE).sum(axis=1)
         threads.before()
-        logits, state = model(torch.from_numpy(x).to(device), state)  # (B, w, V)
-        loss = F.cross_entropy(logits.reshape(b * w, -1).float(), torch.from_numpy(y).to(device).reshape(-1),
-                               ignore_index=IGNORE, reduction="none")  # (B * w,), 0 where ignored
-        nats.add(loss, row_of.expand(b, w))
+        loss, state = model.nll(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), state,
+                                ignore_index=IGNORE)  # (B, w), 0 where ignored
+        nats.add(loss.reshape(-1), row_of.expand(b, w))
         threads.after(b * w)  # the work is the padded window, scored or not
         start += w
     totals = nats.totals()

@@ -138,8 +138,8 @@ def _block(model: CharRNN, seq: torch.Tensor, state: State, k: int,
     top_probs = np.zeros((max(n, 0), k))
     for start in range(0, max(n, 0), num_steps):
         x = seq[start : min(start + num_steps, n)][None]  # (1, T): inputs seq[start..start+T-1]
-        logits, state = model(x, state)
-        logp = torch.log_softmax(logits[0].double(), dim=-1)  # (T, V), predicts seq[start+1..start+T]
+        logp, state = model.log_probs(x, state, torch.float64)
+        logp = logp[0]  # (T, V), predicts seq[start+1..start+T]
         targets = seq[start + 1 : start + 1 + x.shape[1]]
         rows = slice(start, start + x.shape[1])
         bits[rows] = (-logp.gather(1, targets[:, None])[:, 0] / math.log(2)).cpu().numpy()

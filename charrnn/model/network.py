@@ -17,6 +17,11 @@ With label_mode "add" it is added to the input at every step (its width is the i
 "state" it is the initial state (h, and c for an LSTM, of every layer). forward and begin_state take
 the labels (B,) of the rows; `for_label` gives a view of the model fixed to one label, which every
 consumer of a model (generation, scoring) uses as it would an unlabelled model.
+
+The output layer is a full softmax or the adaptive softmax (charrnn.model.heads, `output`). Whatever it
+is, probabilities come from two methods only: `log_probs(x, state)` (the next character's log-probabilities
+at every position) and `nll(x, y, state)` (the loss of given targets, which the adaptive softmax computes
+without the full distribution); `forward` gives values whose softmax is the distribution (see heads).
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ from torch import nn
 
 from charrnn.config import CELLS, INPUTS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH
 from charrnn.data.labels import DEFAULT_LABEL_MODE, LABEL_MODES, MAX_LABELS
+from charrnn.data.partition import IGNORE
 from charrnn.data.vocab import one_hot
 from charrnn.errors import UsageError
+from charrnn.model.heads import OUTPUTS, AdaptiveHead, FullHead, check_adaptive, tail_width
 
 # Overrides what a CPU's flags say about native bfloat16 (native_bf16): "1" or "0".
 NATIVE_BF16_ENV = "CHARRNN_NATIVE_BF16"
@@ -57,8 +64,15 @@ class ModelConfig:
     embed_dropout: float = 0.0  # whole characters dropped from a minibatch's input (training only)
     labels: int = 0  # labels of a label-conditioned model (0: none)
     label_mode: str = DEFAULT_LABEL_MODE  # how the label enters: added to the input at every step, or the initial state
+    output: str = "full"  # the output layer (charrnn.model.heads): full softmax, or adaptive
+    cutoffs: tuple[int, ...] = ()  # adaptive: the ranks where the shortlist and each tail cluster end
+    order: tuple[int, ...] = ()  # adaptive: the character ids by frequency rank, most frequent first
 
     def __post_init__(self) -> None:
+        # Lists from a checkpoint or JSON become tuples: the config stays hashable and compares equal.
+        for name in ("cutoffs", "order"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         if not isinstance(self.cell, str) or self.cell not in CELLS:
             raise UsageError(f"unknown cell {self.cell!r}: choose one of {', '.join(CELLS)}")
         if not isinstance(self.input, str) or self.input not in INPUTS:
@@ -76,6 +90,18 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
                 raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+        if not isinstance(self.output, str) or self.output not in OUTPUTS:
+            raise UsageError(f"unknown output layer {self.output!r}: choose one of {', '.join(OUTPUTS)}")
+        if not isinstance(self.cutoffs, tuple) or not isinstance(self.order, tuple):
+            raise UsageError("the output layer's cutoffs and order must be lists of integers")
+        if self.output == "full" and (self.cutoffs or self.order):
+            raise UsageError("a full-softmax output layer has no cutoffs or order")
+        if self.output == "adaptive":
+            if self.vocab_size < 2:
+                raise UsageError("the adaptive softmax needs at least 2 characters")
+            why = check_adaptive(self.vocab_size, self.cutoffs, self.order)
+            if why is not None:
+                raise UsageError(f"adaptive output layer: {why}")
 
     @property
     def base_cell(self) -> str:
@@ -90,7 +116,8 @@ class ModelConfig:
         return self.layers * self.hidden * (2 if self.base_cell == "lstm" else 1)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain data (lists, not tuples: as JSON and checkpoints give them back)."""
+        return {**asdict(self), "cutoffs": list(self.cutoffs), "order": list(self.order)}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -191,7 +218,8 @@ class CharRNN(nn.Module):
             self.rnn = module(size_in, h, config.layers, batch_first=True,
                               dropout=config.dropout if config.layers > 1 else 0.0)
         self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(h, v)
+        self.head: FullHead | AdaptiveHead = (
+            AdaptiveHead(h, v, config.cutoffs, config.order) if config.output == "adaptive" else FullHead(h, v))
         self.label_embed = nn.Embedding(config.labels, config.label_width) if config.labels else None
         if self.label_embed is not None and config.label_mode == "state":
             nn.init.zeros_(self.label_embed.weight)  # every label starts from the unlabelled zero state
@@ -206,7 +234,7 @@ class CharRNN(nn.Module):
     def begin_state(self, batch: int, device: torch.device | str | None = None,
                     labels: torch.Tensor | None = None) -> State:
         """Initial state for `batch` streams: zeros, or for label_mode "state" the labels' (B,) embeddings."""
-        device = device if device is not None else self.head.weight.device
+        device = device if device is not None else self.first_weight().device
         c = self.config
         if labels is not None and self.label_embed is not None and c.label_mode == "state":
             parts = 2 if c.base_cell == "lstm" else 1
@@ -224,12 +252,40 @@ class CharRNN(nn.Module):
         """This model fixed to label id `label`: forward and begin_state as an unlabelled model's."""
         return LabelView(self, label)
 
-    def forward(self, x: torch.Tensor, state: State | None = None,
-                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
-        """Ids (B, T), state and the rows' labels (B,) of a labelled model -> logits (B, T, V) and the
-        state after the last step."""
+    def first_weight(self) -> torch.Tensor:
+        """The first layer's W_ih: a parameter every model has (for its device and dtype)."""
+        return layer_weights(self.rnn, 0)[0]
+
+    def forward(self, x: torch.Tensor, state: State | None = None, labels: torch.Tensor | None = None,
+                y: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """Ids (B, T), state and the rows' labels (B,) of a labelled model -> logits (B, T, V) (values whose
+        softmax is the next character's distribution; the log-probabilities themselves for the adaptive head)
+        and the state after the last step. With targets y (B, T): their nats (B, T) instead, as `nll`
+        (training goes through forward, which DistributedDataParallel wraps)."""
         if labels is None and self.label_embed is not None:
             raise UsageError(NEEDS_LABEL)
+        if y is not None:
+            return self.nll(x, y, state, labels=labels)
+        out, state = self.features(x, state, labels)
+        return self.head.logits(out), state
+
+    def log_probs(self, x: torch.Tensor, state: State | None = None, dtype: torch.dtype = torch.float32,
+                  labels: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """Ids (B, T) and state -> the next character's log-probabilities (B, T, V) in `dtype` (exact and
+        normalised, whatever the output layer) and the state after the last step."""
+        out, state = self.features(x, state, labels)
+        return self.head.log_probs(out, dtype), state
+
+    def nll(self, x: torch.Tensor, y: torch.Tensor, state: State | None = None, ignore_index: int = IGNORE,
+            labels: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """Ids x (B, T), targets y (B, T) and state -> nats (B, T) float32 (0 where y == ignore_index) and
+        the state after the last step. The adaptive head computes a tail cluster only for its targets."""
+        out, state = self.features(x, state, labels)
+        return self.head.nll(out, y, ignore_index), state
+
+    def features(self, x: torch.Tensor, state: State | None = None,
+                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """Ids (B, T), state and labels -> the top layer's outputs after dropout (B, T, H), the head's input."""
         if state is None:
             state = self.begin_state(x.shape[0], x.device, labels)
         inputs = self.encode(x)  # (B, T, I)
@@ -250,7 +306,7 @@ class CharRNN(nn.Module):
             out, state = torch.func.functional_call(self.rnn, dropped, (inputs, state))
         else:
             out, state = self.rnn(inputs, state)
-        return self.head(self.drop(out)), state
+        return self.drop(out), state
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One time step: ids (B,) -> logits (B, V), state.
@@ -276,7 +332,7 @@ class CharRNN(nn.Module):
             new_h.append(h)
             inp = h
         h_n = torch.stack(new_h)
-        return self.head(inp), ((h_n, torch.stack(new_c)) if lstm else h_n)
+        return self.head.logits(inp), ((h_n, torch.stack(new_c)) if lstm else h_n)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -296,13 +352,27 @@ class LabelView(nn.Module):
         self.train(model.training)  # a view is in the model's mode (a new Module would be in training mode)
 
     def _labels(self, batch: int, device: torch.device | str | None) -> torch.Tensor:
-        return torch.full((batch,), self.label, dtype=torch.int64, device=device or self.head.weight.device)
+        return torch.full((batch,), self.label, dtype=torch.int64, device=device or self.model.first_weight().device)
 
     def begin_state(self, batch: int, device: torch.device | str | None = None) -> State:
         return self.model.begin_state(batch, device, self._labels(batch, device))
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         return self.model(x, state, self._labels(x.shape[0], x.device))
+
+    def features(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        return self.model.features(x, state, self._labels(x.shape[0], x.device))
+
+    def log_probs(self, x: torch.Tensor, state: State | None = None,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, State]:
+        return self.model.log_probs(x, state, dtype, self._labels(x.shape[0], x.device))
+
+    def nll(self, x: torch.Tensor, y: torch.Tensor, state: State | None = None,
+            ignore_index: int = IGNORE) -> tuple[torch.Tensor, State]:
+        return self.model.nll(x, y, state, ignore_index, self._labels(x.shape[0], x.device))
+
+    def first_weight(self) -> torch.Tensor:
+        return self.model.first_weight()
 
     def input_offset(self) -> torch.Tensor | None:
         """The label's embedding (I,), added to every input, for label_mode "add"; else None."""
@@ -322,10 +392,27 @@ def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     for k in range(config.layers):
         shapes.update({f"rnn.weight_ih_l{k}": (g, size_in if k == 0 else h), f"rnn.weight_hh_l{k}": (g, h),
                        f"rnn.bias_ih_l{k}": (g,), f"rnn.bias_hh_l{k}": (g,)})
-    shapes.update({"head.weight": (v, h), "head.bias": (v,)})
+    if config.output == "adaptive":
+        shapes.update({"head.head.weight": (config.cutoffs[0] + len(config.cutoffs), h),
+                       "head.head.bias": (config.cutoffs[0] + len(config.cutoffs),)})
+        for i, (start, end) in enumerate(zip(config.cutoffs, [*config.cutoffs[1:], v], strict=True)):
+            shapes.update({f"head.tail.{i}.0.weight": (tail_width(h, i), h),
+                           f"head.tail.{i}.1.weight": (end - start, tail_width(h, i))})
+    else:
+        shapes.update({"head.weight": (v, h), "head.bias": (v,)})
     if config.labels:
         shapes["label_embed.weight"] = (config.labels, config.label_width)
     return shapes
+
+
+def grown_config(old: ModelConfig, id_map: list[int], vocab_size: int) -> ModelConfig:
+    """The config of grow_vocab's model: `vocab_size` tokens, old token i now id_map[i]; an adaptive head's
+    order sends the old ranks through id_map and gives the new tokens the last ranks."""
+    order = old.order
+    if old.output == "adaptive":
+        added = sorted(set(range(vocab_size)) - set(id_map))
+        order = (*(id_map[i] for i in old.order), *added)
+    return replace(old, vocab_size=vocab_size, order=order)
 
 
 @torch.no_grad()
@@ -334,16 +421,22 @@ def grow_vocab(model: CharRNN, id_map: torch.Tensor | list[int], vocab_size: int
     token id_map[i]. The rows of old tokens in the input table (embedding rows, or the columns of the
     first layer's W_ih for one-hot input) and in the output layer (weight rows and biases) keep their
     exact values; new tokens get the values a fresh model draws (torch's default initialisation, from
-    the global RNG: seed it first for a repeatable result). Every other parameter is copied."""
+    the global RNG: seed it first for a repeatable result). Every other parameter is copied.
+
+    An adaptive head keeps its cutoffs: the new tokens, unseen in the old text, take the last ranks, so
+    the last tail cluster grows by their number and its old rows keep their values."""
     old = model.config
     id_map = torch.as_tensor(id_map, dtype=torch.long)
     if id_map.shape != (old.vocab_size,) or vocab_size < old.vocab_size or len(set(id_map.tolist())) != len(id_map) \
             or (len(id_map) and (int(id_map.min()) < 0 or int(id_map.max()) >= vocab_size)):
         raise ValueError(f"id_map must send the {old.vocab_size} old ids to distinct ids below {vocab_size}")
-    grown = CharRNN(replace(old, vocab_size=vocab_size)).to(model.head.weight.device)
+    grown = CharRNN(grown_config(old, id_map.tolist(), vocab_size)).to(model.first_weight().device)
     fresh = grown.state_dict()
+    last_tail = f"head.tail.{len(old.cutoffs) - 1}.1.weight"  # adaptive: (size of the last cluster, width)
     for name, value in model.state_dict().items():
-        if name in ("embed.weight", "head.weight", "head.bias"):  # (V, E), (V, H), (V,): one row per token
+        if name == last_tail:  # the old ranks first: the same rows
+            fresh[name][: value.shape[0]] = value
+        elif name in ("embed.weight", "head.weight", "head.bias"):  # (V, E), (V, H), (V,): one row per token
             fresh[name][id_map] = value
         elif (name == "rnn.weight_ih_l0" or (name == "label_embed.weight" and old.label_mode == "add")) \
                 and old.input == "onehot":  # (gates*H, V), (labels, V): one column per token

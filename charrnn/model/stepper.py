@@ -9,7 +9,8 @@ takes a snapshot of the model's weights once per generation call, laid out for t
   columns, for an embedding the embedding table times W_ih;
 - the other weights are stored transposed and contiguous, (in, gates*H), which makes a one-row
   product 3x faster on CPU than the same product through the (out, in) view;
-- tokens that must never be sampled (<unk>) get a head bias of -inf;
+- tokens that must never be sampled (<unk>) get a head bias of -inf (for the adaptive head,
+  charrnn.model.heads, -inf is written into its output: AdaptiveStep, which lays that head out the same way);
 - a label view (model.LabelView) of label_mode "add" has its label's embedding folded into the table.
 
 The equations are those of model.rnn_step, gru_step and lstm_step; a test checks the result
@@ -25,11 +26,13 @@ from collections.abc import Iterable
 
 import torch
 
+from charrnn.model.heads import AdaptiveHead
 from charrnn.model.network import CharRNN, LabelView, State, layer_weights
 
 
 class Stepper:
-    """step(ids (B,), state) -> (logits (B, V), state) with a frozen copy of `model`'s weights."""
+    """step(ids (B,), state) -> (logits (B, V), state) with a frozen copy of `model`'s weights; `log_probs`
+    gives the log-probabilities instead (what every consumer of probabilities reads)."""
 
     @torch.no_grad()
     def __init__(self, model: CharRNN | LabelView, banned: Iterable[int | None] = ()) -> None:
@@ -54,13 +57,31 @@ class Stepper:
                 offset = model.input_offset()  # a label's embedding (I,), added to every input, or None
                 if offset is not None:
                     self.table = (self.table + offset.detach() @ w_ih.T).contiguous()
-        self.head_t = model.head.weight.detach().T.contiguous()  # (H, V)
-        self.head_b = model.head.bias.detach().clone()
-        for token in banned:
-            if token is not None:
-                self.head_b[token] = float("-inf")
+        self.banned = torch.tensor([t for t in banned if t is not None], dtype=torch.int64,
+                                   device=self.table.device)
+        self.adaptive = AdaptiveStep(model.head) if isinstance(model.head, AdaptiveHead) else None
+        if self.adaptive is None:
+            self.head_t = model.head.weight.detach().T.contiguous()  # (H, V)
+            self.head_b = model.head.bias.detach().clone()
+            self.head_b[self.banned] = float("-inf")
+
+    def log_probs(self, x: torch.Tensor, state: State,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, State]:
+        """ids (B,), state -> the next character's log-probabilities (B, V) in `dtype` (banned tokens at -inf)."""
+        logits, state = self._logits(x, state)
+        return torch.log_softmax(logits.to(dtype), dim=-1), state
 
     def __call__(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        return self._logits(x, state)
+
+    def _logits(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        h, state = self._hidden(x, state)
+        if self.adaptive is not None:
+            return self.adaptive.logits(h).index_fill_(1, self.banned, float("-inf")), state
+        return torch.addmm(self.head_b, h, self.head_t), state
+
+    def _hidden(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """ids (B,), state -> the top layer's output (B, H), the state after the step."""
         hs, cs = (state[0], state[1]) if self.lstm else (state, None)
         new_h, new_c = [], []
         inp = x
@@ -76,11 +97,40 @@ class Stepper:
                 h = torch.addmm(gx, h, w_hh_t).tanh()
             new_h.append(h)
             inp = h
-        logits = torch.addmm(self.head_b, inp, self.head_t)
         h_n = new_h[0][None] if self.layers == 1 else torch.stack(new_h)
         if not self.lstm:
-            return logits, h_n
-        return logits, (h_n, new_c[0][None] if self.layers == 1 else torch.stack(new_c))
+            return inp, h_n
+        return inp, (h_n, new_c[0][None] if self.layers == 1 else torch.stack(new_c))
+
+
+class AdaptiveStep:
+    """The adaptive head (charrnn.model.heads.AdaptiveHead) laid out for one step: weights transposed and contiguous,
+    the head's matrix and every cluster's projection in one product. `logits(h (B, H))` -> (B, V): the head's
+    logits for the shortlist and, for each tail cluster, its head logit + log p(char | cluster); their softmax
+    is the distribution (the head's normaliser covers both), so no softmax over the whole vocabulary is needed
+    to sample."""
+
+    @torch.no_grad()
+    def __init__(self, head: AdaptiveHead) -> None:
+        self.shortlist = head.shortlist
+        self.entries = head.head.weight.shape[0]  # shortlist + clusters
+        projections = [tail[0].weight.detach() for tail in head.tail]  # (H / 4^(i+1), H) each
+        self.widths = [p.shape[0] for p in projections]
+        self.first_t = torch.cat([head.head.weight.detach(), *projections]).T.contiguous()  # (H, S + C + sum widths)
+        self.first_b = torch.cat([head.head.bias.detach(), torch.zeros(sum(self.widths), dtype=head.head.bias.dtype,
+                                                                       device=head.head.bias.device)])
+        self.outs_t = [tail[1].weight.detach().T.contiguous() for tail in head.tail]  # (width, cluster size)
+        self.rank = head.rank
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        first = torch.addmm(self.first_b, h, self.first_t)  # (B, S + C + sum widths)
+        parts, at = [first[:, : self.shortlist]], self.entries
+        for i, (width, out_t) in enumerate(zip(self.widths, self.outs_t, strict=True)):
+            inner = first[:, at : at + width] @ out_t  # (B, cluster size)
+            at += width
+            shift = first[:, self.shortlist + i : self.shortlist + i + 1] - inner.logsumexp(dim=1, keepdim=True)
+            parts.append(inner + shift)
+        return torch.cat(parts, dim=1).index_select(1, self.rank)  # rank order -> id order
 
 
 # The cell updates, shared by generation (Stepper) and charrnn.analysis.trace, which records the gates they return.

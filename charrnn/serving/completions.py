@@ -85,8 +85,8 @@ def prompt_tokens(lm: LoadedModel, prompt: str, ids: np.ndarray, k: int) -> list
     tokens: list[Token] = []
     for start in range(0, len(ids), WINDOW):
         x = torch.as_tensor(inputs[start:start + WINDOW], device=device)[None]  # (1, w)
-        logits, state = model(x, state)  # (1, w, V)
-        logp = torch.log_softmax(logits[0].float(), dim=-1)  # (w, V)
+        logp, state = model.log_probs(x, state)  # (1, w, V)
+        logp = logp[0]  # (w, V)
         y = torch.as_tensor(ids[start:start + WINDOW].astype(np.int64), device=device)
         chosen = logp.gather(1, y[:, None])[:, 0].double().tolist()
         tops = _top(logp, k, chars)

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 # Every option of `charrnn train` (charrnn.train's keywords) with its default.
 OPTION_DEFAULTS: dict[str, Any] = {
     "resume": None, "init_from": None, "keep_vocab": False, "encoding": "utf-8", "val_fraction": 0.1,
-    "val_max_chars": DEFAULT_VAL_MAX_CHARS, "no_cache": False, "min_freq": 1, "preset": None,
+    "val_max_chars": DEFAULT_VAL_MAX_CHARS, "no_cache": False, "min_freq": 1, "max_vocab": None, "softmax": "auto",
+    "preset": None,
     "cell": "lstm", "layers": 1, "hidden": 384, "dropout": 0.0, "weight_drop": 0.0, "embed_dropout": 0.0,
     "input": "embedding", "embed_dim": 64, "partition": "sequential", "delimiter": "\n", "batch_size": 32,
     "num_steps": 64, "warmup": 0, "optimizer": "adam", "lr": 5e-3, "weight_decay": 0.0, "schedule": "cosine",
@@ -262,12 +263,15 @@ def _vocab_and_text(prep: _Prep) -> tuple[Any, ...]:
     from charrnn.data.vocab import Vocab
     from charrnn.model import checkpoint
     from charrnn.model.network import ModelConfig
-    from charrnn.training.train_from import check_architecture, fine_tune_vocab, resume_options
+    from charrnn.training.train_from import check_architecture, check_softmax, fine_tune_vocab, resume_options
 
     opts = prep.opts
     resume, init_from = opts["resume"], opts["init_from"]
     val_fraction, val_max_chars = opts["val_fraction"], opts["val_max_chars"]
     ckpt = base = None
+    if opts["max_vocab"] is not None and (resume or init_from):
+        raise UsageError("--max-vocab applies to a new run: the vocabulary of --resume and --init-from is the "
+                         "checkpoint's")
     if init_from:
         base = checkpoint.load(init_from)
         checkpoint.check_finite(base, init_from)  # refused now, not blamed on the learning rate later
@@ -276,12 +280,16 @@ def _vocab_and_text(prep: _Prep) -> tuple[Any, ...]:
                              "from scratch, or --resume it")
         check_architecture(opts, prep.chosen, list(ARCH_NAMES), base["model_config"],
                            "with --init-from the architecture is the base model's")
+        check_softmax(opts["softmax"], "softmax" in prep.given, base["model_config"],
+                      "with --init-from the architecture is the base model's")
     if resume:
         ckpt = checkpoint.load(resume)
         checkpoint.check_resume_fields(ckpt, resume)
         checkpoint.check_finite(ckpt, resume)
         check_architecture(opts, prep.chosen, list(ARCH_NAMES), ckpt["model_config"],
                            "the architecture cannot change on resume")
+        check_softmax(opts["softmax"], "softmax" in prep.given, ckpt["model_config"],
+                      "the architecture cannot change on resume")
         changes, val_fraction, val_max_chars = resume_options(ckpt, opts, lambda n: n in prep.given, prep.chosen,
                                                                _train_names(), prep.official, val_fraction,
                                                                val_max_chars)
@@ -300,10 +308,11 @@ def _vocab_and_text(prep: _Prep) -> tuple[Any, ...]:
     min_freq = opts["min_freq"]
     if opts["labels"]:
         encoded = prep.labelled = _read_labelled(prep, None)
+        output = _output_layer(prep, encoded.vocab, len(encoded.ids))  # first: it may set large-vocabulary defaults
         model_config = ModelConfig(vocab_size=encoded.vocab.size, labels=len(encoded.names.names),
-                                   label_mode=opts["label_mode"], **{n: opts[n] for n in ARCH_NAMES})
+                                   label_mode=opts["label_mode"], **{n: opts[n] for n in ARCH_NAMES}, **output)
         return encoded.vocab, encoded, model_config, ckpt, base, val_fraction, val_max_chars
-    encoded = prep.encode(prep.train_parts, min_freq=min_freq)
+    encoded = prep.encode(prep.train_parts, min_freq=min_freq, max_chars=opts["max_vocab"])
     vocab = encoded.vocab
     if not vocab.chars:
         raise UsageError(f"--min-freq {min_freq} leaves no character in the vocabulary (every character occurs "
@@ -313,8 +322,31 @@ def _vocab_and_text(prep: _Prep) -> tuple[Any, ...]:
             base, init_from, encoded, opts["keep_vocab"], lambda message: prep.say(message, True),
             lambda v: prep.encode(prep.train_parts, vocab=v, unk="map"))
     else:
-        model_config = ModelConfig(vocab_size=vocab.size, **{n: opts[n] for n in ARCH_NAMES})
+        output = _output_layer(prep, vocab, len(encoded.ids))  # first: it may set large-vocabulary defaults
+        model_config = ModelConfig(vocab_size=vocab.size, **{n: opts[n] for n in ARCH_NAMES}, **output)
     return vocab, encoded, model_config, ckpt, base, val_fraction, val_max_chars
+
+
+def _output_layer(prep: _Prep, vocab: Vocab, chars: int) -> dict[str, Any]:
+    """The model-config fields of --softmax for a new run on `chars` characters under `vocab`, said when
+    adaptive; then the default model for a large vocabulary (config.LARGE_VOCAB) where not given."""
+    from charrnn.config import LARGE_VOCAB
+    from charrnn.model import heads
+
+    softmax = prep.opts["softmax"]
+    # <unk> counts what it stands for (the characters --min-freq and --max-vocab left out).
+    counts = [*vocab.counts, *([chars - sum(vocab.counts)] if vocab.unk else [])]
+    output = heads.choose(softmax, counts)
+    if output["output"] == "adaptive":
+        prep.say(f"output layer: the adaptive softmax over {vocab.size:,} characters (a shortlist of "
+                 f"{output['cutoffs'][0]:,}, {len(output['cutoffs'])} tail clusters)"
+                 + (" (--softmax auto)" if softmax == "auto" else ""))
+        changed = {name: value for name, value in LARGE_VOCAB.items() if name not in prep.given}
+        if prep.opts["preset"] in (None, "small") and changed:
+            prep.opts.update(changed)
+            prep.say("the model for a large vocabulary: " + ", ".join(
+                f"--{name.replace('_', '-')} {value}" for name, value in changed.items()))
+    return output
 
 
 def _read_labelled(prep: _Prep, vocab: Vocab | None) -> Any:

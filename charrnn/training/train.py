@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from charrnn.config import TrainConfig
 from charrnn.data.cache import data_fingerprint
 from charrnn.data.labels import RecordLabels
 from charrnn.data.partition import (
+    IGNORE,
     Batch,
     RecordBatches,
     batches_per_epoch,
@@ -96,10 +96,10 @@ def _batch_loss(model: CharRNN | DistributedDataParallel, batch: Batch, state: S
         state = core.begin_state(x.shape[0], device, labels)
     if batch.warmup:
         with torch.no_grad():  # no gradient: the unwrapped model, no DDP bookkeeping
-            _, state = core(x[:, : batch.warmup], state, labels)
+            _, state = core.features(x[:, : batch.warmup], state, labels)
         x = x[:, batch.warmup :]
-    logits, state = model(x, state, labels)  # (B, T, V)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)), state
+    nats, state = model(x, state, labels, y)  # (B, T), 0 at padding (IGNORE)
+    return nats.sum() / (y != IGNORE).sum().clamp(min=1), state
 
 
 def train(

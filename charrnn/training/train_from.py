@@ -27,6 +27,14 @@ def check_architecture(opts: dict[str, Any], chosen: Any, names: list[str], save
                              f"{saved.get(name)}: {why}")
 
 
+def check_softmax(softmax: str, given: bool, saved: dict[str, Any], why: str) -> None:
+    """Refuse a --softmax given on the command line other than the checkpoint's output layer (a checkpoint
+    older than the field has a full softmax); `why` ends the message."""
+    had = saved.get("output", "full")
+    if given and softmax not in ("auto", had):
+        raise UsageError(f"--softmax {softmax} differs from the checkpoint's {had}: {why}")
+
+
 def resume_options(ckpt: dict[str, Any], opts: dict[str, Any], given: Any, chosen: Any, train_names: list[str],
                    official: bool, val_fraction: float, val_max_chars: int | None) -> tuple[list[str], float, Any]:
     """The training options of a resumed run: those given on the command line override the checkpoint's
@@ -65,7 +73,7 @@ def fine_tune_vocab(base: dict[str, Any], base_path: str, encoded: Any, keep: bo
     `encoded`; `encode(vocab)` encodes the text again under the chosen vocabulary; `say` is told what
     happens to the vocabulary."""
     from charrnn.data.vocab import Vocab
-    from charrnn.model.network import ModelConfig
+    from charrnn.model.network import ModelConfig, grown_config
     from charrnn.training.finetune import choose_vocab
 
     try:
@@ -85,4 +93,4 @@ def fine_tune_vocab(base: dict[str, Any], base_path: str, encoded: Any, keep: bo
         say(f"fine-tuning {base_path}: its vocabulary covers the text")
     if vocab != encoded.vocab:
         encoded = encode(vocab)
-    return vocab, encoded, dataclasses.replace(base_config, vocab_size=vocab.size)
+    return vocab, encoded, grown_config(base_config, base_vocab.id_map(vocab).tolist(), vocab.size)

@@ -1,6 +1,7 @@
 "use strict";
 // charrnn's model in plain JavaScript: the cell equations of charrnn/model/network.py (torch's layouts and
-// gate orders), the head, softmax and a seedable sampler. Weights are Float32Array views, row-major
+// gate orders), the head (a full softmax or the adaptive softmax of charrnn/model/heads.py), softmax and a
+// seedable sampler. Weights are Float32Array views, row-major
 // as torch stores them; state and arithmetic are float64 (JavaScript numbers), so the page's
 // probabilities differ from torch's float32 ones by rounding only.
 (function () {
@@ -69,6 +70,12 @@
       this.gx = new Float64Array(this.gates);
       this.gh = new Float64Array(this.gates);
       this.xe = new Float64Array(c.embed_dim);
+      if (c.output === "adaptive") {
+        // rank[id]: the character's position in frequency order (config.order lists ids by rank).
+        this.rank = new Int32Array(c.vocab_size);
+        c.order.forEach((id, r) => { this.rank[id] = r; });
+        this.ends = [...c.cutoffs.slice(1), c.vocab_size];
+      }
     }
 
     // Zero state: {h: [layers][hidden], c: (LSTM only) the same}.
@@ -121,10 +128,44 @@
           }
         }
       }
+      const top = state.h[c.layers - 1];
+      if (c.output === "adaptive") return this.adaptive(top);
       const logits = new Float64Array(c.vocab_size);
-      matvec(w["head.weight"], 0, c.vocab_size, H, state.h[c.layers - 1], w["head.bias"], logits);
+      matvec(w["head.weight"], 0, c.vocab_size, H, top, w["head.bias"], logits);
       return logits;
     }
+
+    // The adaptive head (charrnn/heads.py): log p of every id, which serve as logits. The shortlist and
+    // one entry per cluster share a softmax; cluster i adds log p(char | cluster) behind its projection.
+    adaptive(top) {
+      const c = this.config, w = this.w, H = c.hidden, short = c.cutoffs[0];
+      const head = new Float64Array(short + c.cutoffs.length);
+      matvec(w["head.head.weight"], 0, head.length, H, top, w["head.head.bias"], head);
+      logSoftmax(head);
+      const byRank = new Float64Array(c.vocab_size);
+      byRank.set(head.subarray(0, short));
+      c.cutoffs.forEach((start, i) => {
+        const size = this.ends[i] - start, width = w[`head.tail.${i}.0.weight`].length / H;
+        const proj = new Float64Array(width), inner = new Float64Array(size);
+        matvec(w[`head.tail.${i}.0.weight`], 0, width, H, top, new Float64Array(width), proj);
+        matvec(w[`head.tail.${i}.1.weight`], 0, size, width, proj, new Float64Array(size), inner);
+        logSoftmax(inner);
+        for (let j = 0; j < size; j++) byRank[start + j] = head[short + i] + inner[j];
+      });
+      const out = new Float64Array(c.vocab_size);
+      for (let id = 0; id < c.vocab_size; id++) out[id] = byRank[this.rank[id]];
+      return out;
+    }
+  }
+
+  // z <- log softmax(z), in place.
+  function logSoftmax(z) {
+    let top = -Infinity;
+    for (const v of z) top = Math.max(top, v);
+    let total = 0;
+    for (const v of z) total += Math.exp(v - top);
+    const shift = top + Math.log(total);
+    for (let i = 0; i < z.length; i++) z[i] -= shift;
   }
 
   // Probabilities of logits / temperature; ids in `banned` get 0 (shifted by the largest logit
