@@ -89,9 +89,9 @@ SMALL_BF16: dict[str, Any] = {"hidden": 512, "dropout": 0.1, "optimizer": "adamw
 
 # The default model where the vocabulary takes the adaptive softmax (--softmax auto or adaptive: thousands of
 # characters, as Chinese has): the sweep on tangshi.txt by steps (docs/benchmarks.md, 2026-12-06) found that
-# the learning rate tuned on a 65-character alphabet is too low for rows each character rarely trains.
-# Options given on the command line (and --preset other than small) win.
-LARGE_VOCAB: dict[str, Any] = {"lr": 1e-2}
+# the learning rate and embedding width tuned on a 65-character alphabet are too low and too narrow for
+# thousands of characters whose rows each train rarely. Options given (and --preset other than small) win.
+LARGE_VOCAB: dict[str, Any] = {"embed_dim": 128, "lr": 1e-2}
 
 
 @dataclass(frozen=True)

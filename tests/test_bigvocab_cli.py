@@ -177,8 +177,9 @@ def test_large_vocabulary_defaults_apply_unless_given(corpus: Path, tmp_path: Pa
 
     result = run("train", str(corpus), "-o", str(tmp_path / "d.pt"), "--softmax", "adaptive", *TINY[:-3])
     assert result.exit_code == 0, result.stderr
-    train = checkpoint.load(tmp_path / "d.pt")["train_config"]
-    assert all(train[name] == value for name, value in LARGE_VOCAB.items() if name in train)
+    ckpt = checkpoint.load(tmp_path / "d.pt")
+    settings = {**ckpt["train_config"], **ckpt["model_config"]}
+    assert all(settings[name] == value for name, value in LARGE_VOCAB.items())
     assert "the model for a large vocabulary" in result.stderr
     result = run("train", str(corpus), "-o", str(tmp_path / "e.pt"), "--softmax", "adaptive", "--lr", "0.003",
                  *TINY)

@@ -135,7 +135,7 @@
       return logits;
     }
 
-    // The adaptive head (charrnn/heads.py): log p of every id, which serve as logits. The shortlist and
+    // The adaptive head (charrnn/model/heads.py): log p of every id, which serve as logits. The shortlist and
     // one entry per cluster share a softmax; cluster i adds log p(char | cluster) behind its projection.
     adaptive(top) {
       const c = this.config, w = this.w, H = c.hidden, short = c.cutoffs[0];
