@@ -352,9 +352,9 @@ def record_calls(model: CharRNN) -> list[int]:
     lengths: list[int] = []
     features = model.features
 
-    def recording(x: torch.Tensor, state=None):  # noqa: ANN001, ANN202
+    def recording(x: torch.Tensor, state=None, labels=None):  # noqa: ANN001, ANN202
         lengths.append(int(x.shape[1]))
-        return features(x, state)
+        return features(x, state, labels)
 
     model.features = recording  # type: ignore[method-assign]
     return lengths
