@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.cli.common import DEFAULT_VAL_MAX_CHARS
+from charrnn.config import DEFAULT_VAL_MAX_CHARS
 from charrnn.data.partition import split_train_val
 from charrnn.data.vocab import Vocab
 

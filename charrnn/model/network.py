@@ -262,8 +262,6 @@ class CharRNN(nn.Module):
         softmax is the next character's distribution; the log-probabilities themselves for the adaptive head)
         and the state after the last step. With targets y (B, T): their nats (B, T) instead, as `nll`
         (training goes through forward, which DistributedDataParallel wraps)."""
-        if labels is None and self.label_embed is not None:
-            raise UsageError(NEEDS_LABEL)
         if y is not None:
             return self.nll(x, y, state, labels=labels)
         out, state = self.features(x, state, labels)
@@ -286,6 +284,8 @@ class CharRNN(nn.Module):
     def features(self, x: torch.Tensor, state: State | None = None,
                  labels: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         """Ids (B, T), state and labels -> the top layer's outputs after dropout (B, T, H), the head's input."""
+        if labels is None and self.label_embed is not None:
+            raise UsageError(NEEDS_LABEL)
         if state is None:
             state = self.begin_state(x.shape[0], x.device, labels)
         inputs = self.encode(x)  # (B, T, I)
