@@ -301,7 +301,12 @@ def test_catalog_agrees_with_shared_sha256sums() -> None:
     needs_shared()
     sums = dict(reversed(line.split()) for line in (SHARED / "SHA256SUMS").read_text().splitlines() if line)
     files = {f.path: f for e in catalog.load_catalog().values() for f in e.files}
-    for path, digest in sums.items():
+    # The shared folder also holds corpora the catalog cannot download (tangshi.txt is assembled from an npm
+    # package's JSON files, MANIFEST.md): only the files the catalog names are held to its sums.
+    named = [path for path in sums if path in files]
+    assert named, "the catalog names none of the shared corpora"
+    for path in named:
+        digest = sums[path]
         assert files[path].sha256 == digest
         assert files[path].bytes == (SHARED / path).stat().st_size
 
